@@ -1,0 +1,136 @@
+//! The command line: `serve`, `migrate` and `query`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::client::{self, Protocol, Transport};
+use crate::startup::Settings;
+use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
+
+#[derive(Debug, Parser)]
+#[command(name = "xm-ip-service", version, about = "IP geolocation over Thrift, backed by PostgreSQL and MaxMind")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "XM_IP_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Thrift server.
+    Serve(Settings),
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Ask a running server where addresses are.
+    Query(QueryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// IPv4 or IPv6 addresses.
+    #[arg(required = true)]
+    pub ips: Vec<String>,
+    /// Answer language (queryGeoInfo); without it, queryGeoInfoByIP (zh-CN).
+    #[arg(long)]
+    pub lang: Option<String>,
+    /// Use queryI18nGeoInfoByIP (MaxMind only, English).
+    #[arg(long, conflicts_with = "lang")]
+    pub i18n: bool,
+    #[arg(long, env = "XM_IP_QUERY_ADDR", default_value = "127.0.0.1:9090")]
+    pub addr: String,
+    #[arg(long, value_enum, default_value = "framed")]
+    pub transport: Transport,
+    #[arg(long, value_enum, default_value = "binary")]
+    pub protocol: Protocol,
+    /// Give up on the server after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Print JSON, one object per address, instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `query`: a blocking client, so it stays out of the async runtime.
+pub fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let mut client = client::connect(&args.addr, args.transport, args.protocol, args.timeout)
+        .with_context(|| format!("cannot connect to {}", args.addr))?;
+    let ips = args.ips.clone();
+    let answers = if args.i18n {
+        client.query_i18n_geo_info_by_i_p(ips)
+    } else if let Some(lang) = &args.lang {
+        client.query_geo_info(GeoRequest::new(ips, lang.clone()))
+    } else {
+        client.query_geo_info_by_i_p(ips)
+    }
+    .with_context(|| format!("query to {} failed", args.addr))?;
+
+    if args.json {
+        for answer in &answers {
+            println!("{}", to_json(answer));
+        }
+    } else {
+        print!("{}", table(&answers));
+    }
+    Ok(())
+}
+
+fn to_json(g: &GeoInfo) -> serde_json::Value {
+    serde_json::json!({
+        "ip": g.ip, "error_no": g.error_no, "error_msg": g.error_msg,
+        "geoip_country_code": g.geoip_country_code, "geoip_country_name": g.geoip_country_name,
+        "geoip_province_code": g.geoip_province_code, "geoip_province_name": g.geoip_province_name,
+        "geoip_city_code": g.geoip_city_code, "geoip_city_name": g.geoip_city_name,
+        "geoip_district_name": g.geoip_district_name, "geoip_carrier": g.geoip_carrier,
+        "geoip_start_ip": g.geoip_start_ip, "geoip_end_ip": g.geoip_end_ip,
+        "geoip_start_ip_str": g.geoip_start_ip_str, "geoip_end_ip_str": g.geoip_end_ip_str,
+        "geoip_source": g.geoip_source,
+    })
+}
+
+/// One block per address; blocks keep CJK names readable where fixed-width
+/// columns would not line up.
+fn table(answers: &[GeoInfo]) -> String {
+    let s = |v: &Option<String>| v.clone().unwrap_or_default();
+    let mut out = String::new();
+    for g in answers {
+        let ip = s(&g.ip);
+        match g.error_no.unwrap_or(0) {
+            0 => {
+                out += &format!("{ip}  [{}]\n", s(&g.geoip_source));
+                let rows = [
+                    ("country", s(&g.geoip_country_code), s(&g.geoip_country_name)),
+                    ("province", s(&g.geoip_province_code), s(&g.geoip_province_name)),
+                    ("city", s(&g.geoip_city_code), s(&g.geoip_city_name)),
+                    ("district", String::new(), s(&g.geoip_district_name)),
+                    ("carrier", String::new(), s(&g.geoip_carrier)),
+                ];
+                for (label, code, name) in rows {
+                    if !(code.is_empty() && name.is_empty()) {
+                        out += &format!("  {label:<9} {code:<8} {name}\n");
+                    }
+                }
+                out += &format!(
+                    "  {:<9} {} - {}\n",
+                    "range",
+                    s(&g.geoip_start_ip_str),
+                    s(&g.geoip_end_ip_str)
+                );
+            }
+            n => out += &format!("{ip}  error {n}: {}\n", s(&g.error_msg)),
+        }
+    }
+    out
+}

@@ -1,0 +1,69 @@
+//! A blocking Thrift client over the generated code, for `query` and tests.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol, TInputProtocol,
+    TOutputProtocol,
+};
+use thrift::transport::{
+    TBufferedReadTransport, TBufferedWriteTransport, TFramedReadTransport, TFramedWriteTransport, TIoChannel,
+    TTcpChannel,
+};
+
+use crate::thrift::IPServiceSyncClient;
+
+/// How a client frames its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Framed,
+    Buffered,
+}
+
+/// How a client encodes its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Binary,
+    Compact,
+}
+
+pub type Client = IPServiceSyncClient<Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>>;
+
+/// Connects to `addr` speaking `transport` and `protocol`; every read and
+/// write gives up after `timeout`.
+pub fn connect(addr: &str, transport: Transport, protocol: Protocol, timeout: Duration) -> std::io::Result<Client> {
+    let socket = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to nothing")))?;
+    let stream = TcpStream::connect_timeout(&socket, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    let (read, write) = TTcpChannel::with_stream(stream)
+        .split()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+
+    let (read, write): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Write + Send>) = match transport {
+        Transport::Framed => (
+            Box::new(TFramedReadTransport::new(read)),
+            Box::new(TFramedWriteTransport::new(write)),
+        ),
+        Transport::Buffered => (
+            Box::new(TBufferedReadTransport::new(read)),
+            Box::new(TBufferedWriteTransport::new(write)),
+        ),
+    };
+    let (input, output): (Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>) = match protocol {
+        Protocol::Binary => (
+            Box::new(TBinaryInputProtocol::new(read, true)),
+            Box::new(TBinaryOutputProtocol::new(write, true)),
+        ),
+        Protocol::Compact => (
+            Box::new(TCompactInputProtocol::new(read)),
+            Box::new(TCompactOutputProtocol::new(write)),
+        ),
+    };
+    Ok(IPServiceSyncClient::new(input, output))
+}

@@ -1,0 +1,19 @@
+//! xm-ip-service: where an IP address is, over Thrift.
+//!
+//! - [`domain`]: addresses, languages and answers; no I/O.
+//! - [`store`]: the PostgreSQL range tables, pool and migrations.
+//! - [`mmdb`]: the MaxMind City fallback.
+//! - [`service`]: the lookup rules that combine the two.
+//! - [`thrift`]: the generated IDL types, the wire codec and the handler.
+//! - [`server`]: TCP accept loop, connections, limits, graceful shutdown.
+//! - [`startup`]: settings and wiring; [`cli`] and [`client`] for the binary.
+
+pub mod cli;
+pub mod client;
+pub mod domain;
+pub mod mmdb;
+pub mod server;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod thrift;

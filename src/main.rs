@@ -1,0 +1,63 @@
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use xm_ip_service::cli::{self, Cli, Command, LogFormat};
+use xm_ip_service::startup::Application;
+use xm_ip_service::store;
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    if let Err(err) = run(cli.command) {
+        eprintln!("xm-ip-service: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Query(args) => cli::query(args),
+        Command::Migrate { database_url } => runtime()?.block_on(async {
+            let applied = store::migrate(&database_url).await.context("migration failed")?;
+            println!("applied {applied} migration(s); the schema is up to date");
+            Ok(())
+        }),
+        Command::Serve(settings) => runtime()?.block_on(async {
+            let app = Application::build(&settings).await?;
+            app.run_until_stopped(shutdown_signal()).await;
+            Ok(())
+        }),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,220 @@
+//! The TCP server: an accept loop capped by a semaphore, one task per
+//! connection reading requests in order, and a graceful drain on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::thrift::codec::{self, Framing, Wire, WireError};
+use crate::thrift::Handler;
+
+/// The Thrift spec's default MaxFrameSize.
+pub const DEFAULT_MAX_FRAME: usize = 16_384_000;
+
+/// Limits that protect the server from its peers.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message accepted, framed or not.
+    pub max_frame: usize,
+    pub max_connections: usize,
+    /// How long in-flight requests may take to finish after shutdown begins.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_connections: 4096,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting,
+/// lets in-flight requests finish (up to `limits.shutdown_timeout`) and
+/// returns.
+pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdown: impl Future) {
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let limits = Arc::new(limits);
+
+    tokio::select! {
+        () = accept_loop(&listener, &handler, &limits, &permits, &stop, &tracker) => {}
+        _ = shutdown => info!("shutting down: draining connections"),
+    }
+    drop(listener);
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(limits.shutdown_timeout, tracker.wait()).await.is_err() {
+        warn!(
+            connections = tracker.len(),
+            "shutdown timeout reached; dropping unfinished connections"
+        );
+    }
+}
+
+async fn accept_loop(
+    listener: &TcpListener,
+    handler: &Handler,
+    limits: &Arc<Limits>,
+    permits: &Arc<Semaphore>,
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    loop {
+        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Usually running out of file descriptors: back off, keep serving.
+                warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            stream,
+            peer,
+            handler: handler.clone(),
+            limits: limits.clone(),
+            stop: stop.clone(),
+            buf: Vec::new(),
+        };
+        tracker.spawn(async move {
+            connection.serve().await;
+            drop(permit);
+        });
+    }
+}
+
+/// One client connection.
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Handler,
+    limits: Arc<Limits>,
+    stop: CancellationToken,
+    /// Bytes received but not yet answered; never more than one message.
+    buf: Vec<u8>,
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error("peer closed the connection")]
+    Eof,
+    #[error("server is shutting down")]
+    Shutdown,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("arguments of an unframed message do not decode; the stream cannot be resynchronised")]
+    Unsynchronised,
+}
+
+impl Connection {
+    async fn serve(mut self) {
+        debug!(peer = %self.peer, "connection opened");
+        match self.serve_requests().await {
+            Ok(()) | Err(Closed::Eof | Closed::Shutdown) => debug!(peer = %self.peer, "connection closed"),
+            Err(Closed::Io(err)) => debug!(peer = %self.peer, error = %err, "connection failed"),
+            Err(err) => warn!(peer = %self.peer, error = %err, "closing connection"),
+        }
+    }
+
+    async fn serve_requests(&mut self) -> Result<(), Closed> {
+        let wire = loop {
+            match codec::detect(&self.buf, self.limits.max_frame) {
+                Err(WireError::Incomplete) => self.read_more().await?,
+                detected => break detected?,
+            }
+        };
+        debug!(peer = %self.peer, ?wire, "detected wire format");
+        loop {
+            let (request, consumed) = self.next_request(wire).await?;
+            let (name, seq) = (request.name.clone(), request.seq);
+            if let Some(reply) = self.handler.respond(request).await {
+                let bytes = codec::encode(wire, &name, seq, &reply);
+                self.stream.write_all(&bytes).await?;
+            }
+            match consumed {
+                Some(n) => {
+                    self.buf.drain(..n);
+                }
+                None => return Err(Closed::Unsynchronised),
+            }
+        }
+    }
+
+    /// Reads until one whole request is buffered, and decodes it.
+    async fn next_request(&mut self, wire: Wire) -> Result<(codec::Request, Option<usize>), Closed> {
+        loop {
+            let decoded = match wire.framing {
+                Framing::Framed => self.framed_message().map(|frame| {
+                    frame.map(|(start, end)| {
+                        codec::decode(&self.buf[start..end], wire.protocol, true)
+                            .map(|(request, _)| (request, Some(end)))
+                    })
+                })?,
+                Framing::Buffered => Some(codec::decode(&self.buf, wire.protocol, false)),
+            };
+            match decoded {
+                Some(Err(WireError::Incomplete)) | None => {
+                    // An unframed message has no announced size: cap what is buffered.
+                    if wire.framing == Framing::Buffered && self.buf.len() > self.limits.max_frame {
+                        return Err(WireError::FrameTooLarge {
+                            size: self.buf.len() as u64,
+                            limit: self.limits.max_frame,
+                        }
+                        .into());
+                    }
+                    self.read_more().await?;
+                }
+                Some(result) => return Ok(result?),
+            }
+        }
+    }
+
+    /// The byte range of the first frame's payload, once all of it is here.
+    fn framed_message(&self) -> Result<Option<(usize, usize)>, WireError> {
+        let Some(header) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if size > self.limits.max_frame {
+            return Err(WireError::FrameTooLarge {
+                size: size as u64,
+                limit: self.limits.max_frame,
+            });
+        }
+        Ok((self.buf.len() >= 4 + size).then_some((4, 4 + size)))
+    }
+
+    /// Appends what the peer sends next; memory grows only with bytes that
+    /// actually arrive, never with a length the peer merely announced.
+    async fn read_more(&mut self) -> Result<(), Closed> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => return Err(Closed::Shutdown),
+            n = self.stream.read(&mut chunk) => n?,
+        };
+        if n == 0 {
+            return Err(Closed::Eof);
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}

@@ -1,0 +1,690 @@
+//! Requests in, replies out, for every transport/protocol combination.
+//!
+//! The generated code's argument and result structs are private, and its
+//! readers trust every announced length (`vec![0; len]`,
+//! `Vec::with_capacity(size)`), so a hostile peer could make it allocate
+//! gigabytes. Requests are therefore read by the small, bounds-checked
+//! reader below, which never allocates more than the bytes it was given.
+//! Replies are written with the crate's output protocols and the generated
+//! `GeoInfo` writer.
+
+use thrift::protocol::{
+    TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier, TListIdentifier, TMessageIdentifier,
+    TMessageType, TOutputProtocol, TSerializable, TStructIdentifier, TType,
+};
+use thrift::{ApplicationError, ApplicationErrorKind};
+
+use super::generated::GeoInfo;
+
+/// The longest method name accepted; real ones are under 40 bytes.
+const MAX_NAME: usize = 256;
+/// How deeply nested an unknown argument may be before it is refused.
+const MAX_DEPTH: usize = 64;
+
+/// A protocol, as detected from a connection's first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `strict` is false for old clients that omit the version word.
+    Binary { strict: bool },
+    Compact,
+}
+
+/// Framed (4-byte length prefix) or unframed (buffered) messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Framed,
+    Buffered,
+}
+
+/// How one connection speaks, fixed by its first message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire {
+    pub framing: Framing,
+    pub protocol: Protocol,
+}
+
+/// Why bytes could not be read as a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// More bytes are needed; not an error yet.
+    #[error("incomplete message")]
+    Incomplete,
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge { size: u64, limit: usize },
+    #[error("not a Thrift message: {0}")]
+    NotThrift(String),
+}
+
+const BINARY_VERSION_1: u32 = 0x8001_0000;
+const COMPACT_ID: u8 = 0x82;
+
+/// Works out the transport and protocol from a connection's first bytes.
+/// `Err(Incomplete)` asks for more bytes.
+pub fn detect(head: &[u8], max_frame: usize) -> Result<Wire, WireError> {
+    let Some(&first) = head.first() else {
+        return Err(WireError::Incomplete);
+    };
+    match first {
+        0x80 => {
+            let second = *head.get(1).ok_or(WireError::Incomplete)?;
+            if second != 0x01 {
+                return Err(WireError::NotThrift(format!("unknown binary protocol version byte {second:#04x}")));
+            }
+            return Ok(Wire {
+                framing: Framing::Buffered,
+                protocol: Protocol::Binary { strict: true },
+            });
+        }
+        COMPACT_ID => {
+            return Ok(Wire {
+                framing: Framing::Buffered,
+                protocol: Protocol::Compact,
+            })
+        }
+        _ => {}
+    }
+    if head.len() < 8 {
+        return Err(WireError::Incomplete);
+    }
+    let word = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let next = &head[4..8];
+    if next[0] == 0x80 || next[0] == COMPACT_ID || next[0] == 0x00 {
+        // A frame length, then a strict binary, compact or non-strict
+        // binary message (whose name length starts with a zero byte).
+        if word as u64 > max_frame as u64 {
+            return Err(WireError::FrameTooLarge {
+                size: word as u64,
+                limit: max_frame,
+            });
+        }
+        let protocol = match next[0] {
+            0x80 => Protocol::Binary { strict: true },
+            COMPACT_ID => Protocol::Compact,
+            _ => Protocol::Binary { strict: false },
+        };
+        return Ok(Wire {
+            framing: Framing::Framed,
+            protocol,
+        });
+    }
+    // An unframed non-strict binary message: a short name length, then
+    // the name itself, which is printable.
+    if word > 0 && word as usize <= MAX_NAME && next.iter().take(word as usize).all(u8::is_ascii_graphic) {
+        return Ok(Wire {
+            framing: Framing::Buffered,
+            protocol: Protocol::Binary { strict: false },
+        });
+    }
+    Err(WireError::NotThrift(format!("unrecognised first bytes {:02x?}", &head[..8])))
+}
+
+/// The arguments of the methods this service has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    QueryGeoInfoByIp { ips: Vec<String> },
+    QueryGeoInfo { ips: Vec<String>, lang: String },
+    QueryI18nGeoInfoByIp { ips: Vec<String> },
+    /// A method this service does not have; its arguments were skipped.
+    Unknown,
+}
+
+impl Call {
+    pub fn ips(&self) -> &[String] {
+        match self {
+            Call::QueryGeoInfoByIp { ips } | Call::QueryGeoInfo { ips, .. } | Call::QueryI18nGeoInfoByIp { ips } => ips,
+            Call::Unknown => &[],
+        }
+    }
+}
+
+/// One decoded message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The method name as sent, multiplexing prefix included.
+    pub name: String,
+    pub message_type: u8,
+    pub seq: i32,
+    /// The arguments, or why they did not decode.
+    pub call: Result<Call, String>,
+}
+
+/// The service name a multiplexing client may put before the method name.
+const SERVICE_PREFIX: &str = "IPService:";
+
+/// Decodes one message from the start of `buf`, returning it and how many
+/// bytes it took. A header that does not decode is an error; arguments that
+/// do not decode come back in `Request::call` so the peer can be told, but
+/// then the byte count is unknown (`None`) unless `whole` says `buf` is
+/// exactly one message (a frame).
+pub fn decode(buf: &[u8], protocol: Protocol, whole: bool) -> Result<(Request, Option<usize>), WireError> {
+    let mut reader = Reader::new(buf, protocol);
+    let (name, message_type, seq) = reader.message_begin().map_err(|e| match e {
+        WireError::Incomplete if whole => WireError::NotThrift("truncated message header".into()),
+        other => other,
+    })?;
+    let method = name.strip_prefix(SERVICE_PREFIX).unwrap_or(&name);
+    let call = match method {
+        "queryGeoInfoByIP" => reader.ip_list_args().map(|ips| Call::QueryGeoInfoByIp { ips }),
+        "queryI18nGeoInfoByIP" => reader.ip_list_args().map(|ips| Call::QueryI18nGeoInfoByIp { ips }),
+        "queryGeoInfo" => reader.geo_request_args(),
+        _ => reader.skip(Kind::Struct, 0).map(|()| Call::Unknown),
+    };
+    let call = match call {
+        Ok(call) => Ok(call),
+        Err(WireError::Incomplete) if !whole => return Err(WireError::Incomplete),
+        Err(WireError::Incomplete) => Err("arguments end before the frame does".to_owned()),
+        Err(err) => Err(err.to_string()),
+    };
+    let consumed = match (&call, whole) {
+        (_, true) => Some(buf.len()),
+        (Ok(_), false) => Some(reader.pos),
+        (Err(_), false) => None,
+    };
+    let request = Request {
+        name,
+        message_type,
+        seq,
+        call,
+    };
+    Ok((request, consumed))
+}
+
+/// Thrift value kinds, shared by both protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bool,
+    Byte,
+    I16,
+    I32,
+    I64,
+    Double,
+    String,
+    Struct,
+    Map,
+    Set,
+    List,
+    Uuid,
+}
+
+impl Kind {
+    fn from_binary(code: u8) -> Result<Kind, WireError> {
+        Ok(match code {
+            2 => Kind::Bool,
+            3 => Kind::Byte,
+            4 => Kind::Double,
+            6 => Kind::I16,
+            8 => Kind::I32,
+            10 => Kind::I64,
+            11 => Kind::String,
+            12 => Kind::Struct,
+            13 => Kind::Map,
+            14 => Kind::Set,
+            15 => Kind::List,
+            16 => Kind::Uuid,
+            other => return Err(bad(format!("unknown binary type id {other}"))),
+        })
+    }
+
+    fn from_compact(code: u8) -> Result<Kind, WireError> {
+        Ok(match code {
+            1 | 2 => Kind::Bool,
+            3 => Kind::Byte,
+            4 => Kind::I16,
+            5 => Kind::I32,
+            6 => Kind::I64,
+            7 => Kind::Double,
+            8 => Kind::String,
+            9 => Kind::List,
+            10 => Kind::Set,
+            11 => Kind::Map,
+            12 => Kind::Struct,
+            13 => Kind::Uuid,
+            other => return Err(bad(format!("unknown compact type id {other}"))),
+        })
+    }
+}
+
+fn bad(reason: impl Into<String>) -> WireError {
+    WireError::NotThrift(reason.into())
+}
+
+/// A bounds-checked reader over one buffer: every length is checked
+/// against the bytes that are really there before anything is allocated.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    protocol: Protocol,
+    /// Compact protocol: the previous field id of each open struct.
+    last_field: Vec<i16>,
+    /// Compact protocol: a bool field's value travels in its header.
+    pending_bool: bool,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], protocol: Protocol) -> Self {
+        Reader {
+            buf,
+            pos: 0,
+            protocol,
+            last_field: Vec::new(),
+            pending_bool: false,
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if n > self.remaining() {
+            return Err(WireError::Incomplete);
+        }
+        let bytes = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(bytes)
+    }
+
+    fn byte(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn be_i32(&mut self) -> Result<i32, WireError> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut value = 0u64;
+        for shift in (0..70).step_by(7) {
+            let b = self.byte()?;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(bad("varint longer than 10 bytes"))
+    }
+
+    fn zigzag(&mut self) -> Result<i64, WireError> {
+        let n = self.varint()?;
+        Ok((n >> 1) as i64 ^ -((n & 1) as i64))
+    }
+
+    /// A length or count, refused if more than the bytes left could hold
+    /// (every element takes at least one byte).
+    fn length(&mut self, what: &str) -> Result<usize, WireError> {
+        let n = match self.protocol {
+            Protocol::Binary { .. } => {
+                let n = self.be_i32()?;
+                if n < 0 {
+                    return Err(bad(format!("negative {what} {n}")));
+                }
+                n as u64
+            }
+            Protocol::Compact => self.varint()?,
+        };
+        if n > self.buf.len() as u64 {
+            // Larger than the whole message could ever be: not just short.
+            return Err(bad(format!("{what} {n} is larger than the message")));
+        }
+        Ok(n as usize)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let n = self.length("string length")?;
+        self.take(n)
+    }
+
+    /// Strings are decoded leniently: an address with invalid UTF-8 is one
+    /// bad item (error 1), not a reason to refuse the whole batch.
+    fn string(&mut self) -> Result<String, WireError> {
+        Ok(String::from_utf8_lossy(self.bytes()?).into_owned())
+    }
+
+    fn message_begin(&mut self) -> Result<(String, u8, i32), WireError> {
+        match self.protocol {
+            Protocol::Binary { strict: true } => {
+                let word = self.be_i32()? as u32;
+                if word & 0xffff_0000 != BINARY_VERSION_1 {
+                    return Err(bad(format!("bad binary message version {word:#010x}")));
+                }
+                let name = self.name()?;
+                let seq = self.be_i32()?;
+                Ok((name, (word & 0xff) as u8, seq))
+            }
+            Protocol::Binary { strict: false } => {
+                let name = self.name()?;
+                let message_type = self.byte()?;
+                let seq = self.be_i32()?;
+                Ok((name, message_type, seq))
+            }
+            Protocol::Compact => {
+                if self.byte()? != COMPACT_ID {
+                    return Err(bad("bad compact protocol id"));
+                }
+                let version_and_type = self.byte()?;
+                if version_and_type & 0x1f != 1 {
+                    return Err(bad(format!("bad compact version {}", version_and_type & 0x1f)));
+                }
+                let seq = self.varint()? as u32 as i32;
+                let name = self.name()?;
+                Ok((name, version_and_type >> 5, seq))
+            }
+        }
+    }
+
+    fn name(&mut self) -> Result<String, WireError> {
+        let n = self.length("method name length")?;
+        if n > MAX_NAME {
+            return Err(bad(format!("method name of {n} bytes")));
+        }
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| bad("method name is not UTF-8"))
+    }
+
+    fn struct_begin(&mut self) {
+        self.last_field.push(0);
+    }
+
+    fn struct_end(&mut self) {
+        self.last_field.pop();
+    }
+
+    /// The next field's kind and id, or `None` at the struct's end.
+    fn field_begin(&mut self) -> Result<Option<(Kind, i16)>, WireError> {
+        let header = self.byte()?;
+        if header == 0 {
+            return Ok(None);
+        }
+        match self.protocol {
+            Protocol::Binary { .. } => {
+                let kind = Kind::from_binary(header)?;
+                let b = self.take(2)?;
+                Ok(Some((kind, i16::from_be_bytes([b[0], b[1]]))))
+            }
+            Protocol::Compact => {
+                let kind = Kind::from_compact(header & 0x0f)?;
+                let delta = i16::from(header >> 4);
+                let last = self.last_field.last().copied().unwrap_or(0);
+                let id = if delta == 0 { self.zigzag()? as i16 } else { last.wrapping_add(delta) };
+                if let Some(top) = self.last_field.last_mut() {
+                    *top = id;
+                }
+                if kind == Kind::Bool {
+                    self.pending_bool = true;
+                }
+                Ok(Some((kind, id)))
+            }
+        }
+    }
+
+    fn list_begin(&mut self) -> Result<(Kind, usize), WireError> {
+        match self.protocol {
+            Protocol::Binary { .. } => {
+                let kind = Kind::from_binary(self.byte()?)?;
+                Ok((kind, self.length("list size")?))
+            }
+            Protocol::Compact => {
+                let header = self.byte()?;
+                let kind = Kind::from_compact(header & 0x0f)?;
+                let size = match header >> 4 {
+                    15 => self.length("list size")?,
+                    short => usize::from(short),
+                };
+                Ok((kind, size))
+            }
+        }
+    }
+
+    /// Skips one value of `kind`, however nested, up to `MAX_DEPTH`.
+    fn skip(&mut self, kind: Kind, depth: usize) -> Result<(), WireError> {
+        if depth > MAX_DEPTH {
+            return Err(bad(format!("values nested deeper than {MAX_DEPTH}")));
+        }
+        let compact = self.protocol == Protocol::Compact;
+        match kind {
+            Kind::Bool if compact && self.pending_bool => self.pending_bool = false,
+            Kind::Bool | Kind::Byte => {
+                self.take(1)?;
+            }
+            Kind::I16 | Kind::I32 | Kind::I64 if compact => {
+                self.varint()?;
+            }
+            Kind::I16 => {
+                self.take(2)?;
+            }
+            Kind::I32 => {
+                self.take(4)?;
+            }
+            Kind::I64 | Kind::Double => {
+                self.take(8)?;
+            }
+            Kind::Uuid => {
+                self.take(16)?;
+            }
+            Kind::String => {
+                self.bytes()?;
+            }
+            Kind::Struct => {
+                self.struct_begin();
+                while let Some((field, _)) = self.field_begin()? {
+                    self.skip(field, depth + 1)?;
+                }
+                self.struct_end();
+            }
+            Kind::List | Kind::Set => {
+                let (element, size) = self.list_begin()?;
+                for _ in 0..size {
+                    self.skip(element, depth + 1)?;
+                }
+            }
+            Kind::Map => {
+                let (key, value, size) = self.map_begin()?;
+                for _ in 0..size {
+                    self.skip(key, depth + 1)?;
+                    self.skip(value, depth + 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn map_begin(&mut self) -> Result<(Kind, Kind, usize), WireError> {
+        match self.protocol {
+            Protocol::Binary { .. } => {
+                let key = Kind::from_binary(self.byte()?)?;
+                let value = Kind::from_binary(self.byte()?)?;
+                Ok((key, value, self.length("map size")?))
+            }
+            Protocol::Compact => {
+                let size = self.length("map size")?;
+                if size == 0 {
+                    return Ok((Kind::Byte, Kind::Byte, 0));
+                }
+                let types = self.byte()?;
+                Ok((Kind::from_compact(types >> 4)?, Kind::from_compact(types & 0x0f)?, size))
+            }
+        }
+    }
+
+    fn string_list(&mut self) -> Result<Vec<String>, WireError> {
+        let (kind, size) = self.list_begin()?;
+        if kind != Kind::String {
+            return Err(bad(format!("ipList holds {kind:?}, not strings")));
+        }
+        // `size` is bounded by the bytes present, so this cannot balloon.
+        let mut out = Vec::with_capacity(size);
+        for _ in 0..size {
+            out.push(self.string()?);
+        }
+        Ok(out)
+    }
+
+    /// Visits each field of a struct, skipping those `visit` declines.
+    fn fields(&mut self, mut visit: impl FnMut(&mut Self, Kind, i16) -> Result<bool, WireError>) -> Result<(), WireError> {
+        self.struct_begin();
+        while let Some((kind, id)) = self.field_begin()? {
+            if !visit(self, kind, id)? {
+                self.skip(kind, 1)?;
+            }
+        }
+        self.struct_end();
+        Ok(())
+    }
+
+    /// `(1: list<string> ipList)`; an unset list is an empty batch.
+    fn ip_list_args(&mut self) -> Result<Vec<String>, WireError> {
+        let mut ips = Vec::new();
+        self.fields(|r, kind, id| {
+            if (id, kind) != (1, Kind::List) {
+                return Ok(false);
+            }
+            ips = r.string_list()?;
+            Ok(true)
+        })?;
+        Ok(ips)
+    }
+
+    /// `(1: GeoRequest req)`, where `GeoRequest { 1: list<string> ipList, 2: string lang }`.
+    fn geo_request_args(&mut self) -> Result<Call, WireError> {
+        let (mut ips, mut lang) = (Vec::new(), String::new());
+        self.fields(|r, kind, id| {
+            if (id, kind) != (1, Kind::Struct) {
+                return Ok(false);
+            }
+            r.fields(|r, kind, id| {
+                match (id, kind) {
+                    (1, Kind::List) => ips = r.string_list()?,
+                    (2, Kind::String) => lang = r.string()?,
+                    _ => return Ok(false),
+                }
+                Ok(true)
+            })?;
+            Ok(true)
+        })?;
+        Ok(Call::QueryGeoInfo { ips, lang })
+    }
+}
+
+/// What goes back for one request.
+pub enum Reply {
+    Answers(Vec<GeoInfo>),
+    Exception(ApplicationError),
+}
+
+/// Encodes a reply to `request_name` in the connection's wire format, frame
+/// header included. The name is sent back without a multiplexing prefix, as
+/// Apache Thrift's multiplexed processors do.
+pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply) -> Vec<u8> {
+    let name = request_name.strip_prefix(SERVICE_PREFIX).unwrap_or(request_name);
+    let mut out = Vec::with_capacity(256);
+    if wire.framing == Framing::Framed {
+        out.extend_from_slice(&[0; 4]);
+    }
+    let written = match wire.protocol {
+        Protocol::Binary { strict } => write_reply(&mut TBinaryOutputProtocol::new(&mut out, strict), name, seq, reply),
+        Protocol::Compact => write_reply(&mut TCompactOutputProtocol::new(&mut out), name, seq, reply),
+    };
+    // Writing to a Vec cannot fail.
+    written.expect("encoding into memory");
+    if wire.framing == Framing::Framed {
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+    }
+    out
+}
+
+fn write_reply(o: &mut dyn TOutputProtocol, name: &str, seq: i32, reply: &Reply) -> thrift::Result<()> {
+    match reply {
+        Reply::Answers(answers) => {
+            o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Reply, seq))?;
+            o.write_struct_begin(&TStructIdentifier::new(format!("{name}_result")))?;
+            o.write_field_begin(&TFieldIdentifier::new("success", TType::List, 0))?;
+            o.write_list_begin(&TListIdentifier::new(TType::Struct, answers.len() as i32))?;
+            for answer in answers {
+                answer.write_to_out_protocol(o)?;
+            }
+            o.write_list_end()?;
+            o.write_field_end()?;
+            o.write_field_stop()?;
+            o.write_struct_end()?;
+        }
+        Reply::Exception(error) => {
+            o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Exception, seq))?;
+            thrift::Error::write_application_error_to_out_protocol(error, o)?;
+        }
+    }
+    o.write_message_end()?;
+    o.flush()
+}
+
+/// A `TApplicationException` of `kind`.
+pub fn exception(kind: ApplicationErrorKind, message: impl Into<String>) -> Reply {
+    Reply::Exception(ApplicationError::new(kind, message.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 16_384_000;
+
+    fn wire(framing: Framing, protocol: Protocol) -> Wire {
+        Wire { framing, protocol }
+    }
+
+    #[test]
+    fn detects_each_transport_and_protocol() {
+        let strict = Protocol::Binary { strict: true };
+        let loose = Protocol::Binary { strict: false };
+        assert_eq!(detect(&[0x80, 1, 0, 1], LIMIT), Ok(wire(Framing::Buffered, strict)));
+        assert_eq!(detect(&[0x82, 0x21], LIMIT), Ok(wire(Framing::Buffered, Protocol::Compact)));
+        assert_eq!(detect(&[0, 0, 0, 40, 0x80, 1, 0, 1], LIMIT), Ok(wire(Framing::Framed, strict)));
+        assert_eq!(detect(&[0, 0, 0, 40, 0x82, 0x21, 0, 5], LIMIT), Ok(wire(Framing::Framed, Protocol::Compact)));
+        assert_eq!(detect(&[0, 0, 0, 40, 0, 0, 0, 12], LIMIT), Ok(wire(Framing::Framed, loose)));
+        assert_eq!(detect(b"\0\0\0\x0cqueryGeo", LIMIT), Ok(wire(Framing::Buffered, loose)));
+    }
+
+    #[test]
+    fn waits_for_enough_bytes_to_decide() {
+        assert_eq!(detect(&[], LIMIT), Err(WireError::Incomplete));
+        assert_eq!(detect(&[0x80], LIMIT), Err(WireError::Incomplete));
+        assert_eq!(detect(&[0, 0, 0, 40, 0x80], LIMIT), Err(WireError::Incomplete));
+    }
+
+    #[test]
+    fn refuses_http_and_oversized_frames_without_reading_them() {
+        assert!(matches!(detect(b"GET / HTTP/1.1\r\n", LIMIT), Err(WireError::NotThrift(_))));
+        assert_eq!(
+            detect(&[0x01, 0, 0, 0, 0x80, 1, 0, 1], LIMIT),
+            Err(WireError::FrameTooLarge {
+                size: 0x0100_0000,
+                limit: LIMIT
+            })
+        );
+    }
+
+    #[test]
+    fn a_huge_announced_string_is_refused_not_allocated() {
+        // Strict binary call "q" whose args claim a 2 GB string in field 1.
+        let mut msg = vec![0x80, 1, 0, 1, 0, 0, 0, 16];
+        msg.extend_from_slice(b"queryGeoInfoByIP");
+        msg.extend_from_slice(&[0, 0, 0, 7, 15, 0, 1, 11, 0x7f, 0xff, 0xff, 0xff]);
+        let (request, _) = decode(&msg, Protocol::Binary { strict: true }, true).unwrap();
+        let err = request.call.unwrap_err();
+        assert!(err.contains("larger than the message"), "{err}");
+    }
+
+    #[test]
+    fn a_partial_unframed_message_asks_for_more() {
+        let reply = encode(
+            wire(Framing::Buffered, Protocol::Compact),
+            "queryGeoInfoByIP",
+            7,
+            &Reply::Answers(Vec::new()),
+        );
+        // A reply is not a call, but the header decodes the same way.
+        let (request, used) = decode(&reply, Protocol::Compact, false).unwrap();
+        assert_eq!((request.name.as_str(), request.seq, used), ("queryGeoInfoByIP", 7, Some(reply.len())));
+        assert_eq!(decode(&reply[..reply.len() - 1], Protocol::Compact, false), Err(WireError::Incomplete));
+    }
+}

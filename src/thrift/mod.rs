@@ -1,0 +1,12 @@
+//! The Thrift wire: the generated types, the request/reply codec, and the
+//! mapping between wire calls and the service. Nothing here touches the
+//! database.
+
+pub mod codec;
+#[allow(clippy::all, clippy::pedantic, dead_code)]
+#[rustfmt::skip]
+pub mod generated;
+mod handler;
+
+pub use generated::{GeoInfo, GeoRequest, IPServiceSyncClient, TIPServiceSyncClient};
+pub use handler::Handler;
