@@ -5,12 +5,16 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::client::{self, Protocol, Transport};
+use crate::client::{self, to_json, Protocol, Transport};
 use crate::startup::Settings;
 use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 
 #[derive(Debug, Parser)]
-#[command(name = "xm-ip-service", version, about = "IP geolocation over Thrift, backed by PostgreSQL and MaxMind")]
+#[command(
+    name = "xm-ip-service",
+    version,
+    about = "IP geolocation over Thrift, backed by PostgreSQL and MaxMind"
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, env = "XM_IP_LOG_FORMAT", value_enum, default_value = "text", global = true)]
@@ -85,19 +89,6 @@ pub fn query(args: QueryArgs) -> anyhow::Result<()> {
         print!("{}", table(&answers));
     }
     Ok(())
-}
-
-fn to_json(g: &GeoInfo) -> serde_json::Value {
-    serde_json::json!({
-        "ip": g.ip, "error_no": g.error_no, "error_msg": g.error_msg,
-        "geoip_country_code": g.geoip_country_code, "geoip_country_name": g.geoip_country_name,
-        "geoip_province_code": g.geoip_province_code, "geoip_province_name": g.geoip_province_name,
-        "geoip_city_code": g.geoip_city_code, "geoip_city_name": g.geoip_city_name,
-        "geoip_district_name": g.geoip_district_name, "geoip_carrier": g.geoip_carrier,
-        "geoip_start_ip": g.geoip_start_ip, "geoip_end_ip": g.geoip_end_ip,
-        "geoip_start_ip_str": g.geoip_start_ip_str, "geoip_end_ip_str": g.geoip_end_ip_str,
-        "geoip_source": g.geoip_source,
-    })
 }
 
 /// One block per address; blocks keep CJK names readable where fixed-width

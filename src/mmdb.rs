@@ -59,7 +59,11 @@ impl GeoDb {
     pub fn describe(&self) -> String {
         let meta = self.reader.metadata();
         let built = UNIX_EPOCH + Duration::from_secs(meta.build_epoch);
-        format!("{} built {}", meta.database_type, humantime::format_rfc3339_seconds(built))
+        format!(
+            "{} built {}",
+            meta.database_type,
+            humantime::format_rfc3339_seconds(built)
+        )
     }
 
     /// Locates `ip` with names in `lang` (an mmdb language key such as

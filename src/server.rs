@@ -55,7 +55,10 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
     drop(listener);
     stop.cancel();
     tracker.close();
-    if tokio::time::timeout(limits.shutdown_timeout, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(limits.shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
         warn!(
             connections = tracker.len(),
             "shutdown timeout reached; dropping unfinished connections"
@@ -72,7 +75,11 @@ async fn accept_loop(
     tracker: &TaskTracker,
 ) {
     loop {
-        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
@@ -164,11 +171,11 @@ impl Connection {
             let decoded = match wire.framing {
                 Framing::Framed => self.framed_message().map(|frame| {
                     frame.map(|(start, end)| {
-                        codec::decode(&self.buf[start..end], wire.protocol, true)
+                        codec::decode(&self.buf[start..end], wire.protocol, true, self.limits.max_frame)
                             .map(|(request, _)| (request, Some(end)))
                     })
                 })?,
-                Framing::Buffered => Some(codec::decode(&self.buf, wire.protocol, false)),
+                Framing::Buffered => Some(codec::decode(&self.buf, wire.protocol, false, self.limits.max_frame)),
             };
             match decoded {
                 Some(Err(WireError::Incomplete)) | None => {

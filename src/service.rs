@@ -166,7 +166,12 @@ fn scatter(answers: &mut [TableAnswer], positions: &[usize], rows: Result<Vec<Op
     }
 }
 
-fn decide_all(parsed: Vec<Result<Addr, LookupError>>, tables: Vec<TableAnswer>, geo: Option<&GeoDb>, plan: &Plan) -> Vec<Outcome> {
+fn decide_all(
+    parsed: Vec<Result<Addr, LookupError>>,
+    tables: Vec<TableAnswer>,
+    geo: Option<&GeoDb>,
+    plan: &Plan,
+) -> Vec<Outcome> {
     parsed
         .into_iter()
         .zip(tables)

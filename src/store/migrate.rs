@@ -13,7 +13,7 @@ mod embedded {
 }
 
 /// Any fixed number works; it only has to be the same for every instance.
-const MIGRATION_LOCK: i64 = 0x7869_7073_6d69_67; // "xipsmig"
+const MIGRATION_LOCK: i64 = 0x0078_6970_736d_6967; // "xipsmig"
 
 /// Applies pending migrations and returns how many were applied. Several
 /// instances started with `--migrate` at once take turns on an advisory lock.
@@ -21,9 +21,13 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
     let config = tokio_postgres::Config::from_str(database_url).map_err(StoreError::Config)?;
     let (mut client, connection) = config.connect(NoTls).await?;
     let connection = tokio::spawn(connection);
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     let report = embedded::migrations::runner().run_async(&mut client).await;
-    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
     drop(client);
     let _ = connection.await;
     Ok(report?.applied_migrations().len())

@@ -52,8 +52,12 @@ impl Table {
                     "SELECT q.ord, r.start_ip, r.end_ip, r.country_code, r.country_name, ",
                     "r.province_code, r.province_name, r.city_code, r.city_name, ",
                     "r.district_name, r.carrier_name ",
-                    "FROM unnest($1::", $array, ") WITH ORDINALITY AS q(ip, ord) ",
-                    "CROSS JOIN LATERAL (SELECT * FROM ", $table, " t ",
+                    "FROM unnest($1::",
+                    $array,
+                    ") WITH ORDINALITY AS q(ip, ord) ",
+                    "CROSS JOIN LATERAL (SELECT * FROM ",
+                    $table,
+                    " t ",
                     "WHERE t.start_ip <= q.ip ORDER BY t.start_ip DESC LIMIT 1) r ",
                     "WHERE r.end_ip >= q.ip"
                 )
@@ -76,7 +80,7 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
-    #[error("query timed out after {0:?}")]
+    #[error("database did not answer within {0:?}")]
     Timeout(Duration),
     #[error("migration failed: {0}")]
     Migrate(#[from] refinery::Error),
@@ -183,7 +187,10 @@ impl Store {
             return Ok(Vec::new());
         }
         let work = async {
-            let client = self.pool.get().await?;
+            let client = self.pool.get().await.map_err(|err| match err {
+                deadpool_postgres::PoolError::Timeout(_) => StoreError::Timeout(self.timeout),
+                other => other.into(),
+            })?;
             let statement = client.prepare_cached(table.lookup_sql()).await?;
             Ok::<_, StoreError>(client.query(&statement, &[&keys]).await?)
         };

@@ -9,8 +9,8 @@
 //! `GeoInfo` writer.
 
 use thrift::protocol::{
-    TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier, TListIdentifier, TMessageIdentifier,
-    TMessageType, TOutputProtocol, TSerializable, TStructIdentifier, TType,
+    TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier, TListIdentifier, TMessageIdentifier, TMessageType,
+    TOutputProtocol, TSerializable, TStructIdentifier, TType,
 };
 use thrift::{ApplicationError, ApplicationErrorKind};
 
@@ -25,7 +25,9 @@ const MAX_DEPTH: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     /// `strict` is false for old clients that omit the version word.
-    Binary { strict: bool },
+    Binary {
+        strict: bool,
+    },
     Compact,
 }
 
@@ -68,7 +70,9 @@ pub fn detect(head: &[u8], max_frame: usize) -> Result<Wire, WireError> {
         0x80 => {
             let second = *head.get(1).ok_or(WireError::Incomplete)?;
             if second != 0x01 {
-                return Err(WireError::NotThrift(format!("unknown binary protocol version byte {second:#04x}")));
+                return Err(WireError::NotThrift(format!(
+                    "unknown binary protocol version byte {second:#04x}"
+                )));
             }
             return Ok(Wire {
                 framing: Framing::Buffered,
@@ -115,15 +119,25 @@ pub fn detect(head: &[u8], max_frame: usize) -> Result<Wire, WireError> {
             protocol: Protocol::Binary { strict: false },
         });
     }
-    Err(WireError::NotThrift(format!("unrecognised first bytes {:02x?}", &head[..8])))
+    Err(WireError::NotThrift(format!(
+        "unrecognised first bytes {:02x?}",
+        &head[..8]
+    )))
 }
 
 /// The arguments of the methods this service has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    QueryGeoInfoByIp { ips: Vec<String> },
-    QueryGeoInfo { ips: Vec<String>, lang: String },
-    QueryI18nGeoInfoByIp { ips: Vec<String> },
+    QueryGeoInfoByIp {
+        ips: Vec<String>,
+    },
+    QueryGeoInfo {
+        ips: Vec<String>,
+        lang: String,
+    },
+    QueryI18nGeoInfoByIp {
+        ips: Vec<String>,
+    },
     /// A method this service does not have; its arguments were skipped.
     Unknown,
 }
@@ -152,12 +166,19 @@ pub struct Request {
 const SERVICE_PREFIX: &str = "IPService:";
 
 /// Decodes one message from the start of `buf`, returning it and how many
-/// bytes it took. A header that does not decode is an error; arguments that
-/// do not decode come back in `Request::call` so the peer can be told, but
-/// then the byte count is unknown (`None`) unless `whole` says `buf` is
-/// exactly one message (a frame).
-pub fn decode(buf: &[u8], protocol: Protocol, whole: bool) -> Result<(Request, Option<usize>), WireError> {
-    let mut reader = Reader::new(buf, protocol);
+/// bytes it took. `whole` says `buf` is exactly one message (a frame);
+/// otherwise it is the start of a stream and the message may be up to
+/// `max_message` bytes long. A header that does not decode is an error;
+/// arguments that do not decode come back in `Request::call` so the peer
+/// can be told, but then the byte count is unknown (`None`) unless `whole`.
+pub fn decode(
+    buf: &[u8],
+    protocol: Protocol,
+    whole: bool,
+    max_message: usize,
+) -> Result<(Request, Option<usize>), WireError> {
+    let limit = if whole { buf.len() } else { max_message };
+    let mut reader = Reader::new(buf, protocol, limit);
     let (name, message_type, seq) = reader.message_begin().map_err(|e| match e {
         WireError::Incomplete if whole => WireError::NotThrift("truncated message header".into()),
         other => other,
@@ -253,6 +274,8 @@ fn bad(reason: impl Into<String>) -> WireError {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// The most bytes the whole message may have, received or not.
+    limit: usize,
     protocol: Protocol,
     /// Compact protocol: the previous field id of each open struct.
     last_field: Vec<i16>,
@@ -261,10 +284,11 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], protocol: Protocol) -> Self {
+    fn new(buf: &'a [u8], protocol: Protocol, limit: usize) -> Self {
         Reader {
             buf,
             pos: 0,
+            limit,
             protocol,
             last_field: Vec::new(),
             pending_bool: false,
@@ -310,7 +334,7 @@ impl<'a> Reader<'a> {
         Ok((n >> 1) as i64 ^ -((n & 1) as i64))
     }
 
-    /// A length or count, refused if more than the bytes left could hold
+    /// A length or count, refused if the message could never hold it
     /// (every element takes at least one byte).
     fn length(&mut self, what: &str) -> Result<usize, WireError> {
         let n = match self.protocol {
@@ -323,9 +347,8 @@ impl<'a> Reader<'a> {
             }
             Protocol::Compact => self.varint()?,
         };
-        if n > self.buf.len() as u64 {
-            // Larger than the whole message could ever be: not just short.
-            return Err(bad(format!("{what} {n} is larger than the message")));
+        if n > self.limit as u64 {
+            return Err(bad(format!("{what} {n} exceeds the {}-byte message limit", self.limit)));
         }
         Ok(n as usize)
     }
@@ -405,7 +428,11 @@ impl<'a> Reader<'a> {
                 let kind = Kind::from_compact(header & 0x0f)?;
                 let delta = i16::from(header >> 4);
                 let last = self.last_field.last().copied().unwrap_or(0);
-                let id = if delta == 0 { self.zigzag()? as i16 } else { last.wrapping_add(delta) };
+                let id = if delta == 0 {
+                    self.zigzag()? as i16
+                } else {
+                    last.wrapping_add(delta)
+                };
                 if let Some(top) = self.last_field.last_mut() {
                     *top = id;
                 }
@@ -511,8 +538,8 @@ impl<'a> Reader<'a> {
         if kind != Kind::String {
             return Err(bad(format!("ipList holds {kind:?}, not strings")));
         }
-        // `size` is bounded by the bytes present, so this cannot balloon.
-        let mut out = Vec::with_capacity(size);
+        // Reserve only for what has arrived, not for what was announced.
+        let mut out = Vec::with_capacity(size.min(self.remaining()));
         for _ in 0..size {
             out.push(self.string()?);
         }
@@ -520,7 +547,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Visits each field of a struct, skipping those `visit` declines.
-    fn fields(&mut self, mut visit: impl FnMut(&mut Self, Kind, i16) -> Result<bool, WireError>) -> Result<(), WireError> {
+    fn fields(
+        &mut self,
+        mut visit: impl FnMut(&mut Self, Kind, i16) -> Result<bool, WireError>,
+    ) -> Result<(), WireError> {
         self.struct_begin();
         while let Some((kind, id)) = self.field_begin()? {
             if !visit(self, kind, id)? {
@@ -572,10 +602,10 @@ pub enum Reply {
 }
 
 /// Encodes a reply to `request_name` in the connection's wire format, frame
-/// header included. The name is sent back without a multiplexing prefix, as
-/// Apache Thrift's multiplexed processors do.
+/// header included. The name goes back without any multiplexing prefix, as
+/// Apache Thrift's multiplexed processors send it and its clients check it.
 pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply) -> Vec<u8> {
-    let name = request_name.strip_prefix(SERVICE_PREFIX).unwrap_or(request_name);
+    let name = request_name.rsplit_once(':').map_or(request_name, |(_, method)| method);
     let mut out = Vec::with_capacity(256);
     if wire.framing == Framing::Framed {
         out.extend_from_slice(&[0; 4]);
@@ -637,10 +667,22 @@ mod tests {
         let strict = Protocol::Binary { strict: true };
         let loose = Protocol::Binary { strict: false };
         assert_eq!(detect(&[0x80, 1, 0, 1], LIMIT), Ok(wire(Framing::Buffered, strict)));
-        assert_eq!(detect(&[0x82, 0x21], LIMIT), Ok(wire(Framing::Buffered, Protocol::Compact)));
-        assert_eq!(detect(&[0, 0, 0, 40, 0x80, 1, 0, 1], LIMIT), Ok(wire(Framing::Framed, strict)));
-        assert_eq!(detect(&[0, 0, 0, 40, 0x82, 0x21, 0, 5], LIMIT), Ok(wire(Framing::Framed, Protocol::Compact)));
-        assert_eq!(detect(&[0, 0, 0, 40, 0, 0, 0, 12], LIMIT), Ok(wire(Framing::Framed, loose)));
+        assert_eq!(
+            detect(&[0x82, 0x21], LIMIT),
+            Ok(wire(Framing::Buffered, Protocol::Compact))
+        );
+        assert_eq!(
+            detect(&[0, 0, 0, 40, 0x80, 1, 0, 1], LIMIT),
+            Ok(wire(Framing::Framed, strict))
+        );
+        assert_eq!(
+            detect(&[0, 0, 0, 40, 0x82, 0x21, 0, 5], LIMIT),
+            Ok(wire(Framing::Framed, Protocol::Compact))
+        );
+        assert_eq!(
+            detect(&[0, 0, 0, 40, 0, 0, 0, 12], LIMIT),
+            Ok(wire(Framing::Framed, loose))
+        );
         assert_eq!(detect(b"\0\0\0\x0cqueryGeo", LIMIT), Ok(wire(Framing::Buffered, loose)));
     }
 
@@ -653,7 +695,10 @@ mod tests {
 
     #[test]
     fn refuses_http_and_oversized_frames_without_reading_them() {
-        assert!(matches!(detect(b"GET / HTTP/1.1\r\n", LIMIT), Err(WireError::NotThrift(_))));
+        assert!(matches!(
+            detect(b"GET / HTTP/1.1\r\n", LIMIT),
+            Err(WireError::NotThrift(_))
+        ));
         assert_eq!(
             detect(&[0x01, 0, 0, 0, 0x80, 1, 0, 1], LIMIT),
             Err(WireError::FrameTooLarge {
@@ -664,14 +709,17 @@ mod tests {
     }
 
     #[test]
-    fn a_huge_announced_string_is_refused_not_allocated() {
-        // Strict binary call "q" whose args claim a 2 GB string in field 1.
+    fn a_huge_announced_list_is_refused_not_allocated() {
+        // A strict binary call whose ipList claims 2^31-1 strings.
         let mut msg = vec![0x80, 1, 0, 1, 0, 0, 0, 16];
         msg.extend_from_slice(b"queryGeoInfoByIP");
         msg.extend_from_slice(&[0, 0, 0, 7, 15, 0, 1, 11, 0x7f, 0xff, 0xff, 0xff]);
-        let (request, _) = decode(&msg, Protocol::Binary { strict: true }, true).unwrap();
+        let (request, _) = decode(&msg, Protocol::Binary { strict: true }, true, LIMIT).unwrap();
         let err = request.call.unwrap_err();
-        assert!(err.contains("larger than the message"), "{err}");
+        assert!(
+            err.contains("list size 2147483647 exceeds the 36-byte message limit"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -683,8 +731,14 @@ mod tests {
             &Reply::Answers(Vec::new()),
         );
         // A reply is not a call, but the header decodes the same way.
-        let (request, used) = decode(&reply, Protocol::Compact, false).unwrap();
-        assert_eq!((request.name.as_str(), request.seq, used), ("queryGeoInfoByIP", 7, Some(reply.len())));
-        assert_eq!(decode(&reply[..reply.len() - 1], Protocol::Compact, false), Err(WireError::Incomplete));
+        let (request, used) = decode(&reply, Protocol::Compact, false, LIMIT).unwrap();
+        assert_eq!(
+            (request.name.as_str(), request.seq, used),
+            ("queryGeoInfoByIP", 7, Some(reply.len()))
+        );
+        assert_eq!(
+            decode(&reply[..reply.len() - 1], Protocol::Compact, false, LIMIT),
+            Err(WireError::Incomplete)
+        );
     }
 }

@@ -55,7 +55,11 @@ impl Handler {
         if ips.len() > self.max_batch {
             return exception(
                 ApplicationErrorKind::ProtocolError,
-                format!("batch of {} IPs exceeds the limit of {} per request", ips.len(), self.max_batch),
+                format!(
+                    "batch of {} IPs exceeds the limit of {} per request",
+                    ips.len(),
+                    self.max_batch
+                ),
             );
         }
         let route = match call {
@@ -77,7 +81,12 @@ impl Handler {
         };
         debug!(method = %request.name, ips = ips.len(), ?route, "lookup");
         let outcomes = self.locator.locate(ips, route).await;
-        Reply::Answers(ips.iter().zip(&outcomes).map(|(ip, outcome)| geo_info(ip, outcome)).collect())
+        Reply::Answers(
+            ips.iter()
+                .zip(&outcomes)
+                .map(|(ip, outcome)| geo_info(ip, outcome))
+                .collect(),
+        )
     }
 }
 

@@ -1,0 +1,342 @@
+//! Shared test plumbing: a database per test, fixture rows, a fixture
+//! MaxMind database, a server on an ephemeral port, and clients.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use xm_ip_service::client::{self, Client, Protocol, Transport};
+use xm_ip_service::startup::{Application, Settings};
+use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
+
+use crate::mmdb_writer::{s, Value, Writer};
+
+/// The server's database URL for the admin database; tests create their
+/// own databases beside it.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn url_for(database: &str) -> String {
+    let admin = admin_url();
+    let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
+    format!("{base}/{database}")
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A uniquely named, migrated database, dropped when the value is.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!(
+            "xm_ip_test_{}_{}_{}",
+            std::process::id(),
+            nanos,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        connect(&admin_url())
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let url = url_for(&name);
+        xm_ip_service::store::migrate(&url)
+            .await
+            .expect("migrate test database");
+        TestDb { name, url }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    /// Loads the fixture ranges the tests below rely on.
+    pub async fn with_fixtures(self) -> TestDb {
+        self.client()
+            .await
+            .batch_execute(FIXTURE_ROWS)
+            .await
+            .expect("load fixtures");
+        self
+    }
+
+    /// Stops new connections and ends existing ones: the database "goes away".
+    pub async fn cut_off(&self) {
+        let admin = connect(&admin_url()).await;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {0} WITH ALLOW_CONNECTIONS false; \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}'",
+                self.name
+            ))
+            .await
+            .expect("cut off the test database");
+    }
+
+    pub async fn restore(&self) {
+        connect(&admin_url())
+            .await
+            .batch_execute(&format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", self.name))
+            .await
+            .expect("restore the test database");
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; a fresh thread may block.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                connect(&admin_url())
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// Ranges chosen to exercise each rule: China rows, non-China rows that
+/// MaxMind does and does not know, a blank row, and both ends of the space.
+const FIXTURE_ROWS: &str = "
+INSERT INTO ip_service_cn (start_ip, end_ip, country_name, province_name, city_name, district_name, carrier_name,
+                           country_code, province_code, city_code) VALUES
+  (0, 255, '保留', '', '', '', '', '', '', ''),
+  (3074308195, 3074310143, '中国', '广东', '广州', '天河区', '电信', 'CN', '440000', '440100'),
+  (134744064, 134744319, '美国', '加利福尼亚', '', '', '', 'US', '', ''),
+  (151587072, 151587327, '美国', '', '', '', 'Quad9', 'US', '', ''),
+  (167772160, 167772415, '', '', '', '', '', '', '', ''),
+  (3405803776, 3405804031, '中国', '香港', '', '', '', 'HK', '810000', ''),
+  (4294967040, 4294967295, '末尾', '', '', '', '', '', '', '');
+INSERT INTO ip_service_en (start_ip, end_ip, country_name, province_name, city_name, district_name, carrier_name,
+                           country_code, province_code, city_code) VALUES
+  (3074308195, 3074310143, 'China', 'Guangdong', 'Guangzhou', 'Tianhe', 'China Telecom', 'CN', 'GD', '1809858'),
+  (134744064, 134744319, 'United States', 'California', '', '', '', 'US', 'CA', '');
+INSERT INTO ip_service_v6 (start_ip, end_ip, country_name, province_name, city_name, district_name, carrier_name,
+                           country_code, province_code, city_code) VALUES
+  ('240e::', '240e:fff:ffff:ffff:ffff:ffff:ffff:ffff', '中国', '广东', '深圳', '', '电信', 'CN', '440000', '440300'),
+  ('2001:4860::', '2001:4860:ffff:ffff:ffff:ffff:ffff:ffff', '美国', '', '', '', '', 'US', '', ''),
+  ('ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00', 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', '末尾', '', '', '', '', '', '', '');
+";
+
+fn names(en: &str, zh: &str) -> Value {
+    map! {"en" => s(en), "zh-CN" => s(zh)}
+}
+
+/// A City database for the fixture networks, written to a temporary file.
+pub fn fixture_mmdb() -> tempfile::TempPath {
+    let us = map! {"iso_code" => s("US"), "geoname_id" => Value::U32(6252001),
+    "names" => map!{"en" => s("United States"), "zh-CN" => s("美国"), "de" => s("USA")}};
+    let cn = map! {"iso_code" => s("CN"), "geoname_id" => Value::U32(1814991), "names" => names("China", "中国")};
+    let mut writer = Writer::new();
+    writer
+        .insert(
+            "8.8.8.0/24",
+            map! {
+                "country" => us.clone(),
+                "registered_country" => us.clone(),
+                "subdivisions" => Value::Array(vec![map!{"iso_code" => s("CA"), "names" => names("California", "加利福尼亚州")}]),
+                "city" => map!{"geoname_id" => Value::U32(5375480), "names" => names("Mountain View", "芒廷维尤")},
+            },
+        )
+        .insert(
+            "1.1.1.0/24",
+            map! {"registered_country" => map!{"iso_code" => s("AU"), "names" => names("Australia", "澳大利亚")}},
+        )
+        .insert("5.5.5.0/24", map! {"city" => map!{"names" => names("Nowhere", "无处")}})
+        .insert(
+            "183.62.56.0/21",
+            map! {
+                "country" => cn.clone(),
+                "subdivisions" => Value::Array(vec![map!{"iso_code" => s("GD"), "names" => names("Guangdong", "广东")}]),
+                "city" => map!{"geoname_id" => Value::U32(1809858), "names" => names("Guangzhou", "广州")},
+            },
+        )
+        .insert("2001:4860::/32", map! {"country" => us.clone()})
+        .insert("240e::/20", map! {"country" => cn});
+    let path = tempfile::Builder::new()
+        .suffix(".mmdb")
+        .tempfile()
+        .unwrap()
+        .into_temp_path();
+    std::fs::write(&path, writer.build(1_700_000_000)).unwrap();
+    path
+}
+
+/// A running server on an ephemeral port, stopped when dropped.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    _mmdb: Option<tempfile::TempPath>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+/// What to start a test server with.
+pub struct Options {
+    pub mmdb: bool,
+    /// Point the server somewhere other than its fixture database.
+    pub database_url: Option<String>,
+    pub db_timeout: Duration,
+    pub max_batch: usize,
+    pub max_frame: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            mmdb: true,
+            database_url: None,
+            db_timeout: Duration::from_secs(2),
+            max_batch: 10_000,
+            max_frame: 16_384_000,
+        }
+    }
+}
+
+impl TestApp {
+    /// Fixture database and fixture mmdb.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> TestApp {
+        let db = TestDb::new().await.with_fixtures().await;
+        let mmdb = options.mmdb.then(fixture_mmdb);
+        let settings = Settings {
+            addr: "127.0.0.1:0".into(),
+            database_url: options.database_url.unwrap_or_else(|| db.url.clone()),
+            mmdb: mmdb.as_ref().map(|p| PathBuf::from(p.to_path_buf())),
+            migrate: false,
+            pool_size: 4,
+            db_timeout: options.db_timeout,
+            max_batch: options.max_batch,
+            max_frame: options.max_frame,
+            max_connections: 64,
+            shutdown_timeout: Duration::from_secs(5),
+        };
+        let app = Application::build(&settings).await.expect("build the server");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            addr,
+            db,
+            _mmdb: mmdb,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Asks the server to stop and waits until it has.
+    pub async fn shutdown(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.server.take().unwrap().await.unwrap();
+    }
+
+    /// Runs `f` with a generated Rust client speaking `transport`/`protocol`.
+    pub async fn with_client<T: Send + 'static>(
+        &self,
+        transport: Transport,
+        protocol: Protocol,
+        f: impl FnOnce(&mut Client) -> T + Send + 'static,
+    ) -> T {
+        let addr = self.addr.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut client = client::connect(&addr, transport, protocol, Duration::from_secs(10)).expect("connect");
+            f(&mut client)
+        })
+        .await
+        .unwrap()
+    }
+
+    pub async fn by_ip(&self, ips: &[&str]) -> Vec<GeoInfo> {
+        let ips = strings(ips);
+        self.with_client(Transport::Framed, Protocol::Binary, move |c| {
+            c.query_geo_info_by_i_p(ips)
+        })
+        .await
+        .expect("queryGeoInfoByIP")
+    }
+
+    pub async fn with_lang(&self, lang: &str, ips: &[&str]) -> Vec<GeoInfo> {
+        let request = GeoRequest::new(strings(ips), lang.to_owned());
+        self.with_client(Transport::Framed, Protocol::Binary, move |c| c.query_geo_info(request))
+            .await
+            .expect("queryGeoInfo")
+    }
+
+    pub async fn i18n(&self, ips: &[&str]) -> Vec<GeoInfo> {
+        let ips = strings(ips);
+        self.with_client(Transport::Framed, Protocol::Binary, move |c| {
+            c.query_i18n_geo_info_by_i_p(ips)
+        })
+        .await
+        .expect("queryI18nGeoInfoByIP")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn strings(ips: &[&str]) -> Vec<String> {
+    ips.iter().map(|s| s.to_string()).collect()
+}
+
+/// `(error_no, source, country, province, city)` of an answer, for compact asserts.
+pub fn summary(g: &GeoInfo) -> (i32, String, String, String, String) {
+    let t = |v: &Option<String>| v.clone().unwrap_or_default();
+    (
+        g.error_no.unwrap(),
+        t(&g.geoip_source),
+        t(&g.geoip_country_name),
+        t(&g.geoip_province_name),
+        t(&g.geoip_city_name),
+    )
+}
+
+pub fn expect(
+    error_no: i32,
+    source: &str,
+    country: &str,
+    province: &str,
+    city: &str,
+) -> (i32, String, String, String, String) {
+    (error_no, source.into(), country.into(), province.into(), city.into())
+}
