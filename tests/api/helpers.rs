@@ -2,7 +2,6 @@
 //! MaxMind database, a server on an ephemeral port, and clients.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -235,7 +234,7 @@ impl TestApp {
         let settings = Settings {
             addr: "127.0.0.1:0".into(),
             database_url: options.database_url.unwrap_or_else(|| db.url.clone()),
-            mmdb: mmdb.as_ref().map(|p| PathBuf::from(p.to_path_buf())),
+            mmdb: mmdb.as_ref().map(|p| p.to_path_buf()),
             migrate: false,
             pool_size: 4,
             db_timeout: options.db_timeout,

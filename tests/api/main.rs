@@ -5,6 +5,7 @@
 mod mmdb_writer;
 mod helpers;
 
+mod cli;
 mod lookup;
 mod python_client;
 mod resilience;

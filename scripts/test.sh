@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The one test command: checks the generated Thrift code is current, then
+# fmt, clippy, and every test against a real PostgreSQL.
+#
+# PostgreSQL: $DATABASE_URL if set (any database on a server where the
+# user may CREATE DATABASE; each test makes and drops its own), else the
+# server on 127.0.0.1:5432, else a throwaway cluster made with initdb.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail() { echo "test.sh: $*" >&2; exit 1; }
+command -v cargo >/dev/null || fail "cargo is missing: install Rust (rustup)"
+command -v thrift >/dev/null || fail "the Thrift compiler is missing: apt-get install thrift-compiler"
+command -v python3 >/dev/null || fail "python3 is missing: apt-get install python3"
+python3 -c 'import thrift' 2>/dev/null || fail "the Python thrift package is missing: pip install thrift"
+
+pg_bin() {
+  command -v "$1" 2>/dev/null || ls /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -n 1
+}
+
+start_throwaway_cluster() {
+  local initdb pg_ctl dir port as=()
+  initdb=$(pg_bin initdb); pg_ctl=$(pg_bin pg_ctl)
+  [ -n "$initdb" ] && [ -n "$pg_ctl" ] || return 1
+  dir=$(mktemp -d)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  if [ "$(id -u)" = 0 ]; then
+    # initdb refuses to run as root.
+    id postgres >/dev/null 2>&1 || return 1
+    chown postgres "$dir"
+    as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$initdb" -D "$dir/data" -U postgres -A trust >/dev/null
+  "${as[@]}" "$pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
+  # shellcheck disable=SC2064
+  trap "'${as[@]}' '$pg_ctl' -D '$dir/data' -m immediate stop >/dev/null 2>&1; rm -rf '$dir'" EXIT
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  echo "test.sh: started a throwaway PostgreSQL on port $port"
+}
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  if (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+    export DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  elif ! start_throwaway_cluster; then
+    fail "no PostgreSQL: set DATABASE_URL, start one on 127.0.0.1:5432, or apt-get install postgresql"
+  fi
+fi
+
+scripts/gen-thrift.sh --check
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast
+else
+  cargo test --no-fail-fast
+fi

@@ -1,0 +1,144 @@
+//! The `xm-ip-service` binary: migrate, serve with signals, query.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::helpers::{fixture_mmdb, TestApp, TestDb};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xm-ip-service");
+
+async fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn migrate_applies_once_then_reports_nothing_to_do() {
+    let db = TestDb::new().await; // already migrated by the helper
+    let (ok, stdout, _) = run(&["migrate", "--database-url", &db.url]).await;
+    assert!(ok);
+    assert_eq!(stdout.trim(), "applied 0 migration(s); the schema is up to date");
+}
+
+#[tokio::test]
+async fn query_prints_a_readable_block_or_json() {
+    let app = TestApp::spawn().await;
+    let addr = app.addr.to_string();
+    let (ok, stdout, stderr) = run(&["query", "183.62.57.1", "240e:1::1", "bogus", "--addr", &addr]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("183.62.57.1  [cn]"), "{stdout}");
+    assert!(stdout.contains("city      440100   广州"), "{stdout}");
+    assert!(stdout.contains("range     183.62.56.99 - 183.62.63.255"), "{stdout}");
+    assert!(stdout.contains("240e:1::1  [v6]"), "{stdout}");
+    assert!(stdout.contains("bogus  error 1: invalid IP"), "{stdout}");
+
+    let (ok, stdout, _) = run(&[
+        "query",
+        "8.8.8.8",
+        "--lang",
+        "en",
+        "--json",
+        "--addr",
+        &addr,
+        "--transport",
+        "buffered",
+        "--protocol",
+        "compact",
+    ])
+    .await;
+    assert!(ok);
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(answer["geoip_country_name"], "United States");
+    assert_eq!(answer["geoip_source"], "maxmind");
+}
+
+#[tokio::test]
+async fn errors_are_one_readable_line() {
+    let (ok, _, stderr) = run(&["query", "8.8.8.8", "--addr", "127.0.0.1:1", "--timeout", "1s"]).await;
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("xm-ip-service: cannot connect to 127.0.0.1:1"),
+        "{stderr}"
+    );
+
+    let (ok, _, stderr) = run(&[
+        "serve",
+        "--database-url",
+        "postgres://postgres@127.0.0.1/x",
+        "--mmdb",
+        "/nonexistent.mmdb",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot open MaxMind database /nonexistent.mmdb"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_answers_and_exits_cleanly_on_sigterm() {
+    let db = TestDb::new().await.with_fixtures().await;
+    let mmdb = fixture_mmdb();
+    let mut server = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--migrate",
+            "--mmdb",
+        ])
+        .arg(&*mmdb)
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if log["fields"]["message"] == "xm-ip-service listening" {
+                assert_eq!(log["fields"]["mmdb_build"], "GeoLite2-City built 2023-11-14T22:13:20Z");
+                return log["fields"]["addr"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("server exited before listening");
+    })
+    .await
+    .unwrap();
+
+    let (ok, stdout, stderr) = run(&["query", "8.8.8.8", "--addr", &addr]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("8.8.8.8  [maxmind]"), "{stdout}");
+
+    let pid = server.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(15), server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
