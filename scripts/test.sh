@@ -18,25 +18,31 @@ pg_bin() {
   command -v "$1" 2>/dev/null || ls /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -n 1
 }
 
+# A cluster of our own in a temporary directory, stopped and removed on exit.
+PG_AS=()
 start_throwaway_cluster() {
-  local initdb pg_ctl dir port as=()
-  initdb=$(pg_bin initdb); pg_ctl=$(pg_bin pg_ctl)
-  [ -n "$initdb" ] && [ -n "$pg_ctl" ] || return 1
-  dir=$(mktemp -d)
+  local initdb port
+  initdb=$(pg_bin initdb); PG_CTL=$(pg_bin pg_ctl)
+  [ -n "$initdb" ] && [ -n "$PG_CTL" ] || return 1
+  PG_DIR=$(mktemp -d)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   if [ "$(id -u)" = 0 ]; then
     # initdb refuses to run as root.
     id postgres >/dev/null 2>&1 || return 1
-    chown postgres "$dir"
-    as=(runuser -u postgres --)
+    chown postgres "$PG_DIR"
+    PG_AS=(runuser -u postgres --)
   fi
-  "${as[@]}" "$initdb" -D "$dir/data" -U postgres -A trust >/dev/null
-  "${as[@]}" "$pg_ctl" -D "$dir/data" -l "$dir/log" -w \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
-  # shellcheck disable=SC2064
-  trap "'${as[@]}' '$pg_ctl' -D '$dir/data' -m immediate stop >/dev/null 2>&1; rm -rf '$dir'" EXIT
+  "${PG_AS[@]}" "$initdb" -D "$PG_DIR/data" -U postgres -A trust >/dev/null
+  trap stop_throwaway_cluster EXIT
+  "${PG_AS[@]}" "$PG_CTL" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
+    -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1" start >/dev/null
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
   echo "test.sh: started a throwaway PostgreSQL on port $port"
+}
+
+stop_throwaway_cluster() {
+  "${PG_AS[@]}" "$PG_CTL" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$PG_DIR"
 }
 
 if [ -z "${DATABASE_URL:-}" ]; then
