@@ -11,9 +11,25 @@ fn main() {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     if let Err(err) = run(cli.command) {
-        eprintln!("xm-ip-service: {err:#}");
+        eprintln!("xm-ip-service: {}", one_line(&err));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text an
+/// outer message already includes (tokio-postgres repeats its cause).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn run(command: Command) -> anyhow::Result<()> {

@@ -19,7 +19,7 @@ const MIGRATION_LOCK: i64 = 0x0078_6970_736d_6967; // "xipsmig"
 /// instances started with `--migrate` at once take turns on an advisory lock.
 pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
     let config = tokio_postgres::Config::from_str(database_url).map_err(StoreError::Config)?;
-    let (mut client, connection) = config.connect(NoTls).await?;
+    let (mut client, connection) = config.connect(NoTls).await.map_err(StoreError::Connect)?;
     let connection = tokio::spawn(connection);
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])

@@ -76,6 +76,8 @@ impl Table {
 pub enum StoreError {
     #[error("invalid database URL: {0}")]
     Config(#[source] tokio_postgres::Error),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] tokio_postgres::Error),
     #[error("no database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("query failed: {0}")]
