@@ -25,6 +25,9 @@ pub struct Limits {
     /// Largest message accepted, framed or not.
     pub max_frame: usize,
     pub max_connections: usize,
+    /// How long a message may take to arrive once its first byte has; a
+    /// connection idle between messages may stay open indefinitely.
+    pub read_timeout: Duration,
     /// How long in-flight requests may take to finish after shutdown begins.
     pub shutdown_timeout: Duration,
 }
@@ -34,6 +37,7 @@ impl Default for Limits {
         Limits {
             max_frame: DEFAULT_MAX_FRAME,
             max_connections: 4096,
+            read_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -127,6 +131,8 @@ enum Closed {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Wire(#[from] WireError),
+    #[error("a message took longer than {0:?} to arrive")]
+    SlowMessage(Duration),
     #[error("arguments of an unframed message do not decode; the stream cannot be resynchronised")]
     Unsynchronised,
 }
@@ -213,10 +219,19 @@ impl Connection {
     /// actually arrive, never with a length the peer merely announced.
     async fn read_more(&mut self) -> Result<(), Closed> {
         let mut chunk = [0u8; 16 * 1024];
+        // Between messages a client may idle; inside one it may not stall.
+        let mid_message = !self.buf.is_empty();
+        let deadline = async {
+            if !mid_message {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(self.limits.read_timeout).await;
+        };
         let n = tokio::select! {
             biased;
             () = self.stop.cancelled() => return Err(Closed::Shutdown),
             n = self.stream.read(&mut chunk) => n?,
+            () = deadline => return Err(Closed::SlowMessage(self.limits.read_timeout)),
         };
         if n == 0 {
             return Err(Closed::Eof);

@@ -46,6 +46,9 @@ pub struct Settings {
     /// Most client connections at once; further ones wait to be accepted.
     #[arg(long, env = "XM_IP_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// How long one message may take to arrive once it has started.
+    #[arg(long, env = "XM_IP_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub read_timeout: Duration,
     /// How long in-flight requests may take to finish on SIGINT/SIGTERM.
     #[arg(long, env = "XM_IP_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -99,6 +102,7 @@ impl Application {
             limits: Limits {
                 max_frame: settings.max_frame,
                 max_connections: settings.max_connections,
+                read_timeout: settings.read_timeout,
                 shutdown_timeout: settings.shutdown_timeout,
             },
         })

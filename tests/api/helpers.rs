@@ -241,6 +241,7 @@ impl TestApp {
             max_batch: options.max_batch,
             max_frame: options.max_frame,
             max_connections: 64,
+            read_timeout: Duration::from_millis(500),
             shutdown_timeout: Duration::from_secs(5),
         };
         let app = Application::build(&settings).await.expect("build the server");

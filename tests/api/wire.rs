@@ -57,7 +57,11 @@ struct Raw {
 
 impl Raw {
     fn connect(app: &TestApp, transport: Transport, protocol: Protocol, strict: bool) -> Raw {
-        let stream = TcpStream::connect(app.addr).unwrap();
+        Raw::connect_to(app.addr, transport, protocol, strict)
+    }
+
+    fn connect_to(addr: std::net::SocketAddr, transport: Transport, protocol: Protocol, strict: bool) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let (read, write) = TTcpChannel::with_stream(stream).split().unwrap();
         let (read, write): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match transport {
@@ -333,4 +337,28 @@ async fn an_oversized_frame_closes_only_that_connection() {
         .await
         .unwrap();
     assert_eq!(answers.len(), 200);
+}
+
+#[tokio::test]
+async fn a_message_that_stalls_half_way_is_dropped_but_idle_connections_stay() {
+    let app = TestApp::spawn().await;
+    let addr = app.addr;
+    let (stalled, idle_then_used) = blocking(move || {
+        let mut stalled = TcpStream::connect(addr).unwrap();
+        stalled.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stalled.write_all(&[0, 0, 0, 40, 0x80, 1, 0, 1, 0]).unwrap();
+        let mut buf = [0u8; 8];
+        let stalled = match stalled.read(&mut buf) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+
+        let mut idle = Raw::connect_to(addr, Transport::Framed, Protocol::Binary, true);
+        std::thread::sleep(Duration::from_millis(1200));
+        idle.call("queryGeoInfoByIP", 1, &["183.62.57.1"], TType::String);
+        (stalled, idle.reply().1.unwrap())
+    })
+    .await;
+    assert!(stalled, "the stalled connection is closed");
+    assert_eq!(idle_then_used[0].error_no, Some(0), "an idle connection is not");
 }
