@@ -1,12 +1,15 @@
 //! The command line: `serve`, `migrate` and `query`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::client::{self, to_json, Protocol, Transport};
+use crate::import::{self, Format, ImportOptions, LoadMethod, Outcome};
 use crate::startup::Settings;
+use crate::store::{self, Table};
 use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 
 #[derive(Debug, Parser)]
@@ -40,6 +43,41 @@ pub enum Command {
     },
     /// Ask a running server where addresses are.
     Query(QueryArgs),
+    /// Load an IP database file into a range table, atomically.
+    Import(ImportArgs),
+    /// Write a range table to standard output as interchange CSV.
+    Export {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long, value_enum)]
+        table: Table,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// The table to replace.
+    #[arg(long, value_enum)]
+    pub table: Table,
+    /// The file's format; detected from its content when omitted.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Names for mmdb sources (zh-CN, en, de, …); defaults to the table's language.
+    #[arg(long)]
+    pub lang: Option<String>,
+    /// The language block of an ipdb file (e.g. CN); defaults to its first.
+    #[arg(long)]
+    pub ipdb_language: Option<String>,
+    /// Reload even if this file is already the live data.
+    #[arg(long)]
+    pub force: bool,
+    /// How rows reach PostgreSQL; `insert` exists only for the benchmark.
+    #[arg(long, value_enum, default_value = "copy", hide = true)]
+    pub method: LoadMethod,
+    /// The ipdb, mmdb or CSV file.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,6 +103,45 @@ pub struct QueryArgs {
     /// Print JSON, one object per address, instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Runs `import`: migrates, loads, and prints one summary line.
+pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    store::migrate(&args.database_url)
+        .await
+        .context("failed to migrate the database")?;
+    let mut client = store::connect(&args.database_url).await?;
+    let options = ImportOptions {
+        table: args.table,
+        file: args.file.clone(),
+        format: args.format,
+        lang: args.lang,
+        ipdb_language: args.ipdb_language,
+        force: args.force,
+        method: args.method,
+    };
+    let table = args.table.name();
+    match import::import(&mut client, &options).await? {
+        Outcome::AlreadyLoaded => println!(
+            "{table} already holds {} (same SHA-256); nothing to do (--force reloads)",
+            args.file.display()
+        ),
+        Outcome::Loaded { rows, merged, elapsed } => {
+            let seconds = elapsed.as_secs_f64();
+            println!(
+                "imported {rows} rows into {table} ({merged} ranges merged) in {seconds:.1} s, {:.0} rows/s",
+                rows as f64 / seconds
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `export` to standard output.
+pub async fn export(database_url: &str, table: Table) -> anyhow::Result<()> {
+    let client = store::connect(database_url).await?;
+    import::export(&client, table, &mut tokio::io::stdout()).await?;
+    Ok(())
 }
 
 /// Runs `query`: a blocking client, so it stays out of the async runtime.

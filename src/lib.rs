@@ -4,6 +4,7 @@
 //! - [`store`]: the PostgreSQL range tables, pool and migrations.
 //! - [`mmdb`]: the MaxMind City fallback.
 //! - [`service`]: the lookup rules that combine the two.
+//! - [`import`]: loading ipdb, mmdb and CSV files into the tables, and export.
 //! - [`thrift`]: the generated IDL types, the wire codec and the handler.
 //! - [`server`]: TCP accept loop, connections, limits, graceful shutdown.
 //! - [`startup`]: settings and wiring; [`cli`] and [`client`] for the binary.
@@ -11,6 +12,7 @@
 pub mod cli;
 pub mod client;
 pub mod domain;
+pub mod import;
 pub mod mmdb;
 pub mod server;
 pub mod service;

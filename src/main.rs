@@ -35,6 +35,8 @@ fn one_line(err: &anyhow::Error) -> String {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Query(args) => cli::query(args),
+        Command::Import(args) => runtime()?.block_on(cli::import(args)),
+        Command::Export { database_url, table } => runtime()?.block_on(cli::export(&database_url, table)),
         Command::Migrate { database_url } => runtime()?.block_on(async {
             let applied = store::migrate(&database_url).await.context("migration failed")?;
             println!("applied {applied} migration(s); the schema is up to date");

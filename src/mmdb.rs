@@ -74,24 +74,8 @@ impl GeoDb {
         let Some(city) = result.decode::<geoip2::City>()? else {
             return Ok(None);
         };
-        let country = if city.country.is_empty() {
-            &city.registered_country
-        } else {
-            &city.country
-        };
-        if country.is_empty() {
+        let Some(place) = place_of(&city, lang) else {
             return Ok(None);
-        }
-        let province = city.subdivisions.first();
-        let place = Place {
-            country_code: country.iso_code.unwrap_or_default().to_owned(),
-            country_name: name(&country.names, lang),
-            province_code: province.and_then(|p| p.iso_code).unwrap_or_default().to_owned(),
-            province_name: province.map(|p| name(&p.names, lang)).unwrap_or_default(),
-            city_code: city.city.geoname_id.map(|id| id.to_string()).unwrap_or_default(),
-            city_name: name(&city.city.names, lang),
-            district_name: String::new(),
-            carrier: String::new(),
         };
         let network = result.network()?;
         Ok(Some(Located {
@@ -101,6 +85,31 @@ impl GeoDb {
             source: Source::MaxMind,
         }))
     }
+}
+
+/// The service's view of a City record, names in `lang` with English
+/// fallback; `None` for a record with neither `country` nor
+/// `registered_country`. Shared by lookups and the mmdb importer.
+pub fn place_of(city: &geoip2::City<'_>, lang: &str) -> Option<Place> {
+    let country = if city.country.is_empty() {
+        &city.registered_country
+    } else {
+        &city.country
+    };
+    if country.is_empty() {
+        return None;
+    }
+    let province = city.subdivisions.first();
+    Some(Place {
+        country_code: country.iso_code.unwrap_or_default().to_owned(),
+        country_name: name(&country.names, lang),
+        province_code: province.and_then(|p| p.iso_code).unwrap_or_default().to_owned(),
+        province_name: province.map(|p| name(&p.names, lang)).unwrap_or_default(),
+        city_code: city.city.geoname_id.map(|id| id.to_string()).unwrap_or_default(),
+        city_name: name(&city.city.names, lang),
+        district_name: String::new(),
+        carrier: String::new(),
+    })
 }
 
 fn name(names: &Names<'_>, lang: &str) -> String {

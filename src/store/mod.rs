@@ -15,7 +15,7 @@ use crate::domain::{Located, Place, Source};
 pub use migrate::migrate;
 
 /// The range tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Table {
     /// IPv4, Chinese names.
     Cn,
@@ -200,6 +200,18 @@ impl Store {
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?
     }
+}
+
+/// A single connection outside the pool, for migrations and imports.
+pub async fn connect(database_url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    let config = tokio_postgres::Config::from_str(database_url).map_err(StoreError::Config)?;
+    let (client, connection) = config.connect(NoTls).await.map_err(StoreError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::warn!(error = %err, "database connection ended");
+        }
+    });
+    Ok(client)
 }
 
 fn v4_from_i64(n: i64) -> Ipv4Addr {

@@ -1,0 +1,195 @@
+//! IPIP.net `.ipdb` files: a JSON header, a binary trie with two 32-bit
+//! children per node, and tab-separated records, one block of fields per
+//! language. IPv4 lives under `::ffff:0:0/96` of the same trie.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{Codes, Family, Origin, Range, RangeBuilder, SourceError};
+use crate::domain::Place;
+
+#[derive(Debug, Deserialize)]
+struct Meta {
+    node_count: u32,
+    languages: HashMap<String, usize>,
+    fields: Vec<String>,
+}
+
+/// An opened `.ipdb` file.
+pub struct Ipdb<'a> {
+    meta: Meta,
+    /// Everything after the JSON header: the trie, then the records.
+    data: &'a [u8],
+}
+
+/// The address bits of IPv4 inside the trie: 80 zero bits, 16 one bits.
+const V4_PREFIX: u128 = 0xffff_u128 << 32;
+
+impl<'a> Ipdb<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Ipdb<'a>, SourceError> {
+        let header = bytes
+            .get(..4)
+            .ok_or_else(|| SourceError::NotFormat("shorter than an ipdb header".into()))?;
+        let meta_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let meta_bytes = bytes
+            .get(4..4 + meta_len)
+            .filter(|m| m.first() == Some(&b'{'))
+            .ok_or_else(|| SourceError::NotFormat("no JSON metadata after the length prefix".into()))?;
+        let meta: Meta = serde_json::from_slice(meta_bytes)
+            .map_err(|e| SourceError::NotFormat(format!("metadata is not ipdb JSON: {e}")))?;
+        let data = &bytes[4 + meta_len..];
+        if data.len() < meta.node_count as usize * 8 {
+            return Err(SourceError::NotFormat(format!(
+                "{} nodes announced but only {} bytes follow the metadata",
+                meta.node_count,
+                data.len()
+            )));
+        }
+        Ok(Ipdb { meta, data })
+    }
+
+    fn child(&self, node: u32, bit: usize) -> u32 {
+        let at = node as usize * 8 + bit * 4;
+        u32::from_be_bytes([self.data[at], self.data[at + 1], self.data[at + 2], self.data[at + 3]])
+    }
+
+    /// The values of record `pointer` in the language block at `offset`.
+    fn record(&self, pointer: u32, offset: usize) -> Result<Vec<&'a str>, SourceError> {
+        let at = (pointer - self.meta.node_count) as usize + self.meta.node_count as usize * 8;
+        let bad = |what: &str| SourceError::Row {
+            at: Origin::Offset(at as u64),
+            reason: what.to_owned(),
+        };
+        let len = self
+            .data
+            .get(at..at + 2)
+            .ok_or_else(|| bad("record offset is past the end"))?;
+        let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+        let bytes = self
+            .data
+            .get(at + 2..at + 2 + len)
+            .ok_or_else(|| bad("record runs past the end"))?;
+        let text = std::str::from_utf8(bytes).map_err(|e| bad(&format!("record is not UTF-8: {e}")))?;
+        let fields = self.meta.fields.len();
+        let values: Vec<&str> = text.split('\t').collect();
+        values
+            .get(offset..offset + fields)
+            .map(<[&str]>::to_vec)
+            .ok_or_else(|| {
+                bad(&format!(
+                    "record has {} values, fewer than the language block needs",
+                    values.len()
+                ))
+            })
+    }
+
+    /// Where the values of language `wanted` (or the file's first) start
+    /// in a record: the metadata maps each language to that offset.
+    fn language_offset(&self, wanted: Option<&str>) -> Result<usize, SourceError> {
+        match wanted {
+            Some(lang) => self.meta.languages.get(lang).copied().ok_or_else(|| {
+                let mut known: Vec<_> = self.meta.languages.keys().cloned().collect();
+                known.sort();
+                SourceError::NotFormat(format!(
+                    "no language {lang:?} in this ipdb; it has {}",
+                    known.join(", ")
+                ))
+            }),
+            None => (self.meta.languages.values().min().copied())
+                .ok_or_else(|| SourceError::NotFormat("the ipdb lists no languages".into())),
+        }
+    }
+
+    /// Every range of `family`, adjacent leaves with equal values merged.
+    pub fn ranges(&self, family: Family, language: Option<&str>, codes: &Codes) -> Result<RangeBuilder, SourceError> {
+        let offset = self.language_offset(language)?;
+        let field = |name: &str| self.meta.fields.iter().position(|f| f == name);
+        let columns = [
+            field("country_name"),
+            field("region_name"),
+            field("city_name"),
+            field("district_name"),
+            field("isp_domain"),
+            field("country_code"),
+        ];
+        let mut places: HashMap<u32, Arc<Place>> = HashMap::new();
+        let mut out = RangeBuilder::default();
+        let (root, bits) = match family {
+            Family::V4 => (self.v4_root(), 32),
+            Family::V6 => (0, 128),
+        };
+        let mut leaves = Vec::new();
+        self.walk(root, 0, 0, bits, family, &mut leaves);
+        for (start, end, pointer) in leaves {
+            let place = match places.get(&pointer) {
+                Some(place) => place.clone(),
+                None => {
+                    let values = self.record(pointer, offset)?;
+                    let get = |column: Option<usize>| column.map(|i| values[i].trim().to_owned()).unwrap_or_default();
+                    let mut place = Place {
+                        country_name: get(columns[0]),
+                        province_name: get(columns[1]),
+                        city_name: get(columns[2]),
+                        district_name: get(columns[3]),
+                        carrier: get(columns[4]),
+                        country_code: get(columns[5]),
+                        ..Place::default()
+                    };
+                    codes.fill(&mut place);
+                    let place = Arc::new(place);
+                    places.insert(pointer, place.clone());
+                    place
+                }
+            };
+            if place.is_blank() {
+                continue;
+            }
+            out.push_merging(Range {
+                start,
+                end,
+                place,
+                origin: Origin::Offset(u64::from(pointer)),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The node where IPv4 begins: `::ffff:0:0/96`.
+    fn v4_root(&self) -> u32 {
+        let mut node = 0;
+        for i in 0..96 {
+            if node >= self.meta.node_count {
+                break;
+            }
+            node = self.child(node, usize::from(i >= 80));
+        }
+        node
+    }
+
+    /// Collects `(start, end, record)` for every leaf below `node`, in
+    /// address order. `prefix` holds the `depth` bits walked so far.
+    fn walk(&self, node: u32, prefix: u128, depth: u32, bits: u32, family: Family, out: &mut Vec<(u128, u128, u32)>) {
+        let count = self.meta.node_count;
+        for bit in 0..2u32 {
+            let child = self.child(node, bit as usize);
+            let child_prefix = prefix | (u128::from(bit) << (bits - depth - 1));
+            let child_depth = depth + 1;
+            // The IPv4 block is imported into the IPv4 tables, not v6.
+            if family == Family::V6 && child_depth == 96 && child_prefix == V4_PREFIX {
+                continue;
+            }
+            if child > count {
+                let span = if child_depth == bits {
+                    0
+                } else {
+                    (u128::MAX >> (128 - bits)) >> child_depth
+                };
+                out.push((child_prefix, child_prefix | span, child));
+            } else if child < count && child_depth < bits {
+                self.walk(child, child_prefix, child_depth, bits, family, out);
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Loading IP databases into the range tables.
+//!
+//! A source file (`ipdb`, `mmdb` or `csv`) becomes sorted, validated
+//! [`Range`]s; [`load`] then COPYs them into a staging table inside one
+//! transaction, indexes it and swaps it in, so readers see the old table
+//! until the commit and the new one after it, and a failure anywhere
+//! leaves the live table as it was.
+
+mod codes;
+mod csv_file;
+mod ipdb;
+mod load;
+mod mmdb_file;
+mod progress;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use codes::Codes;
+pub use load::{export, import, ImportOptions, LoadMethod, Outcome, RELOAD_CHANNEL};
+
+use crate::domain::Place;
+use crate::store::Table;
+
+/// The source formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Ipdb,
+    Mmdb,
+    Csv,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Ipdb => "ipdb",
+            Format::Mmdb => "mmdb",
+            Format::Csv => "csv",
+        }
+    }
+
+    /// Recognises a file by its content: the ipdb length-prefixed JSON
+    /// header, the mmdb metadata marker near the end, else CSV.
+    pub fn detect(bytes: &[u8]) -> Format {
+        const MMDB_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
+        let tail = &bytes[bytes.len().saturating_sub(128 * 1024)..];
+        if tail.windows(MMDB_MARKER.len()).any(|w| w == MMDB_MARKER) {
+            return Format::Mmdb;
+        }
+        if bytes.len() > 5 && bytes[4] == b'{' {
+            let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+            if len < bytes.len() {
+                return Format::Ipdb;
+            }
+        }
+        Format::Csv
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The address family a table holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(table: Table) -> Family {
+        match table {
+            Table::Cn | Table::En => Family::V4,
+            Table::V6 => Family::V6,
+        }
+    }
+
+    /// An address of this family as text.
+    pub fn text(self, value: u128) -> String {
+        match self {
+            Family::V4 => Ipv4Addr::from(value as u32).to_string(),
+            Family::V6 => Ipv6Addr::from(value).to_string(),
+        }
+    }
+
+    fn ip(self, value: u128) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::V4(Ipv4Addr::from(value as u32)),
+            Family::V6 => IpAddr::V6(Ipv6Addr::from(value)),
+        }
+    }
+}
+
+/// Where in the source a range came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Line(u64),
+    Offset(u64),
+    Network(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Line(n) => write!(f, "line {n}"),
+            Origin::Offset(n) => write!(f, "offset {n}"),
+            Origin::Network(net) => write!(f, "network {net}"),
+        }
+    }
+}
+
+/// One row to load: inclusive bounds (IPv4 in the low 32 bits) and names.
+#[derive(Debug, Clone)]
+pub struct Range {
+    pub start: u128,
+    pub end: u128,
+    pub place: Arc<Place>,
+    pub origin: Origin,
+}
+
+/// Ranges as a source yields them, with a count of merged neighbours.
+#[derive(Debug, Default)]
+pub struct RangeBuilder {
+    pub ranges: Vec<Range>,
+    pub merged: usize,
+}
+
+impl RangeBuilder {
+    /// Appends `range`, extending the previous one instead when it ends
+    /// right before `range` and stores the same values.
+    pub fn push_merging(&mut self, range: Range) {
+        if let Some(last) = self.ranges.last_mut() {
+            if last.end.checked_add(1) == Some(range.start) && last.place == range.place {
+                last.end = range.end;
+                self.merged += 1;
+                return;
+            }
+        }
+        self.ranges.push(range);
+    }
+}
+
+/// What is wrong with a source file.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("not a valid file of this format: {0}")]
+    NotFormat(String),
+    #[error("{at}: {reason}")]
+    Row { at: Origin, reason: String },
+    #[error("ranges overlap: {first} and {second}")]
+    Overlap { first: String, second: String },
+    #[error("no ranges to load")]
+    Empty,
+}
+
+/// Why an import failed; the live table is untouched in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} ({format}): {source}")]
+    Source {
+        path: PathBuf,
+        format: Format,
+        #[source]
+        source: SourceError,
+    },
+    #[error("cannot write the export: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("another import into {0} is running")]
+    Busy(&'static str),
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// The longest text each column takes (`varchar(n)`), read from the live
+/// table so that validation always matches the schema.
+pub type ColumnLimits = HashMap<String, usize>;
+
+/// Sorts `ranges` and refuses what the tables must never hold: a start
+/// after its end, overlaps, text longer than its column, nothing at all.
+pub fn validate(ranges: &mut [Range], family: Family, limits: &ColumnLimits) -> Result<(), SourceError> {
+    if ranges.is_empty() {
+        return Err(SourceError::Empty);
+    }
+    let describe = |r: &Range| format!("{}-{} ({})", family.text(r.start), family.text(r.end), r.origin);
+    for range in ranges.iter() {
+        if range.start > range.end {
+            return Err(SourceError::Row {
+                at: range.origin.clone(),
+                reason: format!(
+                    "start {} is after end {}",
+                    family.text(range.start),
+                    family.text(range.end)
+                ),
+            });
+        }
+        check_lengths(range, limits)?;
+    }
+    ranges.sort_by_key(|r| r.start);
+    for pair in ranges.windows(2) {
+        if pair[1].start <= pair[0].end {
+            return Err(SourceError::Overlap {
+                first: describe(&pair[0]),
+                second: describe(&pair[1]),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_lengths(range: &Range, limits: &ColumnLimits) -> Result<(), SourceError> {
+    let p = &range.place;
+    let columns = [
+        ("country_name", &p.country_name),
+        ("province_name", &p.province_name),
+        ("city_name", &p.city_name),
+        ("district_name", &p.district_name),
+        ("carrier_name", &p.carrier),
+        ("country_code", &p.country_code),
+        ("province_code", &p.province_code),
+        ("city_code", &p.city_code),
+    ];
+    for (column, value) in columns {
+        let Some(&max) = limits.get(column) else { continue };
+        let chars = value.chars().count();
+        if chars > max {
+            return Err(SourceError::Row {
+                at: range.origin.clone(),
+                reason: format!("{column} is {chars} characters, longer than the column's {max}: {value:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Parses `bytes` as `format` into validated ranges for `family`.
+pub fn read_ranges(
+    bytes: &[u8],
+    format: Format,
+    family: Family,
+    lang: &str,
+    ipdb_language: Option<&str>,
+    limits: &ColumnLimits,
+) -> Result<RangeBuilder, SourceError> {
+    let codes = Codes::get();
+    let mut built = match format {
+        Format::Ipdb => ipdb::Ipdb::parse(bytes)?.ranges(family, ipdb_language, codes)?,
+        Format::Mmdb => mmdb_file::ranges(bytes, family, lang, codes)?,
+        Format::Csv => csv_file::ranges(bytes, family, codes)?,
+    };
+    validate(&mut built.ranges, family, limits)?;
+    Ok(built)
+}
+
+/// The file name recorded in the import history.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy()
+        .into_owned()
+}
