@@ -387,10 +387,22 @@ pub async fn export(
         Family::V4 => format!("host('0.0.0.0'::inet + {column}) AS {column}"),
         Family::V6 => format!("host({column}) AS {column}"),
     };
+    // Empty names become NULL, which `NULL ''` writes as an empty field:
+    // PostgreSQL would otherwise quote empty strings as "".
+    let names = [
+        "country_name",
+        "province_name",
+        "city_name",
+        "district_name",
+        "carrier_name",
+    ]
+    .into_iter()
+    .chain(["country_code", "province_code", "city_code"])
+    .map(|c| format!("NULLIF({c}, '') AS {c}"))
+    .collect::<Vec<_>>()
+    .join(", ");
     let sql = format!(
-        "COPY (SELECT {}, {}, country_name, province_name, city_name, district_name, carrier_name, \
-                      country_code, province_code, city_code \
-               FROM {} ORDER BY start_ip) TO STDOUT (FORMAT csv, HEADER)",
+        "COPY (SELECT {}, {}, {names} FROM {} ORDER BY start_ip) TO STDOUT (FORMAT csv, HEADER, NULL '')",
         bound("start_ip"),
         bound("end_ip"),
         table.name()

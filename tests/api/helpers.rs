@@ -12,7 +12,7 @@ use xm_ip_service::client::{self, Client, Protocol, Transport};
 use xm_ip_service::startup::{Application, Settings};
 use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 
-use crate::mmdb_writer::{s, Value, Writer};
+use crate::writers::{s, Value, Writer};
 
 /// The server's database URL for the admin database; tests create their
 /// own databases beside it.

@@ -2,10 +2,11 @@
 //! port, and real Thrift clients over TCP.
 
 #[macro_use]
-mod mmdb_writer;
+mod writers;
 mod helpers;
 
 mod cli;
+mod import;
 mod lookup;
 mod python_client;
 mod resilience;

@@ -1,6 +1,7 @@
-//! A minimal MaxMind DB writer, so tests make their own City database
-//! instead of shipping or downloading one. Format: the MaxMind DB spec 2.0
-//! (search tree with 32-bit records, data section, metadata).
+//! Minimal writers for the two binary IP database formats, so tests make
+//! their own fixtures instead of shipping or downloading them: MaxMind DB
+//! (spec 2.0: search tree with 32-bit records, data section, metadata) and
+//! IPIP.net ipdb (JSON header, the same kind of tree, tab-separated records).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -20,7 +21,7 @@ pub enum Value {
 #[macro_export]
 macro_rules! map {
     ($($k:expr => $v:expr),* $(,)?) => {
-        $crate::mmdb_writer::Value::Map([$(($k.to_string(), $v)),*].into_iter().collect())
+        $crate::writers::Value::Map([$(($k.to_string(), $v)),*].into_iter().collect())
     };
 }
 
@@ -35,31 +36,25 @@ enum Record {
     Data(usize),
 }
 
-/// Networks and their records, written as an IPv6 City database with the
-/// IPv4 space under `::/96`, as GeoLite2 does.
-#[derive(Default)]
-pub struct Writer {
+/// A binary trie over 128-bit addresses whose leaves name a record.
+struct Trie {
     nodes: Vec<[Record; 2]>,
-    data: Vec<Value>,
 }
 
-impl Writer {
-    pub fn new() -> Self {
-        Writer {
+impl Trie {
+    fn new() -> Self {
+        Trie {
             nodes: vec![[Record::Empty; 2]],
-            data: Vec::new(),
         }
     }
 
-    /// Adds `network` ("8.8.8.0/24" or "2001:4860::/32"); networks must not nest.
-    pub fn insert(&mut self, network: &str, value: Value) -> &mut Self {
+    /// Points `network` at record `data`; IPv4 networks go below `v4_base`.
+    fn insert(&mut self, network: &str, v4_base: u128, data: usize) {
         let (ip, len) = network.split_once('/').expect("network/prefix");
         let (bits, len): (u128, u32) = match ip.parse::<IpAddr>().unwrap() {
-            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 96 + len.parse::<u32>().unwrap()),
+            IpAddr::V4(v4) => (v4_base | u128::from(u32::from(v4)), 96 + len.parse::<u32>().unwrap()),
             IpAddr::V6(v6) => (u128::from(v6), len.parse().unwrap()),
         };
-        self.data.push(value);
-        let data = self.data.len() - 1;
         let mut node = 0;
         for depth in 0..len {
             let bit = ((bits >> (127 - depth)) & 1) as usize;
@@ -78,6 +73,44 @@ impl Writer {
                 Record::Data(_) => panic!("{network} nests inside another network"),
             };
         }
+    }
+
+    /// The tree as big-endian u32 pairs; data record `d` becomes
+    /// `node_count + data_base + offsets[d]`.
+    fn write(&self, data_base: usize, offsets: &[usize], out: &mut Vec<u8>) {
+        let count = self.nodes.len();
+        for node in &self.nodes {
+            for record in node {
+                let value = match *record {
+                    Record::Empty => count,
+                    Record::Node(n) => n,
+                    Record::Data(d) => count + data_base + offsets[d],
+                };
+                out.extend_from_slice(&(value as u32).to_be_bytes());
+            }
+        }
+    }
+}
+
+/// Networks and their records, written as an IPv6 City database with the
+/// IPv4 space under `::/96`, as GeoLite2 does.
+pub struct Writer {
+    trie: Trie,
+    data: Vec<Value>,
+}
+
+impl Writer {
+    pub fn new() -> Self {
+        Writer {
+            trie: Trie::new(),
+            data: Vec::new(),
+        }
+    }
+
+    /// Adds `network` ("8.8.8.0/24" or "2001:4860::/32"); networks must not nest.
+    pub fn insert(&mut self, network: &str, value: Value) -> &mut Self {
+        self.data.push(value);
+        self.trie.insert(network, 0, self.data.len() - 1);
         self
     }
 
@@ -92,18 +125,8 @@ impl Writer {
                 at
             })
             .collect();
-        let count = self.nodes.len();
         let mut out = Vec::new();
-        for node in &self.nodes {
-            for record in node {
-                let value = match *record {
-                    Record::Empty => count,
-                    Record::Node(n) => n,
-                    Record::Data(d) => count + 16 + offsets[d],
-                };
-                out.extend_from_slice(&(value as u32).to_be_bytes());
-            }
-        }
+        self.trie.write(16, &offsets, &mut out);
         out.extend_from_slice(&[0; 16]);
         out.extend_from_slice(&section);
         out.extend_from_slice(b"\xab\xcd\xefMaxMind.com");
@@ -115,10 +138,76 @@ impl Writer {
             "description" => map! {"en" => s("xm-ip-service test fixture")},
             "ip_version" => Value::U16(6),
             "languages" => Value::Array(["de", "en", "es", "fr", "ja", "pt-BR", "ru", "zh-CN"].iter().map(|l| s(l)).collect()),
-            "node_count" => Value::U32(count as u32),
+            "node_count" => Value::U32(self.trie.nodes.len() as u32),
             "record_size" => Value::U16(32),
         };
         encode(&metadata, &mut out);
+        out
+    }
+}
+
+/// The fields of the qqwry ipdb, in its order.
+pub const IPDB_FIELDS: [&str; 8] = [
+    "country_name",
+    "region_name",
+    "city_name",
+    "district_name",
+    "owner_domain",
+    "isp_domain",
+    "country_code",
+    "continent_code",
+];
+
+/// An ipdb with one language block (`CN`) of `IPDB_FIELDS`; IPv4 lives at
+/// `::ffff:0:0/96`, where ipdb readers look for it.
+pub struct IpdbWriter {
+    trie: Trie,
+    records: Vec<Vec<u8>>,
+}
+
+impl IpdbWriter {
+    pub fn new() -> Self {
+        IpdbWriter {
+            trie: Trie::new(),
+            records: Vec::new(),
+        }
+    }
+
+    pub fn insert(&mut self, network: &str, values: [&str; 8]) -> &mut Self {
+        self.records.push(values.join("\t").into_bytes());
+        self.trie.insert(network, 0xffff << 32, self.records.len() - 1);
+        self
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        // Record offsets start past 16 bytes of padding: a pointer equal to
+        // node_count means "no data".
+        let mut section = vec![0u8; 16];
+        let offsets: Vec<usize> = self
+            .records
+            .iter()
+            .map(|record| {
+                let at = section.len();
+                section.extend_from_slice(&(record.len() as u16).to_be_bytes());
+                section.extend_from_slice(record);
+                at
+            })
+            .collect();
+        let mut tree = Vec::new();
+        self.trie.write(0, &offsets, &mut tree);
+        let meta = serde_json::json!({
+            "build": 1_700_000_000,
+            "ip_version": 3,
+            "languages": {"CN": 0},
+            "node_count": self.trie.nodes.len(),
+            "total_size": tree.len() + section.len(),
+            "fields": IPDB_FIELDS,
+        })
+        .to_string();
+        let mut out = (meta.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(meta.as_bytes());
+        out.extend_from_slice(&tree);
+        out.extend_from_slice(&section);
         out
     }
 }
