@@ -142,3 +142,36 @@ async fn serve_answers_and_exits_cleanly_on_sigterm() {
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test]
+async fn import_prints_a_summary_then_a_no_op_and_export_writes_csv() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = "start_ip,end_ip,country_name,province_name,city_name,district_name,carrier_name,country_code,province_code,city_code\n\
+               183.62.56.99,183.62.63.255,中国,广东,广州,,电信,CN,440000,440100\n";
+    let path = dir.path().join("cn.csv");
+    std::fs::write(&path, csv).unwrap();
+    let path = path.to_str().unwrap();
+
+    let (ok, stdout, stderr) = run(&["import", "--table", "cn", "--database-url", &db.url, path]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("imported 1 rows into ip_service_cn (0 ranges merged) in "),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = run(&["import", "--table", "cn", "--database-url", &db.url, path]).await;
+    assert!(ok);
+    assert!(stdout.contains("already holds"), "{stdout}");
+
+    let (ok, stdout, _) = run(&["export", "--table", "cn", "--database-url", &db.url]).await;
+    assert!(ok);
+    assert_eq!(stdout, csv);
+
+    let (ok, _, stderr) = run(&["import", "--table", "v6", "--database-url", &db.url, path]).await;
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("line 2: IPv4 address 183.62.56.99 in an IPv6 table"),
+        "{stderr}"
+    );
+}

