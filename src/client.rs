@@ -41,10 +41,21 @@ pub fn connect(addr: &str, transport: Transport, protocol: Protocol, timeout: Du
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
+    let (input, output) = protocols(stream, transport, protocol, true)?;
+    Ok(IPServiceSyncClient::new(input, output))
+}
+
+/// The input and output protocols over `stream`. `strict` chooses the
+/// binary protocol's version word; clients send it unless very old.
+pub fn protocols(
+    stream: TcpStream,
+    transport: Transport,
+    protocol: Protocol,
+    strict: bool,
+) -> std::io::Result<(Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>)> {
     let (read, write) = TTcpChannel::with_stream(stream)
         .split()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-
     let (read, write): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Write + Send>) = match transport {
         Transport::Framed => (
             Box::new(TFramedReadTransport::new(read)),
@@ -55,17 +66,16 @@ pub fn connect(addr: &str, transport: Transport, protocol: Protocol, timeout: Du
             Box::new(TBufferedWriteTransport::new(write)),
         ),
     };
-    let (input, output): (Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>) = match protocol {
+    Ok(match protocol {
         Protocol::Binary => (
-            Box::new(TBinaryInputProtocol::new(read, true)),
-            Box::new(TBinaryOutputProtocol::new(write, true)),
+            Box::new(TBinaryInputProtocol::new(read, strict)),
+            Box::new(TBinaryOutputProtocol::new(write, strict)),
         ),
         Protocol::Compact => (
             Box::new(TCompactInputProtocol::new(read)),
             Box::new(TCompactOutputProtocol::new(write)),
         ),
-    };
-    Ok(IPServiceSyncClient::new(input, output))
+    })
 }
 
 /// A `GeoInfo` as JSON, keyed by the IDL's field names; unset fields are null.

@@ -278,6 +278,24 @@ impl ToSql for Bound {
     to_sql_checked!();
 }
 
+/// One row's values in `INSERT_COLUMNS` order.
+fn row_params<'a>(id: &'a i64, bounds: &'a (Bound, Bound), range: &'a Range) -> [&'a (dyn ToSql + Sync); 11] {
+    let p = &range.place;
+    [
+        id,
+        &bounds.0,
+        &bounds.1,
+        &p.country_name,
+        &p.province_name,
+        &p.city_name,
+        &p.district_name,
+        &p.carrier,
+        &p.country_code,
+        &p.province_code,
+        &p.city_code,
+    ]
+}
+
 async fn copy_rows(
     tx: &Transaction<'_>,
     staging: &str,
@@ -295,24 +313,8 @@ async fn copy_rows(
     for (chunk_start, chunk) in ranges.chunks(10_000).enumerate() {
         for (i, range) in chunk.iter().enumerate() {
             let id = (chunk_start * 10_000 + i + 1) as i64;
-            let (start, end) = (Bound(family, range.start), Bound(family, range.end));
-            let p = &range.place;
-            writer
-                .as_mut()
-                .write(&[
-                    &id,
-                    &start,
-                    &end,
-                    &p.country_name,
-                    &p.province_name,
-                    &p.city_name,
-                    &p.district_name,
-                    &p.carrier,
-                    &p.country_code,
-                    &p.province_code,
-                    &p.city_code,
-                ])
-                .await?;
+            let bounds = (Bound(family, range.start), Bound(family, range.end));
+            writer.as_mut().write(&row_params(&id, &bounds, range)).await?;
         }
         progress.add(chunk.len() as u64);
     }
@@ -354,20 +356,7 @@ async fn insert_rows(
                 n + 10,
                 n + 11
             ));
-            let p = &range.place;
-            params.extend_from_slice(&[
-                &ids[i],
-                &bounds[i].0,
-                &bounds[i].1,
-                &p.country_name,
-                &p.province_name,
-                &p.city_name,
-                &p.district_name,
-                &p.carrier,
-                &p.country_code,
-                &p.province_code,
-                &p.city_code,
-            ]);
+            params.extend_from_slice(&row_params(&ids[i], &bounds[i], range));
         }
         let sql = format!("INSERT INTO {staging} ({INSERT_COLUMNS}) VALUES {}", tuples.join(","));
         tx.execute(&sql, &params).await?;

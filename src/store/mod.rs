@@ -149,36 +149,16 @@ impl Store {
         debug_assert_ne!(table, Table::V6);
         let keys: Vec<i64> = ips.iter().map(|ip| i64::from(u32::from(*ip))).collect();
         let rows = self.query(table, &keys).await?;
-        let mut out = vec![None; ips.len()];
-        for row in rows {
-            let (ord, start, end): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            let place = place(&row)?;
-            out[ord as usize - 1] = Some(Located {
-                place,
-                start: IpAddr::V4(v4_from_i64(start)),
-                end: IpAddr::V4(v4_from_i64(end)),
-                source: table.source(),
-            });
-        }
-        Ok(out)
+        // The table's CHECK keeps IPv4 bounds within 0..=u32::MAX.
+        let bound = |row: &Row, i| Ok(IpAddr::V4(Ipv4Addr::from(row.try_get::<_, i64>(i)? as u32)));
+        in_input_order(rows, ips.len(), table.source(), bound)
     }
 
     /// Finds the row for each IPv6 address in `ip_service_v6`, in input order.
     pub async fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Result<Vec<Option<Located>>, StoreError> {
         let keys: Vec<IpAddr> = ips.iter().map(|ip| IpAddr::V6(*ip)).collect();
         let rows = self.query(Table::V6, &keys).await?;
-        let mut out = vec![None; ips.len()];
-        for row in rows {
-            let (ord, start, end): (i64, IpAddr, IpAddr) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            let place = place(&row)?;
-            out[ord as usize - 1] = Some(Located {
-                place,
-                start,
-                end,
-                source: Source::V6,
-            });
-        }
-        Ok(out)
+        in_input_order(rows, ips.len(), Source::V6, |row, i| row.try_get(i))
     }
 
     async fn query<T>(&self, table: Table, keys: &[T]) -> Result<Vec<Row>, StoreError>
@@ -214,9 +194,24 @@ pub async fn connect(database_url: &str) -> Result<tokio_postgres::Client, Store
     Ok(client)
 }
 
-fn v4_from_i64(n: i64) -> Ipv4Addr {
-    // The table's CHECK keeps bounds within 0..=u32::MAX.
-    Ipv4Addr::from(n as u32)
+/// Places each found row at its input's position (the query's ordinal).
+fn in_input_order(
+    rows: Vec<Row>,
+    inputs: usize,
+    source: Source,
+    bound: impl Fn(&Row, usize) -> Result<IpAddr, tokio_postgres::Error>,
+) -> Result<Vec<Option<Located>>, StoreError> {
+    let mut out = vec![None; inputs];
+    for row in rows {
+        let ordinal: i64 = row.try_get(0)?;
+        out[ordinal as usize - 1] = Some(Located {
+            start: bound(&row, 1)?,
+            end: bound(&row, 2)?,
+            place: place(&row)?,
+            source,
+        });
+    }
+    Ok(out)
 }
 
 fn place(row: &Row) -> Result<Place, tokio_postgres::Error> {

@@ -6,16 +6,12 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use thrift::protocol::{
-    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol, TFieldIdentifier,
-    TInputProtocol, TListIdentifier, TMessageIdentifier, TMessageType, TMultiplexedOutputProtocol, TOutputProtocol,
-    TSerializable, TStructIdentifier, TType,
+    TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier, TMessageIdentifier,
+    TMessageType, TMultiplexedOutputProtocol, TOutputProtocol, TSerializable, TStructIdentifier, TType,
 };
-use thrift::transport::{
-    TBufferedReadTransport, TBufferedWriteTransport, TFramedReadTransport, TFramedWriteTransport, TIoChannel,
-    TTcpChannel,
-};
+use thrift::transport::{TFramedReadTransport, TFramedWriteTransport, TIoChannel, TTcpChannel};
 use thrift::{ApplicationErrorKind, Error};
-use xm_ip_service::client::{Protocol, Transport};
+use xm_ip_service::client::{self, Protocol, Transport};
 use xm_ip_service::thrift::{GeoInfo, IPServiceSyncClient, TIPServiceSyncClient};
 
 use crate::helpers::{strings, summary, Options, TestApp};
@@ -63,27 +59,8 @@ impl Raw {
     fn connect_to(addr: std::net::SocketAddr, transport: Transport, protocol: Protocol, strict: bool) -> Raw {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let (read, write) = TTcpChannel::with_stream(stream).split().unwrap();
-        let (read, write): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match transport {
-            Transport::Framed => (
-                Box::new(TFramedReadTransport::new(read)),
-                Box::new(TFramedWriteTransport::new(write)),
-            ),
-            Transport::Buffered => (
-                Box::new(TBufferedReadTransport::new(read)),
-                Box::new(TBufferedWriteTransport::new(write)),
-            ),
-        };
-        match protocol {
-            Protocol::Binary => Raw {
-                input: Box::new(TBinaryInputProtocol::new(read, strict)),
-                output: Box::new(TBinaryOutputProtocol::new(write, strict)),
-            },
-            Protocol::Compact => Raw {
-                input: Box::new(TCompactInputProtocol::new(read)),
-                output: Box::new(TCompactOutputProtocol::new(write)),
-            },
-        }
+        let (input, output) = client::protocols(stream, transport, protocol, strict).unwrap();
+        Raw { input, output }
     }
 
     /// Sends `name(1: list<elem_type> ips)` with the given element type.
