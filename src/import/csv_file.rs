@@ -43,12 +43,18 @@ pub fn ranges(bytes: &[u8], family: Family, codes: &Codes) -> Result<RangeBuilde
     }
     let mut out = RangeBuilder::default();
     for record in reader.records() {
-        let record = record.map_err(|e| {
-            let at = Origin::Line(e.position().map_or(0, |p| p.line()));
-            SourceError::Row {
-                at,
-                reason: e.to_string(),
-            }
+        let record = record.map_err(|e| SourceError::Row {
+            at: Origin::Line(e.position().map_or(0, |p| p.line())),
+            reason: match e.kind() {
+                csv::ErrorKind::Utf8 { err, .. } => {
+                    let column = headers.get(err.field()).unwrap_or("?");
+                    format!("{column} is not valid UTF-8")
+                }
+                csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                    format!("{len} fields where the header has {expected_len}")
+                }
+                _ => e.to_string(),
+            },
         })?;
         let line = record.position().map_or(0, |p| p.line());
         let at = Origin::Line(line);

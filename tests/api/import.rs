@@ -167,7 +167,7 @@ async fn mmdb_networks_merge_when_their_stored_values_match() {
         map! {
             "country" => de.clone(),
             "subdivisions" => Value::Array(vec![map!{"iso_code" => s("BE"), "names" => names("Berlin", "柏林")}]),
-            "city" => map!{"geoname_id" => Value::U32(2950159), "names" => names("Berlin", "柏林")},
+            "city" => map!{"geoname_id" => Value::U32(2950159), "names" => names("Berlin, \"Mitte\" Yi'an", "柏林")},
             "postal" => map!{"code" => s(postal)},
         }
     };
@@ -197,7 +197,7 @@ async fn mmdb_networks_merge_when_their_stored_values_match() {
                 "2.0.0.255",
                 "Germany",
                 "Berlin",
-                "Berlin",
+                "Berlin, \"Mitte\" Yi'an",
                 "",
                 "",
                 "DE",
@@ -384,6 +384,14 @@ async fn a_file_that_is_not_its_claimed_format_is_refused() {
         "the header has no start_ip column",
     )
     .await;
+    let short_row = format!("{HEADER}1.2.3.0,1.2.3.255,a\n");
+    assert_refused(
+        Table::Cn,
+        short_row.as_bytes(),
+        None,
+        "line 2: 3 fields where the header has 7",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -403,7 +411,7 @@ async fn names_longer_than_their_column_are_refused_not_cut() {
 async fn invalid_utf8_is_refused_with_its_line() {
     let mut csv = format!("{HEADER}1.2.3.0,1.2.3.255,a,,,,\n").into_bytes();
     csv.extend_from_slice(b"1.2.4.0,1.2.4.255,\xff\xfe,,,,\n");
-    assert_refused(Table::Cn, &csv, None, "line 3").await;
+    assert_refused(Table::Cn, &csv, None, "line 3: country_name is not valid UTF-8").await;
 }
 
 #[tokio::test]
