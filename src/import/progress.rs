@@ -23,7 +23,7 @@ impl Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
-                ProgressStyle::with_template("{msg} [{bar:40}] {human_pos}/{human_len} rows, {per_sec}, eta {eta}")
+                ProgressStyle::with_template("{msg} [{bar:40}] {human_pos}/{human_len} rows, {per_sec:0}, eta {eta}")
                     .expect("valid template")
                     .progress_chars("=> "),
             );
