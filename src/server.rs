@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -101,6 +102,7 @@ async fn accept_loop(
             limits: limits.clone(),
             stop: stop.clone(),
             buf: Vec::new(),
+            message_started: None,
         };
         tracker.spawn(async move {
             connection.serve().await;
@@ -116,8 +118,10 @@ struct Connection {
     handler: Handler,
     limits: Arc<Limits>,
     stop: CancellationToken,
-    /// Bytes received but not yet answered; never more than one message.
+    /// Bytes received but not yet answered.
     buf: Vec<u8>,
+    /// When the first byte of the message being received arrived.
+    message_started: Option<Instant>,
 }
 
 /// Why a connection ended early.
@@ -165,6 +169,12 @@ impl Connection {
             match consumed {
                 Some(n) => {
                     self.buf.drain(..n);
+                    if self.buf.is_empty() && self.buf.capacity() > 1 << 20 {
+                        // Do not hold a large message's buffer while idle.
+                        self.buf = Vec::new();
+                    }
+                    // Pipelined bytes already here start the next message's clock.
+                    self.message_started = (!self.buf.is_empty()).then(Instant::now);
                 }
                 None => return Err(Closed::Unsynchronised),
             }
@@ -215,28 +225,47 @@ impl Connection {
         Ok((self.buf.len() >= 4 + size).then_some((4, 4 + size)))
     }
 
-    /// Appends what the peer sends next; memory grows only with bytes that
-    /// actually arrive, never with a length the peer merely announced.
+    /// Appends what the peer sends next, and whatever else is already
+    /// waiting, so a large message is decoded once it has arrived rather
+    /// than after every segment. Memory grows only with bytes that actually
+    /// arrive, never with a length the peer merely announced.
     async fn read_more(&mut self) -> Result<(), Closed> {
-        let mut chunk = [0u8; 16 * 1024];
-        // Between messages a client may idle; inside one it may not stall.
-        let mid_message = !self.buf.is_empty();
-        let deadline = async {
-            if !mid_message {
-                std::future::pending::<()>().await;
-            }
-            tokio::time::sleep(self.limits.read_timeout).await;
+        const CHUNK: usize = 64 * 1024;
+        // Between messages a client may idle; a message, once started, must
+        // arrive whole within the read timeout.
+        let deadline = match (self.buf.is_empty(), self.message_started) {
+            (false, Some(started)) => Some(started + self.limits.read_timeout),
+            _ => None,
         };
+        let expired = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let was_empty = self.buf.is_empty();
+        self.buf.reserve(CHUNK);
         let n = tokio::select! {
             biased;
             () = self.stop.cancelled() => return Err(Closed::Shutdown),
-            n = self.stream.read(&mut chunk) => n?,
-            () = deadline => return Err(Closed::SlowMessage(self.limits.read_timeout)),
+            n = self.stream.read_buf(&mut self.buf) => n?,
+            () = expired => return Err(Closed::SlowMessage(self.limits.read_timeout)),
         };
         if n == 0 {
             return Err(Closed::Eof);
         }
-        self.buf.extend_from_slice(&chunk[..n]);
+        if was_empty {
+            self.message_started = Some(Instant::now());
+        }
+        while self.buf.len() <= self.limits.max_frame {
+            self.buf.reserve(CHUNK);
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => break, // EOF: the next read reports it
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(err) => return Err(err.into()),
+            }
+        }
         Ok(())
     }
 }

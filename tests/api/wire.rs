@@ -339,3 +339,36 @@ async fn a_message_that_stalls_half_way_is_dropped_but_idle_connections_stay() {
     assert!(stalled, "the stalled connection is closed");
     assert_eq!(idle_then_used[0].error_no, Some(0), "an idle connection is not");
 }
+
+#[tokio::test]
+async fn a_message_dripping_in_slower_than_the_read_timeout_is_dropped() {
+    let app = TestApp::spawn().await;
+    let addr = app.addr;
+    let closed_after = blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let started = std::time::Instant::now();
+        // A frame of 400 bytes, one byte every 100 ms: each read is prompt,
+        // the whole message is not (the test server allows 500 ms).
+        stream.write_all(&[0, 0, 1, 144, 0x80, 1, 0, 1]).unwrap();
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(100));
+            if stream.write_all(&[0]).is_err() {
+                break;
+            }
+        }
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 8];
+        let closed = match stream.read(&mut buf) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        (closed, started.elapsed())
+    })
+    .await;
+    assert!(closed_after.0, "the dripping connection is closed");
+    assert!(
+        closed_after.1 < Duration::from_secs(3),
+        "closed after {:?}, not when the drip ended",
+        closed_after.1
+    );
+}
