@@ -120,9 +120,16 @@ impl<'a> Ipdb<'a> {
             Family::V4 => (self.v4_root(), 32),
             Family::V6 => (0, 128),
         };
-        let mut leaves = Vec::new();
-        self.walk(root, 0, 0, bits, family, &mut leaves);
-        for (start, end, pointer) in leaves {
+        let mut walker = Walker {
+            ipdb: self,
+            bits,
+            family,
+            leaves: Vec::new(),
+            // A valid trie reaches each node once; a looping one never ends.
+            budget: 2 * u64::from(self.meta.node_count) + 2,
+        };
+        walker.walk(root, 0, 0)?;
+        for (start, end, pointer) in walker.leaves {
             let place = match places.get(&pointer) {
                 Some(place) => place.clone(),
                 None => {
@@ -167,17 +174,32 @@ impl<'a> Ipdb<'a> {
         }
         node
     }
+}
 
-    /// Collects `(start, end, record)` for every leaf below `node`, in
-    /// address order. `prefix` holds the `depth` bits walked so far.
-    fn walk(&self, node: u32, prefix: u128, depth: u32, bits: u32, family: Family, out: &mut Vec<(u128, u128, u32)>) {
-        let count = self.meta.node_count;
+/// A depth-first walk of the trie below a root, in address order.
+struct Walker<'w, 'a> {
+    ipdb: &'w Ipdb<'a>,
+    /// 32 for IPv4 (walked from the IPv4 root), 128 for IPv6.
+    bits: u32,
+    family: Family,
+    /// `(start, end, record pointer)` of every leaf.
+    leaves: Vec<(u128, u128, u32)>,
+    /// Nodes it may still visit.
+    budget: u64,
+}
+
+impl Walker<'_, '_> {
+    /// Walks below `node`, whose address starts with the `depth` bits of `prefix`.
+    fn walk(&mut self, node: u32, prefix: u128, depth: u32) -> Result<(), SourceError> {
+        self.budget =
+            (self.budget.checked_sub(1)).ok_or_else(|| SourceError::NotFormat("the trie revisits its nodes".into()))?;
+        let (bits, count) = (self.bits, self.ipdb.meta.node_count);
         for bit in 0..2u32 {
-            let child = self.child(node, bit as usize);
+            let child = self.ipdb.child(node, bit as usize);
             let child_prefix = prefix | (u128::from(bit) << (bits - depth - 1));
             let child_depth = depth + 1;
             // The IPv4 block is imported into the IPv4 tables, not v6.
-            if family == Family::V6 && child_depth == 96 && child_prefix == V4_PREFIX {
+            if self.family == Family::V6 && child_depth == 96 && child_prefix == V4_PREFIX {
                 continue;
             }
             if child > count {
@@ -186,10 +208,51 @@ impl<'a> Ipdb<'a> {
                 } else {
                     (u128::MAX >> (128 - bits)) >> child_depth
                 };
-                out.push((child_prefix, child_prefix | span, child));
+                self.leaves.push((child_prefix, child_prefix | span, child));
             } else if child < count && child_depth < bits {
-                self.walk(child, child_prefix, child_depth, bits, family, out);
+                self.walk(child, child_prefix, child_depth)?;
             }
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipdb(meta: &str, tree: &[u32]) -> Vec<u8> {
+        let mut out = (meta.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(meta.as_bytes());
+        for pointer in tree {
+            out.extend_from_slice(&pointer.to_be_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn a_trie_that_loops_is_refused_not_walked_forever() {
+        let meta = r#"{"node_count": 1, "languages": {"CN": 0}, "fields": ["country_name"]}"#;
+        let bytes = ipdb(meta, &[0, 0]);
+        let err = Ipdb::parse(&bytes)
+            .unwrap()
+            .ranges(Family::V6, None, Codes::get())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not a valid file of this format: the trie revisits its nodes"
+        );
+    }
+
+    #[test]
+    fn truncated_files_and_other_formats_are_refused() {
+        let meta = r#"{"node_count": 5, "languages": {"CN": 0}, "fields": ["country_name"]}"#;
+        let err = Ipdb::parse(&ipdb(meta, &[0, 0])).err().unwrap();
+        assert!(
+            err.to_string().contains("5 nodes announced but only 8 bytes follow"),
+            "{err}"
+        );
+        let err = Ipdb::parse(b"start_ip,end_ip\n1,2\n").err().unwrap();
+        assert!(err.to_string().contains("no JSON metadata"), "{err}");
     }
 }

@@ -90,10 +90,13 @@ pub async fn import(client: &mut Client, options: &ImportOptions) -> Result<Outc
         return Err(ImportError::Busy(table.name()));
     }
     let result = import_locked(client, options, bytes, sha256).await;
-    client
+    // The import's own error matters more than a failed unlock (the lock
+    // goes with the session anyway).
+    let unlocked = client
         .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock_key(table)])
-        .await?;
+        .await;
     let result = result?;
+    unlocked?;
     Ok(match result {
         Some((rows, merged)) => Outcome::Loaded {
             rows,
@@ -152,14 +155,16 @@ async fn import_locked(
         Ok((rows, _)) => ("succeeded", Some(*rows as i64), String::new()),
         Err(err) => ("failed", None, err.to_string()),
     };
-    client
+    let recorded = client
         .execute(
             "UPDATE ip_service_imports SET outcome = $2, row_count = $3, message = $4, finished_at = now() \
              WHERE id = $1",
             &[&id, &outcome, &rows, &message],
         )
-        .await?;
-    result.map(Some)
+        .await;
+    let loaded = result?;
+    recorded?;
+    Ok(Some(loaded))
 }
 
 async fn parse_and_load(
