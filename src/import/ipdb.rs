@@ -128,7 +128,12 @@ impl<'a> Ipdb<'a> {
             // A valid trie reaches each node once; a looping one never ends.
             budget: 2 * u64::from(self.meta.node_count) + 2,
         };
-        walker.walk(root, 0, 0)?;
+        match root.cmp(&self.meta.node_count) {
+            std::cmp::Ordering::Less => walker.walk(root, 0, 0)?,
+            // The whole family is one record, or none.
+            std::cmp::Ordering::Greater => walker.leaves.push((0, u128::MAX >> (128 - bits), root)),
+            std::cmp::Ordering::Equal => {}
+        }
         for (start, end, pointer) in walker.leaves {
             let place = match places.get(&pointer) {
                 Some(place) => place.clone(),
@@ -242,6 +247,24 @@ mod tests {
             err.to_string(),
             "not a valid file of this format: the trie revisits its nodes"
         );
+    }
+
+    #[test]
+    fn a_family_stored_as_a_single_record_is_one_range() {
+        let meta = r#"{"node_count": 1, "languages": {"CN": 0}, "fields": ["country_name"]}"#;
+        // Node 0 points both ways at the record 8 bytes past the tree
+        // (pointer = node_count + 8).
+        let mut bytes = ipdb(meta, &[9, 9]);
+        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&[0, 6]);
+        bytes.extend_from_slice("中国".as_bytes());
+        let built = Ipdb::parse(&bytes)
+            .unwrap()
+            .ranges(Family::V4, None, Codes::get())
+            .unwrap();
+        assert_eq!(built.ranges.len(), 1);
+        assert_eq!((built.ranges[0].start, built.ranges[0].end), (0, u128::from(u32::MAX)));
+        assert_eq!(built.ranges[0].place.country_code, "CN");
     }
 
     #[test]
