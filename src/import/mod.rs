@@ -270,3 +270,51 @@ fn file_name(path: &Path) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic noise, with a plausible header now and then.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed;
+        let mut out: Vec<u8> = (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        if seed % 3 == 0 && len > 40 {
+            let meta = br#"{"node_count":2,"languages":{"CN":0},"fields":["country_name"]}"#;
+            out.splice(..4, (meta.len() as u32).to_be_bytes());
+            out.splice(4..4, meta.iter().copied());
+        }
+        out
+    }
+
+    #[test]
+    fn garbage_in_any_format_is_an_error_never_a_panic() {
+        let limits = ColumnLimits::new();
+        for seed in 0..300 {
+            let bytes = noise(seed, (seed as usize * 37) % 2000);
+            for format in [Format::Ipdb, Format::Mmdb, Format::Csv] {
+                for family in [Family::V4, Family::V6] {
+                    // Ok is possible only for CSV noise that happens to parse.
+                    let _ = read_ranges(&bytes, format, family, "en", None, &limits);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn formats_are_recognised_by_content() {
+        assert_eq!(Format::detect(b"start_ip,end_ip\n"), Format::Csv);
+        let mut ipdb = 2u32.to_be_bytes().to_vec();
+        ipdb.extend_from_slice(b"{}");
+        ipdb.extend_from_slice(&[0; 8]);
+        assert_eq!(Format::detect(&ipdb), Format::Ipdb);
+        let mut mmdb = vec![0; 100];
+        mmdb.extend_from_slice(b"\xab\xcd\xefMaxMind.com");
+        assert_eq!(Format::detect(&mmdb), Format::Mmdb);
+    }
+}
