@@ -284,7 +284,7 @@ mod tests {
                 (x >> 56) as u8
             })
             .collect();
-        if seed % 3 == 0 && len > 40 {
+        if seed.is_multiple_of(3) && len > 40 {
             let meta = br#"{"node_count":2,"languages":{"CN":0},"fields":["country_name"]}"#;
             out.splice(..4, (meta.len() as u32).to_be_bytes());
             out.splice(4..4, meta.iter().copied());
