@@ -69,6 +69,14 @@ struct GeoRequest {
   2: string lang
 }
 
+/**
+ * Besides answers, a call may get a TApplicationException:
+ *   UNKNOWN_METHOD (1)  a method this service does not have
+ *   PROTOCOL_ERROR (7)  arguments that do not decode, or a batch larger
+ *                       than the server's --max-batch (default 10000)
+ * The connection stays open after either. A frame over the size limit or
+ * bytes that are not Thrift close the connection.
+ */
 service IPService {
   /** Chinese answers: the cn (IPv4) or v6 table; MaxMind (zh-CN names)
       when the table has no row or the row's country is not 中国. */

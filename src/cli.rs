@@ -105,6 +105,13 @@ pub struct QueryArgs {
     pub json: bool,
 }
 
+/// Runs `migrate`.
+pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    let applied = store::migrate(database_url).await.context("migration failed")?;
+    println!("applied {applied} migration(s); the schema is up to date");
+    Ok(())
+}
+
 /// Runs `import`: migrates, loads, and prints one summary line.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     store::migrate(&args.database_url)

@@ -5,7 +5,6 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use xm_ip_service::cli::{self, Cli, Command, LogFormat};
 use xm_ip_service::startup::Application;
-use xm_ip_service::store;
 
 fn main() {
     let cli = Cli::parse();
@@ -37,11 +36,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Query(args) => cli::query(args),
         Command::Import(args) => runtime()?.block_on(cli::import(args)),
         Command::Export { database_url, table } => runtime()?.block_on(cli::export(&database_url, table)),
-        Command::Migrate { database_url } => runtime()?.block_on(async {
-            let applied = store::migrate(&database_url).await.context("migration failed")?;
-            println!("applied {applied} migration(s); the schema is up to date");
-            Ok(())
-        }),
+        Command::Migrate { database_url } => runtime()?.block_on(cli::migrate(&database_url)),
         Command::Serve(settings) => runtime()?.block_on(async {
             let app = Application::build(&settings).await?;
             app.run_until_stopped(shutdown_signal()).await;

@@ -429,6 +429,12 @@ impl Default for GeoRequest {
 // IPService service client
 //
 
+/// Besides answers, a call may get a TApplicationException:
+///   UNKNOWN_METHOD (1)  a method this service does not have
+///   PROTOCOL_ERROR (7)  arguments that do not decode, or a batch larger
+///                       than the server's --max-batch (default 10000)
+/// The connection stays open after either. A frame over the size limit or
+/// bytes that are not Thrift close the connection.
 pub trait TIPServiceSyncClient {
   /// Chinese answers: the cn (IPv4) or v6 table; MaxMind (zh-CN names)
   /// when the table has no row or the row's country is not 中国.
@@ -552,6 +558,12 @@ impl <C: TThriftClient + TIPServiceSyncClientMarker> TIPServiceSyncClient for C 
 // IPService service processor
 //
 
+/// Besides answers, a call may get a TApplicationException:
+///   UNKNOWN_METHOD (1)  a method this service does not have
+///   PROTOCOL_ERROR (7)  arguments that do not decode, or a batch larger
+///                       than the server's --max-batch (default 10000)
+/// The connection stays open after either. A frame over the size limit or
+/// bytes that are not Thrift close the connection.
 pub trait IPServiceSyncHandler {
   /// Chinese answers: the cn (IPv4) or v6 table; MaxMind (zh-CN names)
   /// when the table has no row or the row's country is not 中国.
