@@ -241,6 +241,8 @@ async fn swap_in(tx: &Transaction<'_>, table: Table, ranges: &[Range], method: L
     }
     progress.finish();
 
+    copy_privileges(tx, live, &staging).await?;
+
     // Index after loading (faster than maintaining it row by row), then swap.
     tx.batch_execute(&format!(
         "ALTER TABLE {staging} ADD CONSTRAINT {staging}_pkey PRIMARY KEY (id);
@@ -258,6 +260,28 @@ async fn swap_in(tx: &Transaction<'_>, table: Table, ranges: &[Range], method: L
         rows = ranges.len().max(1),
     ))
     .await?;
+    Ok(())
+}
+
+/// Gives `staging` the live table's owner and grants, so that roles the
+/// service reads with keep their access after the swap.
+async fn copy_privileges(tx: &Transaction<'_>, live: &str, staging: &str) -> Result<(), ImportError> {
+    let statements = tx
+        .query(
+            "SELECT format('GRANT %s ON %I TO %s%s', a.privilege_type, $2::text, \
+                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
+                    CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+             FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a \
+             WHERE c.oid = $1::text::regclass AND a.grantee <> c.relowner \
+             UNION ALL \
+             SELECT format('ALTER TABLE %I OWNER TO %I', $2::text, pg_get_userbyid(c.relowner)) \
+             FROM pg_class c WHERE c.oid = $1::text::regclass AND pg_get_userbyid(c.relowner) <> current_user",
+            &[&live, &staging],
+        )
+        .await?;
+    for statement in statements {
+        tx.batch_execute(statement.get::<_, &str>(0)).await?;
+    }
     Ok(())
 }
 

@@ -600,3 +600,28 @@ async fn an_import_killed_half_way_leaves_the_old_table_answering() {
         .collect();
     assert_eq!(outcomes, ["succeeded", "interrupted", "succeeded"]);
 }
+
+#[tokio::test]
+async fn grants_on_the_live_table_survive_the_swap() {
+    let db = TestDb::new().await;
+    let role = format!("{}_reader", db.name);
+    let client = db.client().await;
+    client
+        .batch_execute(&format!("CREATE ROLE {role}; GRANT SELECT ON ip_service_cn TO {role}"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let imported = run(&db, &options(Table::Cn, &file(&dir, "cn.csv", CSV.as_bytes()))).await;
+    let can_read: bool = client
+        .query_one("SELECT has_table_privilege($1, 'ip_service_cn', 'SELECT')", &[&role])
+        .await
+        .unwrap()
+        .get(0);
+    // Roles belong to the cluster, not the test database: always remove it.
+    client
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+    imported.unwrap();
+    assert!(can_read, "the reader role lost SELECT in the swap");
+}
