@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use unicode_width::UnicodeWidthStr;
 
 use crate::client::{self, to_json, Protocol, Transport};
 use crate::import::{self, Format, ImportOptions, LoadMethod, Outcome};
@@ -175,37 +176,48 @@ pub fn query(args: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One block per address; blocks keep CJK names readable where fixed-width
-/// columns would not line up.
+/// A table, one row per address; widths count display columns, so CJK
+/// names line up. An error row gives its number and message after the IP.
 fn table(answers: &[GeoInfo]) -> String {
-    let s = |v: &Option<String>| v.clone().unwrap_or_default();
-    let mut out = String::new();
-    for g in answers {
-        let ip = s(&g.ip);
-        match g.error_no.unwrap_or(0) {
-            0 => {
-                out += &format!("{ip}  [{}]\n", s(&g.geoip_source));
-                let rows = [
-                    ("country", s(&g.geoip_country_code), s(&g.geoip_country_name)),
-                    ("province", s(&g.geoip_province_code), s(&g.geoip_province_name)),
-                    ("city", s(&g.geoip_city_code), s(&g.geoip_city_name)),
-                    ("district", String::new(), s(&g.geoip_district_name)),
-                    ("carrier", String::new(), s(&g.geoip_carrier)),
-                ];
-                for (label, code, name) in rows {
-                    if !(code.is_empty() && name.is_empty()) {
-                        out += &format!("  {label:<9} {code:<8} {name}\n");
-                    }
-                }
-                out += &format!(
-                    "  {:<9} {} - {}\n",
-                    "range",
-                    s(&g.geoip_start_ip_str),
-                    s(&g.geoip_end_ip_str)
-                );
-            }
-            n => out += &format!("{ip}  error {n}: {}\n", s(&g.error_msg)),
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let pair =
+        |code: &Option<String>, name: &Option<String>| format!("{} {}", text(code), text(name)).trim().to_owned();
+    let header = [
+        "IP", "SOURCE", "COUNTRY", "PROVINCE", "CITY", "DISTRICT", "CARRIER", "RANGE",
+    ];
+    let rows: Vec<Vec<String>> = answers
+        .iter()
+        .map(|g| match g.error_no.unwrap_or(0) {
+            0 => vec![
+                text(&g.ip),
+                text(&g.geoip_source),
+                pair(&g.geoip_country_code, &g.geoip_country_name),
+                pair(&g.geoip_province_code, &g.geoip_province_name),
+                pair(&g.geoip_city_code, &g.geoip_city_name),
+                text(&g.geoip_district_name),
+                text(&g.geoip_carrier),
+                format!("{} - {}", text(&g.geoip_start_ip_str), text(&g.geoip_end_ip_str)),
+            ],
+            n => vec![text(&g.ip), format!("error {n}: {}", text(&g.error_msg))],
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
+    for row in rows.iter().filter(|r| r.len() == header.len()) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.width());
         }
+    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let last = row.len() - 1;
+        for (i, cell) in row.iter().enumerate() {
+            out.push_str(cell);
+            if i < last {
+                out.push_str(&" ".repeat(widths[i] - cell.width().min(widths[i]) + 2));
+            }
+        }
+        out.push('\n');
     }
     out
 }

@@ -33,16 +33,41 @@ async fn migrate_applies_once_then_reports_nothing_to_do() {
 }
 
 #[tokio::test]
-async fn query_prints_a_readable_block_or_json() {
+async fn query_prints_an_aligned_table_or_json() {
     let app = TestApp::spawn().await;
     let addr = app.addr.to_string();
     let (ok, stdout, stderr) = run(&["query", "183.62.57.1", "240e:1::1", "bogus", "--addr", &addr]).await;
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("183.62.57.1  [cn]"), "{stdout}");
-    assert!(stdout.contains("city      440100   广州"), "{stdout}");
-    assert!(stdout.contains("range     183.62.56.99 - 183.62.63.255"), "{stdout}");
-    assert!(stdout.contains("240e:1::1  [v6]"), "{stdout}");
-    assert!(stdout.contains("bogus  error 1: invalid IP"), "{stdout}");
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        ["IP", "SOURCE", "COUNTRY", "PROVINCE", "CITY", "DISTRICT", "CARRIER", "RANGE"]
+    );
+    assert_eq!(
+        lines[1],
+        [
+            "183.62.57.1",
+            "cn",
+            "CN 中国",
+            "440000 广东",
+            "440100 广州",
+            "天河区",
+            "电信",
+            "183.62.56.99 - 183.62.63.255"
+        ]
+    );
+    assert_eq!(lines[2][..2], ["240e:1::1", "v6"]);
+    assert_eq!(lines[3][0], "bogus");
+    assert!(lines[3][1].starts_with("error 1: invalid IP"), "{stdout}");
+    // Columns line up in display width, CJK included.
+    let range_at = |line: &str| unicode_width::UnicodeWidthStr::width(&line[..line.find("183.62.56.99").unwrap()]);
+    assert_eq!(
+        range_at(stdout.lines().nth(1).unwrap()),
+        stdout.lines().next().unwrap().find("RANGE").unwrap()
+    );
 
     let (ok, stdout, _) = run(&[
         "query",
@@ -127,7 +152,10 @@ async fn serve_answers_and_exits_cleanly_on_sigterm() {
 
     let (ok, stdout, stderr) = run(&["query", "8.8.8.8", "--addr", &addr]).await;
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("8.8.8.8  [maxmind]"), "{stdout}");
+    assert!(
+        stdout.lines().nth(1).unwrap().starts_with("8.8.8.8  maxmind  US 美国"),
+        "{stdout}"
+    );
 
     let pid = server.id().unwrap().to_string();
     assert!(Command::new("kill")
