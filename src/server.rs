@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::thrift::codec::{self, Framing, Wire, WireError};
 use crate::thrift::Handler;
@@ -142,11 +142,12 @@ enum Closed {
 }
 
 impl Connection {
+    #[instrument(level = "debug", name = "connection", skip_all, fields(peer = %self.peer))]
     async fn serve(mut self) {
-        debug!(peer = %self.peer, "connection opened");
+        debug!("connection opened");
         match self.serve_requests().await {
-            Ok(()) | Err(Closed::Eof | Closed::Shutdown) => debug!(peer = %self.peer, "connection closed"),
-            Err(Closed::Io(err)) => debug!(peer = %self.peer, error = %err, "connection failed"),
+            Ok(()) | Err(Closed::Eof | Closed::Shutdown) => debug!("connection closed"),
+            Err(Closed::Io(err)) => debug!(error = %err, "connection failed"),
             Err(err) => warn!(peer = %self.peer, error = %err, "closing connection"),
         }
     }
@@ -158,7 +159,7 @@ impl Connection {
                 detected => break detected?,
             }
         };
-        debug!(peer = %self.peer, ?wire, "detected wire format");
+        debug!(?wire, "detected wire format");
         loop {
             let (request, consumed) = self.next_request(wire).await?;
             let (name, seq) = (request.name.clone(), request.seq);

@@ -2,7 +2,7 @@
 //! and the one place where answers become `GeoInfo`s.
 
 use thrift::ApplicationErrorKind;
-use tracing::debug;
+use tracing::{debug, instrument};
 
 use super::codec::{exception, Call, Reply, Request};
 use super::generated::GeoInfo;
@@ -30,6 +30,7 @@ impl Handler {
     }
 
     /// The reply to `request`, or `None` for a oneway message.
+    #[instrument(level = "debug", skip_all, fields(method = %request.name, seq = request.seq))]
     pub async fn respond(&self, request: Request) -> Option<Reply> {
         if request.message_type != CALL && request.message_type != ONEWAY {
             return Some(exception(
@@ -79,7 +80,7 @@ impl Handler {
                 )
             }
         };
-        debug!(method = %request.name, ips = ips.len(), ?route, "lookup");
+        debug!(ips = ips.len(), ?route, "lookup");
         let outcomes = self.locator.locate(ips, route).await;
         Reply::Answers(
             ips.iter()
