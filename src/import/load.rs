@@ -339,9 +339,9 @@ async fn copy_rows(
         .copy_in(&format!("COPY {staging} ({INSERT_COLUMNS}) FROM STDIN (FORMAT binary)"))
         .await?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
-    for (chunk_start, chunk) in ranges.chunks(10_000).enumerate() {
+    for (chunk_index, chunk) in ranges.chunks(10_000).enumerate() {
         for (i, range) in chunk.iter().enumerate() {
-            let id = (chunk_start * 10_000 + i + 1) as i64;
+            let id = (chunk_index * 10_000 + i + 1) as i64;
             let bounds = (Bound(family, range.start), Bound(family, range.end));
             writer.as_mut().write(&row_params(&id, &bounds, range)).await?;
         }
@@ -359,9 +359,9 @@ async fn insert_rows(
     progress: &mut Progress,
 ) -> Result<(), ImportError> {
     const ROWS_PER_STATEMENT: usize = 1_000;
-    for (chunk_start, chunk) in ranges.chunks(ROWS_PER_STATEMENT).enumerate() {
+    for (chunk_index, chunk) in ranges.chunks(ROWS_PER_STATEMENT).enumerate() {
         let ids: Vec<i64> = (0..chunk.len())
-            .map(|i| (chunk_start * ROWS_PER_STATEMENT + i + 1) as i64)
+            .map(|i| (chunk_index * ROWS_PER_STATEMENT + i + 1) as i64)
             .collect();
         let bounds: Vec<(Bound, Bound)> = chunk
             .iter()
@@ -370,22 +370,10 @@ async fn insert_rows(
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 11);
         let mut tuples = Vec::with_capacity(chunk.len());
         for (i, range) in chunk.iter().enumerate() {
-            let n = params.len();
-            tuples.push(format!(
-                "(${},${},${},${},${},${},${},${},${},${},${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6,
-                n + 7,
-                n + 8,
-                n + 9,
-                n + 10,
-                n + 11
-            ));
-            params.extend_from_slice(&row_params(&ids[i], &bounds[i], range));
+            let row = row_params(&ids[i], &bounds[i], range);
+            let placeholders: Vec<String> = (1..=row.len()).map(|k| format!("${}", params.len() + k)).collect();
+            tuples.push(format!("({})", placeholders.join(",")));
+            params.extend_from_slice(&row);
         }
         let sql = format!("INSERT INTO {staging} ({INSERT_COLUMNS}) VALUES {}", tuples.join(","));
         tx.execute(&sql, &params).await?;

@@ -625,3 +625,18 @@ async fn grants_on_the_live_table_survive_the_swap() {
     imported.unwrap();
     assert!(can_read, "the reader role lost SELECT in the swap");
 }
+
+#[tokio::test]
+async fn the_insert_method_kept_for_the_benchmark_loads_the_same_rows() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir, "cn.csv", big_csv(2_500, "电信").as_bytes());
+    run(&db, &options(Table::Cn, &path)).await.unwrap();
+    let copied = rows(&db, Table::Cn).await;
+    let mut inserted = options(Table::Cn, &path);
+    inserted.method = LoadMethod::Insert;
+    inserted.force = true;
+    run(&db, &inserted).await.unwrap();
+    assert_eq!(rows(&db, Table::Cn).await, copied);
+    assert_eq!(copied.len(), 2_500);
+}
