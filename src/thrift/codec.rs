@@ -55,6 +55,8 @@ pub enum WireError {
     FrameTooLarge { size: u64, limit: usize },
     #[error("not a Thrift message: {0}")]
     NotThrift(String),
+    #[error("malformed message: {0}")]
+    Malformed(String),
 }
 
 const BINARY_VERSION_1: u32 = 0x8001_0000;
@@ -180,7 +182,7 @@ pub fn decode(
     let limit = if whole { buf.len() } else { max_message };
     let mut reader = Reader::new(buf, protocol, limit);
     let (name, message_type, seq) = reader.message_begin().map_err(|e| match e {
-        WireError::Incomplete if whole => WireError::NotThrift("truncated message header".into()),
+        WireError::Incomplete if whole => bad("the frame ends inside the message header"),
         other => other,
     })?;
     let method = name.strip_prefix(SERVICE_PREFIX).unwrap_or(&name);
@@ -193,7 +195,7 @@ pub fn decode(
     let call = match call {
         Ok(call) => Ok(call),
         Err(WireError::Incomplete) if !whole => return Err(WireError::Incomplete),
-        Err(WireError::Incomplete) => Err("arguments end before the frame does".to_owned()),
+        Err(WireError::Incomplete) => Err("the frame ends inside the arguments".to_owned()),
         Err(err) => Err(err.to_string()),
     };
     let consumed = match (&call, whole) {
@@ -266,7 +268,7 @@ impl Kind {
 }
 
 fn bad(reason: impl Into<String>) -> WireError {
-    WireError::NotThrift(reason.into())
+    WireError::Malformed(reason.into())
 }
 
 /// A bounds-checked reader over one buffer: every length is checked
