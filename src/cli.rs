@@ -9,6 +9,7 @@ use unicode_width::UnicodeWidthStr;
 
 use crate::client::{self, to_json, Protocol, Transport};
 use crate::import::{self, Format, ImportOptions, LoadMethod, Outcome};
+use crate::loadgen::{self, LoadOptions};
 use crate::startup::Settings;
 use crate::store::{self, Table};
 use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
@@ -46,6 +47,8 @@ pub enum Command {
     Query(QueryArgs),
     /// Load an IP database file into a range table, atomically.
     Import(ImportArgs),
+    /// Load a running server for a fixed time and report throughput and latency.
+    Bench(LoadOptions),
     /// Write a range table to standard output as interchange CSV.
     Export {
         #[arg(long, env = "DATABASE_URL")]
@@ -142,6 +145,19 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Runs `bench` and prints one summary line.
+pub fn bench(options: LoadOptions) -> anyhow::Result<()> {
+    let report = loadgen::run(&options)?;
+    println!(
+        "{:?} x{} connections, batch {}: {}",
+        options.method,
+        options.connections,
+        options.batch,
+        report.summary()
+    );
     Ok(())
 }
 

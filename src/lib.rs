@@ -8,11 +8,13 @@
 //! - [`thrift`]: the generated IDL types, the wire codec and the handler.
 //! - [`server`]: TCP accept loop, connections, limits, graceful shutdown.
 //! - [`startup`]: settings and wiring; [`cli`] and [`client`] for the binary.
+//! - [`loadgen`]: the load generator behind `bench`.
 
 pub mod cli;
 pub mod client;
 pub mod domain;
 pub mod import;
+pub mod loadgen;
 pub mod mmdb;
 pub mod server;
 pub mod service;

@@ -34,6 +34,7 @@ fn one_line(err: &anyhow::Error) -> String {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Query(args) => cli::query(args),
+        Command::Bench(options) => cli::bench(options),
         Command::Import(args) => runtime()?.block_on(cli::import(args)),
         Command::Export { database_url, table } => runtime()?.block_on(cli::export(&database_url, table)),
         Command::Migrate { database_url } => runtime()?.block_on(cli::migrate(&database_url)),

@@ -203,3 +203,32 @@ async fn import_prints_a_summary_then_a_no_op_and_export_writes_csv() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn bench_loads_a_loopback_server_for_a_fixed_time_and_refuses_other_hosts() {
+    let app = TestApp::spawn().await;
+    let addr = app.addr.to_string();
+    let started = std::time::Instant::now();
+    let (ok, stdout, stderr) = run(&[
+        "bench",
+        "--addr",
+        &addr,
+        "--duration",
+        "1s",
+        "--connections",
+        "2",
+        "--batch",
+        "20",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "it stops by itself");
+    assert!(stdout.starts_with("ByIp x2 connections, batch 20: "), "{stdout}");
+    assert!(stdout.contains("lookups/s") && stdout.contains("p99"), "{stdout}");
+    assert!(stdout.trim_end().ends_with(" 0 lookups failed"), "{stdout}");
+
+    // Refused before any connection is made.
+    let (ok, _, stderr) = run(&["bench", "--addr", "192.0.2.1:9090", "--duration", "1s"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("is not a loopback address"), "{stderr}");
+}
