@@ -49,34 +49,59 @@ pub struct LoadOptions {
     pub allow_remote: bool,
 }
 
-/// What a run measured.
+/// What a run, or one connection of it, measured.
 #[derive(Debug)]
-pub struct Report {
+pub struct Tally {
     pub requests: u64,
     pub lookups: u64,
-    /// Answers with a non-zero error_no, other than invalid input.
+    /// Answers with error 3: a backend failed.
     pub failed_lookups: u64,
-    pub elapsed: Duration,
     /// Request latency in microseconds.
     pub latency: Histogram<u64>,
 }
 
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            requests: 0,
+            lookups: 0,
+            failed_lookups: 0,
+            // 1 µs to 60 s, 3 significant digits.
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        }
+    }
+
+    fn add(&mut self, other: &Tally) {
+        self.requests += other.requests;
+        self.lookups += other.lookups;
+        self.failed_lookups += other.failed_lookups;
+        self.latency.add(&other.latency).expect("same histogram bounds");
+    }
+}
+
+/// A whole run.
+#[derive(Debug)]
+pub struct Report {
+    pub tally: Tally,
+    pub elapsed: Duration,
+}
+
 impl Report {
     pub fn summary(&self) -> String {
-        let seconds = self.elapsed.as_secs_f64();
-        let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
+        let (t, seconds) = (&self.tally, self.elapsed.as_secs_f64());
+        let ms = |q: f64| t.latency.value_at_quantile(q) as f64 / 1000.0;
         format!(
             "{} requests, {} lookups in {seconds:.1} s: {:.0} requests/s, {:.0} lookups/s; \
              latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}; {} lookups failed",
-            self.requests,
-            self.lookups,
-            self.requests as f64 / seconds,
-            self.lookups as f64 / seconds,
+            t.requests,
+            t.lookups,
+            t.requests as f64 / seconds,
+            t.lookups as f64 / seconds,
             ms(0.5),
             ms(0.9),
             ms(0.99),
-            self.latency.max() as f64 / 1000.0,
-            self.failed_lookups,
+            t.latency.max() as f64 / 1000.0,
+            t.failed_lookups,
         )
     }
 }
@@ -100,31 +125,18 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<Report> {
             std::thread::spawn(move || drive(&options, worker as u64, deadline))
         })
         .collect();
-    let mut report = Report {
-        requests: 0,
-        lookups: 0,
-        failed_lookups: 0,
-        elapsed: Duration::ZERO,
-        latency: new_histogram(),
-    };
+    let mut tally = Tally::new();
     for worker in workers {
-        let part = worker.join().expect("a load worker panicked")?;
-        report.requests += part.requests;
-        report.lookups += part.lookups;
-        report.failed_lookups += part.failed_lookups;
-        report.latency.add(&part.latency).expect("same histogram bounds");
+        tally.add(&worker.join().expect("a load worker panicked")?);
     }
-    report.elapsed = started.elapsed();
-    Ok(report)
-}
-
-fn new_histogram() -> Histogram<u64> {
-    // 1 µs to 60 s, 3 significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+    Ok(Report {
+        tally,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// One connection's loop.
-fn drive(options: &LoadOptions, worker: u64, deadline: Instant) -> anyhow::Result<Report> {
+fn drive(options: &LoadOptions, worker: u64, deadline: Instant) -> anyhow::Result<Tally> {
     let mut client = client::connect(
         &options.addr,
         options.transport,
@@ -133,13 +145,7 @@ fn drive(options: &LoadOptions, worker: u64, deadline: Instant) -> anyhow::Resul
     )
     .with_context(|| format!("cannot connect to {}", options.addr))?;
     let mut addresses = Addresses::new(worker, options.ipv6_percent);
-    let mut report = Report {
-        requests: 0,
-        lookups: 0,
-        failed_lookups: 0,
-        elapsed: Duration::ZERO,
-        latency: new_histogram(),
-    };
+    let mut report = Tally::new();
     while Instant::now() < deadline {
         let batch: Vec<String> = (0..options.batch).map(|_| addresses.next().to_string()).collect();
         let sent = Instant::now();
