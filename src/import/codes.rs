@@ -32,6 +32,9 @@ pub struct Codes {
     provinces: HashMap<String, String>,
     /// (two-digit province prefix, short city name) → six-digit code.
     cities: HashMap<(String, String), String>,
+    /// Cities administered directly by their province (天门, 济源, …), which
+    /// GB/T 2260 lists at county level: same key, same value.
+    county_level_cities: HashMap<(String, String), String>,
 }
 
 /// Whether a place's country is China for GB/T 2260 purposes.
@@ -62,6 +65,7 @@ impl Codes {
         }
         let mut provinces = HashMap::new();
         let mut cities = HashMap::new();
+        let mut county_level_cities = HashMap::new();
         for record in csv::Reader::from_reader(GBT2260.as_bytes()).records() {
             let record = record.expect("embedded gbt2260.csv is valid");
             let (code, name) = (record[0].to_owned(), &record[1]);
@@ -72,6 +76,10 @@ impl Codes {
                 "city" => {
                     cities.insert((code[..2].to_owned(), short(name).to_owned()), code);
                 }
+                // xx90yy: county-level divisions directly under the province.
+                "district" if &code[2..4] == "90" => {
+                    county_level_cities.insert((code[..2].to_owned(), short(name).to_owned()), code);
+                }
                 _ => {}
             }
         }
@@ -79,6 +87,7 @@ impl Codes {
             countries,
             provinces,
             cities,
+            county_level_cities,
         }
     }
 
@@ -99,9 +108,9 @@ impl Codes {
             place.province_code = province.clone();
         }
         if place.city_code.is_empty() && !place.city_name.is_empty() {
-            let prefix = province[..2].to_owned();
             let city = short(&place.city_name);
-            if let Some(code) = self.cities.get(&(prefix, city.to_owned())) {
+            let key = (province[..2].to_owned(), city.to_owned());
+            if let Some(code) = self.cities.get(&key).or_else(|| self.county_level_cities.get(&key)) {
                 place.city_code = code.clone();
             } else if city == short(&place.province_name) {
                 // A municipality (北京, 上海, …) is its own city: xx0100.
@@ -134,6 +143,12 @@ mod tests {
         assert_eq!(filled("中国", "广西", "南宁").1, "450000");
         assert_eq!(filled("中国", "新疆", "乌鲁木齐").1, "650000");
         assert_eq!(filled("中国", "香港", "").1, "810000");
+    }
+
+    #[test]
+    fn cities_under_a_province_directly_get_their_county_level_code() {
+        assert_eq!(filled("中国", "湖北", "天门").2, "429006");
+        assert_eq!(filled("中国", "河南省", "济源市").2, "419001");
     }
 
     #[test]
