@@ -1,7 +1,6 @@
 //! The service's vocabulary: parsed addresses, languages, sources and
 //! answers. No I/O lives here.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Inputs longer than this are rejected before parsing; the longest valid
@@ -106,12 +105,6 @@ impl Source {
             Source::V6 => "v6",
             Source::MaxMind => "maxmind",
         }
-    }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -162,9 +162,8 @@ impl Connection {
         debug!(?wire, "detected wire format");
         loop {
             let (request, consumed) = self.next_request(wire).await?;
-            let (name, seq) = (request.name.clone(), request.seq);
-            if let Some(reply) = self.handler.respond(request).await {
-                let bytes = codec::encode(wire, &name, seq, &reply);
+            if let Some(reply) = self.handler.respond(&request).await {
+                let bytes = codec::encode(wire, &request.name, request.seq, &reply);
                 self.stream.write_all(&bytes).await?;
             }
             match consumed {

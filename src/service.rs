@@ -96,6 +96,7 @@ impl Locator {
         let parsed: Vec<Result<Addr, LookupError>> = inputs.iter().map(|s| Addr::parse(s)).collect();
         let tables = self.ask_tables(&parsed, &plan).await;
 
+        // Every valid address may need MaxMind (China rows will not).
         let maxmind_lookups = parsed.iter().filter(|p| p.is_ok()).count();
         let geo = self.geo.clone();
         let decide = move || decide_all(parsed, tables, geo.as_deref(), &plan);

@@ -174,14 +174,13 @@ async fn parse_and_load(
     bytes: Vec<u8>,
 ) -> Result<(u64, u64), ImportError> {
     let family = Family::of(options.table);
-    let lang = mmdb_lang(options);
     let ipdb_language = options.ipdb_language.clone();
     let source_error = |source| ImportError::Source {
         path: options.file.clone(),
         format,
         source,
     };
-    let lang = lang.map_err(source_error)?;
+    let lang = mmdb_lang(options).map_err(source_error)?;
     let limits: ColumnLimits = client
         .query(
             "SELECT column_name::text, character_maximum_length FROM information_schema.columns \

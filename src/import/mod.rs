@@ -83,10 +83,7 @@ impl Family {
 
     /// An address of this family as text.
     pub fn text(self, value: u128) -> String {
-        match self {
-            Family::V4 => Ipv4Addr::from(value as u32).to_string(),
-            Family::V6 => Ipv6Addr::from(value).to_string(),
-        }
+        self.ip(value).to_string()
     }
 
     fn ip(self, value: u128) -> IpAddr {

@@ -31,14 +31,14 @@ impl Handler {
 
     /// The reply to `request`, or `None` for a oneway message.
     #[instrument(level = "debug", skip_all, fields(method = %request.name, seq = request.seq))]
-    pub async fn respond(&self, request: Request) -> Option<Reply> {
+    pub async fn respond(&self, request: &Request) -> Option<Reply> {
         if request.message_type != CALL && request.message_type != ONEWAY {
             return Some(exception(
                 ApplicationErrorKind::InvalidMessageType,
                 format!("message type {} is not a call", request.message_type),
             ));
         }
-        let reply = self.reply(&request).await;
+        let reply = self.reply(request).await;
         (request.message_type == CALL).then_some(reply)
     }
 
