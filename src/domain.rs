@@ -2,6 +2,7 @@
 //! answers. No I/O lives here.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 /// Inputs longer than this are rejected before parsing; the longest valid
 /// IPv6 text (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`) is 45 bytes.
@@ -51,14 +52,18 @@ impl Addr {
     }
 }
 
-/// The language of an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A language an answer can be in. The tables hold zh-CN and en; every
+/// language is a key of the MaxMind `names` maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lang {
     ZhCn,
     En,
-    /// A language only the MaxMind database carries; the value is its key
-    /// in the mmdb `names` maps.
-    MaxMindOnly(&'static str),
+    De,
+    Es,
+    Fr,
+    Ja,
+    PtBr,
+    Ru,
 }
 
 impl Lang {
@@ -72,12 +77,12 @@ impl Lang {
         Ok(match key.as_str() {
             "" | "zh" | "zh-cn" | "cn" | "zh-hans" => Lang::ZhCn,
             "en" | "en-us" => Lang::En,
-            "de" => Lang::MaxMindOnly("de"),
-            "es" => Lang::MaxMindOnly("es"),
-            "fr" => Lang::MaxMindOnly("fr"),
-            "ja" => Lang::MaxMindOnly("ja"),
-            "pt-br" | "pt" => Lang::MaxMindOnly("pt-BR"),
-            "ru" => Lang::MaxMindOnly("ru"),
+            "de" => Lang::De,
+            "es" => Lang::Es,
+            "fr" => Lang::Fr,
+            "ja" => Lang::Ja,
+            "pt-br" | "pt" => Lang::PtBr,
+            "ru" => Lang::Ru,
             _ => {
                 return Err(LookupError::UnsupportedLang(format!(
                     "unsupported lang {lang:?}; supported: {}",
@@ -85,6 +90,93 @@ impl Lang {
                 )))
             }
         })
+    }
+
+    /// The language of a table's names.
+    pub fn of_table(table: Table) -> Lang {
+        match table {
+            Table::Cn | Table::V6 => Lang::ZhCn,
+            Table::En => Lang::En,
+        }
+    }
+
+    /// The key of this language in MaxMind `names` maps.
+    pub fn mmdb_key(self) -> &'static str {
+        match self {
+            Lang::ZhCn => "zh-CN",
+            Lang::En => "en",
+            Lang::De => "de",
+            Lang::Es => "es",
+            Lang::Fr => "fr",
+            Lang::Ja => "ja",
+            Lang::PtBr => "pt-BR",
+            Lang::Ru => "ru",
+        }
+    }
+}
+
+/// The range tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Table {
+    /// IPv4, Chinese names.
+    Cn,
+    /// IPv4, English names.
+    En,
+    /// IPv6, Chinese names.
+    V6,
+}
+
+impl Table {
+    pub const ALL: [Table; 3] = [Table::Cn, Table::En, Table::V6];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Cn => "ip_service_cn",
+            Table::En => "ip_service_en",
+            Table::V6 => "ip_service_v6",
+        }
+    }
+
+    /// The table called `name` (`ip_service_cn`), as NOTIFY payloads name it.
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    pub fn source(self) -> Source {
+        match self {
+            Table::Cn => Source::Cn,
+            Table::En => Source::En,
+            Table::V6 => Source::V6,
+        }
+    }
+
+    pub fn family(self) -> Family {
+        match self {
+            Table::Cn | Table::En => Family::V4,
+            Table::V6 => Family::V6,
+        }
+    }
+}
+
+/// The address family a table holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// An address of this family from its number (IPv4 in the low 32 bits).
+    pub fn ip(self, value: u128) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::V4(Ipv4Addr::from(value as u32)),
+            Family::V6 => IpAddr::V6(Ipv6Addr::from(value)),
+        }
+    }
+
+    /// An address of this family as text.
+    pub fn text(self, value: u128) -> String {
+        self.ip(value).to_string()
     }
 }
 
@@ -109,7 +201,7 @@ impl Source {
 }
 
 /// A located address: names, codes and the range that matched.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Place {
     pub country_code: String,
     pub country_name: String,
@@ -130,12 +222,20 @@ impl Place {
             && self.district_name.is_empty()
             && self.carrier.is_empty()
     }
+
+    /// Whether this place is in China: the rule that keeps a table row from
+    /// being handed to MaxMind, and that decides which rows get GB/T 2260
+    /// codes. Hong Kong, Macau and Taiwan rows labelled 中国 count.
+    pub fn is_china(&self) -> bool {
+        self.country_code == "CN" || self.country_name == "中国" || self.country_name == "China"
+    }
 }
 
-/// One successful answer.
+/// One successful answer. The place is shared: a table row's names are
+/// stored once and every answer from that row points at them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
-    pub place: Place,
+    pub place: Arc<Place>,
     pub start: IpAddr,
     pub end: IpAddr,
     pub source: Source,
@@ -226,8 +326,8 @@ mod tests {
         for lang in ["en", "EN", "en-US", "en_us"] {
             assert_eq!(Lang::parse(lang).unwrap(), Lang::En, "{lang:?}");
         }
-        assert_eq!(Lang::parse("PT-br").unwrap(), Lang::MaxMindOnly("pt-BR"));
-        assert_eq!(Lang::parse("ja").unwrap(), Lang::MaxMindOnly("ja"));
+        assert_eq!(Lang::parse("PT-br").unwrap(), Lang::PtBr);
+        assert_eq!(Lang::parse("ja").unwrap().mmdb_key(), "ja");
         let err = Lang::parse("klingon").unwrap_err();
         assert_eq!(err.error_no(), 4);
         assert!(err.to_string().contains("zh-CN, en, de"), "{err}");

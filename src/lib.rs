@@ -1,21 +1,27 @@
 //! xm-ip-service: where an IP address is, over Thrift.
 //!
-//! - [`domain`]: addresses, languages and answers; no I/O.
-//! - [`store`]: the PostgreSQL range tables, pool and migrations.
-//! - [`mmdb`]: the MaxMind City fallback.
-//! - [`service`]: the lookup rules that combine the two.
-//! - [`import`]: loading ipdb, mmdb and CSV files into the tables, and export.
+//! - [`domain`]: addresses, languages, tables and answers; no I/O.
+//! - [`index`]: the in-memory range index and the live snapshots; no I/O.
+//! - [`store`]: PostgreSQL: pool, coalesced lookups, loading and reloading
+//!   the index, migrations.
+//! - [`ranges`]: where table rows come from (PostgreSQL or the index).
+//! - [`mmdb`]: the MaxMind City fallback, reopened when replaced.
+//! - [`service`]: the lookup rules that combine the tables and MaxMind.
+//! - [`import`]: loading ipdb, mmdb and CSV files into the tables or into
+//!   the index (file mode), and export.
 //! - [`thrift`]: the generated IDL types, the wire codec and the handler.
 //! - [`server`]: TCP accept loop, connections, limits, graceful shutdown.
 //! - [`startup`]: settings and wiring; [`cli`] and [`client`] for the binary.
-//! - [`loadgen`]: the load generator behind `bench`.
+//! - [`loadgen`]: the load generator behind `bench` and `compare`.
 
 pub mod cli;
 pub mod client;
 pub mod domain;
 pub mod import;
+pub mod index;
 pub mod loadgen;
 pub mod mmdb;
+pub mod ranges;
 pub mod server;
 pub mod service;
 pub mod startup;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use xm_ip_service::cli::{self, Cli, Command, LogFormat};
-use xm_ip_service::startup::Application;
+use xm_ip_service::startup::{Application, ReloadHandle};
 
 fn main() {
     let cli = Cli::parse();
@@ -40,6 +40,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate { database_url } => runtime()?.block_on(cli::migrate(&database_url)),
         Command::Serve(settings) => runtime()?.block_on(async {
             let app = Application::build(&settings).await?;
+            tokio::spawn(reload_on_hangup(app.reload_handle()));
             app.run_until_stopped(shutdown_signal()).await;
             Ok(())
         }),
@@ -79,4 +80,21 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// SIGHUP asks for new data now: the mmdb file and the in-memory tables.
+async fn reload_on_hangup(reload: ReloadHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return tracing::warn!("cannot install a SIGHUP handler; reloads wait for the timer");
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: checking for new data");
+            reload.reload();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reload;
 }

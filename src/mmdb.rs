@@ -1,61 +1,108 @@
-//! The MaxMind GeoIP2/GeoLite2 City fallback: one reader, shared by every
-//! request, mapping a record to the service's answer.
+//! The MaxMind GeoIP2/GeoLite2 City fallback: a memory-mapped reader that
+//! decodes only what an answer needs, and [`MaxMind`], the live handle
+//! that swaps in a replaced file without a restart.
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use maxminddb::geoip2::{self, Names};
-use maxminddb::Reader;
+use arc_swap::ArcSwap;
+use maxminddb::{LookupResult, MaxMindDbError, Reader};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use tracing::{error, info};
 
-use crate::domain::{Located, Place, Source};
+use crate::domain::{Lang, Located, Place, Source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MmdbError {
     #[error("cannot open MaxMind database {path}: {source}")]
     Open {
-        path: PathBuf,
+        path: String,
         #[source]
-        source: maxminddb::MaxMindDbError,
+        source: MaxMindDbError,
     },
     #[error("MaxMind database {path} is a {kind} database, not a City database")]
-    NotCity { path: PathBuf, kind: String },
+    NotCity { path: String, kind: String },
     #[error("MaxMind lookup failed: {0}")]
-    Lookup(#[from] maxminddb::MaxMindDbError),
+    Lookup(#[from] MaxMindDbError),
+}
+
+/// The bytes of a database: a mapped file, or one compiled into the binary.
+pub enum Bytes {
+    Mapped(memmap2::Mmap),
+    Static(&'static [u8]),
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(map) => map,
+            Bytes::Static(bytes) => bytes,
+        }
+    }
 }
 
 /// An open City database.
 pub struct GeoDb {
-    reader: Reader<Vec<u8>>,
-    path: PathBuf,
+    reader: Reader<Bytes>,
+    /// The file's path, or a name for built-in data.
+    label: String,
 }
 
 impl GeoDb {
-    /// Opens `path` and checks that it is a City-type database, so that a
+    /// Maps `path` and checks that it is a City-type database, so that a
     /// wrong file fails at start-up rather than answering every lookup empty.
+    /// The file must be replaced by renaming a new one over it (as
+    /// geoipupdate does), never rewritten in place while mapped.
     pub fn open(path: &Path) -> Result<GeoDb, MmdbError> {
-        let reader = Reader::open_readfile(path).map_err(|source| MmdbError::Open {
-            path: path.to_owned(),
+        let label = path.display().to_string();
+        let open_error = |source| MmdbError::Open {
+            path: label.clone(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(|e| open_error(e.into()))?;
+        // SAFETY: the mapping stays valid while the file is replaced by a
+        // rename (the old inode lives on); rewriting the file in place is
+        // documented as unsupported.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| open_error(e.into()))?;
+        GeoDb::from_bytes(Bytes::Mapped(map), label)
+    }
+
+    /// A database compiled into the binary.
+    pub fn from_static(bytes: &'static [u8], label: &str) -> Result<GeoDb, MmdbError> {
+        GeoDb::from_bytes(Bytes::Static(bytes), label.to_owned())
+    }
+
+    fn from_bytes(bytes: Bytes, label: String) -> Result<GeoDb, MmdbError> {
+        let reader = Reader::from_source(bytes).map_err(|source| MmdbError::Open {
+            path: label.clone(),
             source,
         })?;
         let kind = &reader.metadata().database_type;
         if !kind.contains("City") {
             return Err(MmdbError::NotCity {
-                path: path.to_owned(),
+                path: label,
                 kind: kind.clone(),
             });
         }
-        Ok(GeoDb {
-            reader,
-            path: path.to_owned(),
-        })
+        Ok(GeoDb { reader, label })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
-    /// `database_type` and build time (UTC) for the start-up log line.
+    /// When the database was built.
+    pub fn build_epoch(&self) -> u64 {
+        self.reader.metadata().build_epoch
+    }
+
+    /// `database_type` and build time (UTC) for the log.
     pub fn describe(&self) -> String {
         let meta = self.reader.metadata();
         let built = UNIX_EPOCH + Duration::from_secs(meta.build_epoch);
@@ -66,20 +113,17 @@ impl GeoDb {
         )
     }
 
-    /// Locates `ip` with names in `lang` (an mmdb language key such as
-    /// `zh-CN`), falling back to English where that language is missing.
-    /// A record with neither `country` nor `registered_country` is no answer.
-    pub fn lookup(&self, ip: IpAddr, lang: &str) -> Result<Option<Located>, MmdbError> {
+    /// Locates `ip` with names in `lang`, falling back to English where
+    /// that language is missing. A record with neither `country` nor
+    /// `registered_country` is no answer.
+    pub fn lookup(&self, ip: IpAddr, lang: Lang) -> Result<Option<Located>, MmdbError> {
         let result = self.reader.lookup(ip)?;
-        let Some(city) = result.decode::<geoip2::City>()? else {
-            return Ok(None);
-        };
-        let Some(place) = place_of(&city, lang) else {
+        let Some(place) = decode_place(&result, lang)? else {
             return Ok(None);
         };
         let network = result.network()?;
         Ok(Some(Located {
-            place,
+            place: Arc::new(place),
             start: network.network(),
             end: network.broadcast(),
             source: Source::MaxMind,
@@ -87,41 +131,331 @@ impl GeoDb {
     }
 }
 
-/// The service's view of a City record, names in `lang` with English
-/// fallback; `None` for a record with neither `country` nor
-/// `registered_country`. Shared by lookups and the mmdb importer.
-pub fn place_of(city: &geoip2::City<'_>, lang: &str) -> Option<Place> {
-    let country = if city.country.is_empty() {
-        &city.registered_country
-    } else {
-        &city.country
-    };
-    if country.is_empty() {
-        return None;
+/// The service's view of the record behind `result`, names in `lang` with
+/// English fallback; `None` for no record or one with neither `country` nor
+/// `registered_country`. Shared by lookups and the mmdb importer, so that
+/// an imported table says what a MaxMind answer says.
+pub fn decode_place<S: AsRef<[u8]>>(result: &LookupResult<'_, S>, lang: Lang) -> Result<Option<Place>, MaxMindDbError> {
+    fn decode<L: Language, S: AsRef<[u8]>>(result: &LookupResult<'_, S>) -> Result<Option<Place>, MaxMindDbError> {
+        Ok(result.decode::<City<L>>()?.and_then(|city| city.place()))
     }
-    let province = city.subdivisions.first();
-    Some(Place {
-        country_code: country.iso_code.unwrap_or_default().to_owned(),
-        country_name: name(&country.names, lang),
-        province_code: province.and_then(|p| p.iso_code).unwrap_or_default().to_owned(),
-        province_name: province.map(|p| name(&p.names, lang)).unwrap_or_default(),
-        city_code: city.city.geoname_id.map(|id| id.to_string()).unwrap_or_default(),
-        city_name: name(&city.city.names, lang),
-        district_name: String::new(),
-        carrier: String::new(),
-    })
+    match lang {
+        Lang::ZhCn => decode::<language::ZhCn, S>(result),
+        Lang::En => decode::<language::En, S>(result),
+        Lang::De => decode::<language::De, S>(result),
+        Lang::Es => decode::<language::Es, S>(result),
+        Lang::Fr => decode::<language::Fr, S>(result),
+        Lang::Ja => decode::<language::Ja, S>(result),
+        Lang::PtBr => decode::<language::PtBr, S>(result),
+        Lang::Ru => decode::<language::Ru, S>(result),
+    }
 }
 
-fn name(names: &Names<'_>, lang: &str) -> String {
-    let wanted = match lang {
-        "zh-CN" => names.simplified_chinese,
-        "de" => names.german,
-        "es" => names.spanish,
-        "fr" => names.french,
-        "ja" => names.japanese,
-        "pt-BR" => names.brazilian_portuguese,
-        "ru" => names.russian,
-        _ => names.english,
-    };
-    wanted.or(names.english).unwrap_or_default().to_owned()
+/// A `names` key, fixed at compile time so that decoding keeps one
+/// language and English and skips the rest without reading them.
+trait Language {
+    const KEY: &'static str;
+}
+
+mod language {
+    macro_rules! languages {
+        ($($name:ident = $key:literal),*) => {$(
+            pub struct $name;
+            impl super::Language for $name {
+                const KEY: &'static str = $key;
+            }
+        )*};
+    }
+    languages!(
+        ZhCn = "zh-CN",
+        En = "en",
+        De = "de",
+        Es = "es",
+        Fr = "fr",
+        Ja = "ja",
+        PtBr = "pt-BR",
+        Ru = "ru"
+    );
+}
+
+/// The parts of a City record an answer uses; everything else (location,
+/// postal code, continent, traits) is skipped, and all text is borrowed.
+#[derive(Deserialize)]
+#[serde(bound = "L: Language")]
+struct City<'a, L> {
+    #[serde(borrow, default)]
+    country: Area<'a, L>,
+    #[serde(borrow, default)]
+    registered_country: Area<'a, L>,
+    #[serde(borrow, default)]
+    subdivisions: First<Area<'a, L>>,
+    #[serde(borrow, default)]
+    city: Area<'a, L>,
+}
+
+#[derive(Deserialize)]
+#[serde(bound = "L: Language")]
+struct Area<'a, L> {
+    #[serde(default)]
+    iso_code: Option<&'a str>,
+    #[serde(default)]
+    geoname_id: Option<u32>,
+    #[serde(borrow, default)]
+    names: Names<'a, L>,
+}
+
+impl<L> Default for Area<'_, L> {
+    fn default() -> Self {
+        Area {
+            iso_code: None,
+            geoname_id: None,
+            names: Names::default(),
+        }
+    }
+}
+
+impl<L> Area<'_, L> {
+    fn is_empty(&self) -> bool {
+        self.iso_code.is_none() && self.geoname_id.is_none() && !self.names.any
+    }
+
+    fn name(&self) -> String {
+        self.names.wanted.or(self.names.english).unwrap_or_default().to_owned()
+    }
+}
+
+impl<L: Language> City<'_, L> {
+    fn place(&self) -> Option<Place> {
+        let country = if self.country.is_empty() {
+            &self.registered_country
+        } else {
+            &self.country
+        };
+        if country.is_empty() {
+            return None;
+        }
+        let province = self.subdivisions.0.as_ref();
+        Some(Place {
+            country_code: country.iso_code.unwrap_or_default().to_owned(),
+            country_name: country.name(),
+            province_code: province.and_then(|p| p.iso_code).unwrap_or_default().to_owned(),
+            province_name: province.map(Area::name).unwrap_or_default(),
+            city_code: self.city.geoname_id.map(|id| id.to_string()).unwrap_or_default(),
+            city_name: self.city.name(),
+            district_name: String::new(),
+            carrier: String::new(),
+        })
+    }
+}
+
+/// A `names` map reduced to the wanted language and English.
+struct Names<'a, L> {
+    wanted: Option<&'a str>,
+    english: Option<&'a str>,
+    /// Whether the map named anything at all, in any language.
+    any: bool,
+    language: PhantomData<L>,
+}
+
+impl<L> Default for Names<'_, L> {
+    fn default() -> Self {
+        Names {
+            wanted: None,
+            english: None,
+            any: false,
+            language: PhantomData,
+        }
+    }
+}
+
+impl<'de: 'a, 'a, L: Language> Deserialize<'de> for Names<'a, L> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NamesVisitor<'a, L>(PhantomData<(&'a (), L)>);
+
+        impl<'de: 'a, 'a, L: Language> Visitor<'de> for NamesVisitor<'a, L> {
+            type Value = Names<'a, L>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of names by language")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut names = Names::default();
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    names.any = true;
+                    if key == L::KEY {
+                        names.wanted = Some(map.next_value()?);
+                    } else if key == "en" {
+                        names.english = Some(map.next_value()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(names)
+            }
+        }
+
+        deserializer.deserialize_map(NamesVisitor(PhantomData))
+    }
+}
+
+/// The first element of a list; the rest are skipped.
+struct First<T>(Option<T>);
+
+impl<T> Default for First<T> {
+    fn default() -> Self {
+        First(None)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FirstVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for FirstVisitor<T> {
+            type Value = First<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let first = seq.next_element()?;
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(First(first))
+            }
+        }
+
+        deserializer.deserialize_seq(FirstVisitor(PhantomData))
+    }
+}
+
+/// What identifies one version of a file: replacing it by a rename changes
+/// the inode, rewriting it changes the size or time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Signature {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: i64,
+    modified_nanos: i64,
+}
+
+impl Signature {
+    fn of(path: &Path) -> std::io::Result<Signature> {
+        let meta = std::fs::metadata(path)?;
+        Ok(Signature {
+            device: meta.dev(),
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: meta.mtime(),
+            modified_nanos: meta.mtime_nsec(),
+        })
+    }
+}
+
+/// The live MaxMind database, shared by every request. A lookup takes the
+/// current reader once per batch, so a replacement never splits a batch
+/// and in-flight lookups finish on the reader they started with.
+#[derive(Clone)]
+pub struct MaxMind {
+    current: Arc<ArcSwap<GeoDb>>,
+    /// The file behind it, if any, and the version last seen there.
+    file: Option<Arc<(PathBuf, Mutex<Option<Signature>>)>>,
+}
+
+/// What a check for a replaced file found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reopened {
+    Unchanged,
+    Reopened,
+    /// The new file could not be used; the old one stays.
+    Failed(String),
+}
+
+impl MaxMind {
+    /// Opens `path`, remembering it so that a replacement is noticed.
+    pub fn open(path: &Path) -> Result<MaxMind, MmdbError> {
+        let signature = Signature::of(path).ok();
+        let db = GeoDb::open(path)?;
+        Ok(MaxMind {
+            current: Arc::new(ArcSwap::from_pointee(db)),
+            file: Some(Arc::new((path.to_owned(), Mutex::new(signature)))),
+        })
+    }
+
+    /// A database that never changes (built-in data).
+    pub fn fixed(db: GeoDb) -> MaxMind {
+        MaxMind {
+            current: Arc::new(ArcSwap::from_pointee(db)),
+            file: None,
+        }
+    }
+
+    /// The reader to use for one batch.
+    pub fn current(&self) -> Arc<GeoDb> {
+        self.current.load_full()
+    }
+
+    /// Reopens the file if it was replaced since it was last opened. A
+    /// replacement that does not open is logged once and the old reader
+    /// keeps answering.
+    pub fn reopen_if_replaced(&self) -> Reopened {
+        let Some(file) = &self.file else {
+            return Reopened::Unchanged;
+        };
+        let (path, seen) = &**file;
+        let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = match Signature::of(path) {
+            Ok(now) => now,
+            Err(err) => {
+                // Between a delete and a rename, or gone: keep what we have.
+                if seen.take().is_some() {
+                    error!(path = %path.display(), error = %err, "MaxMind database is missing; still serving the open one");
+                }
+                return Reopened::Failed(err.to_string());
+            }
+        };
+        if seen.as_ref() == Some(&now) {
+            return Reopened::Unchanged;
+        }
+        *seen = Some(now);
+        match GeoDb::open(path) {
+            Ok(db) => {
+                info!(path = %path.display(), build = %db.describe(), "MaxMind database reopened");
+                self.current.store(Arc::new(db));
+                Reopened::Reopened
+            }
+            Err(err) => {
+                error!(error = %err, "the replaced MaxMind database does not open; still serving the previous one");
+                Reopened::Failed(err.to_string())
+            }
+        }
+    }
+
+    /// Checks for a replaced file every `every` and whenever `wake`
+    /// changes (SIGHUP), until `stop` is cancelled.
+    pub async fn watch(
+        self,
+        every: Duration,
+        mut wake: tokio::sync::watch::Receiver<u64>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        if self.file.is_none() {
+            return;
+        }
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+                changed = wake.changed() => if changed.is_err() { return },
+            }
+            let this = self.clone();
+            // Opening maps and checks the file: keep it off the workers.
+            let _ = tokio::task::spawn_blocking(move || this.reopen_if_replaced()).await;
+        }
+    }
 }

@@ -1,126 +1,130 @@
 //! The lookup rules: which table answers which language and family, when
 //! MaxMind is asked instead, and what a failure turns into. Knows neither
-//! Thrift nor SQL.
+//! Thrift nor SQL, nor whether the tables are in PostgreSQL or in memory.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::domain::{Addr, Lang, Located, LookupError, Outcome};
-use crate::mmdb::GeoDb;
-use crate::store::{Store, StoreError, Table};
+use crate::domain::{Addr, Lang, Located, LookupError, Outcome, Table};
+use crate::mmdb::{GeoDb, MaxMind};
+use crate::ranges::Ranges;
 
-/// Batches with more MaxMind lookups than this run on the blocking pool so
-/// that a 10,000-address batch does not stall the runtime's workers.
-const INLINE_MAXMIND_LOOKUPS: usize = 64;
+/// How many answers are decided between yields to the runtime, so that a
+/// 10,000-address batch of MaxMind lookups does not hold a worker thread
+/// while other connections wait.
+const DECIDE_CHUNK: usize = 256;
+
+/// The languages the range tables hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableLang {
+    ZhCn,
+    En,
+}
 
 /// Where a method's answers come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// The range tables for `Lang::ZhCn` or `Lang::En`, with MaxMind behind
-    /// them for addresses outside China.
-    Tables(Lang),
-    /// MaxMind only, names in the given mmdb language.
-    MaxMindOnly(&'static str),
+    /// The range tables, with MaxMind behind them for addresses outside China.
+    Tables(TableLang),
+    /// MaxMind only, names in the given language.
+    MaxMindOnly(Lang),
 }
 
 impl Route {
     /// The route for `queryGeoInfo`'s `lang`.
     pub fn for_lang(lang: Lang) -> Route {
         match lang {
-            Lang::MaxMindOnly(key) => Route::MaxMindOnly(key),
-            tables => Route::Tables(tables),
+            Lang::ZhCn => Route::Tables(TableLang::ZhCn),
+            Lang::En => Route::Tables(TableLang::En),
+            other => Route::MaxMindOnly(other),
         }
     }
 
-    /// The table for each family, the mmdb language, and the country name
-    /// that keeps a table's answer from being handed to MaxMind.
-    fn plan(self) -> Plan {
+    /// The table asked for IPv4 and for IPv6 addresses, if any.
+    fn tables(self) -> (Option<Table>, Option<Table>) {
         match self {
-            Route::Tables(Lang::En) => Plan {
-                v4: Some(Table::En),
-                v6: None,
-                mmdb_lang: "en",
-                china: "China",
-            },
-            Route::Tables(_) => Plan {
-                v4: Some(Table::Cn),
-                v6: Some(Table::V6),
-                mmdb_lang: "zh-CN",
-                china: "中国",
-            },
-            Route::MaxMindOnly(key) => Plan {
-                v4: None,
-                v6: None,
-                mmdb_lang: key,
-                china: "",
-            },
+            Route::Tables(TableLang::ZhCn) => (Some(Table::Cn), Some(Table::V6)),
+            Route::Tables(TableLang::En) => (Some(Table::En), None),
+            Route::MaxMindOnly(_) => (None, None),
+        }
+    }
+
+    /// The language of MaxMind's answers.
+    fn lang(self) -> Lang {
+        match self {
+            Route::Tables(TableLang::ZhCn) => Lang::ZhCn,
+            Route::Tables(TableLang::En) => Lang::En,
+            Route::MaxMindOnly(lang) => lang,
         }
     }
 }
 
-struct Plan {
-    v4: Option<Table>,
-    v6: Option<Table>,
-    mmdb_lang: &'static str,
-    china: &'static str,
+/// What the range tables said about one address.
+#[derive(Debug, Clone)]
+enum TableAnswer {
+    /// The route asks no table for this family.
+    NotAsked,
+    Row(Located),
+    /// No row, or a row whose names are all empty.
+    NoRow,
+    /// The table could not be read; the short reason the client sees.
+    Failed(Arc<str>),
 }
 
-/// What the tables said for one address: not asked, a row or none, or the
-/// database failed (with the short reason the client sees).
-type TableAnswer = Option<Result<Option<Located>, Arc<str>>>;
+/// What MaxMind said about one address.
+enum MaxMindAnswer {
+    /// No MaxMind database is configured.
+    Off,
+    Found(Located),
+    NoAnswer,
+    Failed(String),
+}
 
-/// The service: the tables and the optional MaxMind database.
+/// The service: the range tables and the optional MaxMind database.
 #[derive(Clone)]
 pub struct Locator {
-    store: Store,
-    geo: Option<Arc<GeoDb>>,
+    ranges: Ranges,
+    maxmind: Option<MaxMind>,
 }
 
 impl Locator {
-    pub fn new(store: Store, geo: Option<GeoDb>) -> Locator {
-        Locator {
-            store,
-            geo: geo.map(Arc::new),
-        }
+    pub fn new(ranges: Ranges, maxmind: Option<MaxMind>) -> Locator {
+        Locator { ranges, maxmind }
     }
 
     pub fn close(&self) {
-        self.store.close();
+        self.ranges.close();
     }
 
     /// Answers every input, in order, one outcome each.
     pub async fn locate(&self, inputs: &[String], route: Route) -> Vec<Outcome> {
-        let plan = route.plan();
         let parsed: Vec<Result<Addr, LookupError>> = inputs.iter().map(|s| Addr::parse(s)).collect();
-        let tables = self.ask_tables(&parsed, &plan).await;
-
-        // Every valid address may need MaxMind (China rows will not).
-        let maxmind_lookups = parsed.iter().filter(|p| p.is_ok()).count();
-        let geo = self.geo.clone();
-        let decide = move || decide_all(parsed, tables, geo.as_deref(), &plan);
-        if maxmind_lookups <= INLINE_MAXMIND_LOOKUPS {
-            decide()
-        } else {
-            match tokio::task::spawn_blocking(decide).await {
-                Ok(outcomes) => outcomes,
-                Err(join) => std::panic::resume_unwind(join.into_panic()),
+        let tables = self.ask_tables(&parsed, route).await;
+        let geo = self.maxmind.as_ref().map(MaxMind::current);
+        let mut outcomes = Vec::with_capacity(parsed.len());
+        for (i, (addr, table)) in parsed.into_iter().zip(tables).enumerate() {
+            if i > 0 && i % DECIDE_CHUNK == 0 {
+                tokio::task::yield_now().await;
             }
+            outcomes.push(addr.and_then(|addr| decide(addr, table, geo.as_deref(), route.lang())));
         }
+        outcomes
     }
 
-    /// One round trip per table the batch touches, both families at once.
-    async fn ask_tables(&self, parsed: &[Result<Addr, LookupError>], plan: &Plan) -> Vec<TableAnswer> {
+    /// One lookup per table the batch touches, both families at once.
+    async fn ask_tables(&self, parsed: &[Result<Addr, LookupError>], route: Route) -> Vec<TableAnswer> {
+        let (table_v4, table_v6) = route.tables();
         let mut v4 = (Vec::<usize>::new(), Vec::<Ipv4Addr>::new());
         let mut v6 = (Vec::<usize>::new(), Vec::<Ipv6Addr>::new());
         for (i, addr) in parsed.iter().enumerate() {
             match addr {
-                Ok(Addr::V4(ip)) if plan.v4.is_some() => {
+                Ok(Addr::V4(ip)) if table_v4.is_some() => {
                     v4.0.push(i);
                     v4.1.push(*ip);
                 }
-                Ok(Addr::V6(ip)) if plan.v6.is_some() => {
+                Ok(Addr::V6(ip)) if table_v6.is_some() => {
                     v6.0.push(i);
                     v6.1.push(*ip);
                 }
@@ -129,19 +133,19 @@ impl Locator {
         }
         let (rows4, rows6) = tokio::join!(
             async {
-                match plan.v4 {
-                    Some(table) if !v4.1.is_empty() => self.store.lookup_v4(table, &v4.1).await,
+                match table_v4 {
+                    Some(table) if !v4.1.is_empty() => self.ranges.lookup_v4(table, &v4.1).await,
                     _ => Ok(Vec::new()),
                 }
             },
             async {
-                match plan.v6 {
-                    Some(_) if !v6.1.is_empty() => self.store.lookup_v6(&v6.1).await,
+                match table_v6 {
+                    Some(_) if !v6.1.is_empty() => self.ranges.lookup_v6(&v6.1).await,
                     _ => Ok(Vec::new()),
                 }
             }
         );
-        let mut answers: Vec<TableAnswer> = vec![None; parsed.len()];
+        let mut answers = vec![TableAnswer::NotAsked; parsed.len()];
         scatter(&mut answers, &v4.0, rows4);
         scatter(&mut answers, &v6.0, rows6);
         answers
@@ -149,57 +153,49 @@ impl Locator {
 }
 
 /// Puts one table's batch result back at the inputs' positions.
-fn scatter(answers: &mut [TableAnswer], positions: &[usize], rows: Result<Vec<Option<Located>>, StoreError>) {
+fn scatter(answers: &mut [TableAnswer], positions: &[usize], rows: Result<Vec<Option<Located>>, Arc<str>>) {
     match rows {
         Ok(rows) => {
             for (&i, row) in positions.iter().zip(rows) {
-                answers[i] = Some(Ok(row.filter(|r| !r.place.is_blank())));
+                answers[i] = match row {
+                    Some(row) if !row.place.is_blank() => TableAnswer::Row(row),
+                    _ => TableAnswer::NoRow,
+                };
             }
         }
-        Err(err) => {
-            // Logged once per batch with its cause; each item carries the short form.
-            warn!(error = %err, items = positions.len(), "range table lookup failed");
-            let reason: Arc<str> = Arc::from(err.to_string());
+        Err(reason) => {
             for &i in positions {
-                answers[i] = Some(Err(reason.clone()));
+                answers[i] = TableAnswer::Failed(reason.clone());
             }
         }
     }
 }
 
-fn decide_all(
-    parsed: Vec<Result<Addr, LookupError>>,
-    tables: Vec<TableAnswer>,
-    geo: Option<&GeoDb>,
-    plan: &Plan,
-) -> Vec<Outcome> {
-    parsed
-        .into_iter()
-        .zip(tables)
-        .map(|(addr, table)| decide(addr?, table, geo, plan))
-        .collect()
-}
-
 /// The China rule and the fallback order for one address.
-fn decide(addr: Addr, table: TableAnswer, geo: Option<&GeoDb>, plan: &Plan) -> Outcome {
+fn decide(addr: Addr, table: TableAnswer, geo: Option<&GeoDb>, lang: Lang) -> Outcome {
     let table = match table {
-        Some(Ok(Some(row))) if row.place.country_name == plan.china => return Ok(row),
+        TableAnswer::Row(row) if row.place.is_china() => return Ok(row),
         other => other,
     };
     let maxmind = match geo {
-        None => Err(None),
-        Some(geo) => geo.lookup(addr.ip(), plan.mmdb_lang).map_err(|err| {
-            warn!(error = %err, ip = %addr.ip(), "MaxMind lookup failed");
-            Some(err.to_string())
-        }),
+        None => MaxMindAnswer::Off,
+        Some(geo) => match geo.lookup(addr.ip(), lang) {
+            Ok(Some(answer)) => MaxMindAnswer::Found(answer),
+            Ok(None) => MaxMindAnswer::NoAnswer,
+            Err(err) => {
+                warn!(error = %err, ip = %addr.ip(), "MaxMind lookup failed");
+                MaxMindAnswer::Failed(err.to_string())
+            }
+        },
     };
     match (table, maxmind) {
-        (_, Ok(Some(answer))) => Ok(answer),
-        (Some(Ok(Some(row))), _) => Ok(row),
-        (Some(Err(db)), _) => Err(LookupError::Backend(db.to_string())),
-        (_, Err(Some(mmdb))) => Err(LookupError::Backend(mmdb)),
-        // The table was asked and has no row; MaxMind has none or is off.
-        (Some(Ok(None)), _) | (None, Ok(None)) => Err(LookupError::NotFound),
-        (None, Err(None)) => Err(LookupError::Backend("no MaxMind database configured".into())),
+        (_, MaxMindAnswer::Found(answer)) => Ok(answer),
+        (TableAnswer::Row(row), _) => Ok(row),
+        (TableAnswer::Failed(reason), _) => Err(LookupError::Backend(reason.to_string())),
+        (_, MaxMindAnswer::Failed(reason)) => Err(LookupError::Backend(reason)),
+        (TableAnswer::NoRow, _) | (TableAnswer::NotAsked, MaxMindAnswer::NoAnswer) => Err(LookupError::NotFound),
+        (TableAnswer::NotAsked, MaxMindAnswer::Off) => {
+            Err(LookupError::Backend("no MaxMind database configured".into()))
+        }
     }
 }

@@ -1,20 +1,38 @@
-//! Building the server from its settings: migrations, the MaxMind
-//! database, the pool and the listener.
+//! Building the server from its settings: where the tables come from
+//! (PostgreSQL per call, PostgreSQL into memory, files, or the built-in
+//! sample), the MaxMind database, the background reloads and the listener.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::mmdb::GeoDb;
+use crate::domain::Table;
+use crate::import::{DataFiles, FileSource};
+use crate::index::Tables;
+use crate::mmdb::{GeoDb, MaxMind};
+use crate::ranges::Ranges;
 use crate::server::{self, Limits};
 use crate::service::Locator;
-use crate::store::{self, Store, StoreConfig};
+use crate::store::{self, Reloader, Store, StoreConfig};
 use crate::thrift::Handler;
+
+/// Where lookups in PostgreSQL-backed tables happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LookupMode {
+    /// Every call queries PostgreSQL (concurrent calls share queries).
+    Postgres,
+    /// The tables are loaded into memory at start-up and kept in step.
+    Memory,
+}
 
 /// Everything `serve` needs; each option can also come from the environment.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,9 +41,21 @@ pub struct Settings {
     #[arg(long, env = "XM_IP_ADDR", default_value = "0.0.0.0:9090")]
     pub addr: String,
     /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/ip_service.
+    /// Without it (and without --data) the service serves data/ if
+    /// scripts/fetch-data.sh filled it, else its built-in sample.
     #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
-    /// GeoIP2/GeoLite2 City database; without it the MaxMind fallback is off.
+    pub database_url: Option<String>,
+    /// Serve the tables from the IP database files in this directory
+    /// instead of a database: .ipdb gives cn and v6, .mmdb gives en and
+    /// the MaxMind fallback, cn.csv/en.csv/v6.csv give their table.
+    #[arg(long, env = "XM_IP_DATA", conflicts_with = "database_url")]
+    pub data: Option<PathBuf>,
+    /// With a database: query it on every call, or hold the tables in
+    /// memory and follow its imports.
+    #[arg(long, env = "XM_IP_LOOKUP", value_enum)]
+    pub lookup: Option<LookupMode>,
+    /// GeoIP2/GeoLite2 City database; without it (and without one among
+    /// the data files) the MaxMind fallback is off.
     #[arg(long, env = "XM_IP_MMDB")]
     pub mmdb: Option<PathBuf>,
     /// Apply pending migrations before serving.
@@ -37,6 +67,10 @@ pub struct Settings {
     /// Bound on connecting, waiting for a connection and each query.
     #[arg(long, env = "XM_IP_DB_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub db_timeout: Duration,
+    /// How often the in-memory tables and the mmdb file are checked for
+    /// changes a notification did not announce (SIGHUP checks at once).
+    #[arg(long, env = "XM_IP_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
     /// Most IPs in one request; exactly this many is accepted.
     #[arg(long, env = "XM_IP_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
@@ -54,57 +88,191 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
 }
 
+impl Settings {
+    /// Settings for a server on `addr` with every other option at its default.
+    pub fn new(addr: &str) -> Settings {
+        Settings {
+            addr: addr.to_owned(),
+            database_url: None,
+            data: None,
+            lookup: None,
+            mmdb: None,
+            migrate: false,
+            pool_size: 16,
+            db_timeout: Duration::from_secs(2),
+            reload_interval: Duration::from_secs(30),
+            max_batch: 10_000,
+            max_frame: server::DEFAULT_MAX_FRAME,
+            max_connections: 4096,
+            read_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where the range tables come from.
+enum Data {
+    Postgres { url: String, mode: LookupMode },
+    Files(DataFiles),
+}
+
+/// The default data directory, relative to where the service runs.
+const DATA_DIR: &str = "data";
+
+fn choose_data(settings: &Settings) -> anyhow::Result<Data> {
+    let Some(url) = &settings.database_url else {
+        if settings.lookup == Some(LookupMode::Postgres) {
+            bail!("--lookup postgres needs --database-url (or DATABASE_URL)");
+        }
+        if settings.migrate {
+            bail!("--migrate needs --database-url (or DATABASE_URL)");
+        }
+        if let Some(dir) = &settings.data {
+            return Ok(Data::Files(DataFiles::in_dir(dir)?));
+        }
+        return Ok(match DataFiles::in_dir(Path::new(DATA_DIR)) {
+            Ok(files) if !files.is_empty() => Data::Files(files),
+            _ => Data::Files(DataFiles::sample()),
+        });
+    };
+    Ok(Data::Postgres {
+        url: url.clone(),
+        mode: settings.lookup.unwrap_or(LookupMode::Postgres),
+    })
+}
+
+/// Asks the running server to check for new data now (SIGHUP).
+#[derive(Clone)]
+pub struct ReloadHandle(Arc<watch::Sender<u64>>);
+
+impl ReloadHandle {
+    pub fn reload(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+}
+
 /// A server that is bound and ready to run.
 pub struct Application {
     listener: TcpListener,
     handler: Handler,
     limits: Limits,
+    reload: ReloadHandle,
+    /// Stops the background tasks (reloads, file watching).
+    stop: CancellationToken,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
-        if settings.migrate {
-            let applied = store::migrate(&settings.database_url)
-                .await
-                .context("failed to migrate the database")?;
-            info!(applied, "migrations up to date");
-        }
-        let geo = match &settings.mmdb {
-            Some(path) => Some(GeoDb::open(path)?),
-            None => None,
+        let data = choose_data(settings)?;
+        let (reload, wake) = watch::channel(0u64);
+        let stop = CancellationToken::new();
+        let mut background = Vec::new();
+
+        let sample = matches!(&data, Data::Files(files) if files.is_sample());
+        let (ranges, mut maxmind, source) = match data {
+            Data::Postgres { url, mode } => {
+                if settings.migrate {
+                    let applied = store::migrate(&url).await.context("failed to migrate the database")?;
+                    info!(applied, "migrations up to date");
+                }
+                let described = describe_database(&url);
+                let ranges = match mode {
+                    LookupMode::Postgres => {
+                        let store = Store::new(&StoreConfig {
+                            database_url: url.clone(),
+                            pool_size: settings.pool_size,
+                            timeout: settings.db_timeout,
+                        })?;
+                        log_database_tables(&url, settings.db_timeout).await;
+                        Ranges::Postgres(store)
+                    }
+                    LookupMode::Memory => {
+                        let started = std::time::Instant::now();
+                        let loaded = store::load_tables(&url, settings.db_timeout)
+                            .await
+                            .with_context(|| format!("cannot load the tables from {described} into memory"))?;
+                        let tables = Arc::new(Tables::new(loaded));
+                        log_tables(&tables, started.elapsed());
+                        let reloader = Reloader {
+                            database_url: url.clone(),
+                            timeout: settings.db_timeout,
+                            interval: settings.reload_interval,
+                            tables: tables.clone(),
+                        };
+                        background.push(tokio::spawn(reloader.run(wake.clone(), stop.clone())));
+                        Ranges::Memory(tables)
+                    }
+                };
+                let mode = match mode {
+                    LookupMode::Postgres => "lookups in PostgreSQL",
+                    LookupMode::Memory => "tables in memory",
+                };
+                (ranges, None, format!("PostgreSQL {described}, {mode}"))
+            }
+            Data::Files(files) => {
+                let started = std::time::Instant::now();
+                let origin = files.origin.clone();
+                let loaded = tokio::task::spawn_blocking(move || files.load())
+                    .await
+                    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+                    .with_context(|| format!("cannot load the tables from {origin}"))?;
+                let maxmind = match &loaded.mmdb {
+                    Some(FileSource::Path(path)) => Some(MaxMind::open(path)?),
+                    Some(FileSource::Builtin(bytes)) => {
+                        Some(MaxMind::fixed(GeoDb::from_static(bytes, "built-in sample")?))
+                    }
+                    None => None,
+                };
+                let tables = Arc::new(Tables::new(loaded.tables));
+                log_tables(&tables, started.elapsed());
+                crate::index::release_free_memory();
+                (Ranges::Memory(tables), maxmind, origin)
+            }
         };
-        let store = Store::new(&StoreConfig {
-            database_url: settings.database_url.clone(),
-            pool_size: settings.pool_size,
-            timeout: settings.db_timeout,
-        })?;
+        if let Some(path) = &settings.mmdb {
+            maxmind = Some(MaxMind::open(path)?);
+        }
+        if let Some(maxmind) = &maxmind {
+            background.push(tokio::spawn(maxmind.clone().watch(
+                settings.reload_interval,
+                wake.clone(),
+                stop.clone(),
+            )));
+        }
+
         let listener = TcpListener::bind(&settings.addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.addr))?;
-
-        let database = describe_database(&settings.database_url);
-        match &geo {
-            Some(geo) => info!(
-                addr = %listener.local_addr()?,
-                %database,
-                mmdb = %geo.path().display(),
-                mmdb_build = %geo.describe(),
-                "xm-ip-service listening"
-            ),
-            None => {
-                info!(addr = %listener.local_addr()?, %database, "xm-ip-service listening");
-                warn!("no --mmdb given: the MaxMind fallback is off");
+        let addr = listener.local_addr()?;
+        match &maxmind {
+            Some(maxmind) => {
+                let geo = maxmind.current();
+                info!(%addr, data = %source, mmdb = geo.label(), mmdb_build = %geo.describe(), "xm-ip-service listening");
             }
+            None => {
+                info!(%addr, data = %source, "xm-ip-service listening");
+                warn!("no MaxMind database: the fallback is off (give --mmdb)");
+            }
+        }
+        if sample {
+            info!(
+                "serving a small built-in sample: scripts/fetch-data.sh fetches the full data into data/, \
+                 and --database-url serves tables from PostgreSQL"
+            );
         }
         Ok(Application {
             listener,
-            handler: Handler::new(Locator::new(store, geo), settings.max_batch),
+            handler: Handler::new(Locator::new(ranges, maxmind), settings.max_batch),
             limits: Limits {
                 max_frame: settings.max_frame,
                 max_connections: settings.max_connections,
                 read_timeout: settings.read_timeout,
                 shutdown_timeout: settings.shutdown_timeout,
             },
+            reload: ReloadHandle(Arc::new(reload)),
+            stop,
+            background,
         })
     }
 
@@ -112,11 +280,70 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// What SIGHUP uses to ask for a check for new data.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
+    }
+
     /// Serves until `shutdown` completes and in-flight requests are done.
     pub async fn run_until_stopped(self, shutdown: impl Future) {
         server::run(self.listener, self.handler.clone(), self.limits, shutdown).await;
+        self.stop.cancel();
+        for task in self.background {
+            let _ = task.await;
+        }
         self.handler.close();
         info!("stopped");
+    }
+}
+
+/// One line per table: ranges, distinct places and memory; a warning for
+/// each empty table, whose addresses only MaxMind can answer.
+fn log_tables(tables: &Tables, took: Duration) {
+    for table in Table::ALL {
+        let snapshot = tables.snapshot(table);
+        let index = &snapshot.index;
+        info!(
+            table = table.name(),
+            ranges = index.len(),
+            places = index.places(),
+            mib = index.heap_bytes() / (1 << 20),
+            "table loaded into memory"
+        );
+        if index.is_empty() {
+            warn!(
+                table = table.name(),
+                "table is empty: its addresses get MaxMind's answer or none"
+            );
+        }
+    }
+    info!(seconds = format!("{:.2}", took.as_secs_f64()), "tables ready");
+}
+
+/// One line per table with its row count, and a warning for each empty one.
+async fn log_database_tables(url: &str, timeout: Duration) {
+    let counts = async {
+        let client = store::connect(url).await?;
+        let mut counts = Vec::new();
+        for table in Table::ALL {
+            counts.push((table, store::table_rows(&client, table).await?));
+        }
+        Ok::<_, store::StoreError>(counts)
+    };
+    match tokio::time::timeout(timeout * 5, counts).await {
+        Ok(Ok(counts)) => {
+            for (table, rows) in counts {
+                info!(table = table.name(), rows, "table in PostgreSQL");
+                if rows == 0 {
+                    warn!(
+                        table = table.name(),
+                        "table is empty: its addresses get MaxMind's answer or none"
+                    );
+                }
+            }
+        }
+        Ok(Err(err)) => warn!(error = %err, "cannot count the table rows; serving anyway"),
+        Err(_) => warn!("counting the table rows timed out; serving anyway"),
     }
 }
 

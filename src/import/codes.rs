@@ -37,11 +37,6 @@ pub struct Codes {
     county_level_cities: HashMap<(String, String), String>,
 }
 
-/// Whether a place's country is China for GB/T 2260 purposes.
-fn is_china(place: &Place) -> bool {
-    place.country_code == "CN" || place.country_name == "中国"
-}
-
 fn short(name: &str) -> &str {
     let name = name.trim();
     SUFFIXES
@@ -98,7 +93,7 @@ impl Codes {
                 place.country_code = code.clone();
             }
         }
-        if !is_china(place) || place.province_name.is_empty() {
+        if !place.is_china() || place.province_name.is_empty() {
             return;
         }
         let Some(province) = self.provinces.get(short(&place.province_name)) else {

@@ -19,7 +19,7 @@ use tracing::info;
 use super::progress::Progress;
 use super::{file_name, read_ranges, ColumnLimits, Family, Format, ImportError, Range};
 use crate::domain::Lang;
-use crate::store::Table;
+use crate::domain::Table;
 
 /// The channel told about every successful swap; the payload is the table.
 pub const RELOAD_CHANNEL: &str = "ip_service_reload";
@@ -150,30 +150,30 @@ async fn import_locked(
         .await?
         .get(0);
 
-    let result = parse_and_load(client, options, format, bytes).await;
-    let (outcome, rows, message) = match &result {
-        Ok((rows, _)) => ("succeeded", Some(*rows as i64), String::new()),
-        Err(err) => ("failed", None, err.to_string()),
-    };
-    let recorded = client
-        .execute(
-            "UPDATE ip_service_imports SET outcome = $2, row_count = $3, message = $4, finished_at = now() \
-             WHERE id = $1",
-            &[&id, &outcome, &rows, &message],
-        )
-        .await;
-    let loaded = result?;
-    recorded?;
-    Ok(Some(loaded))
+    let result = parse_and_load(client, options, format, bytes, id).await;
+    if let Err(err) = &result {
+        // The import's own error matters more than failing to record it.
+        let _ = client
+            .execute(
+                "UPDATE ip_service_imports SET outcome = 'failed', message = $2, finished_at = now() WHERE id = $1",
+                &[&id, &err.to_string()],
+            )
+            .await;
+    }
+    Ok(Some(result?))
 }
 
+/// Parses, validates and swaps the new rows in. The history row `id`
+/// becomes 'succeeded' in the swap's own transaction, so a reader that sees
+/// the new table also sees the import that made it.
 async fn parse_and_load(
     client: &mut Client,
     options: &ImportOptions,
     format: Format,
     bytes: Vec<u8>,
+    id: i64,
 ) -> Result<(u64, u64), ImportError> {
-    let family = Family::of(options.table);
+    let family = options.table.family();
     let ipdb_language = options.ipdb_language.clone();
     let source_error = |source| ImportError::Source {
         path: options.file.clone(),
@@ -203,21 +203,23 @@ async fn parse_and_load(
         merged = built.merged,
         "parsed and validated"
     );
+    let rows = built.ranges.len() as i64;
     let tx = client.transaction().await?;
     swap_in(&tx, options.table, &built.ranges, options.method).await?;
+    tx.execute(
+        "UPDATE ip_service_imports SET outcome = 'succeeded', row_count = $2, finished_at = now() WHERE id = $1",
+        &[&id, &rows],
+    )
+    .await?;
     tx.commit().await?;
-    Ok((built.ranges.len() as u64, built.merged as u64))
+    Ok((rows as u64, built.merged as u64))
 }
 
-/// The mmdb language key for this import: `--lang`, else the table's own.
-fn mmdb_lang(options: &ImportOptions) -> Result<&'static str, super::SourceError> {
-    let default = if options.table == Table::En { "en" } else { "zh-CN" };
+/// The language of mmdb names for this import: `--lang`, else the table's own.
+fn mmdb_lang(options: &ImportOptions) -> Result<Lang, super::SourceError> {
     match options.lang.as_deref().map(Lang::parse) {
-        None => Ok(default),
-        Some(Ok(Lang::ZhCn)) => Ok("zh-CN"),
-        Some(Ok(Lang::En)) => Ok("en"),
-        Some(Ok(Lang::MaxMindOnly(key))) => Ok(key),
-        Some(Err(err)) => Err(super::SourceError::NotFormat(err.to_string())),
+        None => Ok(Lang::of_table(options.table)),
+        Some(lang) => lang.map_err(|err| super::SourceError::NotFormat(err.to_string())),
     }
 }
 
@@ -235,8 +237,8 @@ async fn swap_in(tx: &Transaction<'_>, table: Table, ranges: &[Range], method: L
 
     let mut progress = Progress::new(live, ranges.len() as u64);
     match method {
-        LoadMethod::Copy => copy_rows(tx, &staging, Family::of(table), ranges, &mut progress).await?,
-        LoadMethod::Insert => insert_rows(tx, &staging, Family::of(table), ranges, &mut progress).await?,
+        LoadMethod::Copy => copy_rows(tx, &staging, table.family(), ranges, &mut progress).await?,
+        LoadMethod::Insert => insert_rows(tx, &staging, table.family(), ranges, &mut progress).await?,
     }
     progress.finish();
 
@@ -388,7 +390,7 @@ pub async fn export(
     table: Table,
     out: &mut (dyn AsyncWrite + Unpin + Send),
 ) -> Result<u64, ImportError> {
-    let bound = |column: &str| match Family::of(table) {
+    let bound = |column: &str| match table.family() {
         Family::V4 => format!("host('0.0.0.0'::inet + {column}) AS {column}"),
         Family::V6 => format!("host({column}) AS {column}"),
     };

@@ -6,16 +6,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
-use maxminddb::{geoip2, Reader, WithinOptions};
+use maxminddb::{Reader, WithinOptions};
 
 use super::{Codes, Family, Origin, Range, RangeBuilder, SourceError};
-use crate::domain::Place;
-use crate::mmdb::place_of;
+use crate::domain::{Lang, Place};
+use crate::mmdb::decode_place;
 
-/// Ranges of `family` with names in `lang` (an mmdb language key); adjacent
+/// Ranges of `family` with names in `lang`; adjacent
 /// networks whose stored values match merge, whatever else their records
 /// hold (postal codes, coordinates).
-pub fn ranges(bytes: &[u8], family: Family, lang: &str, codes: &Codes) -> Result<RangeBuilder, SourceError> {
+pub fn ranges(bytes: &[u8], family: Family, lang: Lang, codes: &Codes) -> Result<RangeBuilder, SourceError> {
     let reader = Reader::from_source(bytes).map_err(|e| SourceError::NotFormat(e.to_string()))?;
     let all: IpNetwork = match (family, reader.metadata().ip_version) {
         (Family::V4, _) => "0.0.0.0/0".parse().expect("valid network"),
@@ -47,14 +47,11 @@ pub fn ranges(bytes: &[u8], family: Family, lang: &str, codes: &Codes) -> Result
         let place = match places.get(&offset) {
             Some(place) => place.clone(),
             None => {
-                let city = found
-                    .decode::<geoip2::City>()
-                    .map_err(|e| SourceError::Row {
-                        at: Origin::Network(network.to_string()),
-                        reason: format!("record does not decode: {e}"),
-                    })?
-                    .unwrap_or_default();
-                let place = place_of(&city, lang).map(|mut place| {
+                let place = decode_place(&found, lang).map_err(|e| SourceError::Row {
+                    at: Origin::Network(network),
+                    reason: format!("record does not decode: {e}"),
+                })?;
+                let place = place.map(|mut place| {
                     codes.fill(&mut place);
                     Arc::new(place)
                 });
@@ -67,7 +64,7 @@ pub fn ranges(bytes: &[u8], family: Family, lang: &str, codes: &Codes) -> Result
                 start,
                 end,
                 place,
-                origin: Origin::Network(network.to_string()),
+                origin: Origin::Network(network),
             });
         }
     }

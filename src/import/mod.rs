@@ -8,6 +8,7 @@
 
 mod codes;
 mod csv_file;
+mod files;
 mod ipdb;
 mod load;
 mod mmdb_file;
@@ -15,15 +16,15 @@ mod progress;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use codes::Codes;
+pub use files::{DataFiles, FileSource, FileTables};
 pub use load::{export, import, ImportOptions, LoadMethod, Outcome, RELOAD_CHANNEL};
 
-use crate::domain::Place;
-use crate::store::Table;
+pub use crate::domain::Family;
+use crate::domain::{Lang, Place};
 
 /// The source formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -66,40 +67,12 @@ impl fmt::Display for Format {
     }
 }
 
-/// The address family a table holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(table: Table) -> Family {
-        match table {
-            Table::Cn | Table::En => Family::V4,
-            Table::V6 => Family::V6,
-        }
-    }
-
-    /// An address of this family as text.
-    pub fn text(self, value: u128) -> String {
-        self.ip(value).to_string()
-    }
-
-    fn ip(self, value: u128) -> IpAddr {
-        match self {
-            Family::V4 => IpAddr::V4(Ipv4Addr::from(value as u32)),
-            Family::V6 => IpAddr::V6(Ipv6Addr::from(value)),
-        }
-    }
-}
-
 /// Where in the source a range came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     Line(u64),
     Offset(u64),
-    Network(String),
+    Network(ipnetwork::IpNetwork),
 }
 
 impl fmt::Display for Origin {
@@ -174,15 +147,30 @@ pub enum ImportError {
     },
     #[error("cannot write the export: {0}")]
     Write(#[source] std::io::Error),
+    #[error("{origin}: {reason}")]
+    Files { origin: String, reason: String },
     #[error("another import into {0} is running")]
     Busy(&'static str),
     #[error("database: {0}")]
     Database(#[from] tokio_postgres::Error),
 }
 
-/// The longest text each column takes (`varchar(n)`), read from the live
-/// table so that validation always matches the schema.
+/// The longest text each column takes (`varchar(n)`). An import reads them
+/// from the live table; file mode uses [`schema_limits`].
 pub type ColumnLimits = HashMap<String, usize>;
+
+/// The column limits the migrations give every range table, so that
+/// serving files refuses exactly what importing them would.
+pub fn schema_limits() -> ColumnLimits {
+    let names = ["country_name", "province_name", "city_name", "district_name"].map(|c| (c, 100));
+    let codes = ["country_code", "province_code", "city_code"].map(|c| (c, 16));
+    names
+        .into_iter()
+        .chain(codes)
+        .chain([("carrier_name", 255)])
+        .map(|(column, max)| (column.to_owned(), max))
+        .collect()
+}
 
 /// Sorts `ranges` and refuses what the tables must never hold: a start
 /// after its end, overlaps, text longer than its column, nothing at all.
@@ -246,7 +234,7 @@ pub fn read_ranges(
     bytes: &[u8],
     format: Format,
     family: Family,
-    lang: &str,
+    lang: Lang,
     ipdb_language: Option<&str>,
     limits: &ColumnLimits,
 ) -> Result<RangeBuilder, SourceError> {
@@ -297,7 +285,7 @@ mod tests {
             for format in [Format::Ipdb, Format::Mmdb, Format::Csv] {
                 for family in [Family::V4, Family::V6] {
                     // Ok is possible only for CSV noise that happens to parse.
-                    let _ = read_ranges(&bytes, format, family, "en", None, &limits);
+                    let _ = read_ranges(&bytes, format, family, Lang::En, None, &limits);
                 }
             }
         }

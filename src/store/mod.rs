@@ -1,73 +1,54 @@
-//! PostgreSQL: the connection pool, the batch range lookups and the
-//! migrations. Nothing here knows about Thrift.
+//! PostgreSQL: the connection pool, the coalesced batch range lookups,
+//! loading whole tables into the in-memory index and keeping them in step,
+//! and the migrations. Nothing here knows about Thrift.
 
+mod coalesce;
 mod migrate;
+mod reload;
+mod snapshot;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
 
-use crate::domain::{Located, Place, Source};
+use crate::domain::{Family, Located, Place, Source};
+use coalesce::Coalescer;
 
+pub use crate::domain::Table;
 pub use migrate::migrate;
+pub use reload::Reloader;
+pub use snapshot::{load_snapshot, load_tables, table_rows};
 
-/// The range tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Table {
-    /// IPv4, Chinese names.
-    Cn,
-    /// IPv4, English names.
-    En,
-    /// IPv6, Chinese names.
-    V6,
-}
-
-impl Table {
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Cn => "ip_service_cn",
-            Table::En => "ip_service_en",
-            Table::V6 => "ip_service_v6",
-        }
+/// The batch lookup for `table`: one round trip for a whole batch, in
+/// which each address probes the unique `start_ip` index backwards once
+/// (`ORDER BY start_ip DESC LIMIT 1`): a bounded index descent wherever it
+/// lands.
+pub fn lookup_sql(table: Table) -> &'static str {
+    macro_rules! lookup_sql {
+        ($table:literal, $array:literal) => {
+            concat!(
+                "SELECT q.ord, r.start_ip, r.end_ip, r.country_code, r.country_name, ",
+                "r.province_code, r.province_name, r.city_code, r.city_name, ",
+                "r.district_name, r.carrier_name ",
+                "FROM unnest($1::",
+                $array,
+                ") WITH ORDINALITY AS q(ip, ord) ",
+                "CROSS JOIN LATERAL (SELECT * FROM ",
+                $table,
+                " t ",
+                "WHERE t.start_ip <= q.ip ORDER BY t.start_ip DESC LIMIT 1) r ",
+                "WHERE r.end_ip >= q.ip"
+            )
+        };
     }
-
-    fn source(self) -> Source {
-        match self {
-            Table::Cn => Source::Cn,
-            Table::En => Source::En,
-            Table::V6 => Source::V6,
-        }
-    }
-
-    /// The batch lookup: one round trip for a whole batch, in which each
-    /// address probes the unique `start_ip` index backwards once (`ORDER BY
-    /// start_ip DESC LIMIT 1`): a bounded index descent wherever it lands.
-    pub fn lookup_sql(self) -> &'static str {
-        macro_rules! lookup_sql {
-            ($table:literal, $array:literal) => {
-                concat!(
-                    "SELECT q.ord, r.start_ip, r.end_ip, r.country_code, r.country_name, ",
-                    "r.province_code, r.province_name, r.city_code, r.city_name, ",
-                    "r.district_name, r.carrier_name ",
-                    "FROM unnest($1::",
-                    $array,
-                    ") WITH ORDINALITY AS q(ip, ord) ",
-                    "CROSS JOIN LATERAL (SELECT * FROM ",
-                    $table,
-                    " t ",
-                    "WHERE t.start_ip <= q.ip ORDER BY t.start_ip DESC LIMIT 1) r ",
-                    "WHERE r.end_ip >= q.ip"
-                )
-            };
-        }
-        match self {
-            Table::Cn => lookup_sql!("ip_service_cn", "int8[]"),
-            Table::En => lookup_sql!("ip_service_en", "int8[]"),
-            Table::V6 => lookup_sql!("ip_service_v6", "inet[]"),
-        }
+    match table {
+        Table::Cn => lookup_sql!("ip_service_cn", "int8[]"),
+        Table::En => lookup_sql!("ip_service_en", "int8[]"),
+        Table::V6 => lookup_sql!("ip_service_v6", "inet[]"),
     }
 }
 
@@ -86,6 +67,8 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("migration failed: {0}")]
     Migrate(#[from] refinery::Error),
+    #[error("cannot be held in memory: {0}")]
+    Invalid(String),
 }
 
 /// How to reach PostgreSQL and how long to wait for it.
@@ -98,16 +81,28 @@ pub struct StoreConfig {
     pub timeout: Duration,
 }
 
-/// A pool of connections and the lookups run on them.
+/// Queries of one table that run at once; callers arriving meanwhile wait
+/// and share the next one. Two keep both of PostgreSQL's cores busy on a
+/// small box without one table's load starving the pool.
+const QUERIES_IN_FLIGHT: usize = 2;
+/// The most addresses one coalesced query carries.
+const MAX_KEYS_PER_QUERY: usize = 20_000;
+/// Callers that may queue for one table before more are held back.
+const QUEUE: usize = 4096;
+
+/// A pool of connections and the coalesced lookups run on them.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
-    timeout: Duration,
+    cn: Coalescer<i64>,
+    en: Coalescer<i64>,
+    v6: Coalescer<IpAddr>,
 }
 
 impl Store {
-    /// Builds the pool. Connections are made on first use, so the service
-    /// starts (and answers from MaxMind) even while the database is down.
+    /// Builds the pool and starts each table's coalescing task. Connections
+    /// are made on first use, so the service starts (and answers from
+    /// MaxMind) even while the database is down.
     pub fn new(config: &StoreConfig) -> Result<Store, StoreError> {
         let mut pg = tokio_postgres::Config::from_str(&config.database_url).map_err(StoreError::Config)?;
         pg.connect_timeout(config.timeout);
@@ -132,9 +127,18 @@ impl Store {
             .runtime(Runtime::Tokio1)
             .build()
             .expect("a runtime and timeouts are set, which is all build() checks");
+        let limits = coalesce::Limits {
+            in_flight: QUERIES_IN_FLIGHT,
+            max_keys: MAX_KEYS_PER_QUERY,
+            queue: QUEUE,
+            // Waiting for a turn and the query itself, each bounded by the timeout.
+            timeout: config.timeout * 2,
+        };
         Ok(Store {
+            cn: coalescer(&pool, limits, config.timeout, Table::Cn),
+            en: coalescer(&pool, limits, config.timeout, Table::En),
+            v6: coalescer(&pool, limits, config.timeout, Table::V6),
             pool,
-            timeout: config.timeout,
         })
     }
 
@@ -145,40 +149,61 @@ impl Store {
 
     /// Finds the row for each IPv4 address in the IPv4 `table` (cn or en),
     /// in input order.
-    pub async fn lookup_v4(&self, table: Table, ips: &[Ipv4Addr]) -> Result<Vec<Option<Located>>, StoreError> {
-        debug_assert_ne!(table, Table::V6);
+    pub async fn lookup_v4(&self, table: Table, ips: &[Ipv4Addr]) -> Result<Vec<Option<Located>>, Arc<str>> {
         let keys: Vec<i64> = ips.iter().map(|ip| i64::from(u32::from(*ip))).collect();
-        let rows = self.query(table, &keys).await?;
-        // The table's CHECK keeps IPv4 bounds within 0..=u32::MAX.
-        let bound = |row: &Row, i| Ok(IpAddr::V4(Ipv4Addr::from(row.try_get::<_, i64>(i)? as u32)));
-        in_input_order(rows, ips.len(), table.source(), bound)
+        match table {
+            Table::Cn => self.cn.lookup(keys).await,
+            Table::En => self.en.lookup(keys).await,
+            Table::V6 => Err(Arc::from("the v6 table holds no IPv4 addresses")),
+        }
     }
 
     /// Finds the row for each IPv6 address in `ip_service_v6`, in input order.
-    pub async fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Result<Vec<Option<Located>>, StoreError> {
-        let keys: Vec<IpAddr> = ips.iter().map(|ip| IpAddr::V6(*ip)).collect();
-        let rows = self.query(Table::V6, &keys).await?;
-        in_input_order(rows, ips.len(), Source::V6, |row, i| row.try_get(i))
+    pub async fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Result<Vec<Option<Located>>, Arc<str>> {
+        self.v6.lookup(ips.iter().map(|ip| IpAddr::V6(*ip)).collect()).await
     }
+}
 
-    async fn query<T>(&self, table: Table, keys: &[T]) -> Result<Vec<Row>, StoreError>
-    where
-        T: tokio_postgres::types::ToSql + Sync,
-    {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let work = async {
-            let client = self.pool.get().await.map_err(|err| match err {
-                deadpool_postgres::PoolError::Timeout(_) => StoreError::Timeout(self.timeout),
-                other => other.into(),
-            })?;
-            let statement = client.prepare_cached(table.lookup_sql()).await?;
-            Ok::<_, StoreError>(client.query(&statement, &[&keys]).await?)
-        };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
+/// The coalescing task of `table`, querying on `pool`.
+fn coalescer<K>(pool: &Pool, limits: coalesce::Limits, timeout: Duration, table: Table) -> Coalescer<K>
+where
+    K: tokio_postgres::types::ToSql + Sync + Send + 'static,
+{
+    let pool = pool.clone();
+    Coalescer::start(limits, move |keys| lookup_rows(pool.clone(), timeout, table, keys))
+}
+
+/// Runs the batch lookup of `table` for `keys` on a pooled connection: the
+/// row holding each key, in key order.
+async fn lookup_rows<K>(
+    pool: Pool,
+    timeout: Duration,
+    table: Table,
+    keys: Vec<K>,
+) -> Result<Vec<Option<Located>>, StoreError>
+where
+    K: tokio_postgres::types::ToSql + Sync + Send,
+{
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let work = async {
+        let client = pool.get().await.map_err(|err| match err {
+            deadpool_postgres::PoolError::Timeout(_) => StoreError::Timeout(timeout),
+            other => other.into(),
+        })?;
+        let statement = client.prepare_cached(lookup_sql(table)).await?;
+        Ok::<_, StoreError>(client.query(&statement, &[&keys]).await?)
+    };
+    let rows = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))??;
+    match table.family() {
+        // The tables' CHECK keeps IPv4 bounds within 0..=u32::MAX.
+        Family::V4 => in_input_order(rows, keys.len(), table.source(), |row, i| {
+            Ok(IpAddr::V4(Ipv4Addr::from(row.try_get::<_, i64>(i)? as u32)))
+        }),
+        Family::V6 => in_input_order(rows, keys.len(), table.source(), |row, i| row.try_get(i)),
     }
 }
 
@@ -207,7 +232,7 @@ fn in_input_order(
         out[ordinal as usize - 1] = Some(Located {
             start: bound(&row, 1)?,
             end: bound(&row, 2)?,
-            place: place(&row)?,
+            place: Arc::new(place(&row)?),
             source,
         });
     }

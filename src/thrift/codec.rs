@@ -10,11 +10,12 @@
 
 use thrift::protocol::{
     TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier, TListIdentifier, TMessageIdentifier, TMessageType,
-    TOutputProtocol, TSerializable, TStructIdentifier, TType,
+    TOutputProtocol, TStructIdentifier, TType,
 };
 use thrift::{ApplicationError, ApplicationErrorKind};
 
-use super::generated::GeoInfo;
+use super::answer::write_answer;
+use crate::domain::Outcome;
 
 /// The longest method name accepted; real ones are under 40 bytes.
 const MAX_NAME: usize = 256;
@@ -598,15 +599,19 @@ impl<'a> Reader<'a> {
 }
 
 /// What goes back for one request.
-pub enum Reply {
-    Answers(Vec<GeoInfo>),
+pub enum Reply<'a> {
+    /// One answer per input, in input order.
+    Answers {
+        inputs: &'a [String],
+        outcomes: Vec<Outcome>,
+    },
     Exception(ApplicationError),
 }
 
 /// Encodes a reply to `request_name` in the connection's wire format, frame
 /// header included. The name goes back without any multiplexing prefix, as
 /// Apache Thrift's multiplexed processors send it and its clients check it.
-pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply) -> Vec<u8> {
+pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply<'_>) -> Vec<u8> {
     let name = request_name.rsplit_once(':').map_or(request_name, |(_, method)| method);
     let mut out = Vec::with_capacity(256);
     if wire.framing == Framing::Framed {
@@ -625,15 +630,15 @@ pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply) -> Vec<u8
     out
 }
 
-fn write_reply(o: &mut dyn TOutputProtocol, name: &str, seq: i32, reply: &Reply) -> thrift::Result<()> {
+fn write_reply(o: &mut dyn TOutputProtocol, name: &str, seq: i32, reply: &Reply<'_>) -> thrift::Result<()> {
     match reply {
-        Reply::Answers(answers) => {
+        Reply::Answers { inputs, outcomes } => {
             o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Reply, seq))?;
             o.write_struct_begin(&TStructIdentifier::new(format!("{name}_result")))?;
             o.write_field_begin(&TFieldIdentifier::new("success", TType::List, 0))?;
-            o.write_list_begin(&TListIdentifier::new(TType::Struct, answers.len() as i32))?;
-            for answer in answers {
-                answer.write_to_out_protocol(o)?;
+            o.write_list_begin(&TListIdentifier::new(TType::Struct, outcomes.len() as i32))?;
+            for (input, outcome) in inputs.iter().zip(outcomes) {
+                write_answer(o, input, outcome)?;
             }
             o.write_list_end()?;
             o.write_field_end()?;
@@ -650,7 +655,7 @@ fn write_reply(o: &mut dyn TOutputProtocol, name: &str, seq: i32, reply: &Reply)
 }
 
 /// A `TApplicationException` of `kind`.
-pub fn exception(kind: ApplicationErrorKind, message: impl Into<String>) -> Reply {
+pub fn exception(kind: ApplicationErrorKind, message: impl Into<String>) -> Reply<'static> {
     Reply::Exception(ApplicationError::new(kind, message.into()))
 }
 
@@ -730,7 +735,10 @@ mod tests {
             wire(Framing::Buffered, Protocol::Compact),
             "queryGeoInfoByIP",
             7,
-            &Reply::Answers(Vec::new()),
+            &Reply::Answers {
+                inputs: &[],
+                outcomes: Vec::new(),
+            },
         );
         // A reply is not a call, but the header decodes the same way.
         let (request, used) = decode(&reply, Protocol::Compact, false, LIMIT).unwrap();

@@ -1,13 +1,12 @@
-//! Turns a decoded request into a reply: method dispatch, batch limit,
-//! and the one place where answers become `GeoInfo`s.
+//! Turns a decoded request into a reply: method dispatch and the batch
+//! limit.
 
 use thrift::ApplicationErrorKind;
 use tracing::{debug, instrument};
 
 use super::codec::{exception, Call, Reply, Request};
-use super::generated::GeoInfo;
-use crate::domain::{Lang, Located, Outcome};
-use crate::service::{Locator, Route};
+use crate::domain::{Lang, Outcome};
+use crate::service::{Locator, Route, TableLang};
 
 const CALL: u8 = 1;
 const ONEWAY: u8 = 4;
@@ -31,7 +30,7 @@ impl Handler {
 
     /// The reply to `request`, or `None` for a oneway message.
     #[instrument(level = "debug", skip_all, fields(method = %request.name, seq = request.seq))]
-    pub async fn respond(&self, request: &Request) -> Option<Reply> {
+    pub async fn respond<'r>(&self, request: &'r Request) -> Option<Reply<'r>> {
         if request.message_type != CALL && request.message_type != ONEWAY {
             return Some(exception(
                 ApplicationErrorKind::InvalidMessageType,
@@ -42,7 +41,7 @@ impl Handler {
         (request.message_type == CALL).then_some(reply)
     }
 
-    async fn reply(&self, request: &Request) -> Reply {
+    async fn reply<'r>(&self, request: &'r Request) -> Reply<'r> {
         let call = match &request.call {
             Ok(call) => call,
             Err(reason) => {
@@ -64,13 +63,13 @@ impl Handler {
             );
         }
         let route = match call {
-            Call::QueryGeoInfoByIp { .. } => Route::Tables(Lang::ZhCn),
-            Call::QueryI18nGeoInfoByIp { .. } => Route::MaxMindOnly("en"),
+            Call::QueryGeoInfoByIp { .. } => Route::Tables(TableLang::ZhCn),
+            Call::QueryI18nGeoInfoByIp { .. } => Route::MaxMindOnly(Lang::En),
             Call::QueryGeoInfo { lang, .. } => match Lang::parse(lang) {
                 Ok(lang) => Route::for_lang(lang),
                 Err(err) => {
-                    let outcome: Outcome = Err(err);
-                    return Reply::Answers(ips.iter().map(|ip| geo_info(ip, &outcome)).collect());
+                    let outcomes: Vec<Outcome> = vec![Err(err); ips.len()];
+                    return Reply::Answers { inputs: ips, outcomes };
                 }
             },
             Call::Unknown => {
@@ -82,66 +81,6 @@ impl Handler {
         };
         debug!(ips = ips.len(), ?route, "lookup");
         let outcomes = self.locator.locate(ips, route).await;
-        Reply::Answers(
-            ips.iter()
-                .zip(&outcomes)
-                .map(|(ip, outcome)| geo_info(ip, outcome))
-                .collect(),
-        )
-    }
-}
-
-/// The wire form of one answer. Fields 1-12 are always present (old Java
-/// clients read absent strings as null); 13-16 only for a found address.
-pub fn geo_info(input: &str, outcome: &Outcome) -> GeoInfo {
-    let text = |s: &str| Some(s.to_owned());
-    match outcome {
-        Ok(Located {
-            place,
-            start,
-            end,
-            source,
-        }) => {
-            let as_int = |ip: &std::net::IpAddr| match ip {
-                std::net::IpAddr::V4(v4) => i64::from(u32::from(*v4)),
-                std::net::IpAddr::V6(_) => 0,
-            };
-            GeoInfo {
-                ip: text(input),
-                geoip_country_code: text(&place.country_code),
-                geoip_country_name: text(&place.country_name),
-                geoip_city_code: text(&place.city_code),
-                geoip_city_name: text(&place.city_name),
-                error_no: Some(0),
-                geoip_province_code: text(&place.province_code),
-                geoip_province_name: text(&place.province_name),
-                geoip_carrier: text(&place.carrier),
-                error_msg: text(""),
-                geoip_start_ip: Some(as_int(start)),
-                geoip_end_ip: Some(as_int(end)),
-                geoip_district_name: text(&place.district_name),
-                geoip_start_ip_str: Some(start.to_string()),
-                geoip_end_ip_str: Some(end.to_string()),
-                geoip_source: text(source.as_str()),
-            }
-        }
-        Err(err) => GeoInfo {
-            ip: text(input),
-            geoip_country_code: text(""),
-            geoip_country_name: text(""),
-            geoip_city_code: text(""),
-            geoip_city_name: text(""),
-            error_no: Some(err.error_no()),
-            geoip_province_code: text(""),
-            geoip_province_name: text(""),
-            geoip_carrier: text(""),
-            error_msg: Some(err.to_string()),
-            geoip_start_ip: Some(0),
-            geoip_end_ip: Some(0),
-            geoip_district_name: None,
-            geoip_start_ip_str: None,
-            geoip_end_ip_str: None,
-            geoip_source: None,
-        },
+        Reply::Answers { inputs: ips, outcomes }
     }
 }

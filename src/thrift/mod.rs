@@ -2,6 +2,7 @@
 //! mapping between wire calls and the service. Nothing here touches the
 //! database.
 
+mod answer;
 pub mod codec;
 #[allow(clippy::all, clippy::pedantic, dead_code)]
 #[rustfmt::skip]

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use xm_ip_service::client::{self, Client, Protocol, Transport};
-use xm_ip_service::startup::{Application, Settings};
+use xm_ip_service::startup::{Application, LookupMode, Settings};
 use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 
 use crate::writers::{s, Value, Writer};
@@ -194,7 +194,7 @@ pub fn fixture_mmdb() -> tempfile::TempPath {
 /// A running server on an ephemeral port, stopped when dropped.
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub db: TestDb,
+    db: Option<TestDb>,
     _mmdb: Option<tempfile::TempPath>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
@@ -205,7 +205,9 @@ pub struct Options {
     pub mmdb: bool,
     /// Point the server somewhere other than its fixture database.
     pub database_url: Option<String>,
+    pub lookup: LookupMode,
     pub db_timeout: Duration,
+    pub reload_interval: Duration,
     pub max_batch: usize,
     pub max_frame: usize,
 }
@@ -215,9 +217,21 @@ impl Default for Options {
         Options {
             mmdb: true,
             database_url: None,
+            lookup: LookupMode::Postgres,
             db_timeout: Duration::from_secs(2),
+            reload_interval: Duration::from_secs(30),
             max_batch: 10_000,
             max_frame: 16_384_000,
+        }
+    }
+}
+
+impl Options {
+    /// The fixture tables held in memory.
+    pub fn memory() -> Options {
+        Options {
+            lookup: LookupMode::Memory,
+            ..Options::default()
         }
     }
 }
@@ -230,20 +244,41 @@ impl TestApp {
 
     pub async fn spawn_with(options: Options) -> TestApp {
         let db = TestDb::new().await.with_fixtures().await;
+        Self::spawn_on(db, options).await
+    }
+
+    /// A server on `db` as it is.
+    pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
+        let url = db.url.clone();
+        Self::spawn_at(&url, Some(db), options).await
+    }
+
+    /// Another server on this one's database.
+    pub async fn spawn_beside(&self, options: Options) -> TestApp {
+        Self::spawn_at(&self.db().url, None, options).await
+    }
+
+    async fn spawn_at(url: &str, db: Option<TestDb>, options: Options) -> TestApp {
         let mmdb = options.mmdb.then(fixture_mmdb);
         let settings = Settings {
-            addr: "127.0.0.1:0".into(),
-            database_url: options.database_url.unwrap_or_else(|| db.url.clone()),
+            database_url: Some(options.database_url.unwrap_or_else(|| url.to_owned())),
+            lookup: Some(options.lookup),
             mmdb: mmdb.as_ref().map(|p| p.to_path_buf()),
-            migrate: false,
             pool_size: 4,
             db_timeout: options.db_timeout,
+            reload_interval: options.reload_interval,
             max_batch: options.max_batch,
             max_frame: options.max_frame,
             max_connections: 64,
             read_timeout: Duration::from_millis(500),
             shutdown_timeout: Duration::from_secs(5),
+            ..Settings::new("127.0.0.1:0")
         };
+        Self::start(settings, db, mmdb).await
+    }
+
+    /// A server built from `settings`, keeping `db` and `mmdb` alive with it.
+    pub async fn start(settings: Settings, db: Option<TestDb>, mmdb: Option<tempfile::TempPath>) -> TestApp {
         let app = Application::build(&settings).await.expect("build the server");
         let addr = app.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -257,6 +292,11 @@ impl TestApp {
             stop: Some(stop),
             server: Some(server),
         }
+    }
+
+    /// The server's database.
+    pub fn db(&self) -> &TestDb {
+        self.db.as_ref().expect("a server with a database")
     }
 
     /// Asks the server to stop and waits until it has.
@@ -282,12 +322,7 @@ impl TestApp {
     }
 
     pub async fn by_ip(&self, ips: &[&str]) -> Vec<GeoInfo> {
-        let ips = strings(ips);
-        self.with_client(Transport::Framed, Protocol::Binary, move |c| {
-            c.query_geo_info_by_i_p(ips)
-        })
-        .await
-        .expect("queryGeoInfoByIP")
+        by_ip_at(self.addr, ips).await
     }
 
     pub async fn with_lang(&self, lang: &str, ips: &[&str]) -> Vec<GeoInfo> {
@@ -313,6 +348,24 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
     }
+}
+
+/// `queryGeoInfoByIP` on the server at `addr`, over a new connection.
+pub async fn by_ip_at(addr: SocketAddr, ips: &[&str]) -> Vec<GeoInfo> {
+    let ips = strings(ips);
+    tokio::task::spawn_blocking(move || {
+        let mut client = client::connect(
+            &addr.to_string(),
+            Transport::Framed,
+            Protocol::Binary,
+            Duration::from_secs(10),
+        )
+        .expect("connect");
+        client.query_geo_info_by_i_p(ips)
+    })
+    .await
+    .unwrap()
+    .expect("queryGeoInfoByIP")
 }
 
 pub fn strings(ips: &[&str]) -> Vec<String> {

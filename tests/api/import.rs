@@ -146,7 +146,7 @@ async fn an_imported_ipdb_answers_through_the_service() {
     let app = TestApp::spawn().await;
     let dir = tempfile::tempdir().unwrap();
     let path = file(&dir, "fixture.ipdb", &fixture_ipdb());
-    run(&app.db, &options(Table::Cn, &path)).await.unwrap();
+    run(app.db(), &options(Table::Cn, &path)).await.unwrap();
     let answers = app.by_ip(&["183.62.57.1", "183.62.56.99"]).await;
     assert_eq!(answers[0].geoip_start_ip_str.as_deref(), Some("183.62.56.0"));
     assert_eq!(answers[0].geoip_end_ip_str.as_deref(), Some("183.62.57.255"));
@@ -500,7 +500,7 @@ async fn readers_during_an_import_see_the_old_or_the_new_data_never_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let old = file(&dir, "old.csv", big_csv(100_000, "电信").as_bytes());
     let new = file(&dir, "new.csv", big_csv(100_000, "联通").as_bytes());
-    run(&app.db, &options(Table::Cn, &old)).await.unwrap();
+    run(app.db(), &options(Table::Cn, &old)).await.unwrap();
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let addr = app.addr;
@@ -536,7 +536,7 @@ async fn readers_during_an_import_see_the_old_or_the_new_data_never_nothing() {
     for (path, force) in [(&new, false), (&old, true), (&new, true)] {
         let mut next = options(Table::Cn, path);
         next.force = force;
-        run(&app.db, &next).await.unwrap();
+        run(app.db(), &next).await.unwrap();
     }
     stop.send(true).unwrap();
     let (old_seen, new_seen) = reader.await.unwrap();

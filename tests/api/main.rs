@@ -8,6 +8,7 @@ mod helpers;
 mod cli;
 mod import;
 mod lookup;
+mod memory;
 mod python_client;
 mod real_data;
 mod resilience;

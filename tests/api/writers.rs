@@ -97,6 +97,7 @@ impl Trie {
 pub struct Writer {
     trie: Trie,
     data: Vec<Value>,
+    description: String,
 }
 
 impl Writer {
@@ -104,7 +105,15 @@ impl Writer {
         Writer {
             trie: Trie::new(),
             data: Vec::new(),
+            description: "xm-ip-service test fixture".to_owned(),
         }
+    }
+
+    /// The metadata's English description.
+    #[allow(dead_code)]
+    pub fn describe(&mut self, text: &str) -> &mut Self {
+        self.description = text.to_owned();
+        self
     }
 
     /// Adds `network` ("8.8.8.0/24" or "2001:4860::/32"); networks must not nest.
@@ -115,14 +124,19 @@ impl Writer {
     }
 
     pub fn build(&self, build_epoch: u64) -> Vec<u8> {
+        // Equal records are written once, as MaxMind's own writer does.
         let mut section = Vec::new();
+        let mut written: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
         let offsets: Vec<usize> = self
             .data
             .iter()
             .map(|value| {
-                let at = section.len();
-                encode(value, &mut section);
-                at
+                let mut bytes = Vec::new();
+                encode(value, &mut bytes);
+                *written.entry(bytes).or_insert_with_key(|bytes| {
+                    section.extend_from_slice(bytes);
+                    section.len() - bytes.len()
+                })
             })
             .collect();
         let mut out = Vec::new();
@@ -135,7 +149,7 @@ impl Writer {
             "binary_format_minor_version" => Value::U16(0),
             "build_epoch" => Value::U64(build_epoch),
             "database_type" => s("GeoLite2-City"),
-            "description" => map! {"en" => s("xm-ip-service test fixture")},
+            "description" => map! {"en" => s(&self.description)},
             "ip_version" => Value::U16(6),
             "languages" => Value::Array(["de", "en", "es", "fr", "ja", "pt-BR", "ru", "zh-CN"].iter().map(|l| s(l)).collect()),
             "node_count" => Value::U32(self.trie.nodes.len() as u32),

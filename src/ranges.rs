@@ -1,0 +1,47 @@
+//! Where table rows come from: PostgreSQL on every call, or the in-memory
+//! index. The lookup rules in `service` see only this seam.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use crate::domain::{Located, Table};
+use crate::index::Tables;
+use crate::store::Store;
+
+/// The source of range-table rows.
+#[derive(Clone)]
+pub enum Ranges {
+    /// Each lookup is a query; concurrent callers' addresses share queries.
+    Postgres(Store),
+    /// The tables held in memory, filled from PostgreSQL or from files.
+    Memory(Arc<Tables>),
+}
+
+/// A failed table lookup: the short reason each item reports.
+pub type RangesError = Arc<str>;
+
+impl Ranges {
+    /// The row holding each IPv4 address in `table` (cn or en), in input
+    /// order, all read from one version of the table.
+    pub async fn lookup_v4(&self, table: Table, ips: &[Ipv4Addr]) -> Result<Vec<Option<Located>>, RangesError> {
+        match self {
+            Ranges::Postgres(store) => store.lookup_v4(table, ips).await,
+            Ranges::Memory(tables) => Ok(tables.lookup_v4(table, ips)),
+        }
+    }
+
+    /// The row holding each IPv6 address in the v6 table, in input order.
+    pub async fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Result<Vec<Option<Located>>, RangesError> {
+        match self {
+            Ranges::Postgres(store) => store.lookup_v6(ips).await,
+            Ranges::Memory(tables) => Ok(tables.lookup_v6(ips)),
+        }
+    }
+
+    /// Releases database connections once the server has drained.
+    pub fn close(&self) {
+        if let Ranges::Postgres(store) = self {
+            store.close();
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Whole tables into the in-memory index: each streamed by binary COPY in
+//! address order inside one read-only REPEATABLE READ transaction, which
+//! also reads the table's version, so the index and its version always
+//! describe the same data.
+
+use std::net::IpAddr;
+use std::pin::pin;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, GenericClient, IsolationLevel, NoTls};
+
+use super::StoreError;
+use crate::domain::{Family, Table};
+use crate::index::{Builder, Key, RangeIndex, Snapshot, TableIndex, Version};
+
+/// The longest a whole table may take to load; the full cn table takes a
+/// few seconds.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+const COLUMNS: &str = "start_ip, end_ip, country_code, country_name, province_code, province_name, \
+                       city_code, city_name, district_name, carrier_name";
+
+/// Reads `table` into an index, with the version it was read at.
+pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot, StoreError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let version = version(&tx, table).await?;
+    let copy = tx
+        .copy_out(&format!(
+            "COPY (SELECT {COLUMNS} FROM {} ORDER BY start_ip) TO STDOUT (FORMAT binary)",
+            table.name()
+        ))
+        .await?;
+    let index = match table.family() {
+        Family::V4 => TableIndex::V4(
+            build(copy, table, Type::INT8, |row, i| {
+                let n: i64 = row.try_get(i)?;
+                u32::try_from(n)
+                    .map_err(|_| StoreError::Invalid(format!("{n} in {} is not an IPv4 address", table.name())))
+            })
+            .await?,
+        ),
+        Family::V6 => TableIndex::V6(
+            build(copy, table, Type::INET, |row, i| match row.try_get::<IpAddr>(i)? {
+                IpAddr::V6(v6) => Ok(u128::from(v6)),
+                IpAddr::V4(v4) => Err(StoreError::Invalid(format!("{v4} in {}", table.name()))),
+            })
+            .await?,
+        ),
+    };
+    tx.commit().await?;
+    Ok(Snapshot { index, version })
+}
+
+async fn build<K: Key>(
+    copy: tokio_postgres::CopyOutStream,
+    table: Table,
+    bound_type: Type,
+    bound: impl Fn(&BinaryCopyOutRow, usize) -> Result<K, StoreError>,
+) -> Result<RangeIndex<K>, StoreError> {
+    let mut types = vec![bound_type.clone(), bound_type];
+    types.extend([Type::VARCHAR; 8]);
+    let mut rows = pin!(BinaryCopyOutStream::new(copy, &types));
+    let mut builder = Builder::new(table.source());
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        let text = |i| row.try_get::<&str>(i);
+        let fields = [
+            text(2)?,
+            text(3)?,
+            text(4)?,
+            text(5)?,
+            text(6)?,
+            text(7)?,
+            text(8)?,
+            text(9)?,
+        ];
+        builder
+            .push_fields(bound(&row, 0)?, bound(&row, 1)?, fields)
+            .map_err(|err| StoreError::Invalid(format!("{}: {err}", table.name())))?;
+    }
+    Ok(builder.finish())
+}
+
+/// The version of `table` now: its relation (a new one after every import's
+/// swap) and its latest successful import.
+pub async fn version(client: &impl GenericClient, table: Table) -> Result<Version, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT $1::text::regclass::oid::int8, \
+                    (SELECT max(id) FROM ip_service_imports WHERE table_name = $1 AND outcome = 'succeeded')",
+            &[&table.name()],
+        )
+        .await?;
+    Ok(Version {
+        relation: row.get::<_, i64>(0) as u32,
+        import_id: row.get(1),
+    })
+}
+
+/// How many rows `table` holds.
+pub async fn table_rows(client: &impl GenericClient, table: Table) -> Result<i64, StoreError> {
+    let sql = format!("SELECT count(*) FROM {}", table.name());
+    Ok(client.query_one(&sql, &[]).await?.get(0))
+}
+
+/// A connection of its own for one long job, named so it is recognisable
+/// in `pg_stat_activity`.
+pub(super) async fn connect_for(database_url: &str, timeout: Duration, purpose: &str) -> Result<Client, StoreError> {
+    let mut config = tokio_postgres::Config::from_str(database_url).map_err(StoreError::Config)?;
+    config.connect_timeout(timeout);
+    config.application_name(format!("xm-ip-service {purpose}"));
+    let (client, connection) = config.connect(NoTls).await.map_err(StoreError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Loads `table` on a blocking-pool thread, so that building a large index
+/// never holds up a worker that serves requests.
+pub(super) async fn load_aside(database_url: String, timeout: Duration, table: Table) -> Result<Snapshot, StoreError> {
+    let runtime = tokio::runtime::Handle::current();
+    let load = async move {
+        let mut client = connect_for(&database_url, timeout, "index load").await?;
+        load_snapshot(&mut client, table).await
+    };
+    tokio::task::spawn_blocking(move || {
+        runtime.block_on(async {
+            tokio::time::timeout(LOAD_TIMEOUT, load)
+                .await
+                .map_err(|_| StoreError::Timeout(LOAD_TIMEOUT))?
+        })
+    })
+    .await
+    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+}
+
+/// Loads the three tables at once, for start-up in memory mode.
+pub async fn load_tables(database_url: &str, timeout: Duration) -> Result<Vec<(Table, Snapshot)>, StoreError> {
+    let loads = Table::ALL.map(|table| load_aside(database_url.to_owned(), timeout, table));
+    let [cn, en, v6] = loads;
+    let (cn, en, v6) = tokio::join!(cn, en, v6);
+    Ok(vec![(Table::Cn, cn?), (Table::En, en?), (Table::V6, v6?)])
+}
