@@ -125,14 +125,14 @@ fn write_csv(path: &Path, family: Family, rows: &[&Range]) -> anyhow::Result<()>
         out.write_record([
             &family.text(r.start),
             &family.text(r.end),
-            &p.country_name,
-            &p.province_name,
-            &p.city_name,
-            &p.district_name,
-            &p.carrier,
-            &p.country_code,
-            &p.province_code,
-            &p.city_code,
+            p.country_name(),
+            p.province_name(),
+            p.city_name(),
+            p.district_name(),
+            p.carrier(),
+            p.country_code(),
+            p.province_code(),
+            p.city_code(),
         ])?;
     }
     out.flush()?;

@@ -9,7 +9,7 @@ use unicode_width::UnicodeWidthStr;
 
 use crate::client::{self, to_json, Protocol, Transport};
 use crate::import::{self, Format, ImportOptions, LoadMethod, Outcome};
-use crate::loadgen::{self, LoadOptions};
+use crate::loadgen::{self, CompareOptions, LoadOptions};
 use crate::startup::Settings;
 use crate::store::{self, Table};
 use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
@@ -49,6 +49,9 @@ pub enum Command {
     Import(ImportArgs),
     /// Load a running server for a fixed time and report throughput and latency.
     Bench(LoadOptions),
+    /// Send the same sampled addresses to two servers and count the answers
+    /// that differ (exit status 1 if any do).
+    Compare(CompareOptions),
     /// Write a range table to standard output as interchange CSV.
     Export {
         #[arg(long, env = "DATABASE_URL")]
@@ -152,13 +155,32 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
 pub fn bench(options: LoadOptions) -> anyhow::Result<()> {
     let report = loadgen::run(&options)?;
     println!(
-        "{:?} x{} connections, batch {}: {}",
+        "{:?} x{} connections x{} in flight, batch {}: {}",
         options.method,
         options.connections,
+        options.pipeline,
         options.batch,
         report.summary()
     );
     Ok(())
+}
+
+/// Runs `compare`: the count of differing answers, and the first few.
+pub fn compare(options: CompareOptions) -> anyhow::Result<bool> {
+    let (compared, differing, shown) = loadgen::compare(&options, options.show)?;
+    for difference in &shown {
+        println!(
+            "{:?} {}:\n  {}: {}\n  {}: {}",
+            difference.method,
+            difference.expected.ip.as_deref().unwrap_or_default(),
+            options.addr,
+            to_json(&difference.expected),
+            options.against,
+            to_json(&difference.got)
+        );
+    }
+    println!("{compared} answers compared, {differing} differences");
+    Ok(differing == 0)
 }
 
 /// Runs `export` to standard output.

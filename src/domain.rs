@@ -200,9 +200,100 @@ impl Source {
     }
 }
 
-/// A located address: names, codes and the range that matched.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+/// Where an address is: names and codes, all the text in one shared
+/// allocation, so that a copy costs a reference count and an answer's text
+/// sits in one or two cache lines. Built from a [`PlaceBuf`] or fields.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Place {
+    text: Arc<str>,
+    /// Where each field ends in `text`, in [`Place::new`]'s order.
+    ends: [u32; 8],
+}
+
+impl Place {
+    /// A place from its fields in this order: country code and name,
+    /// province code and name, city code and name, district, carrier.
+    pub fn new(fields: [&str; 8]) -> Place {
+        let mut text = String::with_capacity(fields.iter().map(|f| f.len()).sum());
+        let ends = fields.map(|field| {
+            text.push_str(field);
+            text.len() as u32
+        });
+        Place {
+            text: Arc::from(text),
+            ends,
+        }
+    }
+
+    fn field(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    /// Every field, in [`Place::new`]'s order.
+    pub fn fields(&self) -> [&str; 8] {
+        std::array::from_fn(|i| self.field(i))
+    }
+
+    pub fn country_code(&self) -> &str {
+        self.field(0)
+    }
+
+    pub fn country_name(&self) -> &str {
+        self.field(1)
+    }
+
+    pub fn province_code(&self) -> &str {
+        self.field(2)
+    }
+
+    pub fn province_name(&self) -> &str {
+        self.field(3)
+    }
+
+    pub fn city_code(&self) -> &str {
+        self.field(4)
+    }
+
+    pub fn city_name(&self) -> &str {
+        self.field(5)
+    }
+
+    pub fn district_name(&self) -> &str {
+        self.field(6)
+    }
+
+    pub fn carrier(&self) -> &str {
+        self.field(7)
+    }
+
+    /// A row whose names are all empty says nothing and counts as no row.
+    pub fn is_blank(&self) -> bool {
+        [1, 3, 5, 6, 7].iter().all(|&i| self.field(i).is_empty())
+    }
+
+    /// Whether this place is in China: the rule that keeps a table row from
+    /// being handed to MaxMind.
+    pub fn is_china(&self) -> bool {
+        is_china(self.country_code(), self.country_name())
+    }
+}
+
+impl std::fmt::Debug for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Place").field(&self.fields()).finish()
+    }
+}
+
+/// The one China rule, for answers and for the importer's GB/T 2260 codes.
+/// Hong Kong, Macau and Taiwan rows labelled 中国 count.
+fn is_china(country_code: &str, country_name: &str) -> bool {
+    country_code == "CN" || country_name == "中国" || country_name == "China"
+}
+
+/// A place while it is assembled: parsed from a source, codes filled in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlaceBuf {
     pub country_code: String,
     pub country_name: String,
     pub province_code: String,
@@ -213,21 +304,39 @@ pub struct Place {
     pub carrier: String,
 }
 
-impl Place {
-    /// A row whose names are all empty says nothing and counts as no row.
-    pub fn is_blank(&self) -> bool {
-        self.country_name.is_empty()
-            && self.province_name.is_empty()
-            && self.city_name.is_empty()
-            && self.district_name.is_empty()
-            && self.carrier.is_empty()
+impl From<&Place> for PlaceBuf {
+    fn from(place: &Place) -> PlaceBuf {
+        let [country_code, country_name, province_code, province_name, city_code, city_name, district_name, carrier] =
+            place.fields().map(str::to_owned);
+        PlaceBuf {
+            country_code,
+            country_name,
+            province_code,
+            province_name,
+            city_code,
+            city_name,
+            district_name,
+            carrier,
+        }
+    }
+}
+
+impl PlaceBuf {
+    pub fn is_china(&self) -> bool {
+        is_china(&self.country_code, &self.country_name)
     }
 
-    /// Whether this place is in China: the rule that keeps a table row from
-    /// being handed to MaxMind, and that decides which rows get GB/T 2260
-    /// codes. Hong Kong, Macau and Taiwan rows labelled 中国 count.
-    pub fn is_china(&self) -> bool {
-        self.country_code == "CN" || self.country_name == "中国" || self.country_name == "China"
+    pub fn build(&self) -> Place {
+        Place::new([
+            &self.country_code,
+            &self.country_name,
+            &self.province_code,
+            &self.province_name,
+            &self.city_code,
+            &self.city_name,
+            &self.district_name,
+            &self.carrier,
+        ])
     }
 }
 
@@ -235,7 +344,7 @@ impl Place {
 /// stored once and every answer from that row points at them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
-    pub place: Arc<Place>,
+    pub place: Place,
     pub start: IpAddr,
     pub end: IpAddr,
     pub source: Source,
@@ -316,6 +425,23 @@ mod tests {
             let err = Addr::parse(text).unwrap_err();
             assert_eq!(err.error_no(), 1, "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_place_gives_back_its_fields_and_knows_china() {
+        let fields = ["CN", "中国", "440000", "广东", "", "", "天河区", "电信"];
+        let place = Place::new(fields);
+        assert_eq!(place.fields(), fields);
+        assert_eq!(
+            (place.province_name(), place.city_name(), place.carrier()),
+            ("广东", "", "电信")
+        );
+        assert!(place.is_china() && !place.is_blank());
+        assert!(Place::new(["HK", "中国", "", "香港", "", "", "", ""]).is_china());
+        assert!(Place::new(["", "China", "", "", "", "", "", ""]).is_china());
+        assert!(!Place::new(["US", "美国", "", "", "", "", "", ""]).is_china());
+        assert!(Place::new(["CN", "", "440000", "", "440100", "", "", ""]).is_blank());
+        assert_eq!(Place::default().fields(), [""; 8]);
     }
 
     #[test]

@@ -35,6 +35,12 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Query(args) => cli::query(args),
         Command::Bench(options) => cli::bench(options),
+        Command::Compare(options) => {
+            if !cli::compare(options)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Import(args) => runtime()?.block_on(cli::import(args)),
         Command::Export { database_url, table } => runtime()?.block_on(cli::export(&database_url, table)),
         Command::Migrate { database_url } => runtime()?.block_on(cli::migrate(&database_url)),

@@ -123,7 +123,7 @@ impl GeoDb {
         };
         let network = result.network()?;
         Ok(Some(Located {
-            place: Arc::new(place),
+            place,
             start: network.network(),
             end: network.broadcast(),
             source: Source::MaxMind,
@@ -219,8 +219,8 @@ impl<L> Area<'_, L> {
         self.iso_code.is_none() && self.geoname_id.is_none() && !self.names.any
     }
 
-    fn name(&self) -> String {
-        self.names.wanted.or(self.names.english).unwrap_or_default().to_owned()
+    fn name(&self) -> &str {
+        self.names.wanted.or(self.names.english).unwrap_or_default()
     }
 }
 
@@ -235,16 +235,17 @@ impl<L: Language> City<'_, L> {
             return None;
         }
         let province = self.subdivisions.0.as_ref();
-        Some(Place {
-            country_code: country.iso_code.unwrap_or_default().to_owned(),
-            country_name: country.name(),
-            province_code: province.and_then(|p| p.iso_code).unwrap_or_default().to_owned(),
-            province_name: province.map(Area::name).unwrap_or_default(),
-            city_code: self.city.geoname_id.map(|id| id.to_string()).unwrap_or_default(),
-            city_name: self.city.name(),
-            district_name: String::new(),
-            carrier: String::new(),
-        })
+        let city_code = self.city.geoname_id.map(|id| id.to_string()).unwrap_or_default();
+        Some(Place::new([
+            country.iso_code.unwrap_or_default(),
+            country.name(),
+            province.and_then(|p| p.iso_code).unwrap_or_default(),
+            province.map(Area::name).unwrap_or_default(),
+            &city_code,
+            self.city.name(),
+            "",
+            "",
+        ]))
     }
 }
 

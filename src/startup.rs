@@ -120,24 +120,50 @@ enum Data {
 const DATA_DIR: &str = "data";
 
 fn choose_data(settings: &Settings) -> anyhow::Result<Data> {
-    let Some(url) = &settings.database_url else {
+    if settings.database_url.is_none() {
         if settings.lookup == Some(LookupMode::Postgres) {
             bail!("--lookup postgres needs --database-url (or DATABASE_URL)");
         }
         if settings.migrate {
             bail!("--migrate needs --database-url (or DATABASE_URL)");
         }
-        if let Some(dir) = &settings.data {
-            return Ok(Data::Files(DataFiles::in_dir(dir)?));
-        }
-        return Ok(match DataFiles::in_dir(Path::new(DATA_DIR)) {
-            Ok(files) if !files.is_empty() => Data::Files(files),
-            _ => Data::Files(DataFiles::sample()),
+    }
+    data_source(
+        settings.database_url.as_deref(),
+        settings.data.as_deref(),
+        settings.lookup,
+    )
+}
+
+/// A database if given, else the files in `data`, else those in `data/`
+/// if scripts/fetch-data.sh filled it, else the built-in sample.
+fn data_source(database_url: Option<&str>, data: Option<&Path>, lookup: Option<LookupMode>) -> anyhow::Result<Data> {
+    if let Some(url) = database_url {
+        return Ok(Data::Postgres {
+            url: url.to_owned(),
+            mode: lookup.unwrap_or(LookupMode::Postgres),
         });
-    };
-    Ok(Data::Postgres {
-        url: url.clone(),
-        mode: settings.lookup.unwrap_or(LookupMode::Postgres),
+    }
+    if let Some(dir) = data {
+        return Ok(Data::Files(DataFiles::in_dir(dir)?));
+    }
+    Ok(match DataFiles::in_dir(Path::new(DATA_DIR)) {
+        Ok(files) if !files.is_empty() => Data::Files(files),
+        _ => Data::Files(DataFiles::sample()),
+    })
+}
+
+/// The tables a server given `database_url` or `data` would serve, held in
+/// memory: what the load generator samples addresses from.
+pub async fn load_tables(database_url: Option<&str>, data: Option<&Path>, timeout: Duration) -> anyhow::Result<Tables> {
+    Ok(match data_source(database_url, data, Some(LookupMode::Memory))? {
+        Data::Postgres { url, .. } => Tables::new(store::load_tables(&url, timeout).await?),
+        Data::Files(files) => {
+            let loaded = tokio::task::spawn_blocking(move || files.load())
+                .await
+                .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+            Tables::new(loaded.tables)
+        }
     })
 }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use crate::domain::Place;
+use crate::domain::PlaceBuf;
 
 const COUNTRY_CODES: &str = include_str!("../../reference/country_codes.csv");
 const GBT2260: &str = include_str!("../../reference/gbt2260.csv");
@@ -87,7 +87,7 @@ impl Codes {
     }
 
     /// Fills whichever of the country, province and city codes are empty.
-    pub fn fill(&self, place: &mut Place) {
+    pub fn fill(&self, place: &mut PlaceBuf) {
         if place.country_code.is_empty() {
             if let Some(code) = self.countries.get(place.country_name.trim()) {
                 place.country_code = code.clone();
@@ -120,11 +120,11 @@ mod tests {
     use super::*;
 
     fn filled(country: &str, province: &str, city: &str) -> (String, String, String) {
-        let mut place = Place {
+        let mut place = PlaceBuf {
             country_name: country.into(),
             province_name: province.into(),
             city_name: city.into(),
-            ..Place::default()
+            ..PlaceBuf::default()
         };
         Codes::get().fill(&mut place);
         (place.country_code, place.province_code, place.city_code)
@@ -166,11 +166,11 @@ mod tests {
 
     #[test]
     fn existing_codes_are_kept_and_foreign_provinces_get_none() {
-        let mut place = Place {
+        let mut place = PlaceBuf {
             country_name: "美国".into(),
             province_name: "加利福尼亚州".into(),
             country_code: "XX".into(),
-            ..Place::default()
+            ..PlaceBuf::default()
         };
         Codes::get().fill(&mut place);
         assert_eq!((place.country_code.as_str(), place.province_code.as_str()), ("XX", ""));

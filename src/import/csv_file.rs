@@ -4,10 +4,9 @@
 //! text or integers; RFC 4180 quoting.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use super::{Codes, Family, Origin, Range, RangeBuilder, SourceError};
-use crate::domain::Place;
+use crate::domain::PlaceBuf;
 
 /// Every column, in the order `export` writes them.
 pub const COLUMNS: [&str; 10] = [
@@ -62,7 +61,7 @@ pub fn ranges(bytes: &[u8], family: Family, codes: &Codes) -> Result<RangeBuilde
         let bound =
             |i: usize| parse_bound(&field(i), family).map_err(|reason| SourceError::Row { at: at.clone(), reason });
         let (start, end) = (bound(0)?, bound(1)?);
-        let mut place = Place {
+        let mut place = PlaceBuf {
             country_name: field(2),
             province_name: field(3),
             city_name: field(4),
@@ -76,7 +75,7 @@ pub fn ranges(bytes: &[u8], family: Family, codes: &Codes) -> Result<RangeBuilde
         out.ranges.push(Range {
             start,
             end,
-            place: Arc::new(place),
+            place: place.build(),
             origin: at,
         });
     }

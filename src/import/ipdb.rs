@@ -3,12 +3,11 @@
 //! language. IPv4 lives under `::ffff:0:0/96` of the same trie.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::{Codes, Family, Origin, Range, RangeBuilder, SourceError};
-use crate::domain::Place;
+use crate::domain::{Place, PlaceBuf};
 
 #[derive(Debug, Deserialize)]
 struct Meta {
@@ -114,7 +113,7 @@ impl<'a> Ipdb<'a> {
             field("isp_domain"),
             field("country_code"),
         ];
-        let mut places: HashMap<u32, Arc<Place>> = HashMap::new();
+        let mut places: HashMap<u32, Place> = HashMap::new();
         let mut out = RangeBuilder::default();
         let (root, bits) = match family {
             Family::V4 => (self.v4_root(), 32),
@@ -140,17 +139,17 @@ impl<'a> Ipdb<'a> {
                 None => {
                     let values = self.record(pointer, offset)?;
                     let get = |column: Option<usize>| column.map(|i| values[i].trim().to_owned()).unwrap_or_default();
-                    let mut place = Place {
+                    let mut place = PlaceBuf {
                         country_name: get(columns[0]),
                         province_name: get(columns[1]),
                         city_name: get(columns[2]),
                         district_name: get(columns[3]),
                         carrier: get(columns[4]),
                         country_code: get(columns[5]),
-                        ..Place::default()
+                        ..PlaceBuf::default()
                     };
                     codes.fill(&mut place);
-                    let place = Arc::new(place);
+                    let place = place.build();
                     places.insert(pointer, place.clone());
                     place
                 }
@@ -264,7 +263,7 @@ mod tests {
             .unwrap();
         assert_eq!(built.ranges.len(), 1);
         assert_eq!((built.ranges[0].start, built.ranges[0].end), (0, u128::from(u32::MAX)));
-        assert_eq!(built.ranges[0].place.country_code, "CN");
+        assert_eq!(built.ranges[0].place.country_code(), "CN");
     }
 
     #[test]

@@ -308,21 +308,22 @@ impl ToSql for Bound {
     to_sql_checked!();
 }
 
-/// One row's values in `INSERT_COLUMNS` order.
-fn row_params<'a>(id: &'a i64, bounds: &'a (Bound, Bound), range: &'a Range) -> [&'a (dyn ToSql + Sync); 11] {
-    let p = &range.place;
+/// One row's values in `INSERT_COLUMNS` order, from its place's fields
+/// (`Place::fields` order).
+fn row_params<'a>(id: &'a i64, bounds: &'a (Bound, Bound), fields: &'a [&'a str; 8]) -> [&'a (dyn ToSql + Sync); 11] {
+    let [country_code, country_name, province_code, province_name, city_code, city_name, district, carrier] = fields;
     [
         id,
         &bounds.0,
         &bounds.1,
-        &p.country_name,
-        &p.province_name,
-        &p.city_name,
-        &p.district_name,
-        &p.carrier,
-        &p.country_code,
-        &p.province_code,
-        &p.city_code,
+        country_name,
+        province_name,
+        city_name,
+        district,
+        carrier,
+        country_code,
+        province_code,
+        city_code,
     ]
 }
 
@@ -344,7 +345,10 @@ async fn copy_rows(
         for (i, range) in chunk.iter().enumerate() {
             let id = (chunk_index * 10_000 + i + 1) as i64;
             let bounds = (Bound(family, range.start), Bound(family, range.end));
-            writer.as_mut().write(&row_params(&id, &bounds, range)).await?;
+            writer
+                .as_mut()
+                .write(&row_params(&id, &bounds, &range.place.fields()))
+                .await?;
         }
         progress.add(chunk.len() as u64);
     }
@@ -368,10 +372,11 @@ async fn insert_rows(
             .iter()
             .map(|r| (Bound(family, r.start), Bound(family, r.end)))
             .collect();
+        let fields: Vec<[&str; 8]> = chunk.iter().map(|r| r.place.fields()).collect();
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 11);
         let mut tuples = Vec::with_capacity(chunk.len());
-        for (i, range) in chunk.iter().enumerate() {
-            let row = row_params(&ids[i], &bounds[i], range);
+        for i in 0..chunk.len() {
+            let row = row_params(&ids[i], &bounds[i], &fields[i]);
             let placeholders: Vec<String> = (1..=row.len()).map(|k| format!("${}", params.len() + k)).collect();
             tuples.push(format!("({})", placeholders.join(",")));
             params.extend_from_slice(&row);

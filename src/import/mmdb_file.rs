@@ -3,13 +3,12 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use maxminddb::{Reader, WithinOptions};
 
 use super::{Codes, Family, Origin, Range, RangeBuilder, SourceError};
-use crate::domain::{Lang, Place};
+use crate::domain::{Lang, Place, PlaceBuf};
 use crate::mmdb::decode_place;
 
 /// Ranges of `family` with names in `lang`; adjacent
@@ -25,7 +24,7 @@ pub fn ranges(bytes: &[u8], family: Family, lang: Lang, codes: &Codes) -> Result
     let networks = reader
         .within(all, WithinOptions::default())
         .map_err(|e| SourceError::NotFormat(e.to_string()))?;
-    let mut places: HashMap<usize, Option<Arc<Place>>> = HashMap::new();
+    let mut places: HashMap<usize, Option<Place>> = HashMap::new();
     let mut out = RangeBuilder::default();
     for found in networks {
         let found = found.map_err(|e| SourceError::NotFormat(e.to_string()))?;
@@ -51,9 +50,10 @@ pub fn ranges(bytes: &[u8], family: Family, lang: Lang, codes: &Codes) -> Result
                     at: Origin::Network(network),
                     reason: format!("record does not decode: {e}"),
                 })?;
-                let place = place.map(|mut place| {
+                let place = place.map(|place| {
+                    let mut place = PlaceBuf::from(&place);
                     codes.fill(&mut place);
-                    Arc::new(place)
+                    place.build()
                 });
                 places.insert(offset, place.clone());
                 place

@@ -17,7 +17,6 @@ mod progress;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub use codes::Codes;
 pub use files::{DataFiles, FileSource, FileTables};
@@ -90,7 +89,7 @@ impl fmt::Display for Origin {
 pub struct Range {
     pub start: u128,
     pub end: u128,
-    pub place: Arc<Place>,
+    pub place: Place,
     pub origin: Origin,
 }
 
@@ -207,14 +206,14 @@ pub fn validate(ranges: &mut [Range], family: Family, limits: &ColumnLimits) -> 
 fn check_lengths(range: &Range, limits: &ColumnLimits) -> Result<(), SourceError> {
     let p = &range.place;
     let columns = [
-        ("country_name", &p.country_name),
-        ("province_name", &p.province_name),
-        ("city_name", &p.city_name),
-        ("district_name", &p.district_name),
-        ("carrier_name", &p.carrier),
-        ("country_code", &p.country_code),
-        ("province_code", &p.province_code),
-        ("city_code", &p.city_code),
+        ("country_name", p.country_name()),
+        ("province_name", p.province_name()),
+        ("city_name", p.city_name()),
+        ("district_name", p.district_name()),
+        ("carrier_name", p.carrier()),
+        ("country_code", p.country_code()),
+        ("province_code", p.province_code()),
+        ("city_code", p.city_code()),
     ];
     for (column, value) in columns {
         let Some(&max) = limits.get(column) else { continue };

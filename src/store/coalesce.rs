@@ -183,7 +183,7 @@ mod tests {
     fn row(key: u32) -> Option<Located> {
         let ip = IpAddr::V4(Ipv4Addr::from(key));
         Some(Located {
-            place: Arc::new(Place::default()),
+            place: Place::default(),
             start: ip,
             end: ip,
             source: Source::Cn,

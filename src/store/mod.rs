@@ -232,22 +232,18 @@ fn in_input_order(
         out[ordinal as usize - 1] = Some(Located {
             start: bound(&row, 1)?,
             end: bound(&row, 2)?,
-            place: Arc::new(place(&row)?),
+            place: place(&row)?,
             source,
         });
     }
     Ok(out)
 }
 
+/// Columns 3 to 10 of a lookup row, in `Place::new`'s order.
 fn place(row: &Row) -> Result<Place, tokio_postgres::Error> {
-    Ok(Place {
-        country_code: row.try_get(3)?,
-        country_name: row.try_get(4)?,
-        province_code: row.try_get(5)?,
-        province_name: row.try_get(6)?,
-        city_code: row.try_get(7)?,
-        city_name: row.try_get(8)?,
-        district_name: row.try_get(9)?,
-        carrier: row.try_get(10)?,
-    })
+    let mut fields = [""; 8];
+    for (i, field) in fields.iter_mut().enumerate() {
+        *field = row.try_get(3 + i)?;
+    }
+    Ok(Place::new(fields))
 }

@@ -14,7 +14,7 @@ use thrift::protocol::{
 };
 use thrift::{ApplicationError, ApplicationErrorKind};
 
-use super::answer::write_answer;
+use super::answer;
 use crate::domain::Outcome;
 
 /// The longest method name accepted; real ones are under 40 bytes.
@@ -337,6 +337,13 @@ impl<'a> Reader<'a> {
         Ok((n >> 1) as i64 ^ -((n & 1) as i64))
     }
 
+    fn i32(&mut self) -> Result<i32, WireError> {
+        match self.protocol {
+            Protocol::Binary { .. } => self.be_i32(),
+            Protocol::Compact => Ok(self.zigzag()? as i32),
+        }
+    }
+
     /// A length or count, refused if the message could never hold it
     /// (every element takes at least one byte).
     fn length(&mut self, what: &str) -> Result<usize, WireError> {
@@ -613,16 +620,51 @@ pub enum Reply<'a> {
 /// Apache Thrift's multiplexed processors send it and its clients check it.
 pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply<'_>) -> Vec<u8> {
     let name = request_name.rsplit_once(':').map_or(request_name, |(_, method)| method);
-    let mut out = Vec::with_capacity(256);
+    match reply {
+        Reply::Answers { inputs, outcomes } => {
+            let size = 64 + name.len() + inputs.iter().map(|input| answer::size_hint(input)).sum::<usize>();
+            let mut out = frame_start(wire, size);
+            with_protocol(&mut out, wire.protocol, |o| {
+                o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Reply, seq))?;
+                o.write_struct_begin(&TStructIdentifier::new(""))?;
+                o.write_field_begin(&TFieldIdentifier::new("success", TType::List, 0))?;
+                o.write_list_begin(&TListIdentifier::new(TType::Struct, outcomes.len() as i32))
+            });
+            for (input, outcome) in inputs.iter().zip(outcomes) {
+                answer::write_answer(&mut out, wire.protocol, input, outcome);
+            }
+            // The result struct's field stop; list, field, struct and
+            // message ends write nothing in either protocol.
+            out.push(0);
+            frame_end(wire, out)
+        }
+        Reply::Exception(error) => message(wire, |o| {
+            o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Exception, seq))?;
+            thrift::Error::write_application_error_to_out_protocol(error, o)?;
+            o.write_message_end()?;
+            o.flush()
+        }),
+    }
+}
+
+/// One message in `wire`'s protocol, frame header included.
+fn message(wire: Wire, write: impl FnOnce(&mut dyn TOutputProtocol) -> thrift::Result<()>) -> Vec<u8> {
+    let mut out = frame_start(wire, 256);
+    with_protocol(&mut out, wire.protocol, write);
+    frame_end(wire, out)
+}
+
+/// A buffer for one message, with room for the frame header if framed.
+fn frame_start(wire: Wire, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity + 4);
     if wire.framing == Framing::Framed {
         out.extend_from_slice(&[0; 4]);
     }
-    let written = match wire.protocol {
-        Protocol::Binary { strict } => write_reply(&mut TBinaryOutputProtocol::new(&mut out, strict), name, seq, reply),
-        Protocol::Compact => write_reply(&mut TCompactOutputProtocol::new(&mut out), name, seq, reply),
-    };
-    // Writing to a Vec cannot fail.
-    written.expect("encoding into memory");
+    out
+}
+
+/// Fills in the frame header, if framed.
+fn frame_end(wire: Wire, mut out: Vec<u8>) -> Vec<u8> {
     if wire.framing == Framing::Framed {
         let len = (out.len() - 4) as u32;
         out[..4].copy_from_slice(&len.to_be_bytes());
@@ -630,33 +672,144 @@ pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply<'_>) -> Ve
     out
 }
 
-fn write_reply(o: &mut dyn TOutputProtocol, name: &str, seq: i32, reply: &Reply<'_>) -> thrift::Result<()> {
-    match reply {
-        Reply::Answers { inputs, outcomes } => {
-            o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Reply, seq))?;
-            o.write_struct_begin(&TStructIdentifier::new(format!("{name}_result")))?;
-            o.write_field_begin(&TFieldIdentifier::new("success", TType::List, 0))?;
-            o.write_list_begin(&TListIdentifier::new(TType::Struct, outcomes.len() as i32))?;
-            for (input, outcome) in inputs.iter().zip(outcomes) {
-                write_answer(o, input, outcome)?;
-            }
-            o.write_list_end()?;
-            o.write_field_end()?;
-            o.write_field_stop()?;
-            o.write_struct_end()?;
-        }
-        Reply::Exception(error) => {
-            o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Exception, seq))?;
-            thrift::Error::write_application_error_to_out_protocol(error, o)?;
-        }
-    }
-    o.write_message_end()?;
-    o.flush()
+/// Appends what `write` writes through `protocol`'s output protocol.
+fn with_protocol(
+    out: &mut Vec<u8>,
+    protocol: Protocol,
+    write: impl FnOnce(&mut dyn TOutputProtocol) -> thrift::Result<()>,
+) {
+    let written = match protocol {
+        Protocol::Binary { strict } => write(&mut TBinaryOutputProtocol::new(out, strict)),
+        Protocol::Compact => write(&mut TCompactOutputProtocol::new(out)),
+    };
+    // Writing to a Vec cannot fail.
+    written.expect("encoding into memory");
 }
 
 /// A `TApplicationException` of `kind`.
 pub fn exception(kind: ApplicationErrorKind, message: impl Into<String>) -> Reply<'static> {
     Reply::Exception(ApplicationError::new(kind, message.into()))
+}
+
+// The client side, for the load generator: calls out, replies summarised
+// without building a `GeoInfo` per answer.
+
+/// Encodes a call to the method `call` stands for, frame header included.
+pub fn encode_call(wire: Wire, seq: i32, call: &Call) -> Vec<u8> {
+    message(wire, |o| write_call(o, seq, call))
+}
+
+fn write_call(o: &mut dyn TOutputProtocol, seq: i32, call: &Call) -> thrift::Result<()> {
+    let list = |o: &mut dyn TOutputProtocol, ips: &[String]| {
+        o.write_field_begin(&TFieldIdentifier::new("ipList", TType::List, 1))?;
+        o.write_list_begin(&TListIdentifier::new(TType::String, ips.len() as i32))?;
+        for ip in ips {
+            o.write_string(ip)?;
+        }
+        o.write_list_end()?;
+        o.write_field_end()
+    };
+    let name = match call {
+        Call::QueryGeoInfoByIp { .. } => "queryGeoInfoByIP",
+        Call::QueryI18nGeoInfoByIp { .. } => "queryI18nGeoInfoByIP",
+        Call::QueryGeoInfo { .. } => "queryGeoInfo",
+        Call::Unknown => "unknownMethod",
+    };
+    o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Call, seq))?;
+    o.write_struct_begin(&TStructIdentifier::new(format!("{name}_args")))?;
+    match call {
+        Call::QueryGeoInfoByIp { ips } | Call::QueryI18nGeoInfoByIp { ips } => list(o, ips)?,
+        Call::QueryGeoInfo { ips, lang } => {
+            o.write_field_begin(&TFieldIdentifier::new("req", TType::Struct, 1))?;
+            o.write_struct_begin(&TStructIdentifier::new("GeoRequest"))?;
+            list(o, ips)?;
+            o.write_field_begin(&TFieldIdentifier::new("lang", TType::String, 2))?;
+            o.write_string(lang)?;
+            o.write_field_end()?;
+            o.write_field_stop()?;
+            o.write_struct_end()?;
+            o.write_field_end()?;
+        }
+        Call::Unknown => {}
+    }
+    o.write_field_stop()?;
+    o.write_struct_end()?;
+    o.write_message_end()?;
+    o.flush()
+}
+
+/// What one reply held, as far as a load generator cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplySummary {
+    /// Answers, by `error_no` (0 to 4; others count as 4).
+    pub by_error: [u64; 5],
+    /// The message of a `TApplicationException` instead of answers.
+    pub exception: Option<String>,
+}
+
+impl ReplySummary {
+    pub fn answers(&self) -> u64 {
+        self.by_error.iter().sum()
+    }
+}
+
+/// Reads the reply at the start of `buf`: its summary and its length in
+/// bytes. `Err(Incomplete)` asks for more bytes.
+pub fn scan_reply(buf: &[u8], wire: Wire, max_message: usize) -> Result<(ReplySummary, usize), WireError> {
+    let (message, whole, offset) = match wire.framing {
+        Framing::Framed => {
+            let header = buf.get(..4).ok_or(WireError::Incomplete)?;
+            let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            if size > max_message {
+                return Err(WireError::FrameTooLarge {
+                    size: size as u64,
+                    limit: max_message,
+                });
+            }
+            (buf.get(4..4 + size).ok_or(WireError::Incomplete)?, true, 4)
+        }
+        Framing::Buffered => (buf, false, 0),
+    };
+    let mut reader = Reader::new(message, wire.protocol, if whole { message.len() } else { max_message });
+    let (_, message_type, _) = reader.message_begin()?;
+    let mut summary = ReplySummary::default();
+    match message_type {
+        2 => reader.fields(|r, kind, id| {
+            if (id, kind) != (0, Kind::List) {
+                return Ok(false);
+            }
+            let (element, size) = r.list_begin()?;
+            for _ in 0..size {
+                if element != Kind::Struct {
+                    r.skip(element, 1)?;
+                    continue;
+                }
+                let mut error_no = 0;
+                r.fields(|r, kind, id| {
+                    if (id, kind) != (6, Kind::I32) {
+                        return Ok(false);
+                    }
+                    error_no = r.i32()?;
+                    Ok(true)
+                })?;
+                summary.by_error[error_no.clamp(0, 4) as usize] += 1;
+            }
+            Ok(true)
+        })?,
+        3 => {
+            let mut text = String::new();
+            reader.fields(|r, kind, id| {
+                if (id, kind) != (1, Kind::String) {
+                    return Ok(false);
+                }
+                text = r.string()?;
+                Ok(true)
+            })?;
+            summary.exception = Some(text);
+        }
+        other => return Err(bad(format!("message type {other} is not a reply"))),
+    }
+    Ok((summary, offset + if whole { message.len() } else { reader.pos }))
 }
 
 #[cfg(test)]
@@ -727,6 +880,54 @@ mod tests {
             err.contains("list size 2147483647 exceeds the 36-byte message limit"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn calls_decode_as_sent_and_replies_are_summarised() {
+        let ips = vec!["1.2.3.4".to_owned(), "nope".to_owned()];
+        let outcomes = vec![
+            Err(crate::domain::LookupError::NotFound),
+            Err(crate::domain::LookupError::InvalidIp("nope".into())),
+        ];
+        for framing in [Framing::Framed, Framing::Buffered] {
+            for protocol in [Protocol::Binary { strict: true }, Protocol::Compact] {
+                let wire = wire(framing, protocol);
+                let call = Call::QueryGeoInfo {
+                    ips: ips.clone(),
+                    lang: "en".into(),
+                };
+                let bytes = encode_call(wire, 9, &call);
+                let body = if framing == Framing::Framed {
+                    &bytes[4..]
+                } else {
+                    &bytes[..]
+                };
+                let (request, _) = decode(body, protocol, framing == Framing::Framed, LIMIT).unwrap();
+                assert_eq!((request.name.as_str(), request.seq), ("queryGeoInfo", 9));
+                assert_eq!(request.call, Ok(call));
+
+                let reply = encode(
+                    wire,
+                    "queryGeoInfo",
+                    9,
+                    &Reply::Answers {
+                        inputs: &ips,
+                        outcomes: outcomes.clone(),
+                    },
+                );
+                let mut stream = reply.clone();
+                stream.extend_from_slice(&reply[..3]);
+                let (summary, used) = scan_reply(&stream, wire, LIMIT).unwrap();
+                assert_eq!((summary.by_error, used), ([0, 1, 1, 0, 0], reply.len()));
+                assert_eq!(
+                    scan_reply(&reply[..reply.len() - 1], wire, LIMIT),
+                    Err(WireError::Incomplete)
+                );
+                let refused = encode(wire, "x", 1, &exception(ApplicationErrorKind::UnknownMethod, "no such"));
+                let (summary, _) = scan_reply(&refused, wire, LIMIT).unwrap();
+                assert_eq!(summary.exception.as_deref(), Some("no such"));
+            }
+        }
     }
 
     #[test]

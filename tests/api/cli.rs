@@ -11,9 +11,14 @@ use crate::helpers::{fixture_mmdb, TestApp, TestDb};
 const BIN: &str = env!("CARGO_BIN_EXE_xm-ip-service");
 
 async fn run(args: &[&str]) -> (bool, String, String) {
+    // Away from the checkout's data/, so that nothing depends on whether
+    // scripts/fetch-data.sh has run.
+    let cwd = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args(args)
+        .current_dir(cwd.path())
         .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL")
         .output()
         .await
         .unwrap();
@@ -115,60 +120,219 @@ async fn errors_are_one_readable_line() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// The server binary, started in `cwd` with `args` after `serve` and
+/// `env`, logging JSON lines.
+struct Served {
+    child: tokio::process::Child,
+    addr: String,
+    /// Every log line up to "listening".
+    startup: Vec<serde_json::Value>,
+}
+
+impl Served {
+    async fn start(cwd: &std::path::Path, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Served {
+        let mut child = Command::new(BIN)
+            .args(["--log-format", "json", "serve", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut startup = Vec::new();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+                startup.push(log.clone());
+                if log["fields"]["message"] == "xm-ip-service listening" {
+                    return log["fields"]["addr"].as_str().unwrap().to_owned();
+                }
+            }
+            panic!("server exited before listening: {startup:#?}");
+        })
+        .await
+        .unwrap();
+        // Keep draining the log so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Served { child, addr, startup }
+    }
+
+    /// The start-up lines saying `message`.
+    fn logged(&self, message: &str) -> Vec<&serde_json::Value> {
+        self.startup
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    }
+
+    async fn signal(&self, signal: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .await
+            .unwrap()
+            .success());
+    }
+}
+
 #[tokio::test]
 async fn serve_answers_and_exits_cleanly_on_sigterm() {
     let db = TestDb::new().await.with_fixtures().await;
     let mmdb = fixture_mmdb();
-    let mut server = Command::new(BIN)
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--migrate",
-            "--mmdb",
-        ])
-        .arg(&*mmdb)
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let log: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if log["fields"]["message"] == "xm-ip-service listening" {
-                assert_eq!(log["fields"]["mmdb_build"], "GeoLite2-City built 2023-11-14T22:13:20Z");
-                return log["fields"]["addr"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("server exited before listening");
-    })
-    .await
-    .unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let mut server = Served::start(
+        cwd.path(),
+        &["--migrate".as_ref(), "--mmdb".as_ref(), mmdb.as_os_str()],
+        &[("DATABASE_URL", &db.url)],
+    )
+    .await;
+    let listening = server.logged("xm-ip-service listening");
+    assert_eq!(
+        listening[0]["fields"]["mmdb_build"],
+        "GeoLite2-City built 2023-11-14T22:13:20Z"
+    );
 
-    let (ok, stdout, stderr) = run(&["query", "8.8.8.8", "--addr", &addr]).await;
+    let (ok, stdout, stderr) = run(&["query", "8.8.8.8", "--addr", &server.addr]).await;
     assert!(ok, "{stderr}");
     assert!(
         stdout.lines().nth(1).unwrap().starts_with("8.8.8.8  maxmind  US 美国"),
         "{stdout}"
     );
 
-    let pid = server.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap()
-        .success());
-    let status = tokio::time::timeout(Duration::from_secs(15), server.wait())
+    server.signal("-TERM").await;
+    let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait())
         .await
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn without_a_database_serve_answers_from_the_builtin_sample() {
+    let cwd = tempfile::tempdir().unwrap();
+    let server = Served::start(cwd.path(), &[], &[]).await;
+    let listening = server.logged("xm-ip-service listening");
+    assert_eq!(listening[0]["fields"]["data"], "the built-in sample");
+    let tables = server.logged("table loaded into memory");
+    assert_eq!(tables.len(), 3);
+    for table in tables {
+        assert!(table["fields"]["ranges"].as_u64().unwrap() > 1000, "{table}");
+    }
+
+    let (ok, stdout, stderr) = run(&["query", "183.62.57.1", "8.8.8.8", "240e:1::1", "--addr", &server.addr]).await;
+    assert!(ok, "{stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect())
+        .collect();
+    assert_eq!(
+        rows[0][..5],
+        ["183.62.57.1", "cn", "CN 中国", "440000 广东", "440100 广州"],
+        "{stdout}"
+    );
+    assert_eq!(rows[0][5], "电信", "{stdout}");
+    assert_eq!(rows[1][..3], ["8.8.8.8", "maxmind", "US 美国"], "{stdout}");
+    assert_eq!(rows[2][..3], ["240e:1::1", "v6", "CN 中国"], "{stdout}");
+
+    let (ok, stdout, _) = run(&["query", "183.62.57.1", "--lang", "en", "--json", "--addr", &server.addr]).await;
+    assert!(ok);
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (&answer["geoip_source"], &answer["geoip_city_name"]),
+        (&"en".into(), &"Guangzhou".into())
+    );
+}
+
+#[tokio::test]
+async fn each_empty_table_is_warned_about_at_start_up() {
+    let db = TestDb::new().await;
+    let cwd = tempfile::tempdir().unwrap();
+    for lookup in ["postgres", "memory"] {
+        let server = Served::start(
+            cwd.path(),
+            &["--lookup".as_ref(), lookup.as_ref()],
+            &[("DATABASE_URL", &db.url)],
+        )
+        .await;
+        let empty = server.logged("table is empty: its addresses get MaxMind's answer or none");
+        let tables: Vec<&str> = empty.iter().map(|l| l["fields"]["table"].as_str().unwrap()).collect();
+        assert_eq!(tables, ["ip_service_cn", "ip_service_en", "ip_service_v6"], "{lookup}");
+    }
+}
+
+#[tokio::test]
+async fn sighup_reopens_a_replaced_mmdb_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cn.csv"),
+        "start_ip,end_ip,country_name,province_name,city_name,district_name,carrier_name
+1.0.0.0,1.0.0.255,中国,,,,
+",
+    )
+    .unwrap();
+    let mmdb = dir.path().join("GeoLite2-City.mmdb");
+    std::fs::copy(fixture_mmdb(), &mmdb).unwrap();
+    let server = Served::start(
+        dir.path(),
+        &[
+            "--data".as_ref(),
+            dir.path().as_os_str(),
+            "--reload-interval".as_ref(),
+            "1h".as_ref(),
+        ],
+        &[],
+    )
+    .await;
+    let country =
+        |stdout: &str| serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()["geoip_country_name"].clone();
+    let (_, stdout, _) = run(&["query", "8.8.8.8", "--i18n", "--json", "--addr", &server.addr]).await;
+    assert_eq!(country(&stdout), "United States");
+
+    let replacement = dir.path().join("next.mmdb");
+    std::fs::write(&replacement, crate::helpers::mmdb_with_country("8.8.8.0/24", "Canada")).unwrap();
+    std::fs::rename(&replacement, &mmdb).unwrap();
+    server.signal("-HUP").await;
+    let started = std::time::Instant::now();
+    loop {
+        let (_, stdout, _) = run(&["query", "8.8.8.8", "--i18n", "--json", "--addr", &server.addr]).await;
+        if country(&stdout) == "Canada" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still {stdout}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn conflicting_or_missing_data_is_one_readable_line() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().to_str().unwrap();
+    for (args, expected) in [
+        (vec!["serve", "--data", dir], "no .ipdb, .mmdb or .csv files"),
+        (vec!["serve", "--data", "/nonexistent"], "cannot read /nonexistent"),
+        (
+            vec!["serve", "--lookup", "postgres"],
+            "--lookup postgres needs --database-url",
+        ),
+    ] {
+        let (ok, _, stderr) = run(&args).await;
+        assert!(!ok, "{args:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // Refused by the argument parser, which adds its usage line.
+    let (ok, _, stderr) = run(&["serve", "--data", dir, "--database-url", "postgres://x@127.0.0.1/x"]).await;
+    assert!(!ok);
+    assert!(
+        stderr.lines().next().unwrap().contains("cannot be used with"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -223,7 +387,10 @@ async fn bench_loads_a_loopback_server_for_a_fixed_time_and_refuses_other_hosts(
     .await;
     assert!(ok, "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10), "it stops by itself");
-    assert!(stdout.starts_with("ByIp x2 connections, batch 20: "), "{stdout}");
+    assert!(
+        stdout.starts_with("ByIp x2 connections x1 in flight, batch 20: "),
+        "{stdout}"
+    );
     assert!(stdout.contains("lookups/s") && stdout.contains("p99"), "{stdout}");
     assert!(stdout.trim_end().ends_with(" 0 lookups failed"), "{stdout}");
 

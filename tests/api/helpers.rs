@@ -191,6 +191,14 @@ pub fn fixture_mmdb() -> tempfile::TempPath {
     path
 }
 
+/// A City database where `network` is in `country` and nothing else is.
+pub fn mmdb_with_country(network: &str, country: &str) -> Vec<u8> {
+    let area = map! {"iso_code" => s("XX"), "names" => map!{"en" => s(country), "zh-CN" => s(country)}};
+    let mut writer = Writer::new();
+    writer.insert(network, map! {"country" => area});
+    writer.build(1_800_000_000)
+}
+
 /// A running server on an ephemeral port, stopped when dropped.
 pub struct TestApp {
     pub addr: SocketAddr,

@@ -264,3 +264,51 @@ async fn a_full_batch_of_ten_thousand_is_answered_in_order() {
         assert_eq!(g.error_no, Some(0));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_callers_sharing_queries_each_get_exactly_their_own_answers() {
+    let app = TestApp::spawn().await;
+    let pool = [
+        "183.62.57.1",
+        "183.62.56.98",
+        "8.8.8.8",
+        "9.9.9.9",
+        "10.0.0.1",
+        "203.0.113.9",
+        "255.255.255.255",
+        "0.0.0.0",
+        "240e:1::1",
+        "2001:4860::1",
+        "not an address",
+        "",
+        "1.1.1.1",
+    ];
+    // Each address asked alone is the reference.
+    let mut alone = std::collections::HashMap::new();
+    for ip in pool {
+        alone.insert(ip, app.by_ip(&[ip]).await.remove(0));
+    }
+    let alone = std::sync::Arc::new(alone);
+    let callers: Vec<_> = (0..32usize)
+        .map(|caller| {
+            let alone = alone.clone();
+            let addr = app.addr;
+            tokio::spawn(async move {
+                for round in 0..10 {
+                    // A different list for every caller and round.
+                    let ips: Vec<&str> = (0..1 + (caller + round) % 9)
+                        .map(|k| pool[(caller * 7 + round * 3 + k * 5) % pool.len()])
+                        .collect();
+                    let answers = crate::helpers::by_ip_at(addr, &ips).await;
+                    assert_eq!(answers.len(), ips.len());
+                    for (answer, ip) in answers.iter().zip(&ips) {
+                        assert_eq!(answer, &alone[ip], "caller {caller}, round {round}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+}

@@ -6,6 +6,7 @@ mod writers;
 mod helpers;
 
 mod cli;
+mod files;
 mod import;
 mod lookup;
 mod memory;

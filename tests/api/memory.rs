@@ -118,7 +118,9 @@ fn probes(rng: &mut Rng, ranges: &[(u128, u128, usize)], v6: bool) -> Vec<String
     out
 }
 
-async fn answers(app: &TestApp, lang: Option<&str>, inputs: &[String]) -> Vec<GeoInfo> {
+/// The answers to `inputs`, asked in batches: `queryGeoInfo` with `lang`,
+/// or `queryGeoInfoByIP`.
+pub async fn answers(app: &TestApp, lang: Option<&str>, inputs: &[String]) -> Vec<GeoInfo> {
     let mut all = Vec::new();
     for chunk in inputs.chunks(1000) {
         let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();

