@@ -181,30 +181,4 @@ criterion_group! {
     config = Criterion::default().measurement_time(Duration::from_secs(5));
     targets = index, maxmind, request
 }
-criterion_main!(benches, walk);
-
-#[allow(dead_code)]
-fn walk_only(c: &mut Criterion) {
-    let reader = maxminddb::Reader::open_readfile("data/GeoLite2-City.mmdb").unwrap();
-    let data = load();
-    let ips: Vec<IpAddr> = addresses(&data.tables, 1 << 16)
-        .iter()
-        .map(|a| a.parse().unwrap())
-        .collect();
-    let mut i = 0;
-    c.bench_function("maxmind/walk only", |b| {
-        b.iter(|| {
-            i = (i + 1) & (ips.len() - 1);
-            let r = reader.lookup(ips[i]).unwrap();
-            std::hint::black_box((r.offset(), r.network().unwrap()))
-        })
-    });
-    let geo = data.maxmind.current();
-    c.bench_function("maxmind/full", |b| {
-        b.iter(|| {
-            i = (i + 1) & (ips.len() - 1);
-            std::hint::black_box(geo.lookup(ips[i], Lang::ZhCn).unwrap())
-        })
-    });
-}
-criterion_group!(walk, walk_only);
+criterion_main!(benches);

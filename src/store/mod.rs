@@ -167,14 +167,16 @@ impl Store {
 /// The coalescing task of `table`, querying on `pool`.
 fn coalescer<K>(pool: &Pool, limits: coalesce::Limits, timeout: Duration, table: Table) -> Coalescer<K>
 where
-    K: tokio_postgres::types::ToSql + Sync + Send + 'static,
+    K: tokio_postgres::types::ToSql + Ord + Sync + Send + 'static,
 {
     let pool = pool.clone();
     Coalescer::start(limits, move |keys| lookup_rows(pool.clone(), timeout, table, keys))
 }
 
 /// Runs the batch lookup of `table` for `keys` on a pooled connection: the
-/// row holding each key, in key order.
+/// row holding each key, in key order. The query gets each distinct key
+/// once, in address order, so its probes walk the index and the table
+/// (loaded in address order) forwards rather than at random.
 async fn lookup_rows<K>(
     pool: Pool,
     timeout: Duration,
@@ -182,10 +184,21 @@ async fn lookup_rows<K>(
     keys: Vec<K>,
 ) -> Result<Vec<Option<Located>>, StoreError>
 where
-    K: tokio_postgres::types::ToSql + Sync + Send,
+    K: tokio_postgres::types::ToSql + Ord + Sync + Send,
 {
     if keys.is_empty() {
         return Ok(Vec::new());
+    }
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
+    let mut distinct: Vec<&K> = Vec::with_capacity(keys.len());
+    // Each input's position among the distinct keys.
+    let mut position = vec![0; keys.len()];
+    for &i in &order {
+        if distinct.last() != Some(&&keys[i]) {
+            distinct.push(&keys[i]);
+        }
+        position[i] = distinct.len() - 1;
     }
     let work = async {
         let client = pool.get().await.map_err(|err| match err {
@@ -193,18 +206,19 @@ where
             other => other.into(),
         })?;
         let statement = client.prepare_cached(lookup_sql(table)).await?;
-        Ok::<_, StoreError>(client.query(&statement, &[&keys]).await?)
+        Ok::<_, StoreError>(client.query(&statement, &[&distinct]).await?)
     };
     let rows = tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| StoreError::Timeout(timeout))??;
-    match table.family() {
+    let found = match table.family() {
         // The tables' CHECK keeps IPv4 bounds within 0..=u32::MAX.
-        Family::V4 => in_input_order(rows, keys.len(), table.source(), |row, i| {
+        Family::V4 => in_input_order(rows, distinct.len(), table.source(), |row, i| {
             Ok(IpAddr::V4(Ipv4Addr::from(row.try_get::<_, i64>(i)? as u32)))
-        }),
-        Family::V6 => in_input_order(rows, keys.len(), table.source(), |row, i| row.try_get(i)),
-    }
+        })?,
+        Family::V6 => in_input_order(rows, distinct.len(), table.source(), |row, i| row.try_get(i))?,
+    };
+    Ok(position.into_iter().map(|at| found[at].clone()).collect())
 }
 
 /// A single connection outside the pool, for migrations and imports.

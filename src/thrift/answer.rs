@@ -4,6 +4,7 @@
 //! (a test holds the two byte-equal), but without building a `GeoInfo`
 //! (sixteen owned strings) or making a protocol call per field.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::codec::Protocol;
@@ -97,7 +98,11 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
                     self.out[at..at + 4].copy_from_slice(&(len as i32).to_be_bytes());
                 }
             }
-            IpAddr::V6(v6) => self.string(id, &v6.to_string()),
+            IpAddr::V6(v6) => {
+                let mut text = V6Text { buf: [0; 48], len: 0 };
+                write!(text, "{v6}").expect("IPv6 text is at most 45 bytes");
+                self.string(id, std::str::from_utf8(&text.buf[..text.len]).expect("ASCII"));
+            }
         }
     }
 
@@ -148,20 +153,53 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
     }
 }
 
-/// Appends an IPv4 address's dotted text, without `fmt`.
+/// IPv6 text on the stack: at most 45 bytes (with an embedded IPv4 tail).
+struct V6Text {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl std::fmt::Write for V6Text {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Appends an IPv4 address's dotted text, without `fmt`: each octet's
+/// digits come from a table, and the whole text is copied once.
 fn push_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    const DIGITS: [([u8; 3], u8); 256] = {
+        let mut table = [([0u8; 3], 0u8); 256];
+        let mut n = 0;
+        while n < 256 {
+            let (h, t, o) = ((n / 100) as u8, (n / 10 % 10) as u8, (n % 10) as u8);
+            table[n] = match n {
+                0..=9 => ([b'0' + o, 0, 0], 1),
+                10..=99 => ([b'0' + t, b'0' + o, 0], 2),
+                _ => ([b'0' + h, b'0' + t, b'0' + o], 3),
+            };
+            n += 1;
+        }
+        table
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
-            out.push(b'.');
+            text[len] = b'.';
+            len += 1;
         }
-        if octet >= 100 {
-            out.push(b'0' + octet / 100);
-        }
-        if octet >= 10 {
-            out.push(b'0' + octet / 10 % 10);
-        }
-        out.push(b'0' + octet % 10);
+        let (digits, count) = DIGITS[usize::from(octet)];
+        text[len..len + 3].copy_from_slice(&digits);
+        len += usize::from(count);
     }
+    out.extend_from_slice(&text[..len]);
 }
 
 fn zigzag(n: i64) -> u64 {

@@ -371,7 +371,11 @@ impl<'a> Reader<'a> {
     /// Strings are decoded leniently: an address with invalid UTF-8 is one
     /// bad item (error 1), not a reason to refuse the whole batch.
     fn string(&mut self) -> Result<String, WireError> {
-        Ok(String::from_utf8_lossy(self.bytes()?).into_owned())
+        let bytes = self.bytes()?;
+        Ok(match std::str::from_utf8(bytes) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        })
     }
 
     fn message_begin(&mut self) -> Result<(String, u8, i32), WireError> {
