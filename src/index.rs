@@ -8,6 +8,7 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
+use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -140,7 +141,7 @@ impl Directory {
 pub struct RangeIndex<K> {
     /// In address order. A range's start, end and place sit together, so
     /// the search and the end check read the same few cache lines.
-    entries: Vec<Entry<K>>,
+    entries: HugePages<Entry<K>>,
     /// Each distinct place once; entries point into it.
     places: Vec<Place>,
     directory: Directory,
@@ -236,7 +237,7 @@ impl<K: Key> RangeIndex<K> {
     pub fn heap_bytes(&self) -> usize {
         // Each place's text is one allocation, two counts before it.
         let text: usize = self.places.iter().map(|p| p.fields().concat().len() + 16).sum();
-        self.entries.capacity() * std::mem::size_of::<Entry<K>>()
+        self.entries.len() * std::mem::size_of::<Entry<K>>()
             + self.directory.heap_bytes()
             + self.places.capacity() * std::mem::size_of::<Place>()
             + text
@@ -323,7 +324,7 @@ impl<K: Key> Builder<K> {
 
     pub fn finish(mut self) -> RangeIndex<K> {
         self.places.shrink_to_fit();
-        let entries = on_huge_pages(&self.entries);
+        let entries = HugePages::copy_of(&self.entries);
         RangeIndex {
             directory: Directory::new(&entries),
             entries,
@@ -343,27 +344,50 @@ fn prefetch<T>(at: *const T) {
     }
 }
 
-/// A copy of `items` in memory the kernel is asked to back with 2 MB
-/// pages: lookups jump about tables of tens of megabytes, and with 4 KB
-/// pages nearly every one would also miss the TLB (doubly so in a VM).
-fn on_huge_pages<T: Copy>(items: &[T]) -> Vec<T> {
-    let mut out = Vec::with_capacity(items.len());
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let at = out.as_mut_ptr() as usize;
-        let (start, end) = (
-            (at + HUGE - 1) & !(HUGE - 1),
-            (at + std::mem::size_of_val(items)) & !(HUGE - 1),
-        );
-        if end > start {
-            // SAFETY: the range lies inside `out`'s allocation, not yet
-            // touched; the advice changes only how it is backed.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+/// A read-only array in a mapping of its own, which the kernel is asked
+/// to back with 2 MB pages: lookups jump about tables of tens of megabytes,
+/// and with 4 KB pages nearly every one would also miss the TLB (doubly so
+/// in a VM). A fresh mapping, unlike a heap allocation, is not yet backed,
+/// so the advice takes effect as the copy first touches it.
+struct HugePages<T> {
+    map: Option<memmap2::Mmap>,
+    len: usize,
+    items: PhantomData<T>,
+}
+
+impl<T: Copy> HugePages<T> {
+    fn copy_of(items: &[T]) -> HugePages<T> {
+        let bytes = std::mem::size_of_val(items);
+        let map = (bytes > 0).then(|| {
+            // Failing to map is running out of memory, which a Vec would abort on too.
+            let mut map = memmap2::MmapMut::map_anon(bytes).expect("out of memory for an index");
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::HugePage);
+            // SAFETY: the mapping is `bytes` long and page-aligned, so aligned
+            // for `T`; `T: Copy` values are copied whole.
+            unsafe { std::ptr::copy_nonoverlapping(items.as_ptr().cast::<u8>(), map.as_mut_ptr(), bytes) };
+            map.make_read_only()
+                .expect("an anonymous mapping can be made read-only")
+        });
+        HugePages {
+            map,
+            len: items.len(),
+            items: PhantomData,
         }
     }
-    out.extend_from_slice(items);
-    out
+}
+
+impl<T> std::ops::Deref for HugePages<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match &self.map {
+            // SAFETY: the mapping holds `len` values of `T`, written by
+            // `copy_of`, aligned, and never written again.
+            Some(map) => unsafe { std::slice::from_raw_parts(map.as_ptr().cast::<T>(), self.len) },
+            None => &[],
+        }
+    }
 }
 
 /// One table's index, of the table's family.

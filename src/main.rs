@@ -44,12 +44,19 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Import(args) => runtime()?.block_on(cli::import(args)),
         Command::Export { database_url, table } => runtime()?.block_on(cli::export(&database_url, table)),
         Command::Migrate { database_url } => runtime()?.block_on(cli::migrate(&database_url)),
-        Command::Serve(settings) => runtime()?.block_on(async {
-            let app = Application::build(&settings).await?;
-            tokio::spawn(reload_on_hangup(app.reload_handle()));
-            app.run_until_stopped(shutdown_signal()).await;
-            Ok(())
-        }),
+        Command::Serve(settings) => {
+            let runtime = runtime()?;
+            let served = runtime.block_on(async {
+                let app = Application::build(&settings).await?;
+                tokio::spawn(reload_on_hangup(app.reload_handle()));
+                app.run_until_stopped(shutdown_signal()).await;
+                Ok(())
+            });
+            // A table rebuild still running on a blocking thread must not
+            // hold up the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            served
+        }
     }
 }
 

@@ -103,11 +103,6 @@ impl GeoDb {
         &self.label
     }
 
-    /// When the database was built.
-    pub fn build_epoch(&self) -> u64 {
-        self.reader.metadata().build_epoch
-    }
-
     /// `database_type` and build time (UTC) for the log.
     pub fn describe(&self) -> String {
         let meta = self.reader.metadata();
@@ -179,7 +174,7 @@ impl PlaceCache {
         let key = (offset as u64) << 3 | lang as u64;
         // Offsets are spread but aligned; mix before picking a shard.
         let mixed = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (key, (mixed >> 59) as usize % CACHE_SHARDS)
+        (key, (mixed >> 32) as usize % CACHE_SHARDS)
     }
 
     fn get(&self, offset: usize, lang: Lang) -> Option<Option<Place>> {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::domain::Table;
-use crate::import::{DataFiles, FileSource};
+use crate::import::{DataFiles, FileSource, FileTables};
 use crate::index::Tables;
 use crate::mmdb::{GeoDb, MaxMind};
 use crate::ranges::Ranges;
@@ -158,12 +158,91 @@ fn data_source(database_url: Option<&str>, data: Option<&Path>, lookup: Option<L
 pub async fn load_tables(database_url: Option<&str>, data: Option<&Path>, timeout: Duration) -> anyhow::Result<Tables> {
     Ok(match data_source(database_url, data, Some(LookupMode::Memory))? {
         Data::Postgres { url, .. } => Tables::new(store::load_tables(&url, timeout).await?),
-        Data::Files(files) => {
-            let loaded = tokio::task::spawn_blocking(move || files.load())
-                .await
-                .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
-            Tables::new(loaded.tables)
+        Data::Files(files) => Tables::new(load_files(files).await?.tables),
+    })
+}
+
+/// Reads `files` into indexes on a blocking-pool thread.
+async fn load_files(files: DataFiles) -> anyhow::Result<FileTables> {
+    let origin = files.origin.clone();
+    let loaded = tokio::task::spawn_blocking(move || files.load())
+        .await
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+        .with_context(|| format!("cannot load the tables from {origin}"))?;
+    Ok(loaded)
+}
+
+/// A source of tables, opened.
+struct Opened {
+    ranges: Ranges,
+    /// The MaxMind database among the data files, if any.
+    maxmind: Option<MaxMind>,
+    /// What is served, for the log.
+    source: String,
+    /// Keeps memory-mode tables in step with PostgreSQL.
+    reloader: Option<Reloader>,
+}
+
+async fn open_postgres(url: String, mode: LookupMode, settings: &Settings) -> anyhow::Result<Opened> {
+    if settings.migrate {
+        let applied = store::migrate(&url).await.context("failed to migrate the database")?;
+        info!(applied, "migrations up to date");
+    }
+    let described = describe_database(&url);
+    Ok(match mode {
+        LookupMode::Postgres => {
+            let store = Store::new(&StoreConfig {
+                database_url: url.clone(),
+                pool_size: settings.pool_size,
+                timeout: settings.db_timeout,
+            })?;
+            log_database_tables(&url, settings.db_timeout).await;
+            Opened {
+                ranges: Ranges::Postgres(store),
+                maxmind: None,
+                source: format!("PostgreSQL {described}, lookups in PostgreSQL"),
+                reloader: None,
+            }
         }
+        LookupMode::Memory => {
+            let started = std::time::Instant::now();
+            let loaded = store::load_tables(&url, settings.db_timeout)
+                .await
+                .with_context(|| format!("cannot load the tables from {described} into memory"))?;
+            let tables = Arc::new(Tables::new(loaded));
+            log_tables(&tables, started.elapsed());
+            Opened {
+                ranges: Ranges::Memory(tables.clone()),
+                maxmind: None,
+                source: format!("PostgreSQL {described}, tables in memory"),
+                reloader: Some(Reloader {
+                    database_url: url,
+                    timeout: settings.db_timeout,
+                    interval: settings.reload_interval,
+                    tables,
+                }),
+            }
+        }
+    })
+}
+
+async fn open_files(files: DataFiles) -> anyhow::Result<Opened> {
+    let started = std::time::Instant::now();
+    let source = files.origin.clone();
+    let loaded = load_files(files).await?;
+    let maxmind = match &loaded.mmdb {
+        Some(FileSource::Path(path)) => Some(MaxMind::open(path)?),
+        Some(FileSource::Builtin(bytes)) => Some(MaxMind::fixed(GeoDb::from_static(bytes, "built-in sample")?)),
+        None => None,
+    };
+    let tables = Arc::new(Tables::new(loaded.tables));
+    log_tables(&tables, started.elapsed());
+    crate::index::release_free_memory();
+    Ok(Opened {
+        ranges: Ranges::Memory(tables),
+        maxmind,
+        source,
+        reloader: None,
     })
 }
 
@@ -196,69 +275,23 @@ impl Application {
         let mut background = Vec::new();
 
         let sample = matches!(&data, Data::Files(files) if files.is_sample());
-        let (ranges, mut maxmind, source) = match data {
-            Data::Postgres { url, mode } => {
-                if settings.migrate {
-                    let applied = store::migrate(&url).await.context("failed to migrate the database")?;
-                    info!(applied, "migrations up to date");
-                }
-                let described = describe_database(&url);
-                let ranges = match mode {
-                    LookupMode::Postgres => {
-                        let store = Store::new(&StoreConfig {
-                            database_url: url.clone(),
-                            pool_size: settings.pool_size,
-                            timeout: settings.db_timeout,
-                        })?;
-                        log_database_tables(&url, settings.db_timeout).await;
-                        Ranges::Postgres(store)
-                    }
-                    LookupMode::Memory => {
-                        let started = std::time::Instant::now();
-                        let loaded = store::load_tables(&url, settings.db_timeout)
-                            .await
-                            .with_context(|| format!("cannot load the tables from {described} into memory"))?;
-                        let tables = Arc::new(Tables::new(loaded));
-                        log_tables(&tables, started.elapsed());
-                        let reloader = Reloader {
-                            database_url: url.clone(),
-                            timeout: settings.db_timeout,
-                            interval: settings.reload_interval,
-                            tables: tables.clone(),
-                        };
-                        background.push(tokio::spawn(reloader.run(wake.clone(), stop.clone())));
-                        Ranges::Memory(tables)
-                    }
-                };
-                let mode = match mode {
-                    LookupMode::Postgres => "lookups in PostgreSQL",
-                    LookupMode::Memory => "tables in memory",
-                };
-                (ranges, None, format!("PostgreSQL {described}, {mode}"))
-            }
-            Data::Files(files) => {
-                let started = std::time::Instant::now();
-                let origin = files.origin.clone();
-                let loaded = tokio::task::spawn_blocking(move || files.load())
-                    .await
-                    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
-                    .with_context(|| format!("cannot load the tables from {origin}"))?;
-                let maxmind = match &loaded.mmdb {
-                    Some(FileSource::Path(path)) => Some(MaxMind::open(path)?),
-                    Some(FileSource::Builtin(bytes)) => {
-                        Some(MaxMind::fixed(GeoDb::from_static(bytes, "built-in sample")?))
-                    }
-                    None => None,
-                };
-                let tables = Arc::new(Tables::new(loaded.tables));
-                log_tables(&tables, started.elapsed());
-                crate::index::release_free_memory();
-                (Ranges::Memory(tables), maxmind, origin)
-            }
+        let Opened {
+            ranges,
+            maxmind,
+            source,
+            reloader,
+        } = match data {
+            Data::Postgres { url, mode } => open_postgres(url, mode, settings).await?,
+            Data::Files(files) => open_files(files).await?,
         };
-        if let Some(path) = &settings.mmdb {
-            maxmind = Some(MaxMind::open(path)?);
+        if let Some(reloader) = reloader {
+            background.push(tokio::spawn(reloader.run(wake.clone(), stop.clone())));
         }
+        // --mmdb wins over an mmdb among the data files.
+        let maxmind = match &settings.mmdb {
+            Some(path) => Some(MaxMind::open(path)?),
+            None => maxmind,
+        };
         if let Some(maxmind) = &maxmind {
             background.push(tokio::spawn(maxmind.clone().watch(
                 settings.reload_interval,
