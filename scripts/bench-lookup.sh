@@ -97,7 +97,8 @@ rss files
 stop_server
 
 echo "bench-lookup: criterion, index lookup" >&2
-cargo bench --quiet --bench lookup -- "index/find the range" 2>/dev/null | grep -A1 "^index/find" | tail -n 1 >"$out/index.txt" || true
+cargo bench --quiet --bench lookup -- "index/find the range," 2>/dev/null | grep -A1 "^index/find the range," | tail -n 1 \
+  >"$out/index.txt" || true
 
 python3 - "$out" <<'PY'
 import json, os, platform, re, subprocess, sys
