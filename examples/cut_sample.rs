@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use maxminddb::Reader;
 use xm_ip_service::domain::{Family, Lang};
-use xm_ip_service::import::{read_ranges, schema_limits, Format, Range};
+use xm_ip_service::import::{read_ranges, schema_limits, Format, Range, CSV_COLUMNS};
 
 #[path = "../tests/api/writers.rs"]
 #[allow(dead_code)]
@@ -108,18 +108,7 @@ fn main() -> anyhow::Result<()> {
 /// Interchange CSV, as `export` writes it.
 fn write_csv(path: &Path, family: Family, rows: &[&Range]) -> anyhow::Result<()> {
     let mut out = csv::Writer::from_path(path)?;
-    out.write_record([
-        "start_ip",
-        "end_ip",
-        "country_name",
-        "province_name",
-        "city_name",
-        "district_name",
-        "carrier_name",
-        "country_code",
-        "province_code",
-        "city_code",
-    ])?;
+    out.write_record(CSV_COLUMNS)?;
     for r in rows {
         let p = &r.place;
         out.write_record([

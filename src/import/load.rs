@@ -401,18 +401,11 @@ pub async fn export(
     };
     // Empty names become NULL, which `NULL ''` writes as an empty field:
     // PostgreSQL would otherwise quote empty strings as "".
-    let names = [
-        "country_name",
-        "province_name",
-        "city_name",
-        "district_name",
-        "carrier_name",
-    ]
-    .into_iter()
-    .chain(["country_code", "province_code", "city_code"])
-    .map(|c| format!("NULLIF({c}, '') AS {c}"))
-    .collect::<Vec<_>>()
-    .join(", ");
+    let names = super::csv_file::COLUMNS[2..]
+        .iter()
+        .map(|c| format!("NULLIF({c}, '') AS {c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!(
         "COPY (SELECT {}, {}, {names} FROM {} ORDER BY start_ip) TO STDOUT (FORMAT csv, HEADER, NULL '')",
         bound("start_ip"),

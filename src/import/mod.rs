@@ -19,6 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use codes::Codes;
+pub use csv_file::COLUMNS as CSV_COLUMNS;
 pub use files::{DataFiles, FileSource, FileTables};
 pub use load::{export, import, ImportOptions, LoadMethod, Outcome, RELOAD_CHANNEL};
 
