@@ -50,6 +50,7 @@ fn load() -> Data {
             xm_ip_service::index::Snapshot {
                 index: TableIndex::V4(generated(1_400_000, 43_000)),
                 version: Default::default(),
+                data_time: None,
             },
         );
     }
@@ -152,6 +153,7 @@ fn request(c: &mut Criterion) {
     let handler = Handler::new(
         Locator::new(Ranges::Memory(data.tables.clone()), Some(data.maxmind.clone())),
         10_000,
+        Default::default(),
     );
     let wire = Wire {
         framing: Framing::Framed,

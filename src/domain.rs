@@ -353,6 +353,18 @@ pub struct Located {
     pub source: Source,
 }
 
+impl Located {
+    /// The range's bounds as the IDL's integers: the IPv4 address, or 0
+    /// for IPv6 answers.
+    pub fn bounds_as_int(&self) -> (i64, i64) {
+        let int = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => i64::from(u32::from(v4)),
+            IpAddr::V6(_) => 0,
+        };
+        (int(self.start), int(self.end))
+    }
+}
+
 /// Why an input got no answer; each maps to one wire error number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {

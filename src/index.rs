@@ -11,6 +11,7 @@ use std::hash::BuildHasher;
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use hashbrown::HashTable;
@@ -443,6 +444,9 @@ impl TableIndex {
 pub struct Snapshot {
     pub index: TableIndex,
     pub version: Version,
+    /// When the data was produced: the live import's finish, or the data
+    /// file's modification time; unknown for rows loaded outside both.
+    pub data_time: Option<SystemTime>,
 }
 
 /// Identifies the data an index was built from: the PostgreSQL table's
@@ -475,6 +479,7 @@ impl Tables {
             let snapshot = at.map(|i| snapshots.swap_remove(i).1).unwrap_or_else(|| Snapshot {
                 index: TableIndex::empty(table),
                 version: Version::default(),
+                data_time: None,
             });
             assert_eq!(
                 snapshot.index.family(),
@@ -698,6 +703,7 @@ mod tests {
         let snapshot = |name: &str| Snapshot {
             index: TableIndex::V4(index(&[(0, u32::MAX, name)])),
             version: Version::default(),
+            data_time: None,
         };
         let tables = Tables::new(vec![(Table::Cn, snapshot("old"))]);
         let ip = Ipv4Addr::new(1, 2, 3, 4);

@@ -11,15 +11,19 @@
 //!   the index (file mode), and export.
 //! - [`thrift`]: the generated IDL types, the wire codec and the handler.
 //! - [`server`]: TCP accept loop, connections, limits, graceful shutdown.
+//! - [`http`]: the JSON API, `/metrics` and the health checks.
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`startup`]: settings and wiring; [`cli`] and [`client`] for the binary.
 //! - [`loadgen`]: the load generator behind `bench` and `compare`.
 
 pub mod cli;
 pub mod client;
 pub mod domain;
+pub mod http;
 pub mod import;
 pub mod index;
 pub mod loadgen;
+pub mod metrics;
 pub mod mmdb;
 pub mod ranges;
 pub mod server;

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use maxminddb::{LookupResult, MaxMindDbError, Reader};
@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tracing::{error, info};
 
 use crate::domain::{Lang, Located, Place, Source};
+use crate::metrics::{Metrics, Reload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MmdbError {
@@ -104,13 +105,16 @@ impl GeoDb {
     }
 
     /// `database_type` and build time (UTC) for the log.
+    /// When the database was built.
+    pub fn built(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.reader.metadata().build_epoch)
+    }
+
     pub fn describe(&self) -> String {
-        let meta = self.reader.metadata();
-        let built = UNIX_EPOCH + Duration::from_secs(meta.build_epoch);
         format!(
             "{} built {}",
-            meta.database_type,
-            humantime::format_rfc3339_seconds(built)
+            self.reader.metadata().database_type,
+            humantime::format_rfc3339_seconds(self.built())
         )
     }
 
@@ -507,6 +511,7 @@ impl MaxMind {
         every: Duration,
         mut wake: tokio::sync::watch::Receiver<u64>,
         stop: tokio_util::sync::CancellationToken,
+        metrics: Arc<Metrics>,
     ) {
         if self.file.is_none() {
             return;
@@ -522,7 +527,11 @@ impl MaxMind {
             }
             let this = self.clone();
             // Opening maps and checks the file: keep it off the workers.
-            let _ = tokio::task::spawn_blocking(move || this.reopen_if_replaced()).await;
+            match tokio::task::spawn_blocking(move || this.reopen_if_replaced()).await {
+                Ok(Reopened::Reopened) => metrics.reloaded(Reload::Mmdb, true),
+                Ok(Reopened::Failed(_)) => metrics.reloaded(Reload::Mmdb, false),
+                Ok(Reopened::Unchanged) | Err(_) => {}
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::domain::{Located, Table};
 use crate::index::Tables;
+use crate::metrics::{PoolState, TableState};
 use crate::store::Store;
 
 /// The source of range-table rows.
@@ -35,6 +36,33 @@ impl Ranges {
         match self {
             Ranges::Postgres(store) => store.lookup_v6(ips).await,
             Ranges::Memory(tables) => Ok(tables.lookup_v6(ips)),
+        }
+    }
+
+    /// Each table as served now: from the snapshots in memory, or from the
+    /// database (an error if it does not answer).
+    pub async fn table_states(&self) -> Result<Vec<TableState>, String> {
+        match self {
+            Ranges::Postgres(store) => store.table_states().await.map_err(|err| err.to_string()),
+            Ranges::Memory(tables) => Ok(Table::ALL
+                .into_iter()
+                .map(|table| {
+                    let snapshot = tables.snapshot(table);
+                    TableState {
+                        table,
+                        rows: snapshot.index.len() as u64,
+                        data_time: snapshot.data_time,
+                    }
+                })
+                .collect()),
+        }
+    }
+
+    /// The database pool, in postgres mode.
+    pub fn pool_state(&self) -> Option<PoolState> {
+        match self {
+            Ranges::Postgres(store) => Some(store.pool_state()),
+            Ranges::Memory(_) => None,
         }
     }
 

@@ -1,5 +1,6 @@
-//! The TCP server: an accept loop capped by a semaphore, one task per
-//! connection reading requests in order, and a graceful drain on shutdown.
+//! The Thrift TCP server: an accept loop that refuses connections over the
+//! cap at once, one task per connection reading requests in order, and a
+//! graceful drain on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,10 +13,14 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, instrument, warn};
 
+use crate::metrics::{Api, OpenConnection, Rejection};
 use crate::thrift::codec::{self, Framing, Wire, WireError};
 use crate::thrift::Handler;
+
+/// At most one warning per this long that the connection cap was reached.
+pub const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// The Thrift spec's default MaxFrameSize.
 pub const DEFAULT_MAX_FRAME: usize = 16_384_000;
@@ -55,7 +60,7 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
 
     tokio::select! {
         () = accept_loop(&listener, &handler, &limits, &permits, &stop, &tracker) => {}
-        _ = shutdown => info!("shutting down: draining connections"),
+        _ = shutdown => {}
     }
     drop(listener);
     stop.cancel();
@@ -79,12 +84,9 @@ async fn accept_loop(
     stop: &CancellationToken,
     tracker: &TaskTracker,
 ) {
+    let metrics = handler.metrics();
+    let mut cap = CapWarning::new(Api::Thrift, limits.max_connections);
     loop {
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
@@ -93,6 +95,14 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        // Over the cap, close at once: a client (or its balancer) fails
+        // over now instead of waiting in the kernel's backlog.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.connection_refused(Api::Thrift);
+            cap.reached();
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let connection = Connection {
@@ -103,11 +113,45 @@ async fn accept_loop(
             stop: stop.clone(),
             buf: Vec::new(),
             message_started: None,
+            _open: metrics.connection_opened(Api::Thrift),
         };
         tracker.spawn(async move {
             connection.serve().await;
             drop(permit);
         });
+    }
+}
+
+/// A rate-limited warning that connections are being refused at the cap.
+pub struct CapWarning {
+    api: Api,
+    cap: usize,
+    last: Option<Instant>,
+    refused: u64,
+}
+
+impl CapWarning {
+    pub fn new(api: Api, cap: usize) -> CapWarning {
+        CapWarning {
+            api,
+            cap,
+            last: None,
+            refused: 0,
+        }
+    }
+
+    pub fn reached(&mut self) {
+        self.refused += 1;
+        if self.last.is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY) {
+            warn!(
+                api = ?self.api,
+                cap = self.cap,
+                refused = self.refused,
+                "connection cap reached; refusing new connections"
+            );
+            self.last = Some(Instant::now());
+            self.refused = 0;
+        }
     }
 }
 
@@ -122,6 +166,7 @@ struct Connection {
     buf: Vec<u8>,
     /// When the first byte of the message being received arrived.
     message_started: Option<Instant>,
+    _open: OpenConnection,
 }
 
 /// Why a connection ended early.
@@ -141,6 +186,18 @@ enum Closed {
     Unsynchronised,
 }
 
+impl Closed {
+    /// How the metrics count a connection closed for its input.
+    fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Closed::Wire(WireError::FrameTooLarge { .. }) => Some(Rejection::Oversized),
+            Closed::Wire(_) | Closed::Unsynchronised => Some(Rejection::Garbage),
+            Closed::SlowMessage(_) => Some(Rejection::Timeout),
+            Closed::Eof | Closed::Shutdown | Closed::Io(_) => None,
+        }
+    }
+}
+
 impl Connection {
     #[instrument(level = "debug", name = "connection", skip_all, fields(peer = %self.peer))]
     async fn serve(mut self) {
@@ -148,7 +205,12 @@ impl Connection {
         match self.serve_requests().await {
             Ok(()) | Err(Closed::Eof | Closed::Shutdown) => debug!("connection closed"),
             Err(Closed::Io(err)) => debug!(error = %err, "connection failed"),
-            Err(err) => warn!(peer = %self.peer, error = %err, "closing connection"),
+            Err(err) => {
+                if let Some(reason) = err.rejection() {
+                    self.handler.metrics().rejected(Api::Thrift, reason);
+                }
+                warn!(peer = %self.peer, error = %err, "closing connection");
+            }
         }
     }
 

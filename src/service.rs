@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tracing::warn;
 
 use crate::domain::{Addr, Lang, Located, LookupError, Outcome, Table};
+use crate::metrics::Sampled;
 use crate::mmdb::{GeoDb, MaxMind};
 use crate::ranges::Ranges;
 
@@ -96,6 +97,15 @@ impl Locator {
 
     pub fn close(&self) {
         self.ranges.close();
+    }
+
+    /// The state of the data behind the answers, for readiness and metrics.
+    pub async fn sample(&self) -> Sampled {
+        Sampled {
+            tables: self.ranges.table_states().await,
+            pool: self.ranges.pool_state(),
+            mmdb_built: self.maxmind.as_ref().map(|m| m.current().built()),
+        }
     }
 
     /// Answers every input, in order, one outcome each.

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::domain::Table;
+use crate::http::{self, HttpLimits};
 use crate::import::{DataFiles, FileSource, FileTables};
 use crate::index::Tables;
+use crate::metrics::{Metrics, TableState};
 use crate::mmdb::{GeoDb, MaxMind};
 use crate::ranges::Ranges;
 use crate::server::{self, Limits};
@@ -37,9 +39,12 @@ pub enum LookupMode {
 /// Everything `serve` needs; each option can also come from the environment.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
-    /// Address to listen on.
+    /// Address to listen on for Thrift.
     #[arg(long, env = "XM_IP_ADDR", default_value = "0.0.0.0:9090")]
     pub addr: String,
+    /// Address for the HTTP API, /metrics and the health checks, or "off".
+    #[arg(long, env = "XM_IP_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: String,
     /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/ip_service.
     /// Without it (and without --data) the service serves data/ if
     /// scripts/fetch-data.sh filled it, else its built-in sample.
@@ -77,9 +82,21 @@ pub struct Settings {
     /// Largest message in bytes, framed or not.
     #[arg(long, env = "XM_IP_MAX_FRAME", default_value_t = server::DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
-    /// Most client connections at once; further ones wait to be accepted.
+    /// Most Thrift connections at once; further ones are closed at once.
     #[arg(long, env = "XM_IP_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Most HTTP connections at once; further ones are closed at once.
+    #[arg(long, env = "XM_IP_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
+    /// Most HTTP requests handled at once; further ones get 503 at once.
+    #[arg(long, env = "XM_IP_HTTP_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub http_max_in_flight: usize,
+    /// Largest HTTP request body in bytes.
+    #[arg(long, env = "XM_IP_HTTP_MAX_BODY", default_value_t = 1 << 20)]
+    pub http_max_body: usize,
+    /// How long an HTTP request may take, headers, body and answer.
+    #[arg(long, env = "XM_IP_HTTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_timeout: Duration,
     /// How long one message may take to arrive once it has started.
     #[arg(long, env = "XM_IP_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub read_timeout: Duration,
@@ -89,10 +106,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings for a server on `addr` with every other option at its default.
+    /// Settings for a Thrift server on `addr`, without HTTP, and every
+    /// other option at its default.
     pub fn new(addr: &str) -> Settings {
         Settings {
             addr: addr.to_owned(),
+            http_addr: "off".to_owned(),
             database_url: None,
             data: None,
             lookup: None,
@@ -104,6 +123,10 @@ impl Settings {
             max_batch: 10_000,
             max_frame: server::DEFAULT_MAX_FRAME,
             max_connections: 4096,
+            http_max_connections: 10_000,
+            http_max_in_flight: 1024,
+            http_max_body: 1 << 20,
+            http_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
         }
@@ -183,7 +206,12 @@ struct Opened {
     reloader: Option<Reloader>,
 }
 
-async fn open_postgres(url: String, mode: LookupMode, settings: &Settings) -> anyhow::Result<Opened> {
+async fn open_postgres(
+    url: String,
+    mode: LookupMode,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Opened> {
     if settings.migrate {
         let applied = store::migrate(&url).await.context("failed to migrate the database")?;
         info!(applied, "migrations up to date");
@@ -191,12 +219,19 @@ async fn open_postgres(url: String, mode: LookupMode, settings: &Settings) -> an
     let described = describe_database(&url);
     Ok(match mode {
         LookupMode::Postgres => {
-            let store = Store::new(&StoreConfig {
-                database_url: url.clone(),
-                pool_size: settings.pool_size,
-                timeout: settings.db_timeout,
-            })?;
-            log_database_tables(&url, settings.db_timeout).await;
+            let store = Store::new(
+                &StoreConfig {
+                    database_url: url.clone(),
+                    pool_size: settings.pool_size,
+                    timeout: settings.db_timeout,
+                },
+                metrics.clone(),
+            )?;
+            match tokio::time::timeout(settings.db_timeout * 5, store.table_states()).await {
+                Ok(Ok(states)) => log_table_states(&states, "table in PostgreSQL"),
+                Ok(Err(err)) => warn!(error = %err, "cannot read the tables; serving anyway"),
+                Err(_) => warn!("reading the tables timed out; serving anyway"),
+            }
             Opened {
                 ranges: Ranges::Postgres(store),
                 maxmind: None,
@@ -220,6 +255,7 @@ async fn open_postgres(url: String, mode: LookupMode, settings: &Settings) -> an
                     timeout: settings.db_timeout,
                     interval: settings.reload_interval,
                     tables,
+                    metrics: metrics.clone(),
                 }),
             }
         }
@@ -261,6 +297,10 @@ pub struct Application {
     listener: TcpListener,
     handler: Handler,
     limits: Limits,
+    /// The HTTP listener, unless it is off.
+    http: Option<(TcpListener, HttpLimits)>,
+    locator: Locator,
+    metrics: Arc<Metrics>,
     reload: ReloadHandle,
     /// Stops the background tasks (reloads, file watching).
     stop: CancellationToken,
@@ -270,6 +310,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
         let data = choose_data(settings)?;
+        let metrics = Arc::new(Metrics::new());
         let (reload, wake) = watch::channel(0u64);
         let stop = CancellationToken::new();
         let mut background = Vec::new();
@@ -281,7 +322,7 @@ impl Application {
             source,
             reloader,
         } = match data {
-            Data::Postgres { url, mode } => open_postgres(url, mode, settings).await?,
+            Data::Postgres { url, mode } => open_postgres(url, mode, settings, &metrics).await?,
             Data::Files(files) => open_files(files).await?,
         };
         if let Some(reloader) = reloader {
@@ -297,6 +338,7 @@ impl Application {
                 settings.reload_interval,
                 wake.clone(),
                 stop.clone(),
+                metrics.clone(),
             )));
         }
 
@@ -304,6 +346,24 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.addr))?;
         let addr = listener.local_addr()?;
+        let http = match settings.http_addr.as_str() {
+            "off" => None,
+            http_addr => {
+                let http_listener = TcpListener::bind(http_addr)
+                    .await
+                    .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
+                info!(addr = %http_listener.local_addr()?, "HTTP API, /metrics and /readyz listening");
+                let limits = HttpLimits {
+                    max_connections: settings.http_max_connections,
+                    max_in_flight: settings.http_max_in_flight,
+                    max_body: settings.http_max_body,
+                    timeout: settings.http_timeout,
+                    shutdown_timeout: settings.shutdown_timeout,
+                    max_batch: settings.max_batch,
+                };
+                Some((http_listener, limits))
+            }
+        };
         match &maxmind {
             Some(maxmind) => {
                 let geo = maxmind.current();
@@ -320,23 +380,35 @@ impl Application {
                  and --database-url serves tables from PostgreSQL"
             );
         }
+        let locator = Locator::new(ranges, maxmind);
         Ok(Application {
             listener,
-            handler: Handler::new(Locator::new(ranges, maxmind), settings.max_batch),
+            handler: Handler::new(locator.clone(), settings.max_batch, metrics.clone()),
             limits: Limits {
                 max_frame: settings.max_frame,
                 max_connections: settings.max_connections,
                 read_timeout: settings.read_timeout,
                 shutdown_timeout: settings.shutdown_timeout,
             },
+            http,
+            locator,
+            metrics,
             reload: ReloadHandle(Arc::new(reload)),
             stop,
             background,
         })
     }
 
+    /// The Thrift listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The HTTP listener's address, unless HTTP is off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr().expect("a bound listener has an address"))
     }
 
     /// What SIGHUP uses to ask for a check for new data.
@@ -344,9 +416,22 @@ impl Application {
         self.reload.clone()
     }
 
-    /// Serves until `shutdown` completes and in-flight requests are done.
+    /// Serves both listeners until `shutdown` completes and their
+    /// in-flight requests are done.
     pub async fn run_until_stopped(self, shutdown: impl Future) {
-        server::run(self.listener, self.handler.clone(), self.limits, shutdown).await;
+        let stopping = CancellationToken::new();
+        let thrift = server::run(self.listener, self.handler.clone(), self.limits, stopping.cancelled());
+        let http = async {
+            if let Some((listener, limits)) = self.http {
+                http::run(listener, self.locator, self.metrics, limits, stopping.cancelled()).await;
+            }
+        };
+        let signal = async {
+            shutdown.await;
+            info!("shutting down: draining connections");
+            stopping.cancel();
+        };
+        tokio::join!(thrift, http, signal);
         self.stop.cancel();
         for task in self.background {
             let _ = task.await;
@@ -356,8 +441,8 @@ impl Application {
     }
 }
 
-/// One line per table: ranges, distinct places and memory; a warning for
-/// each empty table, whose addresses only MaxMind can answer.
+/// One line per table: ranges, distinct places, memory and data age; a
+/// warning for each empty table, whose addresses only MaxMind can answer.
 fn log_tables(tables: &Tables, took: Duration) {
     for table in Table::ALL {
         let snapshot = tables.snapshot(table);
@@ -367,42 +452,45 @@ fn log_tables(tables: &Tables, took: Duration) {
             ranges = index.len(),
             places = index.places(),
             mib = index.heap_bytes() / (1 << 20),
+            data_age = %describe_age(snapshot.data_time),
             "table loaded into memory"
         );
-        if index.is_empty() {
-            warn!(
-                table = table.name(),
-                "table is empty: its addresses get MaxMind's answer or none"
-            );
-        }
+        warn_if_empty(table, index.len() as u64);
     }
     info!(seconds = format!("{:.2}", took.as_secs_f64()), "tables ready");
 }
 
-/// One line per table with its row count, and a warning for each empty one.
-async fn log_database_tables(url: &str, timeout: Duration) {
-    let counts = async {
-        let client = store::connect(url).await?;
-        let mut counts = Vec::new();
-        for table in Table::ALL {
-            counts.push((table, store::table_rows(&client, table).await?));
+/// One line per table with its rows and data age, and a warning for each
+/// empty one.
+fn log_table_states(states: &[TableState], message: &str) {
+    for state in states {
+        info!(
+            table = state.table.name(),
+            rows = state.rows,
+            data_age = %describe_age(state.data_time),
+            "{message}"
+        );
+        warn_if_empty(state.table, state.rows);
+    }
+}
+
+fn warn_if_empty(table: Table, rows: u64) {
+    if rows == 0 {
+        warn!(
+            table = table.name(),
+            "table is empty: its addresses get MaxMind's answer or none"
+        );
+    }
+}
+
+/// "3h 12m 5s", or "unknown" for data loaded outside the importer.
+fn describe_age(data_time: Option<std::time::SystemTime>) -> String {
+    match data_time {
+        Some(at) => {
+            let age = at.elapsed().unwrap_or_default();
+            humantime::format_duration(Duration::from_secs(age.as_secs())).to_string()
         }
-        Ok::<_, store::StoreError>(counts)
-    };
-    match tokio::time::timeout(timeout * 5, counts).await {
-        Ok(Ok(counts)) => {
-            for (table, rows) in counts {
-                info!(table = table.name(), rows, "table in PostgreSQL");
-                if rows == 0 {
-                    warn!(
-                        table = table.name(),
-                        "table is empty: its addresses get MaxMind's answer or none"
-                    );
-                }
-            }
-        }
-        Ok(Err(err)) => warn!(error = %err, "cannot count the table rows; serving anyway"),
-        Err(_) => warn!("counting the table rows timed out; serving anyway"),
+        None => "unknown".to_owned(),
     }
 }
 

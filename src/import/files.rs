@@ -52,6 +52,14 @@ struct DataFile {
 }
 
 impl DataFile {
+    /// When the file was last written; none for the built-in sample.
+    fn modified(&self) -> Option<SystemTime> {
+        match &self.source {
+            FileSource::Path(path) => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+            FileSource::Builtin(_) => None,
+        }
+    }
+
     fn format(&self) -> Option<Format> {
         match Path::new(&self.name)
             .extension()?
@@ -93,8 +101,6 @@ pub struct DataFiles {
 pub struct FileTables {
     pub tables: Vec<(Table, Snapshot)>,
     pub mmdb: Option<FileSource>,
-    /// The newest file's modification time (none for the sample).
-    pub modified: Option<SystemTime>,
 }
 
 impl DataFiles {
@@ -220,14 +226,6 @@ impl DataFiles {
     /// no file gives is left out (and so served empty).
     pub fn load(&self) -> Result<FileTables, ImportError> {
         let Plan { tables: plan, mmdb } = self.plan()?;
-        let modified = self
-            .files
-            .iter()
-            .filter_map(|f| match &f.source {
-                FileSource::Path(path) => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
-                FileSource::Builtin(_) => None,
-            })
-            .max();
         // Read each file once, however many tables it feeds.
         let mut contents: Vec<(&str, Cow<'static, [u8]>)> = Vec::new();
         for (_, file) in &plan {
@@ -247,20 +245,19 @@ impl DataFiles {
                 .iter()
                 .map(|&(table, file)| {
                     let bytes = bytes_of(file);
-                    scope.spawn(move || (table, load_table(table, file, bytes)))
+                    scope.spawn(move || (table, file, load_table(table, file, bytes)))
                 })
                 .collect();
             jobs.into_iter()
                 .map(|job| {
-                    let (table, result) = job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    let (table, file, result) = job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                     result.map(|index| {
-                        (
-                            table,
-                            Snapshot {
-                                index,
-                                version: Version::default(),
-                            },
-                        )
+                        let snapshot = Snapshot {
+                            index,
+                            version: Version::default(),
+                            data_time: file.modified(),
+                        };
+                        (table, snapshot)
                     })
                 })
                 .collect::<Result<Vec<_>, ImportError>>()
@@ -268,7 +265,6 @@ impl DataFiles {
         Ok(FileTables {
             tables,
             mmdb: mmdb.map(|file| file.source.clone()),
-            modified,
         })
     }
 }

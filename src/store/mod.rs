@@ -16,12 +16,13 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
 
 use crate::domain::{Family, Located, Place, Source};
+use crate::metrics::{Metrics, PoolState, TableState};
 use coalesce::Coalescer;
 
 pub use crate::domain::Table;
 pub use migrate::migrate;
 pub use reload::Reloader;
-pub use snapshot::{load_snapshot, load_tables, table_rows};
+pub use snapshot::{live_import, load_snapshot, load_tables, table_rows, LiveImport};
 
 /// The batch lookup for `table`: one round trip for a whole batch, in
 /// which each address probes the unique `start_ip` index backwards once
@@ -94,6 +95,7 @@ const QUEUE: usize = 4096;
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    timeout: Duration,
     cn: Coalescer<i64>,
     en: Coalescer<i64>,
     v6: Coalescer<IpAddr>,
@@ -103,7 +105,7 @@ impl Store {
     /// Builds the pool and starts each table's coalescing task. Connections
     /// are made on first use, so the service starts (and answers from
     /// MaxMind) even while the database is down.
-    pub fn new(config: &StoreConfig) -> Result<Store, StoreError> {
+    pub fn new(config: &StoreConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         let mut pg = tokio_postgres::Config::from_str(&config.database_url).map_err(StoreError::Config)?;
         pg.connect_timeout(config.timeout);
         // The server enforces the same bound, so an abandoned query does not
@@ -135,11 +137,48 @@ impl Store {
             timeout: config.timeout * 2,
         };
         Ok(Store {
-            cn: coalescer(&pool, limits, config.timeout, Table::Cn),
-            en: coalescer(&pool, limits, config.timeout, Table::En),
-            v6: coalescer(&pool, limits, config.timeout, Table::V6),
+            cn: coalescer(&pool, limits, config.timeout, Table::Cn, metrics.clone()),
+            en: coalescer(&pool, limits, config.timeout, Table::En, metrics.clone()),
+            v6: coalescer(&pool, limits, config.timeout, Table::V6, metrics),
+            timeout: config.timeout,
             pool,
         })
+    }
+
+    /// The pool's connections now.
+    pub fn pool_state(&self) -> PoolState {
+        let status = self.pool.status();
+        PoolState {
+            max_size: status.max_size,
+            open: status.size,
+            in_use: status.size.saturating_sub(status.available),
+            waiting: status.waiting,
+        }
+    }
+
+    /// Each table's row count and data time. The live import's record gives
+    /// both without scanning; a table loaded outside the importer is counted.
+    pub async fn table_states(&self) -> Result<Vec<TableState>, StoreError> {
+        let work = async {
+            let client = self.pool.get().await?;
+            let mut states = Vec::new();
+            for table in Table::ALL {
+                let live = live_import(&**client, table).await?;
+                let rows = match live.as_ref().and_then(|l| l.rows) {
+                    Some(rows) => rows,
+                    None => table_rows(&**client, table).await?,
+                };
+                states.push(TableState {
+                    table,
+                    rows: u64::try_from(rows).unwrap_or(0),
+                    data_time: live.and_then(|l| l.finished),
+                });
+            }
+            Ok(states)
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
     }
 
     /// Closes the pool: idle connections are dropped, no new ones are made.
@@ -165,12 +204,26 @@ impl Store {
 }
 
 /// The coalescing task of `table`, querying on `pool`.
-fn coalescer<K>(pool: &Pool, limits: coalesce::Limits, timeout: Duration, table: Table) -> Coalescer<K>
+fn coalescer<K>(
+    pool: &Pool,
+    limits: coalesce::Limits,
+    timeout: Duration,
+    table: Table,
+    metrics: Arc<Metrics>,
+) -> Coalescer<K>
 where
     K: tokio_postgres::types::ToSql + Ord + Sync + Send + 'static,
 {
     let pool = pool.clone();
-    Coalescer::start(limits, move |keys| lookup_rows(pool.clone(), timeout, table, keys))
+    Coalescer::start(limits, move |keys| {
+        let (pool, metrics) = (pool.clone(), metrics.clone());
+        async move {
+            let started = std::time::Instant::now();
+            let rows = lookup_rows(pool, timeout, table, keys).await;
+            metrics.query_took(table, started.elapsed());
+            rows
+        }
+    })
 }
 
 /// Runs the batch lookup of `table` for `keys` on a pooled connection: the

@@ -21,6 +21,7 @@ use super::StoreError;
 use crate::domain::Table;
 use crate::import::RELOAD_CHANNEL;
 use crate::index::Tables;
+use crate::metrics::{Metrics, Reload};
 
 /// Notifications held for the reloader; past this they are dropped and a
 /// full version check stands in for them.
@@ -35,6 +36,7 @@ pub struct Reloader {
     /// How often versions are compared even without a notification.
     pub interval: Duration,
     pub tables: Arc<Tables>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A live LISTEN connection and the notifications it forwards.
@@ -182,12 +184,16 @@ impl Reloader {
                 }
                 self.tables.replace(table, snapshot);
                 crate::index::release_free_memory();
+                self.metrics.reloaded(Reload::Table, true);
             }
-            Err(err) => error!(
-                table = table.name(),
-                error = %err,
-                "reload failed; still serving the previous data"
-            ),
+            Err(err) => {
+                error!(
+                    table = table.name(),
+                    error = %err,
+                    "reload failed; still serving the previous data"
+                );
+                self.metrics.reloaded(Reload::Table, false);
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::pin::pin;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
@@ -33,6 +33,7 @@ pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot
         .start()
         .await?;
     let version = version(&tx, table).await?;
+    let data_time = live_import(&tx, table).await?.and_then(|live| live.finished);
     let copy = tx
         .copy_out(&format!(
             "COPY (SELECT {COLUMNS} FROM {} ORDER BY start_ip) TO STDOUT (FORMAT binary)",
@@ -57,7 +58,11 @@ pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot
         ),
     };
     tx.commit().await?;
-    Ok(Snapshot { index, version })
+    Ok(Snapshot {
+        index,
+        version,
+        data_time,
+    })
 }
 
 async fn build<K: Key>(
@@ -104,6 +109,28 @@ pub async fn version(client: &impl GenericClient, table: Table) -> Result<Versio
         relation: row.get::<_, i64>(0) as u32,
         import_id: row.get(1),
     })
+}
+
+/// The import whose data a table holds.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveImport {
+    pub rows: Option<i64>,
+    pub finished: Option<SystemTime>,
+}
+
+/// The latest successful import of `table`, if any.
+pub async fn live_import(client: &impl GenericClient, table: Table) -> Result<Option<LiveImport>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT row_count, finished_at FROM ip_service_imports \
+             WHERE table_name = $1 AND outcome = 'succeeded' ORDER BY id DESC LIMIT 1",
+            &[&table.name()],
+        )
+        .await?;
+    Ok(row.map(|row| LiveImport {
+        rows: row.get(0),
+        finished: row.get(1),
+    }))
 }
 
 /// How many rows `table` holds.

@@ -114,12 +114,15 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
     fn answer(&mut self, input: &str, outcome: &Outcome) {
         self.string(1, input);
         match outcome {
-            Ok(Located {
-                place,
-                start,
-                end,
-                source,
-            }) => {
+            Ok(
+                located @ Located {
+                    place,
+                    start,
+                    end,
+                    source,
+                },
+            ) => {
+                let (start_int, end_int) = located.bounds_as_int();
                 self.string(2, place.country_code());
                 self.string(3, place.country_name());
                 self.string(4, place.city_code());
@@ -129,8 +132,8 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
                 self.string(8, place.province_name());
                 self.string(9, place.carrier());
                 self.string(10, "");
-                self.i64(11, as_int(start));
-                self.i64(12, as_int(end));
+                self.i64(11, start_int);
+                self.i64(12, end_int);
                 self.string(13, place.district_name());
                 self.ip(14, *start);
                 self.ip(15, *end);
@@ -230,13 +233,6 @@ pub fn write_answer(out: &mut Vec<u8>, protocol: Protocol, input: &str, outcome:
 
 /// `geoip_start_ip`/`geoip_end_ip`: an IPv4 address as a number; IPv6 has
 /// no 64-bit form and is 0.
-fn as_int(ip: &IpAddr) -> i64 {
-    match ip {
-        IpAddr::V4(v4) => i64::from(u32::from(*v4)),
-        IpAddr::V6(_) => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use thrift::protocol::{
@@ -264,8 +260,8 @@ mod tests {
                 geoip_province_name: text(found.place.province_name()),
                 geoip_carrier: text(found.place.carrier()),
                 error_msg: text(""),
-                geoip_start_ip: Some(as_int(&found.start)),
-                geoip_end_ip: Some(as_int(&found.end)),
+                geoip_start_ip: Some(found.bounds_as_int().0),
+                geoip_end_ip: Some(found.bounds_as_int().1),
                 geoip_district_name: text(found.place.district_name()),
                 geoip_start_ip_str: Some(found.start.to_string()),
                 geoip_end_ip_str: Some(found.end.to_string()),

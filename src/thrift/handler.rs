@@ -1,11 +1,15 @@
 //! Turns a decoded request into a reply: method dispatch and the batch
 //! limit.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use thrift::ApplicationErrorKind;
 use tracing::{debug, instrument};
 
 use super::codec::{exception, Call, Reply, Request};
 use crate::domain::{Lang, Outcome};
+use crate::metrics::{Api, Metrics, Rejection};
 use crate::service::{Locator, Route, TableLang};
 
 const CALL: u8 = 1;
@@ -16,11 +20,20 @@ const ONEWAY: u8 = 4;
 pub struct Handler {
     locator: Locator,
     max_batch: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Handler {
-    pub fn new(locator: Locator, max_batch: usize) -> Handler {
-        Handler { locator, max_batch }
+    pub fn new(locator: Locator, max_batch: usize, metrics: Arc<Metrics>) -> Handler {
+        Handler {
+            locator,
+            max_batch,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Releases the database pool once the server has drained.
@@ -31,28 +44,39 @@ impl Handler {
     /// The reply to `request`, or `None` for a oneway message.
     #[instrument(level = "debug", skip_all, fields(method = %request.name, seq = request.seq))]
     pub async fn respond<'r>(&self, request: &'r Request) -> Option<Reply<'r>> {
+        let started = Instant::now();
+        let method = method_label(&request.name);
         if request.message_type != CALL && request.message_type != ONEWAY {
+            self.rejected(method, Rejection::Garbage, started);
             return Some(exception(
                 ApplicationErrorKind::InvalidMessageType,
                 format!("message type {} is not a call", request.message_type),
             ));
         }
-        let reply = self.reply(request).await;
+        let reply = self.reply(request, method, started).await;
         (request.message_type == CALL).then_some(reply)
     }
 
-    async fn reply<'r>(&self, request: &'r Request) -> Reply<'r> {
+    fn rejected(&self, method: &'static str, reason: Rejection, started: Instant) {
+        self.metrics.rejected(Api::Thrift, reason);
+        self.metrics
+            .request(Api::Thrift, method, "exception", started.elapsed());
+    }
+
+    async fn reply<'r>(&self, request: &'r Request, method: &'static str, started: Instant) -> Reply<'r> {
         let call = match &request.call {
             Ok(call) => call,
             Err(reason) => {
+                self.rejected(method, Rejection::Garbage, started);
                 return exception(
                     ApplicationErrorKind::ProtocolError,
                     format!("{}: arguments do not decode: {reason}", request.name),
-                )
+                );
             }
         };
         let ips = call.ips();
         if ips.len() > self.max_batch {
+            self.rejected(method, Rejection::BatchOverLimit, started);
             return exception(
                 ApplicationErrorKind::ProtocolError,
                 format!(
@@ -69,18 +93,32 @@ impl Handler {
                 Ok(lang) => Route::for_lang(lang),
                 Err(err) => {
                     let outcomes: Vec<Outcome> = vec![Err(err); ips.len()];
+                    self.metrics.answered(Api::Thrift, method, &outcomes, started.elapsed());
                     return Reply::Answers { inputs: ips, outcomes };
                 }
             },
             Call::Unknown => {
+                self.rejected(method, Rejection::UnknownMethod, started);
                 return exception(
                     ApplicationErrorKind::UnknownMethod,
                     format!("unknown method {}", request.name),
-                )
+                );
             }
         };
         debug!(ips = ips.len(), ?route, "lookup");
         let outcomes = self.locator.locate(ips, route).await;
+        self.metrics.answered(Api::Thrift, method, &outcomes, started.elapsed());
         Reply::Answers { inputs: ips, outcomes }
+    }
+}
+
+/// The metrics label for a method name a client sent: one of the IDL's
+/// methods, or "unknown", so that a client cannot invent label values.
+fn method_label(name: &str) -> &'static str {
+    match name {
+        "queryGeoInfoByIP" => "queryGeoInfoByIP",
+        "queryGeoInfo" => "queryGeoInfo",
+        "queryI18nGeoInfoByIP" => "queryI18nGeoInfoByIP",
+        _ => "unknown",
     }
 }

@@ -1,0 +1,325 @@
+//! The routes: the old service's `/api/ip_query` (GET and POST, one
+//! address or a batch), the OpenAPI description, `/metrics`, `/healthz`
+//! and `/readyz`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use super::json::GeoInfoJson;
+use super::HttpLimits;
+use crate::domain::{Lang, LookupError, Outcome};
+use crate::metrics::{Api, Metrics, Rejection};
+use crate::service::{Locator, Route, TableLang};
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+#[derive(Clone)]
+struct AppState {
+    locator: Locator,
+    metrics: Arc<Metrics>,
+    max_batch: usize,
+    in_flight: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+/// The metrics label of the endpoint that produced a response.
+#[derive(Clone, Copy)]
+struct Endpoint(&'static str);
+
+pub(super) fn router(locator: Locator, metrics: Arc<Metrics>, limits: &HttpLimits) -> Router {
+    let state = AppState {
+        locator,
+        metrics,
+        max_batch: limits.max_batch,
+        in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+        timeout: limits.timeout,
+    };
+    Router::new()
+        .route("/api/ip_query", get(query_get).post(query_post))
+        .route("/api/openapi.json", get(openapi))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into())
+        })
+        .layer(DefaultBodyLimit::max(limits.max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Sheds load over the in-flight cap, bounds each request's time, and
+/// counts it.
+async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = match state.in_flight.try_acquire() {
+        Err(_) => {
+            state.metrics.rejected(Api::Http, Rejection::Overloaded);
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in flight; retry shortly".into(),
+            )
+        }
+        Ok(_permit) => match tokio::time::timeout(state.timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                state.metrics.rejected(Api::Http, Rejection::Timeout);
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the request did not complete within {:?}", state.timeout),
+                )
+            }
+        },
+    };
+    let endpoint = response.extensions().get::<Endpoint>().map_or("other", |e| e.0);
+    state
+        .metrics
+        .request(Api::Http, endpoint, status_label(response.status()), started.elapsed());
+    response
+}
+
+/// A bounded set of status labels: the codes this API sends.
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        500 => "500",
+        501 => "501",
+        503 => "503",
+        _ => "other",
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// A request-level error: `{"error": "..."}`.
+fn error(status: StatusCode, message: String) -> Response {
+    (status, json_body(&ErrorBody { error: message })).into_response()
+}
+
+fn json_body<T: Serialize>(value: &T) -> Response {
+    let body = serde_json::to_vec(value).expect("answers serialise");
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+fn tagged(mut response: Response, endpoint: &'static str) -> Response {
+    response.extensions_mut().insert(Endpoint(endpoint));
+    response
+}
+
+#[derive(Deserialize)]
+struct SingleQuery {
+    ip: Option<String>,
+    lang: Option<String>,
+}
+
+/// `GET /api/ip_query?ip=IP[&lang=LANG]`.
+async fn query_get(State(state): State<AppState>, query: Result<Query<SingleQuery>, QueryRejection>) -> Response {
+    let response = match query {
+        Err(rejection) => state.bad_request(format!("bad query string: {}", rejection.body_text())),
+        Ok(Query(SingleQuery { ip: None, .. })) => state.bad_request("missing the \"ip\" parameter".into()),
+        Ok(Query(SingleQuery { ip: Some(ip), lang })) => state.single(ip, lang.as_deref()).await,
+    };
+    tagged(response, "ip_query")
+}
+
+/// The POST body: `{"ip": "IP"}` as the old service took it, or
+/// `{"ips": [...]}` for a batch; either with an optional `"lang"`.
+#[derive(Deserialize)]
+struct QueryBody {
+    ip: Option<String>,
+    ips: Option<Vec<String>>,
+    lang: Option<String>,
+}
+
+/// `POST /api/ip_query`. The body is read as JSON whatever its content
+/// type, as old clients send it.
+async fn query_post(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                Rejection::Oversized
+            } else {
+                Rejection::Garbage
+            };
+            state.metrics.rejected(Api::Http, reason);
+            return tagged(error(status, rejection.body_text()), "ip_query");
+        }
+    };
+    let parsed: QueryBody = match serde_json::from_slice(&body) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            state.metrics.rejected(Api::Http, Rejection::Garbage);
+            return tagged(
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not the JSON expected: {err}"),
+                ),
+                "ip_query",
+            );
+        }
+    };
+    match parsed {
+        QueryBody {
+            ip: Some(ip),
+            ips: None,
+            lang,
+        } => tagged(state.single(ip, lang.as_deref()).await, "ip_query"),
+        QueryBody {
+            ip: None,
+            ips: Some(ips),
+            lang,
+        } => tagged(state.batch(ips, lang.as_deref()).await, "ip_query_batch"),
+        QueryBody {
+            ip: Some(_),
+            ips: Some(_),
+            ..
+        } => tagged(state.bad_request("give \"ip\" or \"ips\", not both".into()), "ip_query"),
+        QueryBody {
+            ip: None, ips: None, ..
+        } => tagged(
+            state.bad_request("missing \"ip\" (one address) or \"ips\" (a list)".into()),
+            "ip_query",
+        ),
+    }
+}
+
+impl AppState {
+    fn bad_request(&self, message: String) -> Response {
+        self.metrics.rejected(Api::Http, Rejection::BadRequest);
+        error(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// One address: its `GeoInfo`, with the old service's status codes.
+    async fn single(&self, ip: String, lang: Option<&str>) -> Response {
+        let inputs = [ip];
+        let outcomes = self.locate(&inputs, lang).await;
+        let outcome = &outcomes[0];
+        let status = match outcome {
+            Ok(_) => StatusCode::OK,
+            Err(LookupError::InvalidIp(_) | LookupError::UnsupportedLang(_)) => StatusCode::BAD_REQUEST,
+            Err(LookupError::NotFound) => StatusCode::NOT_IMPLEMENTED,
+            Err(LookupError::Backend(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut response = json_body(&GeoInfoJson::new(&inputs[0], outcome));
+        *response.status_mut() = status;
+        response
+    }
+
+    /// A batch: one `GeoInfo` per input, in order, errors per item.
+    async fn batch(&self, ips: Vec<String>, lang: Option<&str>) -> Response {
+        if ips.len() > self.max_batch {
+            self.metrics.rejected(Api::Http, Rejection::BatchOverLimit);
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "batch of {} IPs exceeds the limit of {} per request",
+                    ips.len(),
+                    self.max_batch
+                ),
+            );
+        }
+        let outcomes = self.locate(&ips, lang).await;
+        let answers: Vec<GeoInfoJson> = ips
+            .iter()
+            .zip(&outcomes)
+            .map(|(ip, outcome)| GeoInfoJson::new(ip, outcome))
+            .collect();
+        json_body(&answers)
+    }
+
+    /// The answers `queryGeoInfo` gives for `lang`; without one, those of
+    /// `queryGeoInfoByIP`.
+    async fn locate(&self, inputs: &[String], lang: Option<&str>) -> Vec<Outcome> {
+        let route = match lang.map(Lang::parse) {
+            None => Ok(Route::Tables(TableLang::ZhCn)),
+            Some(parsed) => parsed.map(Route::for_lang),
+        };
+        let outcomes = match route {
+            Ok(route) => self.locator.locate(inputs, route).await,
+            Err(err) => vec![Err(err); inputs.len()],
+        };
+        self.metrics.answered_items(Api::Http, &outcomes);
+        outcomes
+    }
+}
+
+async fn openapi() -> Response {
+    let mut response = tagged(OPENAPI.into_response(), "openapi");
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let sampled = state.locator.sample().await;
+    let text = state.metrics.render(&sampled);
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    tagged(
+        ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], text).into_response(),
+        "metrics",
+    )
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    missing: Vec<String>,
+}
+
+/// The process is up and answering HTTP.
+async fn healthz() -> Response {
+    tagged(
+        json_body(&Health {
+            status: "ok",
+            missing: Vec::new(),
+        }),
+        "healthz",
+    )
+}
+
+/// 200 when every table the routes need can be read and holds rows;
+/// otherwise 503 naming what is missing.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let missing = state.locator.sample().await.missing();
+    let response = if missing.is_empty() {
+        json_body(&Health {
+            status: "ready",
+            missing,
+        })
+    } else {
+        let mut response = json_body(&Health {
+            status: "not ready",
+            missing,
+        });
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response
+    };
+    tagged(response, "readyz")
+}

@@ -1,0 +1,104 @@
+//! The HTTP listener beside the Thrift port: the old service's JSON API,
+//! Prometheus metrics and health checks. It uses the same lookups as the
+//! Thrift handler and never touches the database itself.
+//!
+//! Every connection and request is bounded: connections over the cap are
+//! closed at once, headers must arrive within the request timeout, bodies
+//! have a size limit, requests in flight have a cap (over it, 503 at once),
+//! and each request has a deadline.
+
+mod api;
+mod json;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::metrics::{Api, Metrics};
+use crate::server::CapWarning;
+use crate::service::Locator;
+
+/// Limits that protect the HTTP listener from its peers.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    /// Requests handled at once; more get 503 at once.
+    pub max_in_flight: usize,
+    /// Largest request body in bytes.
+    pub max_body: usize,
+    /// How long a request may take: its headers to arrive, and then the
+    /// whole of its body and its answer.
+    pub timeout: Duration,
+    /// How long open requests may take to finish after shutdown begins.
+    pub shutdown_timeout: Duration,
+    /// Most IPs in one batch, as for Thrift.
+    pub max_batch: usize,
+}
+
+/// Serves the HTTP API on `listener` until `shutdown` completes, then lets
+/// open requests finish (up to `limits.shutdown_timeout`).
+pub async fn run(
+    listener: TcpListener,
+    locator: Locator,
+    metrics: Arc<Metrics>,
+    limits: HttpLimits,
+    shutdown: impl Future,
+) {
+    let router = api::router(locator, metrics.clone(), &limits);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut cap = CapWarning::new(Api::Http, limits.max_connections);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.timeout);
+
+    // Ends the connections still open when the shutdown timeout expires.
+    let abandon = CancellationToken::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    warn!(error = %err, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.connection_refused(Api::Http);
+            cap.reached();
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let open = metrics.connection_opened(Api::Http);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let abandon = abandon.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = connection => {}
+                () = abandon.cancelled() => {}
+            }
+            drop((permit, open));
+        });
+    }
+    drop(listener);
+    info!("HTTP: draining connections");
+    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("HTTP shutdown timeout reached; dropping unfinished requests");
+    }
+    abandon.cancel();
+}
