@@ -70,8 +70,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn init_tracing(format: LogFormat) {
     // tokio-postgres logs every server NOTICE ("relation ... already exists,
     // skipping") at INFO; those are chatter, not events.
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres::connection=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres::connection=warn,refinery_core=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

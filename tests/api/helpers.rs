@@ -202,6 +202,8 @@ pub fn mmdb_with_country(network: &str, country: &str) -> Vec<u8> {
 /// A running server on an ephemeral port, stopped when dropped.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The HTTP listener, if the settings turned it on.
+    pub http_addr: Option<SocketAddr>,
     db: Option<TestDb>,
     _mmdb: Option<tempfile::TempPath>,
     stop: Option<oneshot::Sender<()>>,
@@ -280,6 +282,7 @@ impl TestApp {
             max_connections: 64,
             read_timeout: Duration::from_millis(500),
             shutdown_timeout: Duration::from_secs(5),
+            http_addr: "127.0.0.1:0".to_owned(),
             ..Settings::new("127.0.0.1:0")
         };
         Self::start(settings, db, mmdb).await
@@ -289,12 +292,14 @@ impl TestApp {
     pub async fn start(settings: Settings, db: Option<TestDb>, mmdb: Option<tempfile::TempPath>) -> TestApp {
         let app = Application::build(&settings).await.expect("build the server");
         let addr = app.local_addr();
+        let http_addr = app.http_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
         TestApp {
             addr,
+            http_addr,
             db,
             _mmdb: mmdb,
             stop: Some(stop),

@@ -7,6 +7,7 @@ mod helpers;
 
 mod cli;
 mod files;
+mod http;
 mod import;
 mod lookup;
 mod memory;

@@ -1,0 +1,425 @@
+//! The HTTP API over real TCP: the old endpoints and their status codes,
+//! batches and limits, the same answers as Thrift, `/metrics` and the
+//! health checks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use xm_ip_service::client::{Protocol, Transport};
+use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
+
+use crate::helpers::{strings, Options, TestApp};
+
+/// A status code and a body, from one request on its own connection.
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends `method path` with `body` as bytes, the way a plain client would,
+/// and reads the whole answer.
+async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> Answer {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    if let Some(body) = body {
+        // A body over the limit may be refused before it is all sent.
+        let _ = stream.write_all(body).await;
+    }
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read the answer");
+    let text = String::from_utf8(raw).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    Answer {
+        status,
+        body: body.to_owned(),
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Answer {
+    request(addr, "GET", path, None).await
+}
+
+async fn post(addr: SocketAddr, body: &str) -> Answer {
+    request(addr, "POST", "/api/ip_query", Some(body.as_bytes())).await
+}
+
+fn http(app: &TestApp) -> SocketAddr {
+    app.http_addr.expect("the test server listens for HTTP")
+}
+
+#[tokio::test]
+async fn the_old_endpoints_answer_with_the_old_status_codes() {
+    let app = TestApp::spawn().await;
+    let addr = http(&app);
+
+    let found = get(addr, "/api/ip_query?ip=183.62.57.1").await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    let g = found.json();
+    assert_eq!(
+        (
+            &g["ip"],
+            &g["geoip_province_name"],
+            &g["geoip_city_name"],
+            &g["geoip_carrier"]
+        ),
+        (&json!("183.62.57.1"), &json!("广东"), &json!("广州"), &json!("电信"))
+    );
+    assert_eq!((&g["error_no"], &g["geoip_source"]), (&json!(0), &json!("cn")));
+
+    // The old POST body, unchanged.
+    let posted = post(addr, r#"{"ip": "183.62.57.1"}"#).await;
+    assert_eq!(posted.status, 200, "{}", posted.body);
+    assert_eq!(posted.json(), g);
+
+    let english = get(addr, "/api/ip_query?ip=183.62.57.1&lang=en").await;
+    assert_eq!(english.json()["geoip_city_name"], "Guangzhou");
+
+    let missing = get(addr, "/api/ip_query").await;
+    assert_eq!(missing.status, 400);
+    assert!(
+        missing.json()["error"].as_str().unwrap().contains("\"ip\""),
+        "{}",
+        missing.body
+    );
+
+    let invalid = get(addr, "/api/ip_query?ip=not-an-ip").await;
+    assert_eq!(invalid.status, 400);
+    assert_eq!(invalid.json()["error_no"], 1);
+    assert!(invalid.json()["error_msg"].as_str().unwrap().contains("not-an-ip"));
+
+    let bad_lang = get(addr, "/api/ip_query?ip=8.8.8.8&lang=xx").await;
+    assert_eq!((bad_lang.status, bad_lang.json()["error_no"].clone()), (400, json!(4)));
+
+    // No table row and nothing in MaxMind.
+    let unknown = get(addr, "/api/ip_query?ip=100.64.0.1").await;
+    assert_eq!(unknown.status, 501, "{}", unknown.body);
+    assert_eq!(unknown.json()["error_no"], 2);
+
+    // Only the database knows 9.9.9.9; with it gone the backend failed.
+    app.db().cut_off().await;
+    let failed = get(addr, "/api/ip_query?ip=9.9.9.9").await;
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    assert_eq!(failed.json()["error_no"], 3);
+    app.db().restore().await;
+
+    let nowhere = get(addr, "/nowhere").await;
+    assert_eq!(nowhere.status, 404);
+    assert!(nowhere.json()["error"].is_string());
+}
+
+#[tokio::test]
+async fn batches_answer_in_order_within_the_limits() {
+    let app = TestApp::spawn_with(Options {
+        max_batch: 3,
+        ..Options::default()
+    })
+    .await;
+    let addr = http(&app);
+
+    let batch = post(addr, r#"{"ips": ["8.8.8.8", "bad", "183.62.57.1"], "lang": "en"}"#).await;
+    assert_eq!(batch.status, 200, "{}", batch.body);
+    let answers = batch.json();
+    let summary: Vec<(Value, Value, Value)> = answers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["ip"].clone(), g["error_no"].clone(), g["geoip_country_name"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (json!("8.8.8.8"), json!(0), json!("United States")),
+            (json!("bad"), json!(1), json!("")),
+            (json!("183.62.57.1"), json!(0), json!("China")),
+        ]
+    );
+    // An error item carries none of the optional answer fields.
+    assert!(answers[1].get("geoip_source").is_none());
+
+    let over = post(addr, r#"{"ips": ["1.1.1.1", "1.1.1.2", "1.1.1.3", "1.1.1.4"]}"#).await;
+    assert_eq!(over.status, 413);
+    let message = over.json()["error"].as_str().unwrap().to_owned();
+    assert!(message.contains('4') && message.contains('3'), "{message}");
+
+    let empty = post(addr, r#"{"ips": []}"#).await;
+    assert_eq!((empty.status, empty.json()), (200, json!([])));
+
+    let not_json = post(addr, "ip=1.2.3.4").await;
+    assert_eq!(not_json.status, 400);
+    assert!(not_json.json()["error"].as_str().unwrap().contains("JSON"));
+
+    let wrong_type = post(addr, r#"{"ips": [1, 2]}"#).await;
+    assert_eq!(wrong_type.status, 400, "{}", wrong_type.body);
+
+    let both = post(addr, r#"{"ip": "1.1.1.1", "ips": ["1.1.1.1"]}"#).await;
+    assert_eq!(both.status, 400);
+
+    let neither = post(addr, r#"{"lang": "en"}"#).await;
+    assert_eq!(neither.status, 400);
+
+    // Over the 1 MiB body limit.
+    let huge = format!(r#"{{"ips": ["{}"]}}"#, "1".repeat(2 << 20));
+    let oversized = post(addr, &huge).await;
+    assert_eq!(oversized.status, 413, "{}", oversized.body);
+    assert!(oversized.json()["error"].is_string());
+}
+
+/// A Thrift `GeoInfo` as the HTTP API spells it.
+fn as_json(g: &GeoInfo) -> Value {
+    let mut object = json!({
+        "ip": g.ip,
+        "geoip_country_code": g.geoip_country_code,
+        "geoip_country_name": g.geoip_country_name,
+        "geoip_city_code": g.geoip_city_code,
+        "geoip_city_name": g.geoip_city_name,
+        "error_no": g.error_no,
+        "geoip_province_code": g.geoip_province_code,
+        "geoip_province_name": g.geoip_province_name,
+        "geoip_carrier": g.geoip_carrier,
+        "error_msg": g.error_msg,
+        "geoip_start_ip": g.geoip_start_ip,
+        "geoip_end_ip": g.geoip_end_ip,
+    });
+    let optional = [
+        ("geoip_district_name", &g.geoip_district_name),
+        ("geoip_start_ip_str", &g.geoip_start_ip_str),
+        ("geoip_end_ip_str", &g.geoip_end_ip_str),
+        ("geoip_source", &g.geoip_source),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            object[name] = json!(value);
+        }
+    }
+    object
+}
+
+#[tokio::test]
+async fn http_and_thrift_give_the_same_answers_on_the_fixtures() {
+    let app = TestApp::spawn().await;
+    let ips = [
+        "183.62.57.1",
+        "8.8.8.8",
+        "9.9.9.9",
+        "10.0.0.1",
+        "1.1.1.1",
+        "5.5.5.5",
+        "203.0.113.1",
+        "0.0.0.1",
+        "255.255.255.255",
+        "240e:1::1",
+        "2001:4860::8888",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "::1",
+        "",
+        "1.2.3",
+        "example.com",
+    ];
+    for lang in ["zh-CN", "en", "de", "ja", "xx"] {
+        let request = GeoRequest::new(strings(&ips), lang.to_owned());
+        let thrift = app
+            .with_client(Transport::Framed, Protocol::Binary, move |c| c.query_geo_info(request))
+            .await
+            .expect("queryGeoInfo");
+        let body = json!({"ips": ips, "lang": lang}).to_string();
+        let over_http = post(http(&app), &body).await;
+        assert_eq!(over_http.status, 200, "{}", over_http.body);
+        let expected: Vec<Value> = thrift.iter().map(as_json).collect();
+        assert_eq!(over_http.json(), Value::Array(expected), "lang {lang}");
+    }
+    // And one at a time, without a lang, as queryGeoInfoByIP answers.
+    let thrift = app.by_ip(&ips).await;
+    for (ip, g) in ips.iter().zip(&thrift) {
+        let one = post(http(&app), &json!({ "ip": ip }).to_string()).await;
+        assert_eq!(one.json(), as_json(g), "{ip}");
+    }
+}
+
+/// The samples of a text exposition, by series (`name{labels}`).
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut series = HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        let bare = name.split('{').next().unwrap();
+        assert!(
+            bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad metric name: {line}"
+        );
+        if let Some(labels) = name.strip_prefix(bare) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+        series.insert(name.to_owned(), value);
+    }
+    assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF");
+    series
+}
+
+async fn scrape(app: &TestApp) -> HashMap<String, f64> {
+    let answer = get(http(app), "/metrics").await;
+    assert_eq!(answer.status, 200);
+    parse_metrics(&answer.body)
+}
+
+#[tokio::test]
+async fn metrics_parse_and_count_known_calls() {
+    let app = TestApp::spawn_with(Options {
+        max_batch: 5,
+        ..Options::default()
+    })
+    .await;
+    // Two Thrift calls on two connections: 3 table answers, 1 MaxMind, 2 invalid.
+    app.by_ip(&["183.62.57.1", "240e:1::1", "bad"]).await;
+    app.by_ip(&["183.62.57.1", "1.1.1.1", "1.2.3"]).await;
+    // One HTTP answer, one not found, one batch over the limit.
+    get(http(&app), "/api/ip_query?ip=183.62.57.1").await;
+    get(http(&app), "/api/ip_query?ip=100.64.0.1").await;
+    post(
+        http(&app),
+        r#"{"ips": ["1.1.1.1", "1.1.1.1", "1.1.1.1", "1.1.1.1", "1.1.1.1", "1.1.1.1"]}"#,
+    )
+    .await;
+
+    let m = scrape(&app).await;
+    let at = |series: &str| {
+        m.get(series)
+            .copied()
+            .unwrap_or_else(|| panic!("no {series} in {m:#?}"))
+    };
+    assert_eq!(
+        at(r#"xm_ip_requests_total{api="thrift",method="queryGeoInfoByIP",outcome="ok"}"#),
+        2.0
+    );
+    assert_eq!(at(r#"xm_ip_answers_total{api="thrift",error_no="0"}"#), 4.0);
+    assert_eq!(at(r#"xm_ip_answers_total{api="thrift",error_no="1"}"#), 2.0);
+    assert_eq!(
+        at(r#"xm_ip_requests_total{api="http",method="ip_query",outcome="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        at(r#"xm_ip_requests_total{api="http",method="ip_query",outcome="501"}"#),
+        1.0
+    );
+    assert_eq!(
+        at(r#"xm_ip_requests_total{api="http",method="ip_query_batch",outcome="413"}"#),
+        1.0
+    );
+    assert_eq!(at(r#"xm_ip_answers_total{api="http",error_no="2"}"#), 1.0);
+    assert_eq!(at(r#"xm_ip_rejected_total{api="http",reason="batch_over_limit"}"#), 1.0);
+    // 183.62.57.1 three times from cn, 240e:1::1 from v6, 1.1.1.1 from MaxMind.
+    assert_eq!(at(r#"xm_ip_lookups_total{source="cn"}"#), 3.0);
+    assert_eq!(at(r#"xm_ip_lookups_total{source="v6"}"#), 1.0);
+    assert_eq!(at(r#"xm_ip_lookups_total{source="maxmind"}"#), 1.0);
+    assert_eq!(at(r#"xm_ip_lookups_total{source="not_found"}"#), 1.0);
+    assert_eq!(at(r#"xm_ip_batch_size_count{api="thrift"}"#), 2.0);
+    assert_eq!(at(r#"xm_ip_batch_size_sum{api="thrift"}"#), 6.0);
+    assert_eq!(
+        at(r#"xm_ip_request_duration_seconds_count{api="thrift",method="queryGeoInfoByIP"}"#),
+        2.0
+    );
+    assert_eq!(at(r#"xm_ip_connections_accepted_total{api="thrift"}"#), 2.0);
+    assert_eq!(at(r#"xm_ip_table_rows{table="ip_service_cn"}"#), 7.0);
+    assert_eq!(at(r#"xm_ip_table_rows{table="ip_service_v6"}"#), 3.0);
+    assert_eq!(at("xm_ip_mmdb_build_epoch_seconds"), 1_700_000_000.0);
+    assert_eq!(at("xm_ip_db_pool_max_connections"), 4.0);
+    assert!(at(r#"xm_ip_db_query_duration_seconds_count{table="ip_service_cn"}"#) >= 1.0);
+
+    app.by_ip(&["1.1.1.1"]).await;
+    let after = scrape(&app).await;
+    assert_eq!(
+        after[r#"xm_ip_requests_total{api="thrift",method="queryGeoInfoByIP",outcome="ok"}"#], 3.0,
+        "the counter moves by exactly one call"
+    );
+    assert_eq!(
+        after[r#"xm_ip_requests_total{api="http",method="metrics",outcome="200"}"#],
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn readyz_follows_the_database_in_postgres_mode() {
+    let app = TestApp::spawn().await;
+    let addr = http(&app);
+    let health = get(addr, "/healthz").await;
+    assert_eq!((health.status, health.json()["status"].clone()), (200, json!("ok")));
+    let ready = get(addr, "/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+
+    app.db().cut_off().await;
+    let gone = get(addr, "/readyz").await;
+    assert_eq!(gone.status, 503, "{}", gone.body);
+    let missing = gone.json()["missing"][0].as_str().unwrap().to_owned();
+    assert!(missing.contains("cannot be read"), "{missing}");
+    // Alive all the same.
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+
+    app.db().restore().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = get(addr, "/readyz").await;
+        if answer.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready again: {}", answer.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_names_an_empty_table_in_memory_mode() {
+    let db = crate::helpers::TestDb::new().await.with_fixtures().await;
+    db.client()
+        .await
+        .batch_execute("DELETE FROM ip_service_en")
+        .await
+        .unwrap();
+    let app = TestApp::spawn_on(db, Options::memory()).await;
+    let answer = get(http(&app), "/readyz").await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.json()["missing"], json!(["table ip_service_en is empty"]));
+}
+
+#[tokio::test]
+async fn the_openapi_description_lists_the_endpoints() {
+    let app = TestApp::spawn().await;
+    let answer = get(http(&app), "/api/openapi.json").await;
+    assert_eq!(answer.status, 200);
+    let doc = answer.json();
+    assert_eq!(doc["openapi"], "3.0.3");
+    for path in ["/api/ip_query", "/metrics", "/healthz", "/readyz"] {
+        assert!(doc["paths"][path].is_object(), "{path} is not described");
+    }
+    let fields = doc["components"]["schemas"]["GeoInfo"]["properties"]
+        .as_object()
+        .unwrap();
+    assert_eq!(fields.len(), 16, "every GeoInfo field of the IDL");
+}
