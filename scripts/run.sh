@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the service on this machine, on :9090 (XM_IP_ADDR). Extra arguments
+# Runs the service on this machine: Thrift on :9090 (XM_IP_ADDR), HTTP on :8080 (XM_IP_HTTP_ADDR). Extra arguments
 # go to `xm-ip-service serve` (see `serve --help`).
 #
 # Without DATABASE_URL it needs only Rust: the service answers from the

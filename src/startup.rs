@@ -342,14 +342,14 @@ impl Application {
             )));
         }
 
-        let listener = TcpListener::bind(&settings.addr)
+        let listener = listen(&settings.addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.addr))?;
         let addr = listener.local_addr()?;
         let http = match settings.http_addr.as_str() {
             "off" => None,
             http_addr => {
-                let http_listener = TcpListener::bind(http_addr)
+                let http_listener = listen(http_addr)
                     .await
                     .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
                 info!(addr = %http_listener.local_addr()?, "HTTP API, /metrics and /readyz listening");
@@ -439,6 +439,28 @@ impl Application {
         self.handler.close();
         info!("stopped");
     }
+}
+
+/// Thousands of clients connecting at once (a balancer failing over, a
+/// load test) queue in the kernel rather than having their SYNs dropped
+/// and retried a second later; the kernel caps this at somaxconn.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` (host:port, names resolved) with [`LISTEN_BACKLOG`].
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")))
 }
 
 /// One line per table: ranges, distinct places, memory and data age; a

@@ -24,7 +24,9 @@ use crate::service::{Locator, Route, TableLang};
 
 const OPENAPI: &str = include_str!("openapi.json");
 
-#[derive(Clone)]
+/// Shared by every request; one reference count per request to clone.
+type Shared = Arc<AppState>;
+
 struct AppState {
     locator: Locator,
     metrics: Arc<Metrics>,
@@ -38,13 +40,13 @@ struct AppState {
 struct Endpoint(&'static str);
 
 pub(super) fn router(locator: Locator, metrics: Arc<Metrics>, limits: &HttpLimits) -> Router {
-    let state = AppState {
+    let state = Arc::new(AppState {
         locator,
         metrics,
         max_batch: limits.max_batch,
         in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
         timeout: limits.timeout,
-    };
+    });
     Router::new()
         .route("/api/ip_query", get(query_get).post(query_post))
         .route("/api/openapi.json", get(openapi))
@@ -62,7 +64,7 @@ pub(super) fn router(locator: Locator, metrics: Arc<Metrics>, limits: &HttpLimit
 
 /// Sheds load over the in-flight cap, bounds each request's time, and
 /// counts it.
-async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = match state.in_flight.try_acquire() {
         Err(_) => {
@@ -136,7 +138,7 @@ struct SingleQuery {
 }
 
 /// `GET /api/ip_query?ip=IP[&lang=LANG]`.
-async fn query_get(State(state): State<AppState>, query: Result<Query<SingleQuery>, QueryRejection>) -> Response {
+async fn query_get(State(state): State<Shared>, query: Result<Query<SingleQuery>, QueryRejection>) -> Response {
     let response = match query {
         Err(rejection) => state.bad_request(format!("bad query string: {}", rejection.body_text())),
         Ok(Query(SingleQuery { ip: None, .. })) => state.bad_request("missing the \"ip\" parameter".into()),
@@ -156,7 +158,7 @@ struct QueryBody {
 
 /// `POST /api/ip_query`. The body is read as JSON whatever its content
 /// type, as old clients send it.
-async fn query_post(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn query_post(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -276,7 +278,7 @@ async fn openapi() -> Response {
     response
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
+async fn metrics_text(State(state): State<Shared>) -> Response {
     let sampled = state.locator.sample().await;
     let text = state.metrics.render(&sampled);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -306,7 +308,7 @@ async fn healthz() -> Response {
 
 /// 200 when every table the routes need can be read and holds rows;
 /// otherwise 503 naming what is missing.
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Shared>) -> Response {
     let missing = state.locator.sample().await.missing();
     let response = if missing.is_empty() {
         json_body(&Health {

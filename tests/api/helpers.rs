@@ -220,6 +220,7 @@ pub struct Options {
     pub reload_interval: Duration,
     pub max_batch: usize,
     pub max_frame: usize,
+    pub max_connections: usize,
 }
 
 impl Default for Options {
@@ -232,6 +233,7 @@ impl Default for Options {
             reload_interval: Duration::from_secs(30),
             max_batch: 10_000,
             max_frame: 16_384_000,
+            max_connections: 64,
         }
     }
 }
@@ -279,7 +281,7 @@ impl TestApp {
             reload_interval: options.reload_interval,
             max_batch: options.max_batch,
             max_frame: options.max_frame,
-            max_connections: 64,
+            max_connections: options.max_connections,
             read_timeout: Duration::from_millis(500),
             shutdown_timeout: Duration::from_secs(5),
             http_addr: "127.0.0.1:0".to_owned(),

@@ -423,3 +423,39 @@ async fn the_openapi_description_lists_the_endpoints() {
         .unwrap();
     assert_eq!(fields.len(), 16, "every GeoInfo field of the IDL");
 }
+
+#[tokio::test]
+async fn thrift_connections_over_the_cap_are_closed_at_once_and_counted() {
+    let app = TestApp::spawn_with(Options {
+        max_connections: 2,
+        ..Options::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    // Both are accepted (and so counted) before the third arrives.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scrape(&app).await.get(r#"xm_ip_connections_open{api="thrift"}"#) != Some(&2.0) {
+        assert!(Instant::now() < deadline, "the two connections were not accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut third = TcpStream::connect(app.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut byte))
+        .await
+        .expect("closed at once, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let m = scrape(&app).await;
+    assert_eq!(m[r#"xm_ip_connections_refused_total{api="thrift"}"#], 1.0);
+
+    // A slot frees when a client leaves.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scrape(&app).await.get(r#"xm_ip_connections_open{api="thrift"}"#) != Some(&1.0) {
+        assert!(Instant::now() < deadline, "the closed connection still counts as open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.by_ip(&["183.62.57.1"]).await[0].error_no, Some(0));
+}
