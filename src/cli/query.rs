@@ -1,0 +1,78 @@
+//! `query`: ask a running server, print a table or JSON lines.
+
+use anyhow::Context;
+use unicode_width::UnicodeWidthStr;
+
+use super::QueryArgs;
+use crate::client::{self, to_json};
+use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
+
+/// Runs `query`: a blocking client, so it stays out of the async runtime.
+pub fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let mut client = client::connect(&args.addr, args.transport, args.protocol, args.timeout)
+        .with_context(|| format!("cannot connect to {}", args.addr))?;
+    let ips = args.ips.clone();
+    let answers = if args.i18n {
+        client.query_i18n_geo_info_by_i_p(ips)
+    } else if let Some(lang) = &args.lang {
+        client.query_geo_info(GeoRequest::new(ips, lang.clone()))
+    } else {
+        client.query_geo_info_by_i_p(ips)
+    }
+    .with_context(|| format!("query to {} failed", args.addr))?;
+
+    if args.json {
+        for answer in &answers {
+            println!("{}", to_json(answer));
+        }
+    } else {
+        print!("{}", table(&answers));
+    }
+    Ok(())
+}
+
+/// A table, one row per address; widths count display columns, so CJK
+/// names line up. An error row gives its number and message after the IP.
+fn table(answers: &[GeoInfo]) -> String {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let pair =
+        |code: &Option<String>, name: &Option<String>| format!("{} {}", text(code), text(name)).trim().to_owned();
+    let header = [
+        "IP", "SOURCE", "COUNTRY", "PROVINCE", "CITY", "DISTRICT", "CARRIER", "RANGE",
+    ];
+    let rows: Vec<Vec<String>> = answers
+        .iter()
+        .map(|g| match g.error_no.unwrap_or(0) {
+            0 => vec![
+                text(&g.ip),
+                text(&g.geoip_source),
+                pair(&g.geoip_country_code, &g.geoip_country_name),
+                pair(&g.geoip_province_code, &g.geoip_province_name),
+                pair(&g.geoip_city_code, &g.geoip_city_name),
+                text(&g.geoip_district_name),
+                text(&g.geoip_carrier),
+                format!("{} - {}", text(&g.geoip_start_ip_str), text(&g.geoip_end_ip_str)),
+            ],
+            n => vec![text(&g.ip), format!("error {n}: {}", text(&g.error_msg))],
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
+    for row in rows.iter().filter(|r| r.len() == header.len()) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.width());
+        }
+    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let last = row.len() - 1;
+        for (i, cell) in row.iter().enumerate() {
+            out.push_str(cell);
+            if i < last {
+                out.push_str(&" ".repeat(widths[i] - cell.width().min(widths[i]) + 2));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
