@@ -15,6 +15,7 @@
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`startup`]: settings and wiring; [`cli`] and [`client`] for the binary.
 //! - [`loadgen`]: the load generator behind `bench` and `compare`.
+//! - [`resolve`]: log-line parsing and the summary behind `resolve`.
 
 pub mod cli;
 pub mod client;
@@ -26,6 +27,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod mmdb;
 pub mod ranges;
+pub mod resolve;
 pub mod server;
 pub mod service;
 pub mod startup;

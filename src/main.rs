@@ -34,6 +34,7 @@ fn one_line(err: &anyhow::Error) -> String {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Query(args) => cli::query(args),
+        Command::Resolve(args) => runtime()?.block_on(cli::resolve(args)),
         Command::Bench(options) => cli::bench(options),
         Command::Compare(options) => {
             if !cli::compare(options)? {

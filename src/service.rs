@@ -44,7 +44,7 @@ impl Route {
     }
 
     /// The table asked for IPv4 and for IPv6 addresses, if any.
-    fn tables(self) -> (Option<Table>, Option<Table>) {
+    pub fn tables(self) -> (Option<Table>, Option<Table>) {
         match self {
             Route::Tables(TableLang::ZhCn) => (Some(Table::Cn), Some(Table::V6)),
             Route::Tables(TableLang::En) => (Some(Table::En), None),

@@ -23,7 +23,7 @@ use crate::metrics::{Metrics, TableState};
 use crate::mmdb::{GeoDb, MaxMind};
 use crate::ranges::Ranges;
 use crate::server::{self, Limits};
-use crate::service::Locator;
+use crate::service::{Locator, Route};
 use crate::store::{self, Reloader, Store, StoreConfig};
 use crate::thrift::Handler;
 
@@ -181,14 +181,49 @@ fn data_source(database_url: Option<&str>, data: Option<&Path>, lookup: Option<L
 pub async fn load_tables(database_url: Option<&str>, data: Option<&Path>, timeout: Duration) -> anyhow::Result<Tables> {
     Ok(match data_source(database_url, data, Some(LookupMode::Memory))? {
         Data::Postgres { url, .. } => Tables::new(store::load_tables(&url, timeout).await?),
-        Data::Files(files) => Tables::new(load_files(files).await?.tables),
+        Data::Files(files) => Tables::new(load_files(files, &Table::ALL).await?.tables),
     })
 }
 
-/// Reads `files` into indexes on a blocking-pool thread.
-async fn load_files(files: DataFiles) -> anyhow::Result<FileTables> {
+/// The lookups a server given these sources would make for `route`,
+/// without a server: PostgreSQL per call, or files (`data/` or the
+/// built-in sample when neither is given), reading only the tables the
+/// route asks. What `resolve` answers from offline.
+pub async fn open_locator(
+    database_url: Option<&str>,
+    data: Option<&Path>,
+    mmdb: Option<&Path>,
+    route: Route,
+    timeout: Duration,
+) -> anyhow::Result<Locator> {
+    let (ranges, maxmind) = match data_source(database_url, data, Some(LookupMode::Postgres))? {
+        Data::Postgres { url, .. } => {
+            let config = StoreConfig {
+                database_url: url,
+                pool_size: 8,
+                timeout,
+            };
+            (Ranges::Postgres(Store::new(&config, Arc::new(Metrics::new()))?), None)
+        }
+        Data::Files(files) => {
+            let (v4, v6) = route.tables();
+            let wanted: Vec<Table> = v4.into_iter().chain(v6).collect();
+            let opened = open_files(files, &wanted).await?;
+            (opened.ranges, opened.maxmind)
+        }
+    };
+    let maxmind = match mmdb {
+        Some(path) => Some(MaxMind::open(path)?),
+        None => maxmind,
+    };
+    Ok(Locator::new(ranges, maxmind))
+}
+
+/// Reads `files` into indexes of the `wanted` tables on a blocking-pool thread.
+async fn load_files(files: DataFiles, wanted: &[Table]) -> anyhow::Result<FileTables> {
     let origin = files.origin.clone();
-    let loaded = tokio::task::spawn_blocking(move || files.load())
+    let wanted = wanted.to_vec();
+    let loaded = tokio::task::spawn_blocking(move || files.load_only(&wanted))
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
         .with_context(|| format!("cannot load the tables from {origin}"))?;
@@ -245,7 +280,7 @@ async fn open_postgres(
                 .await
                 .with_context(|| format!("cannot load the tables from {described} into memory"))?;
             let tables = Arc::new(Tables::new(loaded));
-            log_tables(&tables, started.elapsed());
+            log_tables(&tables, &Table::ALL, started.elapsed());
             Opened {
                 ranges: Ranges::Memory(tables.clone()),
                 maxmind: None,
@@ -262,17 +297,17 @@ async fn open_postgres(
     })
 }
 
-async fn open_files(files: DataFiles) -> anyhow::Result<Opened> {
+async fn open_files(files: DataFiles, wanted: &[Table]) -> anyhow::Result<Opened> {
     let started = std::time::Instant::now();
     let source = files.origin.clone();
-    let loaded = load_files(files).await?;
+    let loaded = load_files(files, wanted).await?;
     let maxmind = match &loaded.mmdb {
         Some(FileSource::Path(path)) => Some(MaxMind::open(path)?),
         Some(FileSource::Builtin(bytes)) => Some(MaxMind::fixed(GeoDb::from_static(bytes, "built-in sample")?)),
         None => None,
     };
     let tables = Arc::new(Tables::new(loaded.tables));
-    log_tables(&tables, started.elapsed());
+    log_tables(&tables, wanted, started.elapsed());
     crate::index::release_free_memory();
     Ok(Opened {
         ranges: Ranges::Memory(tables),
@@ -323,7 +358,7 @@ impl Application {
             reloader,
         } = match data {
             Data::Postgres { url, mode } => open_postgres(url, mode, settings, &metrics).await?,
-            Data::Files(files) => open_files(files).await?,
+            Data::Files(files) => open_files(files, &Table::ALL).await?,
         };
         if let Some(reloader) = reloader {
             background.push(tokio::spawn(reloader.run(wake.clone(), stop.clone())));
@@ -465,8 +500,8 @@ async fn listen(addr: &str) -> std::io::Result<TcpListener> {
 
 /// One line per table: ranges, distinct places, memory and data age; a
 /// warning for each empty table, whose addresses only MaxMind can answer.
-fn log_tables(tables: &Tables, took: Duration) {
-    for table in Table::ALL {
+fn log_tables(tables: &Tables, wanted: &[Table], took: Duration) {
+    for &table in wanted {
         let snapshot = tables.snapshot(table);
         let index = &snapshot.index;
         info!(

@@ -6,12 +6,14 @@ mod export;
 mod import;
 mod migrate;
 mod query;
+mod resolve;
 
 pub use bench::{bench, compare};
 pub use export::export;
 pub use import::import;
 pub use migrate::migrate;
 pub use query::query;
+pub use resolve::resolve;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,6 +57,10 @@ pub enum Command {
     },
     /// Ask a running server where addresses are.
     Query(QueryArgs),
+    /// Locate every address in files or log lines, in bulk: through a
+    /// server (--addr), or offline from files (--data) or PostgreSQL
+    /// (--database-url). Prints one CSV or JSON row per input, then a summary.
+    Resolve(ResolveArgs),
     /// Load an IP database file into a range table, atomically.
     Import(ImportArgs),
     /// Load a running server for a fixed time and report throughput and latency.
@@ -120,4 +126,59 @@ pub struct QueryArgs {
     /// Print JSON, one object per address, instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResolveArgs {
+    /// Files to read, one address per line or log lines (see --field);
+    /// standard input when none are given, or for "-".
+    pub files: Vec<PathBuf>,
+    /// Take the address from this whitespace-separated field (1-based) of
+    /// each line, without a #port or :port suffix (BIND: `client @0x… 1.2.3.4#53`).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub field: Option<u16>,
+    /// Resolve and print each distinct address once, in order of first sight.
+    #[arg(long)]
+    pub unique: bool,
+    /// Ask this running server over Thrift.
+    #[arg(long, conflicts_with_all = ["data", "database_url"])]
+    pub addr: Option<String>,
+    /// Answer offline from the IP database files in this directory, as
+    /// `serve --data` does.
+    #[arg(long, conflicts_with = "database_url")]
+    pub data: Option<PathBuf>,
+    /// Answer offline from the tables in this PostgreSQL database.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// GeoIP2/GeoLite2 City database for the MaxMind fallback offline.
+    #[arg(long, conflicts_with = "addr")]
+    pub mmdb: Option<PathBuf>,
+    /// Answer language, as queryGeoInfo's lang; without it, queryGeoInfoByIP (zh-CN).
+    #[arg(long)]
+    pub lang: Option<String>,
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: ResolveFormat,
+    /// Write the rows here instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// How many of the most frequent countries, provinces and carriers the
+    /// summary lists.
+    #[arg(long, default_value_t = 10)]
+    pub summary: usize,
+    /// Batches in flight at once (connections to the server).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Addresses per request; at most the server's --max-batch.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch: usize,
+    /// Give up on the server or the database after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResolveFormat {
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
 }

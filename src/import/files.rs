@@ -225,7 +225,14 @@ impl DataFiles {
     /// Reads every table the files give, in parallel, into indexes. A table
     /// no file gives is left out (and so served empty).
     pub fn load(&self) -> Result<FileTables, ImportError> {
-        let Plan { tables: plan, mmdb } = self.plan()?;
+        self.load_only(&Table::ALL)
+    }
+
+    /// As [`DataFiles::load`], but only the tables in `wanted`; the others
+    /// are left out (and so served empty).
+    pub fn load_only(&self, wanted: &[Table]) -> Result<FileTables, ImportError> {
+        let Plan { tables: mut plan, mmdb } = self.plan()?;
+        plan.retain(|(table, _)| wanted.contains(table));
         // Read each file once, however many tables it feeds.
         let mut contents: Vec<(&str, Cow<'static, [u8]>)> = Vec::new();
         for (_, file) in &plan {

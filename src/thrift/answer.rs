@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::codec::Protocol;
+use super::GeoInfo;
 use crate::domain::{Located, Outcome};
 
 /// Field types, by protocol.
@@ -233,6 +234,50 @@ pub fn write_answer(out: &mut Vec<u8>, protocol: Protocol, input: &str, outcome:
 
 /// `geoip_start_ip`/`geoip_end_ip`: an IPv4 address as a number; IPv6 has
 /// no 64-bit form and is 0.
+/// The `GeoInfo` of an outcome, as the generated types hold it: what a
+/// Thrift client decodes from the bytes [`Fields::answer`] writes.
+pub fn geo_info(input: &str, outcome: &Outcome) -> GeoInfo {
+    let text = |s: &str| Some(s.to_owned());
+    match outcome {
+        Ok(found) => GeoInfo {
+            ip: text(input),
+            geoip_country_code: text(found.place.country_code()),
+            geoip_country_name: text(found.place.country_name()),
+            geoip_city_code: text(found.place.city_code()),
+            geoip_city_name: text(found.place.city_name()),
+            error_no: Some(0),
+            geoip_province_code: text(found.place.province_code()),
+            geoip_province_name: text(found.place.province_name()),
+            geoip_carrier: text(found.place.carrier()),
+            error_msg: text(""),
+            geoip_start_ip: Some(found.bounds_as_int().0),
+            geoip_end_ip: Some(found.bounds_as_int().1),
+            geoip_district_name: text(found.place.district_name()),
+            geoip_start_ip_str: Some(found.start.to_string()),
+            geoip_end_ip_str: Some(found.end.to_string()),
+            geoip_source: text(found.source.as_str()),
+        },
+        Err(err) => GeoInfo {
+            ip: text(input),
+            geoip_country_code: text(""),
+            geoip_country_name: text(""),
+            geoip_city_code: text(""),
+            geoip_city_name: text(""),
+            error_no: Some(err.error_no()),
+            geoip_province_code: text(""),
+            geoip_province_name: text(""),
+            geoip_carrier: text(""),
+            error_msg: Some(err.to_string()),
+            geoip_start_ip: Some(0),
+            geoip_end_ip: Some(0),
+            geoip_district_name: None,
+            geoip_start_ip_str: None,
+            geoip_end_ip_str: None,
+            geoip_source: None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use thrift::protocol::{
@@ -243,50 +288,6 @@ mod tests {
     use super::*;
     use crate::domain::{LookupError, Place, Source};
     use crate::thrift::codec::{encode, Framing, Reply, Wire};
-    use crate::thrift::GeoInfo;
-
-    /// The `GeoInfo` the generated writer would be given for an outcome.
-    fn geo_info(input: &str, outcome: &Outcome) -> GeoInfo {
-        let text = |s: &str| Some(s.to_owned());
-        match outcome {
-            Ok(found) => GeoInfo {
-                ip: text(input),
-                geoip_country_code: text(found.place.country_code()),
-                geoip_country_name: text(found.place.country_name()),
-                geoip_city_code: text(found.place.city_code()),
-                geoip_city_name: text(found.place.city_name()),
-                error_no: Some(0),
-                geoip_province_code: text(found.place.province_code()),
-                geoip_province_name: text(found.place.province_name()),
-                geoip_carrier: text(found.place.carrier()),
-                error_msg: text(""),
-                geoip_start_ip: Some(found.bounds_as_int().0),
-                geoip_end_ip: Some(found.bounds_as_int().1),
-                geoip_district_name: text(found.place.district_name()),
-                geoip_start_ip_str: Some(found.start.to_string()),
-                geoip_end_ip_str: Some(found.end.to_string()),
-                geoip_source: text(found.source.as_str()),
-            },
-            Err(err) => GeoInfo {
-                ip: text(input),
-                geoip_country_code: text(""),
-                geoip_country_name: text(""),
-                geoip_city_code: text(""),
-                geoip_city_name: text(""),
-                error_no: Some(err.error_no()),
-                geoip_province_code: text(""),
-                geoip_province_name: text(""),
-                geoip_carrier: text(""),
-                error_msg: Some(err.to_string()),
-                geoip_start_ip: Some(0),
-                geoip_end_ip: Some(0),
-                geoip_district_name: None,
-                geoip_start_ip_str: None,
-                geoip_end_ip_str: None,
-                geoip_source: None,
-            },
-        }
-    }
 
     /// A whole reply as the crate's protocols and the generated writer make it.
     fn generated_reply(o: &mut dyn TOutputProtocol, inputs: &[String], outcomes: &[Outcome]) {

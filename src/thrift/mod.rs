@@ -9,5 +9,6 @@ pub mod codec;
 pub mod generated;
 mod handler;
 
+pub use answer::geo_info;
 pub use generated::{GeoInfo, GeoRequest, IPServiceSyncClient, TIPServiceSyncClient};
 pub use handler::Handler;

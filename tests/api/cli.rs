@@ -10,7 +10,7 @@ use crate::helpers::{fixture_mmdb, TestApp, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_xm-ip-service");
 
-async fn run(args: &[&str]) -> (bool, String, String) {
+pub async fn run(args: &[&str]) -> (bool, String, String) {
     // Away from the checkout's data/, so that nothing depends on whether
     // scripts/fetch-data.sh has run.
     let cwd = tempfile::tempdir().unwrap();

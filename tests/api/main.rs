@@ -14,5 +14,6 @@ mod memory;
 mod python_client;
 mod real_data;
 mod resilience;
+mod resolve;
 mod storage;
 mod wire;

