@@ -2,8 +2,11 @@
 # Resolver benchmark: a generated 1,000,000-line BIND query log (random
 # addresses, field 6; scripts/gen-dns-log.py) resolved through a local
 # server holding the real data in memory, and offline from the same files.
-# Prints wall-clock seconds, start-up included for the offline run.
+# Prints wall-clock seconds, start-up included for the offline runs.
 #
+# With DATABASE_URL (tables loaded with the real data), the server runs in
+# memory mode from PostgreSQL and the offline runs include --database-url;
+# without it, the server serves the files (`serve --data data`).
 # LINES (default 1000000) sets the log's length.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +25,12 @@ trap cleanup EXIT
 cargo build --release --quiet
 python3 scripts/gen-dns-log.py "$lines" >"$out/dns.log"
 
-RUST_LOG=warn "$bin" serve --data data --addr "127.0.0.1:$port" --http-addr off >"$out/server.log" 2>&1 &
+if [ -n "${DATABASE_URL:-}" ]; then
+  source_args=(--database-url "$DATABASE_URL" --lookup memory --mmdb data/GeoLite2-City.mmdb)
+else
+  source_args=(--data data)
+fi
+RUST_LOG=warn "$bin" serve "${source_args[@]}" --addr "127.0.0.1:$port" --http-addr off >"$out/server.log" 2>&1 &
 server=$!
 until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
   kill -0 "$server" 2>/dev/null || { cat "$out/server.log" >&2; exit 1; }
@@ -45,5 +53,10 @@ echo "|---|---:|---|"
 timed "through the server (--addr, 4 connections, batches of 10,000)" --addr "127.0.0.1:$port"
 timed "offline (--data data, start-up included)" --data data
 timed "through the server, --unique" --addr "127.0.0.1:$port" --unique
+if [ -n "${DATABASE_URL:-}" ]; then
+  timed "offline (--database-url, start-up included)" --database-url "$DATABASE_URL" --mmdb data/GeoLite2-City.mmdb
+  cmp -s "$out/offline (--data data, start-up included).csv" "$out/offline (--database-url, start-up included).csv" &&
+    echo "bench-resolve: files and PostgreSQL rows identical" >&2
+fi
 cmp -s "$out/through the server (--addr, 4 connections, batches of 10,000).csv" \
   "$out/offline (--data data, start-up included).csv" && echo "bench-resolve: server and offline rows identical" >&2
