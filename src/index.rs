@@ -19,7 +19,7 @@ use hashbrown::HashTable;
 use crate::domain::{Family, Located, Place, Source, Table};
 
 /// A range bound: `u32` for IPv4, `u128` for IPv6.
-pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + 'static {
+pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
     /// How many bits a crowded slot's second-level table splits on.
     const SUB_BITS: u32;
     /// The first-level slot: the key's top 16 bits.
@@ -428,6 +428,15 @@ impl TableIndex {
         match self {
             TableIndex::V4(index) => index.places(),
             TableIndex::V6(index) => index.places(),
+        }
+    }
+
+    /// Every range in address order, bounds widened (IPv4 in the low 32
+    /// bits), for comparing with other range lists.
+    pub fn ranges(&self) -> Box<dyn Iterator<Item = (u128, u128, &Place)> + '_> {
+        match self {
+            TableIndex::V4(index) => Box::new(index.ranges().map(|(s, e, p)| (s.into(), e.into(), p))),
+            TableIndex::V6(index) => Box::new(index.ranges()),
         }
     }
 

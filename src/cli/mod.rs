@@ -96,11 +96,29 @@ pub struct ImportArgs {
     /// Reload even if this file is already the live data.
     #[arg(long)]
     pub force: bool,
+    /// Report what the import would change (against the live table) and
+    /// change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Refuse to swap in an update that changes more than this percentage
+    /// of the live table's addresses (changed or no longer covered).
+    #[arg(long, value_name = "PERCENT", value_parser = percent)]
+    pub max_change: Option<f64>,
+    /// Print the change report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
     /// How rows reach PostgreSQL; `insert` exists only for the benchmark.
     #[arg(long, value_enum, default_value = "copy", hide = true)]
     pub method: LoadMethod,
     /// The ipdb, mmdb or CSV file.
     pub file: PathBuf,
+}
+
+fn percent(text: &str) -> Result<f64, String> {
+    match text.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 100")),
+    }
 }
 
 #[derive(Debug, clap::Args)]

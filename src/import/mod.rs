@@ -1,27 +1,35 @@
 //! Loading IP databases into the range tables.
 //!
 //! A source file (`ipdb`, `mmdb` or `csv`) becomes sorted, validated
-//! [`Range`]s; [`load`] then COPYs them into a staging table inside one
-//! transaction, indexes it and swaps it in, so readers see the old table
-//! until the commit and the new one after it, and a failure anywhere
-//! leaves the live table as it was.
+//! [`Range`]s; [`load`] compares them with the live table ([`change`]),
+//! then COPYs them into a staging table inside one transaction, indexes it
+//! and swaps it in ([`swap`]), so readers see the old table until the
+//! commit and the new one after it, and a failure anywhere leaves the live
+//! table as it was.
 
+pub mod change;
 mod codes;
 mod csv_file;
+mod export;
 mod files;
+mod history;
 mod ipdb;
 mod load;
 mod mmdb_file;
 mod progress;
+mod swap;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use change::ChangeReport;
 pub use codes::Codes;
 pub use csv_file::COLUMNS as CSV_COLUMNS;
+pub use export::export;
 pub use files::{DataFiles, FileSource, FileTables};
-pub use load::{export, import, ImportOptions, LoadMethod, Outcome, RELOAD_CHANNEL};
+pub use load::{import, ImportOptions, Outcome};
+pub use swap::{LoadMethod, RELOAD_CHANNEL};
 
 pub use crate::domain::Family;
 use crate::domain::{Lang, Place};
@@ -151,6 +159,14 @@ pub enum ImportError {
     Files { origin: String, reason: String },
     #[error("another import into {0} is running")]
     Busy(&'static str),
+    #[error(
+        "refused: {:.2}% of {}'s live addresses would change, over the limit of {limit}%",
+        report.changed_percent,
+        report.table
+    )]
+    TooMuchChange { limit: f64, report: Box<ChangeReport> },
+    #[error("cannot read the live table to compare: {0}")]
+    Live(#[source] crate::store::StoreError),
     #[error("database: {0}")]
     Database(#[from] tokio_postgres::Error),
 }

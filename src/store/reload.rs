@@ -16,7 +16,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::snapshot::{connect_for, load_aside, version};
+use super::snapshot::{change_summary, connect_for, load_aside, version};
 use super::StoreError;
 use crate::domain::Table;
 use crate::import::RELOAD_CHANNEL;
@@ -146,29 +146,31 @@ impl Reloader {
     async fn check(&self, tables: &[Table], stop: &CancellationToken) {
         let versions = async {
             let client = connect_for(&self.database_url, self.timeout, "reload check").await?;
-            let mut versions = Vec::new();
+            let mut changed = Vec::new();
             for &table in tables {
-                versions.push((table, version(&client, table).await?));
+                let now = version(&client, table).await?;
+                if self.tables.snapshot(table).version != now {
+                    changed.push((table, change_summary(&client, now).await?));
+                }
             }
-            Ok::<_, StoreError>(versions)
+            Ok::<_, StoreError>(changed)
         };
         let versions = match tokio::time::timeout(self.timeout * 2, versions).await {
             Ok(Ok(versions)) => versions,
             Ok(Err(err)) => return warn!(error = %err, "cannot check the tables for changes"),
             Err(_) => return warn!(timeout = ?self.timeout * 2, "checking the tables for changes timed out"),
         };
-        for (table, now) in versions {
-            if self.tables.snapshot(table).version == now {
-                continue;
-            }
+        for (table, change) in versions {
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = self.rebuild(table) => {}
+                () = self.rebuild(table, change) => {}
             }
         }
     }
 
-    async fn rebuild(&self, table: Table) {
+    /// Loads `table` again and swaps it in; `change` is the summary line
+    /// of the import that made the new data, for the log.
+    async fn rebuild(&self, table: Table, change: Option<String>) {
         let started = Instant::now();
         match load_aside(self.database_url.clone(), self.timeout, table).await {
             Ok(snapshot) => {
@@ -177,6 +179,7 @@ impl Reloader {
                     ranges = snapshot.index.len(),
                     places = snapshot.index.places(),
                     seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+                    change = change.as_deref().unwrap_or("unknown"),
                     "reloaded into memory"
                 );
                 if snapshot.index.is_empty() {

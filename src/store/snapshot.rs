@@ -111,6 +111,18 @@ pub async fn version(client: &impl GenericClient, table: Table) -> Result<Versio
     })
 }
 
+/// The summary line of the change report of the import behind `version`.
+pub async fn change_summary(client: &impl GenericClient, version: Version) -> Result<Option<String>, StoreError> {
+    let Some(id) = version.import_id else { return Ok(None) };
+    let row = client
+        .query_opt(
+            "SELECT change_report->>'summary' FROM ip_service_imports WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(row.and_then(|row| row.get(0)))
+}
+
 /// The import whose data a table holds.
 #[derive(Debug, Clone, Copy)]
 pub struct LiveImport {

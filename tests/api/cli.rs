@@ -357,8 +357,13 @@ async fn import_prints_a_summary_then_a_no_op_and_export_writes_csv() {
 
     let (ok, stdout, stderr) = run(&["import", "--table", "cn", "--database-url", &db.url, path]).await;
     assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("change report for ip_service_cn\n"), "{stdout}");
     assert!(
-        stdout.starts_with("imported 1 rows into ip_service_cn (0 ranges merged) in "),
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("imported 1 rows into ip_service_cn (0 ranges merged) in "),
         "{stdout}"
     );
     let (ok, stdout, _) = run(&["import", "--table", "cn", "--database-url", &db.url, path]).await;

@@ -117,6 +117,8 @@ async fn import_all(db: &TestDb, dir: &Path) {
             ipdb_language: None,
             force: false,
             method: LoadMethod::Copy,
+            dry_run: false,
+            max_change: None,
         };
         import::import(&mut client, &options).await.unwrap();
     }

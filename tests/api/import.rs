@@ -20,6 +20,8 @@ fn options(table: Table, file: &Path) -> ImportOptions {
         ipdb_language: None,
         force: false,
         method: LoadMethod::Copy,
+        dry_run: false,
+        max_change: None,
     }
 }
 

@@ -5,6 +5,7 @@
 mod writers;
 mod helpers;
 
+mod change_report;
 mod cli;
 mod files;
 mod http;

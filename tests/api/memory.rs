@@ -213,6 +213,8 @@ async fn import_csv(db: &TestDb, dir: &tempfile::TempDir, carrier: &str) {
         ipdb_language: None,
         force: true,
         method: LoadMethod::Copy,
+        dry_run: false,
+        max_change: None,
     };
     import::import(&mut client, &options).await.unwrap();
 }

@@ -38,6 +38,8 @@ async fn real_qqwry_and_geolite2_answer_as_their_files_say() {
             ipdb_language: None,
             force: false,
             method: LoadMethod::Copy,
+            dry_run: false,
+            max_change: None,
         };
         let outcome = import::import(&mut client, &options).await.unwrap();
         assert!(

@@ -50,6 +50,8 @@ async fn database_and_files(dir: &Path) -> TestDb {
             ipdb_language: None,
             force: false,
             method: LoadMethod::Copy,
+            dry_run: false,
+            max_change: None,
         };
         import::import(&mut client, &options).await.unwrap();
     }

@@ -1,0 +1,199 @@
+//! The staged load and the atomic swap: the new rows go into a staging
+//! table beside the live one, by binary COPY, are indexed, and replace the
+//! live table, all in the caller's transaction.
+
+use std::error::Error as StdError;
+use std::net::IpAddr;
+use std::pin::pin;
+
+use bytes::BytesMut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::Transaction;
+
+use super::progress::Progress;
+use super::{Family, ImportError, Range};
+use crate::domain::Table;
+
+/// The channel told about every successful swap; the payload is the table.
+pub const RELOAD_CHANNEL: &str = "ip_service_reload";
+
+/// How rows reach the staging table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadMethod {
+    /// Binary COPY: the way to load.
+    Copy,
+    /// Multi-row INSERT, 1,000 rows a statement, as the original loader
+    /// did; kept only so the benchmark can compare.
+    Insert,
+}
+
+/// Builds the new table beside the live one and swaps it in, all inside
+/// `tx`: readers keep the old rows until the commit.
+pub(super) async fn swap_in(
+    tx: &Transaction<'_>,
+    table: Table,
+    ranges: &[Range],
+    method: LoadMethod,
+) -> Result<(), ImportError> {
+    let live = table.name();
+    let staging = format!("{live}_staging");
+    tx.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {staging};
+         CREATE TABLE {staging} (LIKE {live} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+         ALTER TABLE {staging} ALTER COLUMN id DROP DEFAULT;"
+    ))
+    .await?;
+
+    let mut progress = Progress::new(live, ranges.len() as u64);
+    match method {
+        LoadMethod::Copy => copy_rows(tx, &staging, table.family(), ranges, &mut progress).await?,
+        LoadMethod::Insert => insert_rows(tx, &staging, table.family(), ranges, &mut progress).await?,
+    }
+    progress.finish();
+
+    copy_privileges(tx, live, &staging).await?;
+
+    // Index after loading (faster than maintaining it row by row), then swap.
+    tx.batch_execute(&format!(
+        "ALTER TABLE {staging} ADD CONSTRAINT {staging}_pkey PRIMARY KEY (id);
+         CREATE UNIQUE INDEX {staging}_start_ip ON {staging} (start_ip);
+         CREATE SEQUENCE {staging}_id_seq OWNED BY {staging}.id;
+         SELECT setval('{staging}_id_seq', {rows});
+         ALTER TABLE {staging} ALTER COLUMN id SET DEFAULT nextval('{staging}_id_seq');
+         ANALYZE {staging};
+         DROP TABLE {live};
+         ALTER TABLE {staging} RENAME TO {live};
+         ALTER INDEX {staging}_pkey RENAME TO {live}_pkey;
+         ALTER INDEX {staging}_start_ip RENAME TO {live}_start_ip;
+         ALTER SEQUENCE {staging}_id_seq RENAME TO {live}_id_seq;
+         NOTIFY {RELOAD_CHANNEL}, '{live}';",
+        rows = ranges.len().max(1),
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Gives `staging` the live table's owner and grants, so that roles the
+/// service reads with keep their access after the swap.
+async fn copy_privileges(tx: &Transaction<'_>, live: &str, staging: &str) -> Result<(), ImportError> {
+    let statements = tx
+        .query(
+            "SELECT format('GRANT %s ON %I TO %s%s', a.privilege_type, $2::text, \
+                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
+                    CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+             FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a \
+             WHERE c.oid = $1::text::regclass AND a.grantee <> c.relowner \
+             UNION ALL \
+             SELECT format('ALTER TABLE %I OWNER TO %I', $2::text, pg_get_userbyid(c.relowner)) \
+             FROM pg_class c WHERE c.oid = $1::text::regclass AND pg_get_userbyid(c.relowner) <> current_user",
+            &[&live, &staging],
+        )
+        .await?;
+    for statement in statements {
+        tx.batch_execute(statement.get::<_, &str>(0)).await?;
+    }
+    Ok(())
+}
+
+const INSERT_COLUMNS: &str = "id, start_ip, end_ip, country_name, province_name, city_name, district_name, \
+                              carrier_name, country_code, province_code, city_code";
+
+/// A range bound as the table stores it: int8 for IPv4, inet for IPv6.
+#[derive(Debug)]
+struct Bound(Family, u128);
+
+impl ToSql for Bound {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match self.0 {
+            Family::V4 => (self.1 as i64).to_sql(ty, out),
+            Family::V6 => self.0.ip(self.1).to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <i64 as ToSql>::accepts(ty) || <IpAddr as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+/// One row's values in `INSERT_COLUMNS` order, from its place's fields
+/// (`Place::fields` order).
+fn row_params<'a>(id: &'a i64, bounds: &'a (Bound, Bound), fields: &'a [&'a str; 8]) -> [&'a (dyn ToSql + Sync); 11] {
+    let [country_code, country_name, province_code, province_name, city_code, city_name, district, carrier] = fields;
+    [
+        id,
+        &bounds.0,
+        &bounds.1,
+        country_name,
+        province_name,
+        city_name,
+        district,
+        carrier,
+        country_code,
+        province_code,
+        city_code,
+    ]
+}
+
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    staging: &str,
+    family: Family,
+    ranges: &[Range],
+    progress: &mut Progress,
+) -> Result<(), ImportError> {
+    let bound = if family == Family::V4 { Type::INT8 } else { Type::INET };
+    let mut types = vec![Type::INT8, bound.clone(), bound];
+    types.extend([Type::VARCHAR; 8]);
+    let sink = tx
+        .copy_in(&format!("COPY {staging} ({INSERT_COLUMNS}) FROM STDIN (FORMAT binary)"))
+        .await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+    for (chunk_index, chunk) in ranges.chunks(10_000).enumerate() {
+        for (i, range) in chunk.iter().enumerate() {
+            let id = (chunk_index * 10_000 + i + 1) as i64;
+            let bounds = (Bound(family, range.start), Bound(family, range.end));
+            writer
+                .as_mut()
+                .write(&row_params(&id, &bounds, &range.place.fields()))
+                .await?;
+        }
+        progress.add(chunk.len() as u64);
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+async fn insert_rows(
+    tx: &Transaction<'_>,
+    staging: &str,
+    family: Family,
+    ranges: &[Range],
+    progress: &mut Progress,
+) -> Result<(), ImportError> {
+    const ROWS_PER_STATEMENT: usize = 1_000;
+    for (chunk_index, chunk) in ranges.chunks(ROWS_PER_STATEMENT).enumerate() {
+        let ids: Vec<i64> = (0..chunk.len())
+            .map(|i| (chunk_index * ROWS_PER_STATEMENT + i + 1) as i64)
+            .collect();
+        let bounds: Vec<(Bound, Bound)> = chunk
+            .iter()
+            .map(|r| (Bound(family, r.start), Bound(family, r.end)))
+            .collect();
+        let fields: Vec<[&str; 8]> = chunk.iter().map(|r| r.place.fields()).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 11);
+        let mut tuples = Vec::with_capacity(chunk.len());
+        for i in 0..chunk.len() {
+            let row = row_params(&ids[i], &bounds[i], &fields[i]);
+            let placeholders: Vec<String> = (1..=row.len()).map(|k| format!("${}", params.len() + k)).collect();
+            tuples.push(format!("({})", placeholders.join(",")));
+            params.extend_from_slice(&row);
+        }
+        let sql = format!("INSERT INTO {staging} ({INSERT_COLUMNS}) VALUES {}", tuples.join(","));
+        tx.execute(&sql, &params).await?;
+        progress.add(chunk.len() as u64);
+    }
+    Ok(())
+}

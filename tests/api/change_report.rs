@@ -1,0 +1,249 @@
+//! The change report: what an import changes against the live table, the
+//! dry run that changes nothing, and the `--max-change` guard.
+
+use std::path::{Path, PathBuf};
+
+use xm_ip_service::import::{self, ImportError, ImportOptions, LoadMethod, Outcome};
+use xm_ip_service::store::{self, Table};
+
+use crate::cli::run;
+use crate::helpers::TestDb;
+
+const HEADER: &str = "start_ip,end_ip,country_name,province_name,city_name,district_name,carrier_name\n";
+
+/// 1,024 addresses in three ranges.
+const LIVE: &str = "1.0.0.0,1.0.0.255,中国,广东,广州,,电信
+1.0.1.0,1.0.1.255,中国,北京,北京,,联通
+1.0.2.0,1.0.3.255,中国,上海,上海,,移动
+";
+
+/// Against [`LIVE`]: 128 addresses move city, 256 change carrier, 256 lose
+/// cover and 256 gain it, so (384 + 256) / 1,024 = 62.5% change.
+const UPDATE: &str = "1.0.0.0,1.0.0.127,中国,广东,广州,,电信
+1.0.0.128,1.0.0.255,中国,广东,深圳,,电信
+1.0.1.0,1.0.1.255,中国,北京,北京,,电信
+1.0.2.0,1.0.2.255,中国,上海,上海,,移动
+1.0.4.0,1.0.4.255,中国,天津,天津,,联通
+";
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Files {
+        Files {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn csv(&self, name: &str, rows: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, format!("{HEADER}{rows}")).unwrap();
+        path
+    }
+}
+
+fn options(file: PathBuf) -> ImportOptions {
+    ImportOptions {
+        table: Table::Cn,
+        file,
+        format: None,
+        lang: None,
+        ipdb_language: None,
+        force: false,
+        method: LoadMethod::Copy,
+        dry_run: false,
+        max_change: None,
+    }
+}
+
+async fn import(db: &TestDb, options: &ImportOptions) -> Result<Outcome, ImportError> {
+    let mut client = store::connect(&db.url).await.unwrap();
+    import::import(&mut client, options).await
+}
+
+/// The live rows as (start, carrier, city), and the import history as
+/// (outcome, the stored report's changed_percent).
+async fn state(db: &TestDb) -> (Vec<(i64, String, String)>, Vec<(String, Option<f64>)>) {
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT start_ip, carrier_name, city_name FROM ip_service_cn ORDER BY start_ip",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let history = client
+        .query(
+            "SELECT outcome, (change_report->>'changed_percent')::float8 FROM ip_service_imports ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    (rows, history)
+}
+
+#[tokio::test]
+async fn an_update_reports_changes_by_field_cover_and_transitions_and_stores_it() {
+    let db = TestDb::new().await;
+    let files = Files::new();
+    let Outcome::Loaded { report: first, .. } = import(&db, &options(files.csv("v1.csv", LIVE))).await.unwrap() else {
+        panic!("not loaded")
+    };
+    assert_eq!(
+        (first.newly_covered.addresses, first.changed_percent),
+        (1024, 0.0),
+        "an empty table"
+    );
+
+    let Outcome::Loaded { report, .. } = import(&db, &options(files.csv("v2.csv", UPDATE))).await.unwrap() else {
+        panic!("not loaded")
+    };
+    assert_eq!((report.live.addresses, report.live.ranges), (1024, 3));
+    assert_eq!((report.new.addresses, report.new.ranges), (1024, 5));
+    assert_eq!((report.changed.addresses, report.changed.ranges), (384, 2));
+    let by_field: Vec<(&str, u128, u64)> = report
+        .changed_by_field
+        .iter()
+        .map(|c| (c.field, c.span.addresses, c.span.ranges))
+        .collect();
+    assert_eq!(
+        by_field,
+        [
+            ("country", 0, 0),
+            ("province", 0, 0),
+            ("city", 128, 1),
+            ("district", 0, 0),
+            ("carrier", 256, 1)
+        ]
+    );
+    assert_eq!(
+        (report.no_longer_covered.addresses, report.no_longer_covered.ranges),
+        (256, 1)
+    );
+    assert_eq!((report.newly_covered.addresses, report.newly_covered.ranges), (256, 1));
+    assert_eq!(report.changed_percent, 62.5);
+    let transitions: Vec<(&str, &str, u128)> = report
+        .top_transitions
+        .iter()
+        .map(|t| (t.from.as_str(), t.to.as_str(), t.addresses))
+        .collect();
+    assert_eq!(
+        transitions,
+        [
+            ("中国/北京/北京/联通", "中国/北京/北京/电信", 256),
+            ("中国/广东/广州/电信", "中国/广东/深圳/电信", 128)
+        ]
+    );
+
+    let (_, history) = state(&db).await;
+    assert_eq!(
+        history,
+        [
+            ("succeeded".to_owned(), Some(0.0)),
+            ("succeeded".to_owned(), Some(62.5))
+        ]
+    );
+    let stored: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT change_report->>'summary' FROM ip_service_imports ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, report.summary);
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_and_changes_nothing() {
+    let db = TestDb::new().await;
+    let files = Files::new();
+    import(&db, &options(files.csv("v1.csv", LIVE))).await.unwrap();
+    let before = state(&db).await;
+
+    let mut dry = options(files.csv("v2.csv", UPDATE));
+    dry.dry_run = true;
+    let Outcome::Checked { rows, report, .. } = import(&db, &dry).await.unwrap() else {
+        panic!("not a dry run")
+    };
+    assert_eq!((rows, report.changed_percent), (5, 62.5));
+    assert_eq!(state(&db).await, before, "same rows, no history row");
+}
+
+#[tokio::test]
+async fn max_change_refuses_a_large_update_and_records_why() {
+    let db = TestDb::new().await;
+    let files = Files::new();
+    import(&db, &options(files.csv("v1.csv", LIVE))).await.unwrap();
+    let (live_rows, _) = state(&db).await;
+
+    let mut guarded = options(files.csv("v2.csv", UPDATE));
+    guarded.max_change = Some(50.0);
+    let err = import(&db, &guarded).await.unwrap_err();
+    assert!(matches!(err, ImportError::TooMuchChange { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "refused: 62.50% of ip_service_cn's live addresses would change, over the limit of 50%"
+    );
+    let (rows, history) = state(&db).await;
+    assert_eq!(rows, live_rows, "the live table is untouched");
+    assert_eq!(history[1], ("refused".to_owned(), Some(62.5)), "kept with its report");
+
+    guarded.max_change = Some(70.0);
+    assert!(matches!(import(&db, &guarded).await.unwrap(), Outcome::Loaded { .. }));
+    assert_eq!(state(&db).await.0.len(), 5);
+}
+
+async fn cli_import(db: &TestDb, path: &Path, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["import", "--table", "cn", "--database-url", &db.url];
+    args.extend_from_slice(extra);
+    args.push(path.to_str().unwrap());
+    run(&args).await
+}
+
+#[tokio::test]
+async fn the_cli_prints_the_report_as_a_table_or_json_and_fails_when_refused() {
+    let db = TestDb::new().await;
+    let files = Files::new();
+    let (v1, v2) = (files.csv("v1.csv", LIVE), files.csv("v2.csv", UPDATE));
+    let (ok, _, stderr) = cli_import(&db, &v1, &[]).await;
+    assert!(ok, "{stderr}");
+
+    let (ok, stdout, stderr) = cli_import(&db, &v2, &["--dry-run"]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("中国/北京/北京/联通 → 中国/北京/北京/电信: 256 addresses"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("62.50% of the live addresses change"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("ip_service_cn is unchanged"), "{stdout}");
+
+    let (ok, stdout, stderr) = cli_import(&db, &v2, &["--dry-run", "--json"]).await;
+    assert!(ok, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(json["outcome"], "dry_run");
+    assert_eq!(json["report"]["changed"]["addresses"], 384);
+    assert_eq!(json["report"]["top_transitions"][1]["to"], "中国/广东/深圳/电信");
+
+    let (ok, stdout, stderr) = cli_import(&db, &v2, &["--max-change", "10%"]).await;
+    assert!(!ok);
+    assert!(stdout.contains("change report for ip_service_cn"), "{stdout}");
+    assert_eq!(
+        stderr.trim(),
+        "xm-ip-service: refused: 62.50% of ip_service_cn's live addresses would change, over the limit of 10%"
+    );
+
+    let (ok, _, stderr) = cli_import(&db, &v2, &["--max-change", "150"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("\"150\" is not a percentage from 0 to 100"), "{stderr}");
+}
