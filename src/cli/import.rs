@@ -1,35 +1,93 @@
-//! `import`: load an IP database file into a range table, with a report
-//! of what it changes.
+//! `import`: load an IP database file, or a directory of them, into the
+//! range tables, with a report of what each import changes.
+
+use std::path::PathBuf;
 
 use anyhow::Context;
 use serde_json::json;
+use tokio_postgres::Client;
 
 use super::ImportArgs;
-use crate::import::{self, ChangeReport, ImportError, ImportOptions, Outcome};
-use crate::store;
+use crate::import::{self, ChangeReport, DataFiles, Format, ImportError, ImportOptions, Outcome, SourceError};
+use crate::store::{self, Table};
 
-/// Runs `import`: migrates, loads (or only compares, for `--dry-run`),
-/// prints the change report and one summary line.
+/// Runs `import`: migrates, then loads (or only compares, for
+/// `--dry-run`) one file, or each table a `--data` directory gives,
+/// printing each change report and a summary line.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     store::migrate(&args.database_url)
         .await
         .context("failed to migrate the database")?;
     let mut client = store::connect(&args.database_url).await?;
-    let options = ImportOptions {
-        table: args.table,
-        file: args.file.clone(),
+    let Some(dir) = &args.data else {
+        let (table, file) = (args.table, args.file.clone());
+        let options = options(&args, table.expect("clap requires it"), file.expect("clap requires it"));
+        return import_one(&mut client, &options, args.json).await;
+    };
+
+    let sources = DataFiles::in_dir(dir)?.sources()?;
+    let mut failed = Vec::new();
+    for (table, file, format) in sources {
+        if !args.json {
+            println!("== {} from {}", table.name(), file.display());
+        }
+        let mut options = options(&args, table, file);
+        options.format = Some(format);
+        match import_one(&mut client, &options, args.json).await {
+            Ok(()) => {}
+            // An ipdb or mmdb without one address family gives that table
+            // nothing, as when serving the files.
+            Err(err) if gives_nothing(&err, format) => {
+                println!("{}: the file holds no ranges for it; skipped", table.name());
+            }
+            Err(err) => {
+                eprintln!("xm-ip-service: {}: {err:#}", table.name());
+                failed.push(table.name());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "import from {} failed or was refused for {}",
+            dir.display(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn options(args: &ImportArgs, table: Table, file: PathBuf) -> ImportOptions {
+    ImportOptions {
+        table,
+        file,
         format: args.format,
-        lang: args.lang,
-        ipdb_language: args.ipdb_language,
+        lang: args.lang.clone(),
+        ipdb_language: args.ipdb_language.clone(),
         force: args.force,
         method: args.method,
         dry_run: args.dry_run,
         max_change: args.max_change,
-    };
-    let table = args.table.name();
-    let outcome = match import::import(&mut client, &options).await {
+    }
+}
+
+fn gives_nothing(err: &anyhow::Error, format: Format) -> bool {
+    format != Format::Csv
+        && matches!(
+            err.downcast_ref(),
+            Some(ImportError::Source {
+                source: SourceError::Empty,
+                ..
+            })
+        )
+}
+
+/// One import, its report and its summary line; a refused import prints
+/// the report that refused it before failing.
+async fn import_one(client: &mut Client, options: &ImportOptions, json: bool) -> anyhow::Result<()> {
+    let table = options.table.name();
+    let outcome = match import::import(client, options).await {
         Err(ImportError::TooMuchChange { limit, report }) => {
-            print_report(&report, "refused", args.json);
+            print_report(&report, "refused", json);
             return Err(ImportError::TooMuchChange { limit, report }.into());
         }
         outcome => outcome?,
@@ -38,17 +96,20 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         Outcome::AlreadyLoaded => {
             let message = format!(
                 "{table} already holds {} (same SHA-256); nothing to do (--force reloads)",
-                args.file.display()
+                options.file.display()
             );
-            if args.json {
-                println!("{}", json!({ "outcome": "already_loaded", "message": message }));
+            if json {
+                println!(
+                    "{}",
+                    json!({ "table": table, "outcome": "already_loaded", "message": message })
+                );
             } else {
                 println!("{message}");
             }
         }
         Outcome::Checked { rows, merged, report } => {
-            print_report(&report, "dry_run", args.json);
-            if !args.json {
+            print_report(&report, "dry_run", json);
+            if !json {
                 println!("dry run: {rows} rows parsed ({merged} ranges merged); {table} is unchanged");
             }
         }
@@ -58,8 +119,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
             elapsed,
             report,
         } => {
-            print_report(&report, "loaded", args.json);
-            if !args.json {
+            print_report(&report, "loaded", json);
+            if !json {
                 let seconds = elapsed.as_secs_f64();
                 println!(
                     "imported {rows} rows into {table} ({merged} ranges merged) in {seconds:.1} s, {:.0} rows/s",
@@ -74,7 +135,10 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
 /// The report as a table, or as one JSON object with the outcome.
 fn print_report(report: &ChangeReport, outcome: &str, json: bool) {
     if json {
-        println!("{}", json!({ "outcome": outcome, "report": report }));
+        println!(
+            "{}",
+            json!({ "table": report.table, "outcome": outcome, "report": report })
+        );
     } else {
         print!("{report}");
     }

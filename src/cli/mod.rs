@@ -82,8 +82,16 @@ pub struct ImportArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
     /// The table to replace.
-    #[arg(long, value_enum)]
-    pub table: Table,
+    #[arg(long, value_enum, required_unless_present = "data")]
+    pub table: Option<Table>,
+    /// The ipdb, mmdb or CSV file.
+    #[arg(required_unless_present = "data")]
+    pub file: Option<PathBuf>,
+    /// Import every table the files in this directory give, chosen as
+    /// `serve --data` chooses them (.ipdb: cn and v6, .mmdb: en, cn.csv …);
+    /// carries on past a failed table and exits non-zero if any failed.
+    #[arg(long, conflicts_with_all = ["table", "file", "format", "lang", "ipdb_language"])]
+    pub data: Option<PathBuf>,
     /// The file's format; detected from its content when omitted.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
@@ -110,8 +118,6 @@ pub struct ImportArgs {
     /// How rows reach PostgreSQL; `insert` exists only for the benchmark.
     #[arg(long, value_enum, default_value = "copy", hide = true)]
     pub method: LoadMethod,
-    /// The ipdb, mmdb or CSV file.
-    pub file: PathBuf,
 }
 
 fn percent(text: &str) -> Result<f64, String> {

@@ -222,6 +222,22 @@ impl DataFiles {
         }
     }
 
+    /// The file that feeds each table, in [`Table::ALL`] order: what
+    /// `import --data` loads, by the same rules as serving the files.
+    pub fn sources(&self) -> Result<Vec<(Table, PathBuf, Format)>, ImportError> {
+        let mut sources: Vec<_> = self
+            .plan()?
+            .tables
+            .into_iter()
+            .map(|(table, file)| {
+                let format = file.format().expect("only files of a known format are planned");
+                (table, file.path(), format)
+            })
+            .collect();
+        sources.sort_by_key(|(table, ..)| Table::ALL.iter().position(|t| t == table));
+        Ok(sources)
+    }
+
     /// Reads every table the files give, in parallel, into indexes. A table
     /// no file gives is left out (and so served empty).
     pub fn load(&self) -> Result<FileTables, ImportError> {

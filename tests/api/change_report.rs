@@ -247,3 +247,73 @@ async fn the_cli_prints_the_report_as_a_table_or_json_and_fails_when_refused() {
     assert!(!ok);
     assert!(stderr.contains("\"150\" is not a percentage from 0 to 100"), "{stderr}");
 }
+
+/// Runs scripts/refresh.sh with `args` against `db`, with this build's binary.
+async fn refresh(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/refresh.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("XM_IP_BIN", env!("CARGO_BIN_EXE_xm-ip-service"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_refresh_job_imports_what_changed_and_fails_on_a_refused_update() {
+    let db = TestDb::new().await;
+    let source = Files::new();
+    let dir = source.dir.path().to_str().unwrap();
+    let installed = tempfile::tempdir().unwrap();
+    let install = installed.path().to_str().unwrap();
+    source.csv("cn.csv", LIVE);
+
+    let (ok, stdout, stderr) = refresh(&db, &["--from", dir, "--install", install]).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("imported 3 rows into ip_service_cn"), "{stdout}");
+    assert!(stdout.contains("refresh: installed the files in"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(installed.path().join("cn.csv")).unwrap(),
+        format!("{HEADER}{LIVE}")
+    );
+
+    let (ok, stdout, _) = refresh(&db, &["--from", dir]).await;
+    assert!(ok);
+    assert!(
+        stdout.contains("ip_service_cn already holds"),
+        "unchanged is a no-op: {stdout}"
+    );
+
+    // 62.5% would change: over the job's default limit of 20%.
+    source.csv("cn.csv", UPDATE);
+    let (ok, stdout, stderr) = refresh(&db, &["--from", dir, "--install", install]).await;
+    assert!(!ok);
+    assert!(stdout.contains("62.50% of the live addresses change"), "{stdout}");
+    assert!(
+        stderr.contains("refused: 62.50% of ip_service_cn's live addresses would change"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refresh: FAILED"), "{stderr}");
+    assert_eq!(state(&db).await.0.len(), 3, "the live table is untouched");
+    assert_eq!(
+        std::fs::read_to_string(installed.path().join("cn.csv")).unwrap(),
+        format!("{HEADER}{LIVE}"),
+        "nothing installed after a failure"
+    );
+
+    let (ok, stdout, stderr) = refresh(&db, &["--from", dir, "--max-change", "70"]).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(state(&db).await.0.len(), 5);
+
+    let (ok, _, stderr) = refresh(&db, &["--from", "/nonexistent"]).await;
+    assert!(!ok);
+    assert_eq!(stderr.trim(), "refresh: /nonexistent is not a directory");
+}
