@@ -1,6 +1,7 @@
 //! The change report: what an import changes against the live table, the
 //! dry run that changes nothing, and the `--max-change` guard.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use xm_ip_service::import::{self, ImportError, ImportOptions, LoadMethod, Outcome};
@@ -316,4 +317,120 @@ async fn the_refresh_job_imports_what_changed_and_fails_on_a_refused_update() {
     let (ok, _, stderr) = refresh(&db, &["--from", "/nonexistent"]).await;
     assert!(!ok);
     assert_eq!(stderr.trim(), "refresh: /nonexistent is not a directory");
+}
+
+/// Loads `source` into cn, then an edited copy of it over it (some ranges
+/// with another province or carrier, some removed), then `source` again:
+/// the last import's report must give back exactly the edits, counted
+/// here from the exported rows.
+pub async fn reloading_after_an_edited_copy_reports_exactly_the_edits(source: &Path) {
+    let db = TestDb::new().await;
+    let mut loaded = options(source.to_owned());
+    import(&db, &loaded).await.unwrap();
+    let mut exported = Vec::new();
+    import::export(&db.client().await, Table::Cn, &mut exported)
+        .await
+        .unwrap();
+
+    let mut reader = csv::Reader::from_reader(exported.as_slice());
+    let headers = reader.headers().unwrap().clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (start, end, province, carrier) = (
+        column("start_ip"),
+        column("end_ip"),
+        column("province_name"),
+        column("carrier_name"),
+    );
+    let size = |row: &csv::StringRecord| {
+        let ip = |i: usize| u32::from(row[i].parse::<std::net::Ipv4Addr>().unwrap()) as u128;
+        ip(end) - ip(start) + 1
+    };
+    let (mut provinces, mut carriers, mut removed) = ((0u128, 0u64), (0u128, 0u64), (0u128, 0u64));
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(&headers).unwrap();
+    for (i, row) in reader.records().enumerate() {
+        let mut row: Vec<String> = row.unwrap().iter().map(str::to_owned).collect();
+        let record = csv::StringRecord::from(row.clone());
+        match i % 50 {
+            7 => {
+                provinces = (provinces.0 + size(&record), provinces.1 + 1);
+                row[province] = "测试省".to_owned();
+            }
+            23 => {
+                carriers = (carriers.0 + size(&record), carriers.1 + 1);
+                row[carrier] = "测试运营商".to_owned();
+            }
+            41 => {
+                removed = (removed.0 + size(&record), removed.1 + 1);
+                continue;
+            }
+            _ => {}
+        }
+        writer.write_record(&row).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let edited = dir.path().join("edited.csv");
+    std::fs::write(&edited, writer.into_inner().unwrap()).unwrap();
+    let Outcome::Loaded { rows: edited_rows, .. } = import(&db, &options(edited)).await.unwrap() else {
+        panic!("the edited copy did not load")
+    };
+
+    loaded.force = true;
+    let Outcome::Loaded { rows, report, .. } = import(&db, &loaded).await.unwrap() else {
+        panic!("not loaded")
+    };
+    assert!(
+        provinces.1 > 0 && carriers.1 > 0 && removed.1 > 0,
+        "the source is too small to edit"
+    );
+    assert_eq!((report.live.ranges, report.new.ranges), (edited_rows, rows));
+    let by_field: HashMap<&str, (u128, u64)> = report
+        .changed_by_field
+        .iter()
+        .map(|c| (c.field, (c.span.addresses, c.span.ranges)))
+        .collect();
+    assert_eq!(by_field["province"], provinces);
+    assert_eq!(by_field["carrier"], carriers);
+    assert_eq!(
+        (by_field["country"], by_field["city"], by_field["district"]),
+        ((0, 0), (0, 0), (0, 0))
+    );
+    assert_eq!(
+        (report.changed.addresses, report.changed.ranges),
+        (provinces.0 + carriers.0, provinces.1 + carriers.1)
+    );
+    assert_eq!((report.newly_covered.addresses, report.newly_covered.ranges), removed);
+    assert_eq!(report.no_longer_covered, Default::default());
+    assert_eq!(report.new.addresses, report.live.addresses + removed.0);
+    let share = (provinces.0 + carriers.0) as f64 / report.live.addresses as f64 * 100.0;
+    assert!((report.changed_percent - share).abs() < 1e-9);
+    // Every transition comes from an edited place, and they are sorted.
+    assert!(report
+        .top_transitions
+        .iter()
+        .all(|t| t.from.contains("测试省") || t.from.contains("测试运营商")));
+    assert!(report
+        .top_transitions
+        .windows(2)
+        .all(|w| w[0].addresses >= w[1].addresses));
+    let printed = report.to_string();
+    assert!(printed.contains(&grouped(provinces.0 + carriers.0)), "{printed}");
+}
+
+fn grouped(n: u128) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[tokio::test]
+async fn reloading_the_sample_after_an_edited_copy_reports_exactly_the_edits() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/cn.csv");
+    reloading_after_an_edited_copy_reports_exactly_the_edits(&sample).await;
 }

