@@ -15,14 +15,14 @@ use thrift::transport::{
 use crate::thrift::{GeoInfo, IPServiceSyncClient};
 
 /// How a client frames its messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Framed,
     Buffered,
 }
 
 /// How a client encodes its messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Binary,
     Compact,

@@ -116,7 +116,7 @@ impl Lang {
 }
 
 /// The range tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
     /// IPv4, Chinese names.
     Cn,

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use xm_ip_service::cli::{self, Cli, Command, LogFormat};
-use xm_ip_service::startup::{Application, ReloadHandle};
+use xm_ip_service::startup::{Application, ReloadHandle, Settings};
 
 fn main() {
     let cli = Cli::parse();
@@ -45,7 +45,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Import(args) => runtime()?.block_on(cli::import(args)),
         Command::Export { database_url, table } => runtime()?.block_on(cli::export(&database_url, table)),
         Command::Migrate { database_url } => runtime()?.block_on(cli::migrate(&database_url)),
-        Command::Serve(settings) => {
+        Command::Serve(args) => {
+            let settings = Settings::from(args);
             let runtime = runtime()?;
             let served = runtime.block_on(async {
                 let app = Application::build(&settings).await?;

@@ -28,7 +28,7 @@ use crate::store::{self, Reloader, Store, StoreConfig};
 use crate::thrift::Handler;
 
 /// Where lookups in PostgreSQL-backed tables happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LookupMode {
     /// Every call queries PostgreSQL (concurrent calls share queries).
     Postgres,
@@ -37,71 +37,52 @@ pub enum LookupMode {
 }
 
 /// Everything `serve` needs; each option can also come from the environment.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Address to listen on for Thrift.
-    #[arg(long, env = "XM_IP_ADDR", default_value = "0.0.0.0:9090")]
     pub addr: String,
     /// Address for the HTTP API, /metrics and the health checks, or "off".
-    #[arg(long, env = "XM_IP_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: String,
     /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/ip_service.
     /// Without it (and without --data) the service serves data/ if
     /// scripts/fetch-data.sh filled it, else its built-in sample.
-    #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Serve the tables from the IP database files in this directory
     /// instead of a database: .ipdb gives cn and v6, .mmdb gives en and
     /// the MaxMind fallback, cn.csv/en.csv/v6.csv give their table.
-    #[arg(long, env = "XM_IP_DATA", conflicts_with = "database_url")]
     pub data: Option<PathBuf>,
     /// With a database: query it on every call, or hold the tables in
     /// memory and follow its imports.
-    #[arg(long, env = "XM_IP_LOOKUP", value_enum)]
     pub lookup: Option<LookupMode>,
     /// GeoIP2/GeoLite2 City database; without it (and without one among
     /// the data files) the MaxMind fallback is off.
-    #[arg(long, env = "XM_IP_MMDB")]
     pub mmdb: Option<PathBuf>,
     /// Apply pending migrations before serving.
-    #[arg(long, env = "XM_IP_MIGRATE")]
     pub migrate: bool,
     /// Most PostgreSQL connections held at once.
-    #[arg(long, env = "XM_IP_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
     /// Bound on connecting, waiting for a connection and each query.
-    #[arg(long, env = "XM_IP_DB_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub db_timeout: Duration,
     /// How often the in-memory tables and the mmdb file are checked for
     /// changes a notification did not announce (SIGHUP checks at once).
-    #[arg(long, env = "XM_IP_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reload_interval: Duration,
     /// Most IPs in one request; exactly this many is accepted.
-    #[arg(long, env = "XM_IP_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
     /// Largest message in bytes, framed or not.
-    #[arg(long, env = "XM_IP_MAX_FRAME", default_value_t = server::DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
     /// Most Thrift connections at once; further ones are closed at once.
-    #[arg(long, env = "XM_IP_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
     /// Most HTTP connections at once; further ones are closed at once.
-    #[arg(long, env = "XM_IP_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub http_max_connections: usize,
     /// Most HTTP requests handled at once; further ones get 503 at once.
-    #[arg(long, env = "XM_IP_HTTP_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub http_max_in_flight: usize,
     /// Largest HTTP request body in bytes.
-    #[arg(long, env = "XM_IP_HTTP_MAX_BODY", default_value_t = 1 << 20)]
     pub http_max_body: usize,
     /// How long an HTTP request may take, headers, body and answer.
-    #[arg(long, env = "XM_IP_HTTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub http_timeout: Duration,
     /// How long one message may take to arrive once it has started.
-    #[arg(long, env = "XM_IP_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub read_timeout: Duration,
     /// How long in-flight requests may take to finish on SIGINT/SIGTERM.
-    #[arg(long, env = "XM_IP_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 }
 

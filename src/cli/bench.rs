@@ -1,10 +1,12 @@
 //! `bench` and `compare`: drive running servers.
 
+use super::{BenchArgs, CompareArgs};
 use crate::client::to_json;
 use crate::loadgen::{self, CompareOptions, LoadOptions};
 
 /// Runs `bench` and prints one summary line.
-pub fn bench(options: LoadOptions) -> anyhow::Result<()> {
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let options = LoadOptions::from(args);
     let report = loadgen::run(&options)?;
     if options.json {
         println!("{}", report.to_json());
@@ -22,7 +24,8 @@ pub fn bench(options: LoadOptions) -> anyhow::Result<()> {
 }
 
 /// Runs `compare`: the count of differing answers, and the first few.
-pub fn compare(options: CompareOptions) -> anyhow::Result<bool> {
+pub fn compare(args: CompareArgs) -> anyhow::Result<bool> {
+    let options = CompareOptions::from(args);
     let (compared, differing, shown) = loadgen::compare(&options, options.show)?;
     for difference in &shown {
         println!(

@@ -35,7 +35,7 @@ pub use crate::domain::Family;
 use crate::domain::{Lang, Place};
 
 /// The source formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Ipdb,
     Mmdb,

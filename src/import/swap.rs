@@ -19,7 +19,7 @@ use crate::domain::Table;
 pub const RELOAD_CHANNEL: &str = "ip_service_reload";
 
 /// How rows reach the staging table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadMethod {
     /// Binary COPY: the way to load.
     Copy,

@@ -1,0 +1,67 @@
+//! How the library's enums read on the command line: clap learns them
+//! here, so that the types themselves know nothing of it.
+
+use clap::builder::PossibleValue;
+use clap::ValueEnum;
+
+use crate::client::{Protocol, Transport};
+use crate::domain::Table;
+use crate::import::{Format, LoadMethod};
+use crate::loadgen::Method;
+use crate::startup::LookupMode;
+
+/// `impl ValueEnum` for an enum: each variant, its name on the command
+/// line and an optional help line.
+macro_rules! value_enum {
+    ($ty:ty { $($variant:path => $name:literal $(, $help:literal)?;)+ }) => {
+        impl ValueEnum for $ty {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$($variant),+]
+            }
+
+            fn to_possible_value(&self) -> Option<PossibleValue> {
+                Some(match self {
+                    $($variant => PossibleValue::new($name)$(.help($help))?,)+
+                })
+            }
+        }
+    };
+}
+
+value_enum!(Table {
+    Table::Cn => "cn", "IPv4, Chinese names";
+    Table::En => "en", "IPv4, English names";
+    Table::V6 => "v6", "IPv6, Chinese names";
+});
+
+value_enum!(Format {
+    Format::Ipdb => "ipdb";
+    Format::Mmdb => "mmdb";
+    Format::Csv => "csv";
+});
+
+value_enum!(LoadMethod {
+    LoadMethod::Copy => "copy", "Binary COPY: the way to load";
+    LoadMethod::Insert => "insert", "Multi-row INSERT, kept only so the benchmark can compare";
+});
+
+value_enum!(Transport {
+    Transport::Framed => "framed";
+    Transport::Buffered => "buffered";
+});
+
+value_enum!(Protocol {
+    Protocol::Binary => "binary";
+    Protocol::Compact => "compact";
+});
+
+value_enum!(LookupMode {
+    LookupMode::Postgres => "postgres", "Every call queries PostgreSQL (concurrent calls share queries)";
+    LookupMode::Memory => "memory", "The tables are loaded into memory at start-up and kept in step";
+});
+
+value_enum!(Method {
+    Method::ByIp => "by-ip", "queryGeoInfoByIP (zh-CN)";
+    Method::English => "english", "queryGeoInfo with lang \"en\"";
+    Method::I18n => "i18n", "queryI18nGeoInfoByIP (MaxMind only)";
+});
