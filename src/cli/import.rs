@@ -58,8 +58,6 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
 
 fn options(args: &ImportArgs, table: Table, file: PathBuf) -> ImportOptions {
     ImportOptions {
-        table,
-        file,
         format: args.format,
         lang: args.lang.clone(),
         ipdb_language: args.ipdb_language.clone(),
@@ -67,6 +65,7 @@ fn options(args: &ImportArgs, table: Table, file: PathBuf) -> ImportOptions {
         method: args.method,
         dry_run: args.dry_run,
         max_change: args.max_change,
+        ..ImportOptions::new(table, file)
     }
 }
 

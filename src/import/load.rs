@@ -37,6 +37,24 @@ pub struct ImportOptions {
     pub max_change: Option<f64>,
 }
 
+impl ImportOptions {
+    /// `file` into `table` with every option at its default: the format
+    /// detected, the table's language, COPY, a real swap, no change limit.
+    pub fn new(table: Table, file: impl Into<PathBuf>) -> ImportOptions {
+        ImportOptions {
+            table,
+            file: file.into(),
+            format: None,
+            lang: None,
+            ipdb_language: None,
+            force: false,
+            method: LoadMethod::Copy,
+            dry_run: false,
+            max_change: None,
+        }
+    }
+}
+
 /// How an import ended, when it did not fail.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

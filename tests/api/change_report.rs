@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use xm_ip_service::import::{self, ImportError, ImportOptions, LoadMethod, Outcome};
+use xm_ip_service::import::{self, ImportError, ImportOptions, Outcome};
 use xm_ip_service::store::{self, Table};
 
-use crate::cli::run;
+use crate::cli::{output, run};
 use crate::helpers::TestDb;
 
 const HEADER: &str = "start_ip,end_ip,country_name,province_name,city_name,district_name,carrier_name\n";
@@ -46,17 +46,7 @@ impl Files {
 }
 
 fn options(file: PathBuf) -> ImportOptions {
-    ImportOptions {
-        table: Table::Cn,
-        file,
-        format: None,
-        lang: None,
-        ipdb_language: None,
-        force: false,
-        method: LoadMethod::Copy,
-        dry_run: false,
-        max_change: None,
-    }
+    ImportOptions::new(Table::Cn, file)
 }
 
 async fn import(db: &TestDb, options: &ImportOptions) -> Result<Outcome, ImportError> {
@@ -252,20 +242,15 @@ async fn the_cli_prints_the_report_as_a_table_or_json_and_fails_when_refused() {
 /// Runs scripts/refresh.sh with `args` against `db`, with this build's binary.
 async fn refresh(db: &TestDb, args: &[&str]) -> (bool, String, String) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/refresh.sh");
-    let out = tokio::process::Command::new("bash")
-        .arg(script)
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("XM_IP_BIN", env!("CARGO_BIN_EXE_xm-ip-service"))
-        .env("RUST_LOG", "warn")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    output(
+        tokio::process::Command::new("bash")
+            .arg(script)
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env("XM_IP_BIN", env!("CARGO_BIN_EXE_xm-ip-service"))
+            .env("RUST_LOG", "warn"),
     )
+    .await
 }
 
 #[tokio::test]

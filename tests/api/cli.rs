@@ -14,14 +14,19 @@ pub async fn run(args: &[&str]) -> (bool, String, String) {
     // Away from the checkout's data/, so that nothing depends on whether
     // scripts/fetch-data.sh has run.
     let cwd = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd.path())
-        .env("RUST_LOG", "warn")
-        .env_remove("DATABASE_URL")
-        .output()
-        .await
-        .unwrap();
+    output(
+        Command::new(BIN)
+            .args(args)
+            .current_dir(cwd.path())
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL"),
+    )
+    .await
+}
+
+/// Whether `command` succeeded, and its standard output and error.
+pub async fn output(command: &mut Command) -> (bool, String, String) {
+    let out = command.output().await.unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

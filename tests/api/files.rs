@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use xm_ip_service::import::{self, ImportOptions, LoadMethod};
+use xm_ip_service::import::{self, ImportOptions};
 use xm_ip_service::startup::Settings;
 use xm_ip_service::store::{self, Table};
 
@@ -110,15 +110,8 @@ async fn import_all(db: &TestDb, dir: &Path) {
         (Table::En, "GeoLite2-City.mmdb", Some("en".to_owned())),
     ] {
         let options = ImportOptions {
-            table,
-            file: dir.join(file),
-            format: None,
             lang,
-            ipdb_language: None,
-            force: false,
-            method: LoadMethod::Copy,
-            dry_run: false,
-            max_change: None,
+            ..ImportOptions::new(table, dir.join(file))
         };
         import::import(&mut client, &options).await.unwrap();
     }

@@ -12,17 +12,7 @@ use crate::helpers::{summary, TestApp, TestDb};
 use crate::writers::{s, IpdbWriter, Value, Writer};
 
 fn options(table: Table, file: &Path) -> ImportOptions {
-    ImportOptions {
-        table,
-        file: file.to_owned(),
-        format: None,
-        lang: None,
-        ipdb_language: None,
-        force: false,
-        method: LoadMethod::Copy,
-        dry_run: false,
-        max_change: None,
-    }
+    ImportOptions::new(table, file)
 }
 
 async fn run(db: &TestDb, options: &ImportOptions) -> Result<Outcome, ImportError> {

@@ -201,20 +201,13 @@ fn csv_of(carrier: &str) -> String {
 }
 
 async fn import_csv(db: &TestDb, dir: &tempfile::TempDir, carrier: &str) {
-    use xm_ip_service::import::{self, ImportOptions, LoadMethod};
+    use xm_ip_service::import::{self, ImportOptions};
     let path = dir.path().join(format!("{carrier}.csv"));
     std::fs::write(&path, csv_of(carrier)).unwrap();
     let mut client = xm_ip_service::store::connect(&db.url).await.unwrap();
     let options = ImportOptions {
-        table: xm_ip_service::store::Table::Cn,
-        file: path,
-        format: None,
-        lang: None,
-        ipdb_language: None,
         force: true,
-        method: LoadMethod::Copy,
-        dry_run: false,
-        max_change: None,
+        ..ImportOptions::new(xm_ip_service::store::Table::Cn, path)
     };
     import::import(&mut client, &options).await.unwrap();
 }

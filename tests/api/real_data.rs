@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use xm_ip_service::import::{self, ImportOptions, LoadMethod, Outcome};
+use xm_ip_service::import::{self, ImportOptions, Outcome};
 use xm_ip_service::store::{self, Table};
 
 use crate::helpers::{expect, summary, TestApp};
@@ -31,15 +31,8 @@ async fn real_qqwry_and_geolite2_answer_as_their_files_say() {
         (Table::En, "GeoLite2-City.mmdb", Some("en".to_owned())),
     ] {
         let options = ImportOptions {
-            table,
-            file: data(file),
-            format: None,
             lang,
-            ipdb_language: None,
-            force: false,
-            method: LoadMethod::Copy,
-            dry_run: false,
-            max_change: None,
+            ..ImportOptions::new(table, data(file))
         };
         let outcome = import::import(&mut client, &options).await.unwrap();
         assert!(

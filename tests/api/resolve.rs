@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use xm_ip_service::import::{self, ImportOptions, LoadMethod};
+use xm_ip_service::import::{self, ImportOptions};
 use xm_ip_service::store::Table;
 
 use crate::cli::run;
@@ -42,18 +42,9 @@ async fn database_and_files(dir: &Path) -> TestDb {
         import::export(&fixtures.client().await, table, &mut file)
             .await
             .unwrap();
-        let options = ImportOptions {
-            table,
-            file: path,
-            format: None,
-            lang: None,
-            ipdb_language: None,
-            force: false,
-            method: LoadMethod::Copy,
-            dry_run: false,
-            max_change: None,
-        };
-        import::import(&mut client, &options).await.unwrap();
+        import::import(&mut client, &ImportOptions::new(table, path))
+            .await
+            .unwrap();
     }
     db
 }
