@@ -152,7 +152,6 @@ fn request(c: &mut Criterion) {
     let data = load();
     let handler = Handler::new(
         Locator::new(Ranges::Memory(data.tables.clone()), Some(data.maxmind.clone())),
-        10_000,
         Default::default(),
     );
     let wire = Wire {
@@ -168,7 +167,7 @@ fn request(c: &mut Criterion) {
         b.iter_batched(
             || message[4..].to_vec(),
             |body| {
-                let (request, _) = codec::decode(&body, wire.protocol, true, 16 << 20).unwrap();
+                let (request, _) = codec::decode(&body, wire.protocol, true, 16 << 20, usize::MAX).unwrap();
                 let reply = runtime.block_on(handler.respond(&request)).unwrap();
                 std::hint::black_box(codec::encode(wire, &request.name, request.seq, &reply))
             },

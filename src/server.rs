@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,15 +26,30 @@ pub const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// The Thrift spec's default MaxFrameSize.
 pub const DEFAULT_MAX_FRAME: usize = 16_384_000;
 
+/// Bytes a connection may read beyond the message it is decoding: a
+/// pipelining client waits in TCP flow control, not in our heap.
+pub const READ_AHEAD: usize = 64 * 1024;
+
 /// Limits that protect the server from its peers.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest message accepted, framed or not.
     pub max_frame: usize,
+    /// Most addresses in one request; a longer list is refused while it is
+    /// decoded, before anything is allocated for it.
+    pub max_batch: usize,
     pub max_connections: usize,
-    /// How long a message may take to arrive once its first byte has; a
-    /// connection idle between messages may stay open indefinitely.
+    /// How long a message may take to arrive once its first byte has.
     pub read_timeout: Duration,
+    /// How long a connection may send nothing between messages; zero
+    /// means forever.
+    pub idle_timeout: Duration,
+    /// How long a reply may take to write: a peer that stops reading is
+    /// closed then.
+    pub write_timeout: Duration,
+    /// Request bytes all connections together may hold in buffers beyond
+    /// the read-ahead; a connection waits for budget, never past it.
+    pub max_buffered_bytes: usize,
     /// How long in-flight requests may take to finish after shutdown begins.
     pub shutdown_timeout: Duration,
 }
@@ -42,24 +58,37 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_frame: DEFAULT_MAX_FRAME,
+            max_batch: 10_000,
             max_connections: 4096,
             read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 256 << 20,
             shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting,
-/// lets in-flight requests finish (up to `limits.shutdown_timeout`) and
-/// returns.
+/// lets in-flight requests finish (up to `limits.shutdown_timeout`),
+/// aborts what is still running, and returns once every connection task
+/// has ended.
 pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdown: impl Future) {
     let stop = CancellationToken::new();
+    let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let budget = Arc::new(Semaphore::new(budget_units(limits.max_buffered_bytes)));
     let limits = Arc::new(limits);
+    let shared = Shared {
+        handler,
+        limits: limits.clone(),
+        stop: stop.clone(),
+        budget,
+    };
 
     tokio::select! {
-        () = accept_loop(&listener, &handler, &limits, &permits, &stop, &tracker) => {}
+        () = accept_loop(&listener, &shared, &permits, &abort, &tracker) => {}
         _ = shutdown => {}
     }
     drop(listener);
@@ -71,21 +100,39 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
     {
         warn!(
             connections = tracker.len(),
-            "shutdown timeout reached; dropping unfinished connections"
+            "shutdown timeout reached; aborting the requests still running"
         );
+        abort.cancel();
+        tracker.wait().await;
     }
+}
+
+/// What every connection shares.
+#[derive(Clone)]
+struct Shared {
+    handler: Handler,
+    limits: Arc<Limits>,
+    stop: CancellationToken,
+    /// Buffer bytes beyond the read-ahead, in [`BUDGET_UNIT`]s.
+    budget: Arc<Semaphore>,
+}
+
+/// The budget counts bytes in units of this many.
+const BUDGET_UNIT: usize = 1024;
+
+fn budget_units(bytes: usize) -> usize {
+    bytes.div_ceil(BUDGET_UNIT).min(Semaphore::MAX_PERMITS)
 }
 
 async fn accept_loop(
     listener: &TcpListener,
-    handler: &Handler,
-    limits: &Arc<Limits>,
+    shared: &Shared,
     permits: &Arc<Semaphore>,
-    stop: &CancellationToken,
+    abort: &CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let metrics = handler.metrics();
-    let mut cap = CapWarning::new(Api::Thrift, limits.max_connections);
+    let metrics = shared.handler.metrics().clone();
+    let mut cap = CapWarning::new(Api::Thrift, shared.limits.max_connections);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -108,15 +155,18 @@ async fn accept_loop(
         let connection = Connection {
             stream,
             peer,
-            handler: handler.clone(),
-            limits: limits.clone(),
-            stop: stop.clone(),
-            buf: Vec::new(),
+            shared: shared.clone(),
+            buf: BytesMut::new(),
+            charged: None,
             message_started: None,
             _open: metrics.connection_opened(Api::Thrift),
         };
+        let abort = abort.clone();
         tracker.spawn(async move {
-            connection.serve().await;
+            tokio::select! {
+                () = connection.serve() => {}
+                () = abort.cancelled() => {}
+            }
             drop(permit);
         });
     }
@@ -159,11 +209,12 @@ impl CapWarning {
 struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
-    handler: Handler,
-    limits: Arc<Limits>,
-    stop: CancellationToken,
-    /// Bytes received but not yet answered.
-    buf: Vec<u8>,
+    shared: Shared,
+    /// Bytes received but not yet answered: at most the message being
+    /// decoded and [`READ_AHEAD`] more.
+    buf: BytesMut,
+    /// Budget held for `buf` beyond the read-ahead.
+    charged: Option<OwnedSemaphorePermit>,
     /// When the first byte of the message being received arrived.
     message_started: Option<Instant>,
     _open: OpenConnection,
@@ -182,6 +233,10 @@ enum Closed {
     Wire(#[from] WireError),
     #[error("a message took longer than {0:?} to arrive")]
     SlowMessage(Duration),
+    #[error("no message for {0:?}")]
+    Idle(Duration),
+    #[error("the peer did not read a reply within {0:?}")]
+    SlowReader(Duration),
     #[error("arguments of an unframed message do not decode; the stream cannot be resynchronised")]
     Unsynchronised,
 }
@@ -192,8 +247,8 @@ impl Closed {
         match self {
             Closed::Wire(WireError::FrameTooLarge { .. }) => Some(Rejection::Oversized),
             Closed::Wire(_) | Closed::Unsynchronised => Some(Rejection::Garbage),
-            Closed::SlowMessage(_) => Some(Rejection::Timeout),
-            Closed::Eof | Closed::Shutdown | Closed::Io(_) => None,
+            Closed::SlowMessage(_) | Closed::SlowReader(_) => Some(Rejection::Timeout),
+            Closed::Eof | Closed::Shutdown | Closed::Io(_) | Closed::Idle(_) => None,
         }
     }
 }
@@ -205,9 +260,10 @@ impl Connection {
         match self.serve_requests().await {
             Ok(()) | Err(Closed::Eof | Closed::Shutdown) => debug!("connection closed"),
             Err(Closed::Io(err)) => debug!(error = %err, "connection failed"),
+            Err(err @ Closed::Idle(_)) => debug!(error = %err, "closing idle connection"),
             Err(err) => {
                 if let Some(reason) = err.rejection() {
-                    self.handler.metrics().rejected(Api::Thrift, reason);
+                    self.shared.handler.metrics().rejected(Api::Thrift, reason);
                 }
                 warn!(peer = %self.peer, error = %err, "closing connection");
             }
@@ -215,103 +271,138 @@ impl Connection {
     }
 
     async fn serve_requests(&mut self) -> Result<(), Closed> {
+        let limits = self.shared.limits.clone();
         let wire = loop {
-            match codec::detect(&self.buf, self.limits.max_frame) {
-                Err(WireError::Incomplete) => self.read_more().await?,
+            match codec::detect(&self.buf, limits.max_frame) {
+                Err(WireError::Incomplete) => self.read_more(1).await?,
                 detected => break detected?,
             }
         };
         debug!(?wire, "detected wire format");
         loop {
             let (request, consumed) = self.next_request(wire).await?;
-            if let Some(reply) = self.handler.respond(&request).await {
+            // Requests already buffered are not started once shutdown has begun.
+            if self.shared.stop.is_cancelled() {
+                return Err(Closed::Shutdown);
+            }
+            if let Some(reply) = self.shared.handler.respond(&request).await {
                 let bytes = codec::encode(wire, &request.name, request.seq, &reply);
-                self.stream.write_all(&bytes).await?;
+                tokio::time::timeout(limits.write_timeout, self.stream.write_all(&bytes))
+                    .await
+                    .map_err(|_| Closed::SlowReader(limits.write_timeout))??;
             }
-            match consumed {
-                Some(n) => {
-                    self.buf.drain(..n);
-                    if self.buf.is_empty() && self.buf.capacity() > 1 << 20 {
-                        // Do not hold a large message's buffer while idle.
-                        self.buf = Vec::new();
-                    }
-                    // Pipelined bytes already here start the next message's clock.
-                    self.message_started = (!self.buf.is_empty()).then(Instant::now);
-                }
-                None => return Err(Closed::Unsynchronised),
+            let Some(n) = consumed else {
+                return Err(Closed::Unsynchronised);
+            };
+            self.buf.advance(n);
+            if self.buf.is_empty() {
+                // Hold no memory or budget while idle.
+                self.buf = BytesMut::new();
+                self.charged = None;
             }
+            // Pipelined bytes already here start the next message's clock.
+            self.message_started = (!self.buf.is_empty()).then(Instant::now);
         }
     }
 
     /// Reads until one whole request is buffered, and decodes it.
     async fn next_request(&mut self, wire: Wire) -> Result<(codec::Request, Option<usize>), Closed> {
+        let limits = &self.shared.limits;
+        let (max_frame, max_batch) = (limits.max_frame, limits.max_batch);
         loop {
-            let decoded = match wire.framing {
-                Framing::Framed => self.framed_message().map(|frame| {
-                    frame.map(|(start, end)| {
-                        codec::decode(&self.buf[start..end], wire.protocol, true, self.limits.max_frame)
-                            .map(|(request, _)| (request, Some(end)))
-                    })
-                })?,
-                Framing::Buffered => Some(codec::decode(&self.buf, wire.protocol, false, self.limits.max_frame)),
-            };
-            match decoded {
-                Some(Err(WireError::Incomplete)) | None => {
-                    // An unframed message has no announced size: cap what is buffered.
-                    if wire.framing == Framing::Buffered && self.buf.len() > self.limits.max_frame {
-                        return Err(WireError::FrameTooLarge {
-                            size: self.buf.len() as u64,
-                            limit: self.limits.max_frame,
-                        }
-                        .into());
+            let want = match wire.framing {
+                Framing::Framed => match self.frame_size()? {
+                    Some(size) if self.buf.len() >= 4 + size => {
+                        let (request, _) =
+                            codec::decode(&self.buf[4..4 + size], wire.protocol, true, max_frame, max_batch)?;
+                        return Ok((request, Some(4 + size)));
                     }
-                    self.read_more().await?;
-                }
-                Some(result) => return Ok(result?),
-            }
+                    Some(size) => 4 + size - self.buf.len(),
+                    None => 4 - self.buf.len(),
+                },
+                Framing::Buffered => match codec::decode(&self.buf, wire.protocol, false, max_frame, max_batch) {
+                    Err(WireError::Incomplete) => {
+                        // An unframed message has no announced size: cap what is buffered.
+                        if self.buf.len() >= max_frame {
+                            return Err(WireError::FrameTooLarge {
+                                size: self.buf.len() as u64,
+                                limit: max_frame,
+                            }
+                            .into());
+                        }
+                        1
+                    }
+                    decoded => return Ok(decoded?),
+                },
+            };
+            self.read_more(want).await?;
         }
     }
 
-    /// The byte range of the first frame's payload, once all of it is here.
-    fn framed_message(&self) -> Result<Option<(usize, usize)>, WireError> {
+    /// The announced size of the first frame, once its header is here.
+    fn frame_size(&self) -> Result<Option<usize>, WireError> {
         let Some(header) = self.buf.get(..4) else {
             return Ok(None);
         };
         let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if size > self.limits.max_frame {
+        if size > self.shared.limits.max_frame {
             return Err(WireError::FrameTooLarge {
                 size: size as u64,
-                limit: self.limits.max_frame,
+                limit: self.shared.limits.max_frame,
             });
         }
-        Ok((self.buf.len() >= 4 + size).then_some((4, 4 + size)))
+        Ok(Some(size))
     }
 
-    /// Appends what the peer sends next, and whatever else is already
-    /// waiting, so a large message is decoded once it has arrived rather
-    /// than after every segment. Memory grows only with bytes that actually
-    /// arrive, never with a length the peer merely announced.
-    async fn read_more(&mut self) -> Result<(), Closed> {
-        const CHUNK: usize = 64 * 1024;
-        // Between messages a client may idle; a message, once started, must
-        // arrive whole within the read timeout.
-        let deadline = match (self.buf.is_empty(), self.message_started) {
-            (false, Some(started)) => Some(started + self.limits.read_timeout),
-            _ => None,
+    /// Reads at least one byte, and at most `want` (the bytes the message
+    /// still needs, as far as is known) plus [`READ_AHEAD`], taking budget
+    /// for whatever the buffer holds beyond the read-ahead first. Memory
+    /// grows only with bytes that actually arrive, never with a length
+    /// the peer merely announced.
+    async fn read_more(&mut self, want: usize) -> Result<(), Closed> {
+        let limits = self.shared.limits.clone();
+        // Between messages a client may idle up to the idle timeout; a
+        // message, once started, must arrive whole within the read timeout.
+        let deadline = match self.message_started {
+            Some(started) if !self.buf.is_empty() => Some((started + limits.read_timeout, false)),
+            _ if limits.idle_timeout.is_zero() => None,
+            _ => Some((Instant::now() + limits.idle_timeout, true)),
         };
         let expired = async {
             match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
+                Some((at, idle)) => {
+                    tokio::time::sleep_until(at).await;
+                    idle
+                }
                 None => std::future::pending().await,
             }
         };
+        let timed_out = |idle: bool| {
+            if idle {
+                Closed::Idle(limits.idle_timeout)
+            } else {
+                Closed::SlowMessage(limits.read_timeout)
+            }
+        };
+        tokio::pin!(expired);
+
+        let room = want.saturating_add(READ_AHEAD);
+        let stop = self.shared.stop.clone();
+        let charging = charge(&mut self.charged, &self.shared.budget, self.buf.len() + room);
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return Err(Closed::Shutdown),
+            () = charging => {}
+            idle = &mut expired => return Err(timed_out(idle)),
+        }
+        self.buf.reserve(room.min(READ_AHEAD));
         let was_empty = self.buf.is_empty();
-        self.buf.reserve(CHUNK);
+        let mut limited = (&mut self.buf).limit(room);
         let n = tokio::select! {
             biased;
-            () = self.stop.cancelled() => return Err(Closed::Shutdown),
-            n = self.stream.read_buf(&mut self.buf) => n?,
-            () = expired => return Err(Closed::SlowMessage(self.limits.read_timeout)),
+            () = stop.cancelled() => return Err(Closed::Shutdown),
+            n = self.stream.read_buf(&mut limited) => n?,
+            idle = &mut expired => return Err(timed_out(idle)),
         };
         if n == 0 {
             return Err(Closed::Eof);
@@ -319,15 +410,36 @@ impl Connection {
         if was_empty {
             self.message_started = Some(Instant::now());
         }
-        while self.buf.len() <= self.limits.max_frame {
-            self.buf.reserve(CHUNK);
-            match self.stream.try_read_buf(&mut self.buf) {
+        // Whatever else is already waiting, up to the same bound, so that a
+        // large message is decoded once it has arrived, not after every segment.
+        let mut left = room - n;
+        while left > 0 {
+            self.buf.reserve(left.min(READ_AHEAD));
+            match self.stream.try_read_buf(&mut (&mut self.buf).limit(left)) {
                 Ok(0) => break, // EOF: the next read reports it
-                Ok(_) => {}
+                Ok(got) => left -= got,
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(err) => return Err(err.into()),
             }
         }
         Ok(())
+    }
+}
+
+/// Holds budget for a buffer of `bytes` beyond the read-ahead in
+/// `charged`, waiting for it if other connections hold the rest.
+async fn charge(charged: &mut Option<OwnedSemaphorePermit>, budget: &Arc<Semaphore>, bytes: usize) {
+    let needed = budget_units(bytes.saturating_sub(READ_AHEAD));
+    let held = charged.as_ref().map_or(0, |p| p.num_permits());
+    if needed <= held {
+        return;
+    }
+    let extra = (needed - held).min(u32::MAX as usize) as u32;
+    // The semaphore is never closed.
+    if let Ok(more) = budget.clone().acquire_many_owned(extra).await {
+        match charged {
+            Some(charged) => charged.merge(more),
+            None => *charged = Some(more),
+        }
     }
 }

@@ -194,7 +194,7 @@ fn decide(addr: Addr, table: TableAnswer, geo: Option<&GeoDb>, lang: Lang) -> Ou
             Ok(None) => MaxMindAnswer::NoAnswer,
             Err(err) => {
                 warn!(error = %err, ip = %addr.ip(), "MaxMind lookup failed");
-                MaxMindAnswer::Failed(err.to_string())
+                MaxMindAnswer::Failed("MaxMind lookup failed".to_owned())
             }
         },
     };

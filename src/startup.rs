@@ -82,6 +82,15 @@ pub struct Settings {
     pub http_timeout: Duration,
     /// How long one message may take to arrive once it has started.
     pub read_timeout: Duration,
+    /// How long a Thrift connection may send nothing between messages
+    /// before it is closed; 0 means forever.
+    pub idle_timeout: Duration,
+    /// How long writing one reply may take: a peer that stops reading is
+    /// closed then.
+    pub write_timeout: Duration,
+    /// Request bytes all Thrift connections together may hold in buffers
+    /// beyond a 64 KiB read-ahead each; a large message waits for budget.
+    pub max_buffered_bytes: usize,
     /// How long in-flight requests may take to finish on SIGINT/SIGTERM.
     pub shutdown_timeout: Duration,
 }
@@ -109,6 +118,9 @@ impl Settings {
             http_max_body: 1 << 20,
             http_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 256 << 20,
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -399,11 +411,15 @@ impl Application {
         let locator = Locator::new(ranges, maxmind);
         Ok(Application {
             listener,
-            handler: Handler::new(locator.clone(), settings.max_batch, metrics.clone()),
+            handler: Handler::new(locator.clone(), metrics.clone()),
             limits: Limits {
                 max_frame: settings.max_frame,
+                max_batch: settings.max_batch,
                 max_connections: settings.max_connections,
                 read_timeout: settings.read_timeout,
+                idle_timeout: settings.idle_timeout,
+                write_timeout: settings.write_timeout,
+                max_buffered_bytes: settings.max_buffered_bytes,
                 shutdown_timeout: settings.shutdown_timeout,
             },
             http,

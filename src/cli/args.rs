@@ -258,6 +258,18 @@ pub struct ServeArgs {
     /// How long one message may take to arrive once it has started.
     #[arg(long, env = "XM_IP_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub read_timeout: Duration,
+    /// How long a Thrift connection may send nothing between messages
+    /// before it is closed; 0 means forever.
+    #[arg(long, env = "XM_IP_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// How long writing one reply may take: a peer that stops reading is
+    /// closed then.
+    #[arg(long, env = "XM_IP_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+    /// Request bytes all Thrift connections together may hold in buffers
+    /// beyond a 64 KiB read-ahead each; a large message waits for budget.
+    #[arg(long, env = "XM_IP_MAX_BUFFERED_BYTES", default_value_t = 256 << 20)]
+    pub max_buffered_bytes: usize,
     /// How long in-flight requests may take to finish on SIGINT/SIGTERM.
     #[arg(long, env = "XM_IP_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -370,6 +382,9 @@ impl From<ServeArgs> for Settings {
             http_max_body: args.http_max_body,
             http_timeout: args.http_timeout,
             read_timeout: args.read_timeout,
+            idle_timeout: args.idle_timeout,
+            write_timeout: args.write_timeout,
+            max_buffered_bytes: args.max_buffered_bytes,
             shutdown_timeout: args.shutdown_timeout,
         }
     }

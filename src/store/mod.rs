@@ -72,6 +72,19 @@ pub enum StoreError {
     Invalid(String),
 }
 
+impl StoreError {
+    /// The short reason a client is told, in `error_msg`: never SQL text,
+    /// host names or paths. The whole error goes to the log, once.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            StoreError::Timeout(_) => "database timed out",
+            StoreError::Query(err) if !err.is_closed() => "database query failed",
+            StoreError::Invalid(_) => "database holds invalid rows",
+            _ => "database unavailable",
+        }
+    }
+}
+
 /// How to reach PostgreSQL and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {

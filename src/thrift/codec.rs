@@ -161,8 +161,18 @@ pub struct Request {
     pub name: String,
     pub message_type: u8,
     pub seq: i32,
-    /// The arguments, or why they did not decode.
-    pub call: Result<Call, String>,
+    /// The arguments, or why they cannot be answered.
+    pub call: Result<Call, BadArgs>,
+}
+
+/// Why a request's arguments cannot be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadArgs {
+    #[error("arguments do not decode: {0}")]
+    Malformed(String),
+    /// Found while decoding, before anything was allocated for the list.
+    #[error("batch of {size} IPs exceeds the limit of {limit} per request")]
+    BatchOverLimit { size: usize, limit: usize },
 }
 
 /// The service name a multiplexing client may put before the method name.
@@ -174,14 +184,18 @@ const SERVICE_PREFIX: &str = "IPService:";
 /// `max_message` bytes long. A header that does not decode is an error;
 /// arguments that do not decode come back in `Request::call` so the peer
 /// can be told, but then the byte count is unknown (`None`) unless `whole`.
+/// A list of more than `max_batch` addresses is skipped without
+/// allocating and reported as [`BadArgs::BatchOverLimit`].
 pub fn decode(
     buf: &[u8],
     protocol: Protocol,
     whole: bool,
     max_message: usize,
+    max_batch: usize,
 ) -> Result<(Request, Option<usize>), WireError> {
     let limit = if whole { buf.len() } else { max_message };
     let mut reader = Reader::new(buf, protocol, limit);
+    reader.max_batch = max_batch;
     let (name, message_type, seq) = reader.message_begin().map_err(|e| match e {
         WireError::Incomplete if whole => bad("the frame ends inside the message header"),
         other => other,
@@ -194,15 +208,20 @@ pub fn decode(
         _ => reader.skip(Kind::Struct, 0).map(|()| Call::Unknown),
     };
     let call = match call {
+        Ok(_) if reader.over_batch.is_some() => Err(BadArgs::BatchOverLimit {
+            size: reader.over_batch.unwrap_or_default(),
+            limit: max_batch,
+        }),
         Ok(call) => Ok(call),
         Err(WireError::Incomplete) if !whole => return Err(WireError::Incomplete),
-        Err(WireError::Incomplete) => Err("the frame ends inside the arguments".to_owned()),
-        Err(err) => Err(err.to_string()),
+        Err(WireError::Incomplete) => Err(BadArgs::Malformed("the frame ends inside the arguments".to_owned())),
+        Err(err) => Err(BadArgs::Malformed(err.to_string())),
     };
     let consumed = match (&call, whole) {
         (_, true) => Some(buf.len()),
-        (Ok(_), false) => Some(reader.pos),
-        (Err(_), false) => None,
+        // An over-long list was walked over whole: the end is known.
+        (Ok(_) | Err(BadArgs::BatchOverLimit { .. }), false) => Some(reader.pos),
+        (Err(BadArgs::Malformed(_)), false) => None,
     };
     let request = Request {
         name,
@@ -284,6 +303,10 @@ struct Reader<'a> {
     last_field: Vec<i16>,
     /// Compact protocol: a bool field's value travels in its header.
     pending_bool: bool,
+    /// The longest address list decoded into strings.
+    max_batch: usize,
+    /// The size of a list that was longer, and so skipped.
+    over_batch: Option<usize>,
 }
 
 impl<'a> Reader<'a> {
@@ -295,6 +318,8 @@ impl<'a> Reader<'a> {
             protocol,
             last_field: Vec::new(),
             pending_bool: false,
+            max_batch: usize::MAX,
+            over_batch: None,
         }
     }
 
@@ -551,6 +576,14 @@ impl<'a> Reader<'a> {
         let (kind, size) = self.list_begin()?;
         if kind != Kind::String {
             return Err(bad(format!("ipList holds {kind:?}, not strings")));
+        }
+        if size > self.max_batch {
+            // Walked over, never allocated: the request is refused whole.
+            for _ in 0..size {
+                self.skip(Kind::String, 1)?;
+            }
+            self.over_batch = Some(size);
+            return Ok(Vec::new());
         }
         // Reserve only for what has arrived, not for what was announced.
         let mut out = Vec::with_capacity(size.min(self.remaining()));
@@ -878,12 +911,29 @@ mod tests {
         let mut msg = vec![0x80, 1, 0, 1, 0, 0, 0, 16];
         msg.extend_from_slice(b"queryGeoInfoByIP");
         msg.extend_from_slice(&[0, 0, 0, 7, 15, 0, 1, 11, 0x7f, 0xff, 0xff, 0xff]);
-        let (request, _) = decode(&msg, Protocol::Binary { strict: true }, true, LIMIT).unwrap();
-        let err = request.call.unwrap_err();
+        let (request, _) = decode(&msg, Protocol::Binary { strict: true }, true, LIMIT, usize::MAX).unwrap();
+        let err = request.call.unwrap_err().to_string();
         assert!(
             err.contains("list size 2147483647 exceeds the 36-byte message limit"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_list_over_the_batch_limit_is_walked_over_and_refused_whole() {
+        let wire = Wire {
+            framing: Framing::Buffered,
+            protocol: Protocol::Compact,
+        };
+        let ips: Vec<String> = ["1.1.1.1", "", "2.2.2.2"].map(String::from).to_vec();
+        let mut msg = encode_call(wire, 9, &Call::QueryGeoInfoByIp { ips: ips.clone() });
+        let len = msg.len();
+        msg.extend_from_slice(b"next message");
+        let (request, used) = decode(&msg, Protocol::Compact, false, LIMIT, 2).unwrap();
+        assert_eq!(request.call, Err(BadArgs::BatchOverLimit { size: 3, limit: 2 }));
+        assert_eq!(used, Some(len), "the stream stays in step");
+        let (request, _) = decode(&msg, Protocol::Compact, false, LIMIT, 3).unwrap();
+        assert_eq!(request.call, Ok(Call::QueryGeoInfoByIp { ips }));
     }
 
     #[test]
@@ -906,7 +956,7 @@ mod tests {
                 } else {
                     &bytes[..]
                 };
-                let (request, _) = decode(body, protocol, framing == Framing::Framed, LIMIT).unwrap();
+                let (request, _) = decode(body, protocol, framing == Framing::Framed, LIMIT, usize::MAX).unwrap();
                 assert_eq!((request.name.as_str(), request.seq), ("queryGeoInfo", 9));
                 assert_eq!(request.call, Ok(call));
 
@@ -946,13 +996,13 @@ mod tests {
             },
         );
         // A reply is not a call, but the header decodes the same way.
-        let (request, used) = decode(&reply, Protocol::Compact, false, LIMIT).unwrap();
+        let (request, used) = decode(&reply, Protocol::Compact, false, LIMIT, usize::MAX).unwrap();
         assert_eq!(
             (request.name.as_str(), request.seq, used),
             ("queryGeoInfoByIP", 7, Some(reply.len()))
         );
         assert_eq!(
-            decode(&reply[..reply.len() - 1], Protocol::Compact, false, LIMIT),
+            decode(&reply[..reply.len() - 1], Protocol::Compact, false, LIMIT, usize::MAX),
             Err(WireError::Incomplete)
         );
     }

@@ -1,5 +1,6 @@
-//! Turns a decoded request into a reply: method dispatch and the batch
-//! limit.
+//! Turns a decoded request into a reply: method dispatch, and an
+//! exception for arguments that cannot be answered (the batch limit is
+//! applied by the decoder).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,7 +8,7 @@ use std::time::Instant;
 use thrift::ApplicationErrorKind;
 use tracing::{debug, instrument};
 
-use super::codec::{exception, Call, Reply, Request};
+use super::codec::{exception, BadArgs, Call, Reply, Request};
 use crate::domain::{Lang, Outcome};
 use crate::metrics::{Api, Metrics, Rejection};
 use crate::service::{Locator, Route, TableLang};
@@ -19,17 +20,12 @@ const ONEWAY: u8 = 4;
 #[derive(Clone)]
 pub struct Handler {
     locator: Locator,
-    max_batch: usize,
     metrics: Arc<Metrics>,
 }
 
 impl Handler {
-    pub fn new(locator: Locator, max_batch: usize, metrics: Arc<Metrics>) -> Handler {
-        Handler {
-            locator,
-            max_batch,
-            metrics,
-        }
+    pub fn new(locator: Locator, metrics: Arc<Metrics>) -> Handler {
+        Handler { locator, metrics }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -66,26 +62,20 @@ impl Handler {
     async fn reply<'r>(&self, request: &'r Request, method: &'static str, started: Instant) -> Reply<'r> {
         let call = match &request.call {
             Ok(call) => call,
-            Err(reason) => {
-                self.rejected(method, Rejection::Garbage, started);
-                return exception(
-                    ApplicationErrorKind::ProtocolError,
-                    format!("{}: arguments do not decode: {reason}", request.name),
-                );
+            Err(err) => {
+                let reason = match err {
+                    BadArgs::BatchOverLimit { .. } => Rejection::BatchOverLimit,
+                    BadArgs::Malformed(_) => Rejection::Garbage,
+                };
+                self.rejected(method, reason, started);
+                let message = match err {
+                    BadArgs::Malformed(_) => format!("{}: {err}", request.name),
+                    BadArgs::BatchOverLimit { .. } => err.to_string(),
+                };
+                return exception(ApplicationErrorKind::ProtocolError, message);
             }
         };
         let ips = call.ips();
-        if ips.len() > self.max_batch {
-            self.rejected(method, Rejection::BatchOverLimit, started);
-            return exception(
-                ApplicationErrorKind::ProtocolError,
-                format!(
-                    "batch of {} IPs exceeds the limit of {} per request",
-                    ips.len(),
-                    self.max_batch
-                ),
-            );
-        }
         let route = match call {
             Call::QueryGeoInfoByIp { .. } => Route::Tables(TableLang::ZhCn),
             Call::QueryI18nGeoInfoByIp { .. } => Route::MaxMindOnly(Lang::En),

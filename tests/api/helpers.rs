@@ -221,6 +221,9 @@ pub struct Options {
     pub max_batch: usize,
     pub max_frame: usize,
     pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Options {
@@ -234,6 +237,9 @@ impl Default for Options {
             max_batch: 10_000,
             max_frame: 16_384_000,
             max_connections: 64,
+            idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -283,7 +289,9 @@ impl TestApp {
             max_frame: options.max_frame,
             max_connections: options.max_connections,
             read_timeout: Duration::from_millis(500),
-            shutdown_timeout: Duration::from_secs(5),
+            idle_timeout: options.idle_timeout,
+            write_timeout: options.write_timeout,
+            shutdown_timeout: options.shutdown_timeout,
             http_addr: "127.0.0.1:0".to_owned(),
             ..Settings::new("127.0.0.1:0")
         };

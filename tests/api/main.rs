@@ -8,6 +8,7 @@ mod helpers;
 mod change_report;
 mod cli;
 mod files;
+mod hostile;
 mod http;
 mod import;
 mod lookup;

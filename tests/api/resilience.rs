@@ -15,11 +15,11 @@ async fn a_database_that_goes_away_degrades_to_maxmind_or_error_3_and_recovers()
     let answers = app.by_ip(&["183.62.57.1", "9.9.9.9", "240e:1::1", "bad ip"]).await;
     assert_eq!(summary(&answers[0]), expect(0, "maxmind", "中国", "广东", "广州"));
     assert_eq!(answers[1].error_no, Some(3), "{:?}", answers[1].error_msg);
-    assert!(answers[1]
-        .error_msg
-        .as_deref()
-        .unwrap()
-        .starts_with("backend unavailable"));
+    // The short reason only: no SQL, host or path reaches a client.
+    assert_eq!(
+        answers[1].error_msg.as_deref(),
+        Some("backend unavailable: database unavailable")
+    );
     assert_eq!(summary(&answers[2]), expect(0, "maxmind", "中国", "", ""));
     assert_eq!(answers[3].error_no, Some(1));
 
@@ -60,14 +60,9 @@ async fn a_hung_database_times_out_instead_of_hanging_the_request() {
         started.elapsed()
     );
     assert_eq!(answers[0].error_no, Some(3));
-    assert!(
-        answers[0]
-            .error_msg
-            .as_deref()
-            .unwrap()
-            .contains("did not answer within 300ms"),
-        "{:?}",
-        answers[0].error_msg
+    assert_eq!(
+        answers[0].error_msg.as_deref(),
+        Some("backend unavailable: database timed out")
     );
     assert_eq!(summary(&answers[1]).1, "maxmind");
     held.abort();

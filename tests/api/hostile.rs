@@ -1,0 +1,154 @@
+//! Peers that hold resources: one that never reads its replies, one that
+//! idles forever, and a request still running when shutdown times out.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use xm_ip_service::thrift::codec::{self, Call, Framing, Protocol, Wire};
+use xm_ip_service::thrift::TIPServiceSyncClient;
+
+use crate::helpers::{summary, Options, TestApp};
+
+const FRAMED_BINARY: Wire = Wire {
+    framing: Framing::Framed,
+    protocol: Protocol::Binary { strict: true },
+};
+
+/// Reads until the server closes the connection (EOF or reset), giving up
+/// after `within`; returns the bytes read and whether it was closed.
+fn read_until_closed(mut socket: &TcpStream, within: Duration) -> (usize, bool) {
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let deadline = Instant::now() + within;
+    let (mut total, mut buf) = (0, vec![0u8; 1 << 16]);
+    while Instant::now() < deadline {
+        match socket.read(&mut buf) {
+            Ok(0) => return (total, true),
+            Ok(n) => total += n,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (total, true), // reset
+        }
+    }
+    (total, false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_never_reads_its_replies_is_closed_after_the_write_timeout() {
+    let app = TestApp::spawn_with(Options {
+        write_timeout: Duration::from_millis(300),
+        ..Options::default()
+    })
+    .await;
+    // 20 requests of 10,000 addresses each: about 30 MB of replies, far
+    // more than the sockets' buffers hold.
+    let ips = vec!["183.62.57.1".to_owned(); 10_000];
+    let request = codec::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
+    let socket = TcpStream::connect(app.addr).unwrap();
+    let writer = socket.try_clone().unwrap();
+    let pipelining = std::thread::spawn(move || {
+        writer.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        for _ in 0..20 {
+            if (&writer).write_all(&request).is_err() {
+                break;
+            }
+        }
+    });
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Meanwhile everyone else is answered.
+    assert_eq!(summary(&app.by_ip(&["183.62.57.1"]).await[0]).1, "cn");
+    let (read, closed) = tokio::task::spawn_blocking(move || read_until_closed(&socket, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(closed, "the server never closed a peer that does not read");
+    assert!(
+        read < 20 * 1_000_000,
+        "it stopped before sending every reply ({read} bytes)"
+    );
+    pipelining.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
+    let app = TestApp::spawn_with(Options {
+        idle_timeout: Duration::from_millis(400),
+        ..Options::default()
+    })
+    .await;
+    let idle = TcpStream::connect(app.addr).unwrap();
+    let busy = app
+        .with_client(
+            xm_ip_service::client::Transport::Framed,
+            xm_ip_service::client::Protocol::Binary,
+            |client| {
+                let mut answered = 0;
+                for _ in 0..8 {
+                    std::thread::sleep(Duration::from_millis(150));
+                    if client.query_geo_info_by_i_p(vec!["183.62.57.1".into()]).is_ok() {
+                        answered += 1;
+                    }
+                }
+                answered
+            },
+        )
+        .await;
+    assert_eq!(busy, 8, "calls 150 ms apart keep a connection open");
+    let (_, closed) = tokio::task::spawn_blocking(move || read_until_closed(&idle, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(closed, "the idle connection stayed open");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_aborts_a_request_still_running_when_its_timeout_expires() {
+    // A database that accepts connections and never answers keeps the
+    // request running for the whole 6 s database timeout.
+    let black_hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = black_hole.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = black_hole.accept().await {
+            open.push(socket);
+        }
+    });
+    let app = TestApp::spawn_with(Options {
+        database_url: Some(format!("postgres://postgres@127.0.0.1:{port}/nowhere")),
+        db_timeout: Duration::from_secs(6),
+        shutdown_timeout: Duration::from_millis(300),
+        ..Options::default()
+    })
+    .await;
+    let socket = TcpStream::connect(app.addr).unwrap();
+    let request = codec::encode_call(
+        FRAMED_BINARY,
+        1,
+        &Call::QueryGeoInfoByIp {
+            ips: vec!["9.9.9.9".into()],
+        },
+    );
+    (&socket).write_all(&request).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), app.shutdown())
+        .await
+        .expect("shutdown ends soon after its timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (read, closed) = tokio::task::spawn_blocking(move || read_until_closed(&socket, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(
+        closed && read == 0,
+        "the aborted request's connection closes without a reply"
+    );
+    held.abort();
+}
