@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +86,9 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
         limits: limits.clone(),
         stop: stop.clone(),
         budget,
+        trim_wanted: Arc::new(AtomicBool::new(false)),
     };
+    let trimmer = tokio::spawn(return_freed_memory(shared.trim_wanted.clone()));
 
     tokio::select! {
         () = accept_loop(&listener, &shared, &permits, &abort, &tracker) => {}
@@ -105,6 +108,20 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
         abort.cancel();
         tracker.wait().await;
     }
+    trimmer.abort();
+}
+
+/// After connections that held large buffers have closed, gives the freed
+/// pages back to the system: the allocator would otherwise keep a burst's
+/// peak resident.
+async fn return_freed_memory(wanted: Arc<AtomicBool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        every.tick().await;
+        if wanted.swap(false, Ordering::Relaxed) {
+            let _ = tokio::task::spawn_blocking(crate::index::release_free_memory).await;
+        }
+    }
 }
 
 /// What every connection shares.
@@ -115,6 +132,8 @@ struct Shared {
     stop: CancellationToken,
     /// Buffer bytes beyond the read-ahead, in [`BUDGET_UNIT`]s.
     budget: Arc<Semaphore>,
+    /// Set when a connection that held more than the read-ahead ends.
+    trim_wanted: Arc<AtomicBool>,
 }
 
 /// The budget counts bytes in units of this many.
@@ -158,6 +177,7 @@ async fn accept_loop(
             shared: shared.clone(),
             buf: BytesMut::new(),
             charged: None,
+            held_much: false,
             message_started: None,
             _open: metrics.connection_opened(Api::Thrift),
         };
@@ -215,6 +235,8 @@ struct Connection {
     buf: BytesMut,
     /// Budget held for `buf` beyond the read-ahead.
     charged: Option<OwnedSemaphorePermit>,
+    /// Whether a request or reply ever took more than the read-ahead.
+    held_much: bool,
     /// When the first byte of the message being received arrived.
     message_started: Option<Instant>,
     _open: OpenConnection,
@@ -257,7 +279,11 @@ impl Connection {
     #[instrument(level = "debug", name = "connection", skip_all, fields(peer = %self.peer))]
     async fn serve(mut self) {
         debug!("connection opened");
-        match self.serve_requests().await {
+        let ended = self.serve_requests().await;
+        if self.held_much {
+            self.shared.trim_wanted.store(true, Ordering::Relaxed);
+        }
+        match ended {
             Ok(()) | Err(Closed::Eof | Closed::Shutdown) => debug!("connection closed"),
             Err(Closed::Io(err)) => debug!(error = %err, "connection failed"),
             Err(err @ Closed::Idle(_)) => debug!(error = %err, "closing idle connection"),
@@ -287,6 +313,7 @@ impl Connection {
             }
             if let Some(reply) = self.shared.handler.respond(&request).await {
                 let bytes = codec::encode(wire, &request.name, request.seq, &reply);
+                self.held_much |= bytes.len() > READ_AHEAD || self.charged.is_some();
                 tokio::time::timeout(limits.write_timeout, self.stream.write_all(&bytes))
                     .await
                     .map_err(|_| Closed::SlowReader(limits.write_timeout))??;

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Hostile-load measurement: CLIENTS connections (default 1000) each
+# pipeline 1,000-address requests for DURATION seconds (default 15) and
+# never read a reply, while `xm-ip-service bench` drives normal calls.
+# Prints the server's resident memory (idle, peak, after) and the normal
+# clients' figures. Loopback only; every part stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+clients=${CLIENTS:-1000}
+duration=${DURATION:-15}
+port=${PORT:-19095}
+bin=target/release/xm-ip-service
+cargo build --release --quiet
+ulimit -n 65536 2>/dev/null || true
+
+RUST_LOG=error "$bin" serve --addr "127.0.0.1:$port" --http-addr off --write-timeout 60s >/dev/null 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
+rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$server/status"; }
+echo "server RSS idle: $(rss) MB"
+
+python3 - "$port" "$clients" "$duration" <<'PY' &
+import socket, struct, sys, time
+port, clients, duration = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+name = b"queryGeoInfoByIP"
+ips = b"".join(struct.pack(">I", 11) + b"183.62.57.1" for _ in range(1000))
+args = bytes([15]) + struct.pack(">h", 1) + bytes([11]) + struct.pack(">i", 1000) + ips + b"\x00"
+body = struct.pack(">I", 0x80010001) + struct.pack(">I", len(name)) + name + struct.pack(">i", 1) + args
+frame = struct.pack(">I", len(body)) + body
+socks = []
+for _ in range(clients):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setblocking(False)
+    socks.append(s)
+end = time.time() + duration
+while time.time() < end:
+    for s in socks:
+        try:
+            s.send(frame)
+        except (BlockingIOError, OSError):
+            pass
+    time.sleep(0.01)
+for s in socks:
+    s.close()
+PY
+hostile=$!
+sleep 2
+"$bin" bench --addr "127.0.0.1:$port" --connections 8 --batch 1 --duration "$((duration - 4))s" --server-pid "$server" &
+bench=$!
+peak=0
+while kill -0 "$hostile" 2>/dev/null; do
+  now=$(rss); [ "$now" -gt "$peak" ] && peak=$now
+  sleep 0.5
+done
+wait "$bench"
+sleep 3
+echo "server RSS peak during the load: $peak MB; 3 s after the clients closed: $(rss) MB"
