@@ -33,7 +33,12 @@ fn one_line(err: &anyhow::Error) -> String {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Query(args) => cli::query(args),
+        Command::Query(args) => {
+            if !cli::query(args)? {
+                std::process::exit(cli::SOME_UNANSWERED);
+            }
+            Ok(())
+        }
         Command::Resolve(args) => runtime()?.block_on(cli::resolve(args)),
         Command::Bench(options) => cli::bench(options),
         Command::Compare(options) => {

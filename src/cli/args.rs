@@ -42,7 +42,9 @@ pub enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
-    /// Ask a running server where addresses are.
+    /// Ask a running server where addresses are. Exit status 0 when every
+    /// address was answered, 2 when some got an error (invalid, not found,
+    /// backend), 1 when the server could not be asked.
     Query(QueryArgs),
     /// Locate every address in files or log lines, in bulk: through a
     /// server (--addr), or offline from files (--data) or PostgreSQL
@@ -106,6 +108,10 @@ pub struct ImportArgs {
     #[arg(long, value_enum, default_value = "copy", hide = true)]
     pub method: LoadMethod,
 }
+
+/// `query`'s exit status when the server answered but not every address
+/// was found: distinct from 1, "could not ask".
+pub const SOME_UNANSWERED: i32 = 2;
 
 fn percent(text: &str) -> Result<f64, String> {
     match text.trim_end_matches('%').parse::<f64>() {

@@ -8,7 +8,8 @@ use crate::client::{self, to_json};
 use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 
 /// Runs `query`: a blocking client, so it stays out of the async runtime.
-pub fn query(args: QueryArgs) -> anyhow::Result<()> {
+/// Whether every address was answered (`error_no` 0).
+pub fn query(args: QueryArgs) -> anyhow::Result<bool> {
     let mut client = client::connect(&args.addr, args.transport, args.protocol, args.timeout)
         .with_context(|| format!("cannot connect to {}", args.addr))?;
     let ips = args.ips.clone();
@@ -28,7 +29,7 @@ pub fn query(args: QueryArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", table(&answers));
     }
-    Ok(())
+    Ok(answers.iter().all(|g| g.error_no.unwrap_or(0) == 0))
 }
 
 /// A table, one row per address; widths count display columns, so CJK

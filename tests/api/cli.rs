@@ -57,7 +57,7 @@ async fn query_prints_an_aligned_table_or_json() {
     let app = TestApp::spawn().await;
     let addr = app.addr.to_string();
     let (ok, stdout, stderr) = run(&["query", "183.62.57.1", "240e:1::1", "bogus", "--addr", &addr]).await;
-    assert!(ok, "{stderr}");
+    assert!(!ok, "an address without an answer fails the command: {stderr}");
     let lines: Vec<Vec<&str>> = stdout
         .lines()
         .map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect())
@@ -107,6 +107,19 @@ async fn query_prints_an_aligned_table_or_json() {
     let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(answer["geoip_country_name"], "United States");
     assert_eq!(answer["geoip_source"], "maxmind");
+
+    // Scripts can tell "some addresses unanswered" (2) from "could not ask" (1).
+    let status = |args: &[&str]| {
+        let mut command = Command::new(BIN);
+        command.arg("query").args(args).env("RUST_LOG", "warn");
+        async move { command.status().await.unwrap().code() }
+    };
+    assert_eq!(status(&["183.62.57.1", "--addr", &addr]).await, Some(0));
+    assert_eq!(status(&["183.62.57.1", "bogus", "--addr", &addr]).await, Some(2));
+    assert_eq!(
+        status(&["183.62.57.1", "--addr", "127.0.0.1:1", "--timeout", "1s"]).await,
+        Some(1)
+    );
 }
 
 #[tokio::test]
