@@ -24,7 +24,11 @@ namespace py xm_ip_service
  * the optional fields 13-16 are unset.
  */
 struct GeoInfo {
-  /** The input string, echoed as given. */
+  /**
+   * The input string, echoed as given; an input longer than any address
+   * (over 64 bytes, always error 1) is echoed only in its first 64 bytes,
+   * and error_msg says so, so that a reply never outgrows its request.
+   */
   1: string ip,
   /** ISO 3166-1 alpha-2, e.g. "CN". */
   2: string geoip_country_code,

@@ -16,6 +16,20 @@ pub enum Addr {
     V6(Ipv6Addr),
 }
 
+/// The part of an input an answer echoes: all of it, or the first
+/// `MAX_IP_TEXT` bytes of one too long to be an address, so that a reply
+/// never outgrows its request.
+pub fn echo(input: &str) -> &str {
+    if input.len() <= MAX_IP_TEXT {
+        return input;
+    }
+    let mut end = MAX_IP_TEXT;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    &input[..end]
+}
+
 impl Addr {
     /// Parses one input: trimmed, a dotted quad or any IPv6 text form,
     /// nothing else (no CIDR, port, zone index or leading-zero octets).
@@ -26,7 +40,7 @@ impl Addr {
         }
         if text.len() > MAX_IP_TEXT {
             return Err(LookupError::InvalidIp(format!(
-                "address text is {} bytes, longer than any IP address",
+                "address text is {} bytes, longer than any IP address (ip echoes its first {MAX_IP_TEXT})",
                 text.len()
             )));
         }

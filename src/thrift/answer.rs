@@ -237,6 +237,7 @@ pub fn write_answer(out: &mut Vec<u8>, protocol: Protocol, input: &str, outcome:
 /// The `GeoInfo` of an outcome, as the generated types hold it: what a
 /// Thrift client decodes from the bytes [`Fields::answer`] writes.
 pub fn geo_info(input: &str, outcome: &Outcome) -> GeoInfo {
+    let input = crate::domain::echo(input);
     let text = |s: &str| Some(s.to_owned());
     match outcome {
         Ok(found) => GeoInfo {

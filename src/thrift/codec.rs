@@ -668,7 +668,7 @@ pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply<'_>) -> Ve
                 o.write_list_begin(&TListIdentifier::new(TType::Struct, outcomes.len() as i32))
             });
             for (input, outcome) in inputs.iter().zip(outcomes) {
-                answer::write_answer(&mut out, wire.protocol, input, outcome);
+                answer::write_answer(&mut out, wire.protocol, crate::domain::echo(input), outcome);
             }
             // The result struct's field stop; list, field, struct and
             // message ends write nothing in either protocol.
@@ -982,6 +982,23 @@ mod tests {
                 assert_eq!(summary.exception.as_deref(), Some("no such"));
             }
         }
+    }
+
+    #[test]
+    fn a_reply_to_long_invalid_inputs_is_smaller_than_the_request() {
+        let wire = wire(Framing::Framed, Protocol::Binary { strict: true });
+        let ips = vec!["x".repeat(1_630); 10_000];
+        let request = encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips: ips.clone() });
+        assert!(
+            request.len() <= crate::server::DEFAULT_MAX_FRAME + 4,
+            "the request itself fits the limit"
+        );
+        let outcomes: Vec<_> = ips
+            .iter()
+            .map(|ip| crate::domain::Addr::parse(ip).map(|_| unreachable!()))
+            .collect();
+        let reply = encode(wire, "queryGeoInfoByIP", 1, &Reply::Answers { inputs: &ips, outcomes });
+        assert!(reply.len() < request.len() / 4, "{} bytes", reply.len());
     }
 
     #[test]

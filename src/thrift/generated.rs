@@ -45,7 +45,9 @@ use thrift::server::TProcessor;
 /// the optional fields 13-16 are unset.
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct GeoInfo {
-  /// The input string, echoed as given.
+  /// The input string, echoed as given; an input longer than any address
+  /// (over 64 bytes, always error 1) is echoed only in its first 64 bytes,
+  /// and error_msg says so, so that a reply never outgrows its request.
   pub ip: Option<String>,
   /// ISO 3166-1 alpha-2, e.g. "CN".
   pub geoip_country_code: Option<String>,

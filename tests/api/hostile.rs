@@ -152,3 +152,21 @@ async fn shutdown_aborts_a_request_still_running_when_its_timeout_expires() {
     );
     held.abort();
 }
+
+#[tokio::test]
+async fn an_input_longer_than_any_address_is_echoed_only_in_part() {
+    let app = TestApp::spawn().await;
+    let long = format!("{}中", "1".repeat(63)) + &"x".repeat(2_000);
+    let answers = app.by_ip(&[&long, "183.62.57.1"]).await;
+    assert_eq!(answers[0].error_no, Some(1));
+    assert_eq!(
+        answers[0].ip.as_deref(),
+        Some("1".repeat(63).as_str()),
+        "cut at a character boundary"
+    );
+    assert_eq!(
+        answers[0].error_msg.as_deref(),
+        Some("invalid IP: address text is 2066 bytes, longer than any IP address (ip echoes its first 64)")
+    );
+    assert_eq!(answers[1].ip.as_deref(), Some("183.62.57.1"));
+}

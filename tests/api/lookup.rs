@@ -207,7 +207,9 @@ async fn invalid_items_fail_alone_in_input_order() {
     let answers = app.by_ip(&inputs).await;
     assert_eq!(answers.len(), inputs.len());
     for (g, input) in answers.iter().zip(inputs) {
-        assert_eq!(g.ip.as_deref(), Some(input), "echoes the input");
+        // An input longer than any address is echoed in its first 64 bytes.
+        let echoed = &input[..input.len().min(64)];
+        assert_eq!(g.ip.as_deref(), Some(echoed), "echoes the input");
     }
     assert_eq!(answers[0].error_no, Some(0));
     assert_eq!(answers[9].error_no, Some(0));
