@@ -380,3 +380,32 @@ async fn a_rebuild_that_fails_keeps_the_old_snapshot_serving_until_one_succeeds(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_that_overlap_are_refused_and_the_old_snapshot_keeps_serving() {
+    let app = TestApp::spawn_with(Options {
+        reload_interval: Duration::from_millis(200),
+        ..Options::memory()
+    })
+    .await;
+    let city = |g: &GeoInfo| g.geoip_city_name.clone().unwrap_or_default();
+    assert_eq!(city(&app.by_ip(&["183.62.57.1"]).await[0]), "广州");
+    let client = app.db().client().await;
+    // Written outside the importer: a row inside 183.62.56.99-183.62.63.255,
+    // which the backward probe would answer for instead of the wide row.
+    client
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO ip_service_cn (start_ip, end_ip, country_name, province_name, city_name)
+             VALUES (3074308352, 3074308607, '中国', '广东', '深圳');
+             INSERT INTO ip_service_imports (table_name, source_file, sha256, format, outcome, finished_at)
+             VALUES ('ip_service_cn', 'overlapping', 'x', 'csv', 'succeeded', now());
+             COMMIT;
+             NOTIFY ip_service_reload, 'ip_service_cn';",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // 183.62.57.1 = 3074308353: inside both rows; the old snapshot answers.
+    assert_eq!(city(&app.by_ip(&["183.62.57.1"]).await[0]), "广州");
+}
