@@ -16,7 +16,9 @@
 //! - [`startup`]: settings and wiring; [`cli`] and [`client`] for the binary.
 //! - [`loadgen`]: the load generator behind `bench` and `compare`.
 //! - [`resolve`]: log-line parsing and the summary behind `resolve`.
+//! - [`check`]: the consistency checks behind `check`.
 
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod domain;

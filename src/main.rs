@@ -49,6 +49,12 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Import(args) => runtime()?.block_on(cli::import(args)),
         Command::Export { database_url, table } => runtime()?.block_on(cli::export(&database_url, table)),
+        Command::Check { database_url, table } => {
+            if !runtime()?.block_on(cli::check(&database_url, &table))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Migrate { database_url } => runtime()?.block_on(cli::migrate(&database_url)),
         Command::Serve(args) => {
             let settings = Settings::from(args);

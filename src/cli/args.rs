@@ -57,6 +57,17 @@ pub enum Command {
     /// Send the same sampled addresses to two servers and count the answers
     /// that differ (exit status 1 if any do).
     Compare(CompareArgs),
+    /// Check the range tables for what the importer would refuse:
+    /// overlapping or reversed ranges, rows without names, country codes
+    /// not in ISO 3166-1, GB/T 2260 codes that do not match their names.
+    /// One line per problem; exit status 1 if there is any.
+    Check {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// The tables to check (repeatable); all of them by default.
+        #[arg(long)]
+        table: Vec<Table>,
+    },
     /// Write a range table to standard output as interchange CSV.
     Export {
         #[arg(long, env = "DATABASE_URL")]

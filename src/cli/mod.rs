@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod check;
 mod export;
 mod import;
 mod migrate;
@@ -12,6 +13,7 @@ mod values;
 
 pub use args::*;
 pub use bench::{bench, compare};
+pub use check::check;
 pub use export::export;
 pub use import::import;
 pub use migrate::migrate;

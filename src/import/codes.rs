@@ -3,7 +3,7 @@
 //! Chinese names, matching both 广东 and 广东省. The dictionaries are the
 //! reference data under `reference/`, embedded at build time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use crate::domain::PlaceBuf;
@@ -28,6 +28,8 @@ const SUFFIXES: [&str; 10] = [
 /// The dictionaries, parsed once.
 pub struct Codes {
     countries: HashMap<String, String>,
+    /// Every ISO 3166-1 alpha-2 code the dictionary knows.
+    country_codes: HashSet<String>,
     /// Short province name → six-digit code.
     provinces: HashMap<String, String>,
     /// (two-digit province prefix, short city name) → six-digit code.
@@ -79,11 +81,16 @@ impl Codes {
             }
         }
         Codes {
+            country_codes: countries.values().cloned().collect(),
             countries,
             provinces,
             cities,
             county_level_cities,
         }
+    }
+
+    pub fn is_country_code(&self, code: &str) -> bool {
+        self.country_codes.contains(code)
     }
 
     /// Fills whichever of the country, province and city codes are empty.

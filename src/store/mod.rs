@@ -22,7 +22,7 @@ use coalesce::Coalescer;
 pub use crate::domain::Table;
 pub use migrate::migrate;
 pub use reload::Reloader;
-pub use snapshot::{live_import, load_snapshot, load_tables, table_rows, LiveImport};
+pub use snapshot::{copy_rows_sql, live_import, load_snapshot, load_tables, table_rows, visit_rows, LiveImport};
 
 /// The batch lookup for `table`: one round trip for a whole batch, in
 /// which each address probes the unique `start_ip` index backwards once

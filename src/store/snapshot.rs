@@ -11,11 +11,11 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, GenericClient, IsolationLevel, NoTls};
+use tokio_postgres::{Client, CopyOutStream, GenericClient, IsolationLevel, NoTls};
 
 use super::StoreError;
 use crate::domain::{Family, Table};
-use crate::index::{Builder, Key, RangeIndex, Snapshot, TableIndex, Version};
+use crate::index::{Builder, Snapshot, TableIndex, Version};
 
 /// The longest a whole table may take to load; the full cn table takes a
 /// few seconds.
@@ -34,28 +34,26 @@ pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot
         .await?;
     let version = version(&tx, table).await?;
     let data_time = live_import(&tx, table).await?.and_then(|live| live.finished);
-    let copy = tx
-        .copy_out(&format!(
-            "COPY (SELECT {COLUMNS} FROM {} ORDER BY start_ip) TO STDOUT (FORMAT binary)",
-            table.name()
-        ))
-        .await?;
     let index = match table.family() {
-        Family::V4 => TableIndex::V4(
-            build(copy, table, Type::INT8, |row, i| {
-                let n: i64 = row.try_get(i)?;
-                u32::try_from(n)
-                    .map_err(|_| StoreError::Invalid(format!("{n} in {} is not an IPv4 address", table.name())))
+        Family::V4 => {
+            let mut builder = Builder::new(table.source());
+            visit_rows(
+                tx.copy_out(&copy_rows_sql(table)).await?,
+                table,
+                |start, end, fields| builder.push_fields(start as u32, end as u32, fields),
+            )
+            .await?;
+            TableIndex::V4(builder.finish())
+        }
+        Family::V6 => {
+            let mut builder = Builder::new(table.source());
+            let copy = tx.copy_out(&copy_rows_sql(table)).await?;
+            visit_rows(copy, table, |start, end, fields| {
+                builder.push_fields(start, end, fields)
             })
-            .await?,
-        ),
-        Family::V6 => TableIndex::V6(
-            build(copy, table, Type::INET, |row, i| match row.try_get::<IpAddr>(i)? {
-                IpAddr::V6(v6) => Ok(u128::from(v6)),
-                IpAddr::V4(v4) => Err(StoreError::Invalid(format!("{v4} in {}", table.name()))),
-            })
-            .await?,
-        ),
+            .await?;
+            TableIndex::V6(builder.finish())
+        }
     };
     tx.commit().await?;
     Ok(Snapshot {
@@ -65,16 +63,44 @@ pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot
     })
 }
 
-async fn build<K: Key>(
-    copy: tokio_postgres::CopyOutStream,
+/// The COPY that [`visit_rows`] reads: every row of `table` in address order.
+pub fn copy_rows_sql(table: Table) -> String {
+    format!(
+        "COPY (SELECT {COLUMNS} FROM {} ORDER BY start_ip) TO STDOUT (FORMAT binary)",
+        table.name()
+    )
+}
+
+/// Streams `table`'s rows in address order by binary COPY, giving each to
+/// `visit` as bounds (IPv4 in the low 32 bits) and fields in
+/// [`Place::new`](crate::domain::Place::new)'s order; stops at the first
+/// row `visit` refuses.
+pub async fn visit_rows<E: std::fmt::Display>(
+    copy: CopyOutStream,
     table: Table,
-    bound_type: Type,
-    bound: impl Fn(&BinaryCopyOutRow, usize) -> Result<K, StoreError>,
-) -> Result<RangeIndex<K>, StoreError> {
+    mut visit: impl FnMut(u128, u128, [&str; 8]) -> Result<(), E>,
+) -> Result<(), StoreError> {
+    let bound_type = match table.family() {
+        Family::V4 => Type::INT8,
+        Family::V6 => Type::INET,
+    };
     let mut types = vec![bound_type.clone(), bound_type];
     types.extend([Type::VARCHAR; 8]);
     let mut rows = pin!(BinaryCopyOutStream::new(copy, &types));
-    let mut builder = Builder::new(table.source());
+    let bound = |row: &BinaryCopyOutRow, i: usize| -> Result<u128, StoreError> {
+        match table.family() {
+            Family::V4 => {
+                let n: i64 = row.try_get(i)?;
+                u32::try_from(n)
+                    .map(u128::from)
+                    .map_err(|_| StoreError::Invalid(format!("{n} in {} is not an IPv4 address", table.name())))
+            }
+            Family::V6 => match row.try_get::<IpAddr>(i)? {
+                IpAddr::V6(v6) => Ok(u128::from(v6)),
+                IpAddr::V4(v4) => Err(StoreError::Invalid(format!("{v4} in {}", table.name()))),
+            },
+        }
+    };
     while let Some(row) = rows.next().await {
         let row = row?;
         let text = |i| row.try_get::<&str>(i);
@@ -88,11 +114,10 @@ async fn build<K: Key>(
             text(8)?,
             text(9)?,
         ];
-        builder
-            .push_fields(bound(&row, 0)?, bound(&row, 1)?, fields)
+        visit(bound(&row, 0)?, bound(&row, 1)?, fields)
             .map_err(|err| StoreError::Invalid(format!("{}: {err}", table.name())))?;
     }
-    Ok(builder.finish())
+    Ok(())
 }
 
 /// The version of `table` now: its relation (a new one after every import's

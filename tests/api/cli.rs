@@ -432,3 +432,42 @@ async fn bench_loads_a_loopback_server_for_a_fixed_time_and_refuses_other_hosts(
     assert!(!ok);
     assert!(stderr.contains("is not a loopback address"), "{stderr}");
 }
+
+#[tokio::test]
+async fn check_finds_rows_the_importer_would_refuse() {
+    let db = TestDb::new().await.with_fixtures().await;
+    // The fixtures hold one blank row on purpose (lookups skip it).
+    let (ok, stdout, stderr) = run(&["check", "--database-url", &db.url]).await;
+    assert!(!ok);
+    assert_eq!(stdout, "ip_service_cn 10.0.0.0 - 10.0.0.255: every name is empty\n");
+    assert!(stderr.contains("ip_service_v6: 3 rows, 0 problems"), "{stderr}");
+    let (ok, _, _) = run(&["check", "--database-url", &db.url, "--table", "v6", "--table", "en"]).await;
+    assert!(ok, "the other tables are clean");
+
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO ip_service_cn (start_ip, end_ip, country_code, country_name, province_code, province_name)
+             VALUES (3074308352, 3074308607, 'CN', '中国', '110000', '广东'),
+                    (3221225472, 3221225727, 'QQ', '某国', '', '')",
+        )
+        .await
+        .unwrap();
+    let (ok, stdout, _) = run(&["check", "--database-url", &db.url, "--table", "cn"]).await;
+    assert!(!ok);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ip_service_cn 183.62.57.0 - 183.62.57.255: overlaps 183.62.56.99 - ")),
+        "{stdout}"
+    );
+    assert!(
+        lines.contains(&"ip_service_cn 183.62.57.0 - 183.62.57.255: province code 110000 does not match \"广东\" (GB/T 2260 440000)"),
+        "{stdout}"
+    );
+    assert!(
+        lines.contains(&"ip_service_cn 192.0.0.0 - 192.0.0.255: country code \"QQ\" is not ISO 3166-1 alpha-2"),
+        "{stdout}"
+    );
+}
