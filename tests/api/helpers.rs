@@ -416,3 +416,17 @@ pub fn expect(
 ) -> (i32, String, String, String, String) {
     (error_no, source.into(), country.into(), province.into(), city.into())
 }
+
+/// A database URL whose server accepts connections and never says a word,
+/// like a partitioned host; the listener lives as long as the handle.
+pub async fn black_hole_database() -> (String, JoinHandle<()>) {
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = black_hole.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = black_hole.accept().await {
+            open.push(socket);
+        }
+    });
+    (format!("postgres://postgres@127.0.0.1:{port}/nowhere"), held)
+}

@@ -5,11 +5,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
 use xm_ip_service::thrift::codec::{self, Call, Framing, Protocol, Wire};
 use xm_ip_service::thrift::TIPServiceSyncClient;
 
-use crate::helpers::{summary, Options, TestApp};
+use crate::helpers::{black_hole_database, summary, Options, TestApp};
 
 const FRAMED_BINARY: Wire = Wire {
     framing: Framing::Framed,
@@ -108,16 +107,9 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_n
 async fn shutdown_aborts_a_request_still_running_when_its_timeout_expires() {
     // A database that accepts connections and never answers keeps the
     // request running for the whole 6 s database timeout.
-    let black_hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = black_hole.local_addr().unwrap().port();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = black_hole.accept().await {
-            open.push(socket);
-        }
-    });
+    let (url, held) = black_hole_database().await;
     let app = TestApp::spawn_with(Options {
-        database_url: Some(format!("postgres://postgres@127.0.0.1:{port}/nowhere")),
+        database_url: Some(url),
         db_timeout: Duration::from_secs(6),
         shutdown_timeout: Duration::from_millis(300),
         ..Options::default()

@@ -335,16 +335,26 @@ async fn an_import_made_while_the_listener_was_disconnected_is_loaded_when_it_re
     until_carrier(&app, "新", Duration::from_secs(10)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_rebuild_that_fails_keeps_the_old_snapshot_serving_until_one_succeeds() {
+/// A memory-mode server that checks for new data every 200 ms, answering
+/// 183.62.57.1 with the fixtures' 广州; and a client on its database.
+async fn reloading_app() -> (TestApp, tokio_postgres::Client) {
     let app = TestApp::spawn_with(Options {
         reload_interval: Duration::from_millis(200),
         ..Options::memory()
     })
     .await;
-    let city = |g: &GeoInfo| g.geoip_city_name.clone().unwrap_or_default();
     assert_eq!(city(&app.by_ip(&["183.62.57.1"]).await[0]), "广州");
     let client = app.db().client().await;
+    (app, client)
+}
+
+fn city(g: &GeoInfo) -> String {
+    g.geoip_city_name.clone().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuild_that_fails_keeps_the_old_snapshot_serving_until_one_succeeds() {
+    let (app, client) = reloading_app().await;
     // A new version the loader cannot read: a column it needs is gone.
     client
         .batch_execute(
@@ -383,14 +393,7 @@ async fn a_rebuild_that_fails_keeps_the_old_snapshot_serving_until_one_succeeds(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_that_overlap_are_refused_and_the_old_snapshot_keeps_serving() {
-    let app = TestApp::spawn_with(Options {
-        reload_interval: Duration::from_millis(200),
-        ..Options::memory()
-    })
-    .await;
-    let city = |g: &GeoInfo| g.geoip_city_name.clone().unwrap_or_default();
-    assert_eq!(city(&app.by_ip(&["183.62.57.1"]).await[0]), "广州");
-    let client = app.db().client().await;
+    let (app, client) = reloading_app().await;
     // Written outside the importer: a row inside 183.62.56.99-183.62.63.255,
     // which the backward probe would answer for instead of the wide row.
     client

@@ -2,9 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
-
-use crate::helpers::{expect, summary, Options, TestApp};
+use crate::helpers::{black_hole_database, expect, summary, Options, TestApp};
 
 #[tokio::test]
 async fn a_database_that_goes_away_degrades_to_maxmind_or_error_3_and_recovers() {
@@ -38,16 +36,9 @@ async fn a_database_that_goes_away_degrades_to_maxmind_or_error_3_and_recovers()
 #[tokio::test]
 async fn a_hung_database_times_out_instead_of_hanging_the_request() {
     // Accepts connections and never says a word, like a partitioned host.
-    let black_hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = black_hole.local_addr().unwrap().port();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = black_hole.accept().await {
-            open.push(socket);
-        }
-    });
+    let (url, held) = black_hole_database().await;
     let app = TestApp::spawn_with(Options {
-        database_url: Some(format!("postgres://postgres@127.0.0.1:{port}/nowhere")),
+        database_url: Some(url),
         db_timeout: Duration::from_millis(300),
         ..Options::default()
     })
