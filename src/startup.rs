@@ -126,6 +126,55 @@ impl Settings {
     }
 }
 
+/// Descriptors kept for everything but client connections: the database
+/// pool, the mmdb, data files, the listeners, logs.
+const OTHER_FILES: u64 = 256;
+
+/// Raises the open-file soft limit to the hard limit, and refuses
+/// connection caps the limit cannot hold: past it, accepts would fail
+/// instead of refusing politely at the cap.
+fn ensure_file_limit(settings: &Settings) -> anyhow::Result<()> {
+    let http = if settings.http_addr == "off" {
+        0
+    } else {
+        settings.http_max_connections
+    };
+    let needed = (settings.max_connections + http) as u64 + OTHER_FILES;
+    let limit = raise_file_limit();
+    if needed > limit {
+        bail!(
+            "--max-connections {} and --http-max-connections {http} need about {needed} open files, \
+             but the limit is {limit} (raise it with ulimit -n or LimitNOFILE, or lower the caps)",
+            settings.max_connections
+        );
+    }
+    Ok(())
+}
+
+/// The open-file limit after raising the soft limit to the hard one.
+fn raise_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return u64::MAX; // unknown: do not refuse on a guess
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
 /// Where the range tables come from.
 enum Data {
     Postgres { url: String, mode: LookupMode },
@@ -337,6 +386,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
+        ensure_file_limit(settings)?;
         let data = choose_data(settings)?;
         let metrics = Arc::new(Metrics::new());
         let (reload, wake) = watch::channel(0u64);

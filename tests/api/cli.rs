@@ -471,3 +471,28 @@ async fn check_finds_rows_the_importer_would_refuse() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn serve_refuses_a_connection_cap_the_open_file_limit_cannot_hold() {
+    let cwd = tempfile::tempdir().unwrap();
+    // `ulimit -n` lowers the hard limit too, so the server cannot raise it.
+    let script = format!(
+        "ulimit -n 512 && exec {BIN} serve --addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+         --max-connections 1000 --http-max-connections 100"
+    );
+    let (ok, stdout, stderr) = output(
+        Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(cwd.path())
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL"),
+    )
+    .await;
+    assert!(!ok);
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr.trim(),
+        "xm-ip-service: --max-connections 1000 and --http-max-connections 100 need about 1356 open files, \
+         but the limit is 512 (raise it with ulimit -n or LimitNOFILE, or lower the caps)"
+    );
+}

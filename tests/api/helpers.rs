@@ -293,6 +293,7 @@ impl TestApp {
             write_timeout: options.write_timeout,
             shutdown_timeout: options.shutdown_timeout,
             http_addr: "127.0.0.1:0".to_owned(),
+            http_max_connections: 256,
             ..Settings::new("127.0.0.1:0")
         };
         Self::start(settings, db, mmdb).await
