@@ -167,7 +167,7 @@ fn request(c: &mut Criterion) {
         b.iter_batched(
             || message[4..].to_vec(),
             |body| {
-                let (request, _) = codec::decode(&body, wire.protocol, true, 16 << 20, usize::MAX).unwrap();
+                let request = codec::decode(&body, wire.protocol, usize::MAX).unwrap();
                 let reply = runtime.block_on(handler.respond(&request)).unwrap();
                 std::hint::black_box(codec::encode(wire, &request.name, request.seq, &reply))
             },
@@ -177,9 +177,47 @@ fn request(c: &mut Criterion) {
     group.finish();
 }
 
+/// A 16 MB unframed message found and decoded whole, against the same
+/// message arriving in 1,460-byte TCP segments, checked after each.
+fn unframed(c: &mut Criterion) {
+    let wire = Wire {
+        framing: Framing::Buffered,
+        protocol: Protocol::Compact,
+    };
+    let limit = 16_384_000;
+    // Ten thousand 1,600-byte strings: the batch limit's worth, near the frame limit.
+    let ips = vec!["x".repeat(1_600); 10_000];
+    let message = codec::encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips });
+    assert!(message.len() <= limit);
+    let decode =
+        |buf: &[u8], found: codec::Found| codec::decode(&buf[found.body..found.end], wire.protocol, 10_000).unwrap();
+    let mut group = c.benchmark_group("unframed 16 MB message");
+    group.throughput(Throughput::Bytes(message.len() as u64));
+    group.sample_size(20);
+    group.bench_function("whole", |b| {
+        b.iter(|| {
+            let found = codec::MessageCheck::new(wire, limit).check(&message).unwrap().unwrap();
+            std::hint::black_box(decode(&message, found))
+        })
+    });
+    group.bench_function("in 1,460-byte segments", |b| {
+        b.iter(|| {
+            let mut check = codec::MessageCheck::new(wire, limit);
+            let mut end = 0;
+            loop {
+                end = (end + 1460).min(message.len());
+                if let Some(found) = check.check(&message[..end]).unwrap() {
+                    break std::hint::black_box(decode(&message, found));
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5));
-    targets = index, maxmind, request
+    targets = index, maxmind, request, unframed
 }
 criterion_main!(benches);

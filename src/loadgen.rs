@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,7 +21,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::client::{self, Protocol, Transport};
 use crate::domain::Table;
 use crate::index::{TableIndex, Tables};
-use crate::thrift::codec::{self, Call, Framing, Wire, WireError};
+use crate::thrift::codec::{self, Call, Framing, MessageCheck, Wire};
 use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 
 /// Which method the load calls.
@@ -306,13 +307,14 @@ async fn drive(
         })
     };
     let mut tally = Tally::new();
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut check = MessageCheck::new(wire, MAX_REPLY);
     // Replies to every request sent; the channel closes when the writer stops.
     while let Some(sent_at) = in_flight.recv().await {
-        let (summary, used) = loop {
-            match codec::scan_reply(&buf, wire, MAX_REPLY) {
-                Ok(reply) => break reply,
-                Err(WireError::Incomplete) => {
+        let found = loop {
+            match check.check(&buf) {
+                Ok(Some(found)) => break found,
+                Ok(None) => {
                     buf.reserve(64 * 1024);
                     let read = tokio::time::timeout(Duration::from_secs(30), read.read_buf(&mut buf))
                         .await
@@ -324,7 +326,9 @@ async fn drive(
                 Err(err) => bail!("unreadable reply: {err}"),
             }
         };
-        buf.drain(..used);
+        let summary = codec::scan_reply(&buf[found.body..found.end], wire.protocol)
+            .map_err(|err| anyhow::anyhow!("unreadable reply: {err}"))?;
+        buf.advance(found.end);
         tally
             .latency
             .saturating_record(sent_at.elapsed().as_micros().max(1) as u64);

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
 use crate::metrics::{Api, OpenConnection, Rejection};
-use crate::thrift::codec::{self, Framing, Wire, WireError};
+use crate::thrift::codec::{self, BadArgs, Framing, MessageCheck, Request, Wire, WireError};
 use crate::thrift::Handler;
 
 /// At most one warning per this long that the connection cap was reached.
@@ -259,7 +259,7 @@ enum Closed {
     Idle(Duration),
     #[error("the peer did not read a reply within {0:?}")]
     SlowReader(Duration),
-    #[error("arguments of an unframed message do not decode; the stream cannot be resynchronised")]
+    #[error("an unframed message does not walk; the stream cannot be resynchronised")]
     Unsynchronised,
 }
 
@@ -305,23 +305,41 @@ impl Connection {
             }
         };
         debug!(?wire, "detected wire format");
+        let mut check = MessageCheck::new(wire, limits.max_frame);
         loop {
-            let (request, consumed) = self.next_request(wire).await?;
+            let found = match check.check(&self.buf) {
+                Ok(Some(found)) => found,
+                Ok(None) => {
+                    self.read_more(check.wanted(&self.buf)).await?;
+                    continue;
+                }
+                Err(WireError::Malformed(why)) if wire.framing == Framing::Buffered => {
+                    // The message's end cannot be found: tell the peer why
+                    // if its header decodes, then close.
+                    if let Ok((name, message_type, seq)) = codec::decode_header(&self.buf, wire.protocol) {
+                        let call = Err(BadArgs::Malformed(why));
+                        self.answer(
+                            wire,
+                            &Request {
+                                name,
+                                message_type,
+                                seq,
+                                call,
+                            },
+                        )
+                        .await?;
+                    }
+                    return Err(Closed::Unsynchronised);
+                }
+                Err(err) => return Err(err.into()),
+            };
             // Requests already buffered are not started once shutdown has begun.
             if self.shared.stop.is_cancelled() {
                 return Err(Closed::Shutdown);
             }
-            if let Some(reply) = self.shared.handler.respond(&request).await {
-                let bytes = codec::encode(wire, &request.name, request.seq, &reply);
-                self.held_much |= bytes.len() > READ_AHEAD || self.charged.is_some();
-                tokio::time::timeout(limits.write_timeout, self.stream.write_all(&bytes))
-                    .await
-                    .map_err(|_| Closed::SlowReader(limits.write_timeout))??;
-            }
-            let Some(n) = consumed else {
-                return Err(Closed::Unsynchronised);
-            };
-            self.buf.advance(n);
+            let request = codec::decode(&self.buf[found.body..found.end], wire.protocol, limits.max_batch)?;
+            self.answer(wire, &request).await?;
+            self.buf.advance(found.end);
             if self.buf.is_empty() {
                 // Hold no memory or budget while idle.
                 self.buf = BytesMut::new();
@@ -332,53 +350,18 @@ impl Connection {
         }
     }
 
-    /// Reads until one whole request is buffered, and decodes it.
-    async fn next_request(&mut self, wire: Wire) -> Result<(codec::Request, Option<usize>), Closed> {
-        let limits = &self.shared.limits;
-        let (max_frame, max_batch) = (limits.max_frame, limits.max_batch);
-        loop {
-            let want = match wire.framing {
-                Framing::Framed => match self.frame_size()? {
-                    Some(size) if self.buf.len() >= 4 + size => {
-                        let (request, _) =
-                            codec::decode(&self.buf[4..4 + size], wire.protocol, true, max_frame, max_batch)?;
-                        return Ok((request, Some(4 + size)));
-                    }
-                    Some(size) => 4 + size - self.buf.len(),
-                    None => 4 - self.buf.len(),
-                },
-                Framing::Buffered => match codec::decode(&self.buf, wire.protocol, false, max_frame, max_batch) {
-                    Err(WireError::Incomplete) => {
-                        // An unframed message has no announced size: cap what is buffered.
-                        if self.buf.len() >= max_frame {
-                            return Err(WireError::FrameTooLarge {
-                                size: self.buf.len() as u64,
-                                limit: max_frame,
-                            }
-                            .into());
-                        }
-                        1
-                    }
-                    decoded => return Ok(decoded?),
-                },
-            };
-            self.read_more(want).await?;
-        }
-    }
-
-    /// The announced size of the first frame, once its header is here.
-    fn frame_size(&self) -> Result<Option<usize>, WireError> {
-        let Some(header) = self.buf.get(..4) else {
-            return Ok(None);
+    /// Runs `request` and writes its reply, if it has one.
+    async fn answer(&mut self, wire: Wire, request: &Request) -> Result<(), Closed> {
+        let Some(reply) = self.shared.handler.respond(request).await else {
+            return Ok(());
         };
-        let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if size > self.shared.limits.max_frame {
-            return Err(WireError::FrameTooLarge {
-                size: size as u64,
-                limit: self.shared.limits.max_frame,
-            });
-        }
-        Ok(Some(size))
+        let bytes = codec::encode(wire, &request.name, request.seq, &reply);
+        self.held_much |= bytes.len() > READ_AHEAD || self.charged.is_some();
+        let write_timeout = self.shared.limits.write_timeout;
+        tokio::time::timeout(write_timeout, self.stream.write_all(&bytes))
+            .await
+            .map_err(|_| Closed::SlowReader(write_timeout))??;
+        Ok(())
     }
 
     /// Reads at least one byte, and at most `want` (the bytes the message

@@ -4,10 +4,12 @@
 
 mod answer;
 pub mod codec;
+mod framing;
 #[allow(clippy::all, clippy::pedantic, dead_code)]
 #[rustfmt::skip]
 pub mod generated;
 mod handler;
+mod reader;
 
 pub use answer::geo_info;
 pub use generated::{GeoInfo, GeoRequest, IPServiceSyncClient, TIPServiceSyncClient};

@@ -13,6 +13,7 @@ mod http;
 mod import;
 mod lookup;
 mod memory;
+mod messages;
 mod python_client;
 mod real_data;
 mod resilience;
