@@ -1,0 +1,107 @@
+//! What must hold for any bytes a peer sends, shared by the property
+//! tests (`tests/decoder.rs`) and the fuzz target (`fuzz/`): finding a
+//! message's end never panics and gives the same answer whether the bytes
+//! arrive whole or in pieces, and decoding never panics and never holds
+//! more memory than the bytes given plus a constant.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use xm_ip_service::thrift::codec::{self, Framing, MessageCheck, Protocol, Request, Wire};
+
+pub const WIRES: [Wire; 4] = [
+    Wire {
+        framing: Framing::Framed,
+        protocol: Protocol::Binary { strict: true },
+    },
+    Wire {
+        framing: Framing::Framed,
+        protocol: Protocol::Compact,
+    },
+    Wire {
+        framing: Framing::Buffered,
+        protocol: Protocol::Binary { strict: false },
+    },
+    Wire {
+        framing: Framing::Buffered,
+        protocol: Protocol::Compact,
+    },
+];
+
+pub const LIMIT: usize = 1 << 20;
+pub const MAX_BATCH: usize = 10_000;
+
+/// The most a decode may hold beyond three times its input (invalid UTF-8
+/// grows threefold as replacement characters): a full batch's `String`
+/// headers, and some slack.
+pub const ALLOCATION_SLACK: usize = MAX_BATCH * std::mem::size_of::<String>() + (64 << 10);
+
+/// The system allocator, counting the bytes live and their peak.
+pub struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(live, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size > layout.size() {
+            let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        } else {
+            LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+/// The most bytes held at once while `f` ran, beyond what was live before.
+/// Meaningful only with [`Counting`] as the global allocator and one
+/// thread allocating.
+pub fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let out = f();
+    (out, PEAK.load(Ordering::Relaxed) - before)
+}
+
+/// Checks the invariants on one input: its first byte picks the wire (low
+/// two bits) and the size of the pieces it arrives in (the rest); the
+/// other bytes are the stream. Returns the first message, if it decodes.
+pub fn check_stream(data: &[u8]) -> Option<Request> {
+    let (&selector, bytes) = data.split_first()?;
+    let wire = WIRES[usize::from(selector & 3)];
+    let piece = 1 + usize::from(selector >> 2);
+    let _ = codec::detect(bytes, LIMIT);
+
+    let whole = MessageCheck::new(wire, LIMIT).check(bytes);
+    let mut check = MessageCheck::new(wire, LIMIT);
+    let mut in_pieces = check.check(&[]);
+    let mut end = 0;
+    while end < bytes.len() && in_pieces == Ok(None) {
+        end = (end + piece).min(bytes.len());
+        in_pieces = check.check(&bytes[..end]);
+    }
+    assert_eq!(whole, in_pieces, "{wire:?}, pieces of {piece}");
+
+    let found = whole.ok()??;
+    assert!(found.body <= found.end && found.end <= bytes.len(), "{found:?}");
+    let message = &bytes[found.body..found.end];
+    let (request, peak) = peak_during(|| codec::decode(message, wire.protocol, MAX_BATCH));
+    assert!(
+        peak <= 3 * message.len() + ALLOCATION_SLACK,
+        "decoding {} bytes held {peak} bytes",
+        message.len()
+    );
+    request.ok()
+}
