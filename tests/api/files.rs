@@ -217,7 +217,7 @@ async fn a_replaced_mmdb_is_picked_up_under_load_without_a_failed_lookup() {
         async move {
             let started = Instant::now();
             while app.i18n(&["8.8.8.8"]).await[0].geoip_country_name.as_deref() != Some(country) {
-                assert!(started.elapsed() < Duration::from_secs(3), "{country} never served");
+                assert!(started.elapsed() < Duration::from_secs(15), "{country} never served");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

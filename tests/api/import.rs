@@ -569,7 +569,12 @@ async fn an_import_killed_half_way_leaves_the_old_table_answering() {
 
     // The server notices the dead client and rolls its transaction back.
     let gone = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while watcher.query_one(gone, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed import's session is still there"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(rows(&db, Table::Cn).await, before);
