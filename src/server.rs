@@ -24,6 +24,10 @@ use crate::thrift::Handler;
 /// At most one warning per this long that the connection cap was reached.
 pub const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a reply may wait on a full socket before what the connection
+/// holds is charged to the buffer budget.
+pub const STALL_GRACE: Duration = Duration::from_millis(50);
+
 /// The Thrift spec's default MaxFrameSize.
 pub const DEFAULT_MAX_FRAME: usize = 16_384_000;
 
@@ -259,6 +263,8 @@ enum Closed {
     Idle(Duration),
     #[error("the peer did not read a reply within {0:?}")]
     SlowReader(Duration),
+    #[error("the peer stopped reading, and the buffer budget has no room for the {0} bytes it holds")]
+    StalledOverBudget(usize),
     #[error("an unframed message does not walk; the stream cannot be resynchronised")]
     Unsynchronised,
 }
@@ -269,7 +275,7 @@ impl Closed {
         match self {
             Closed::Wire(WireError::FrameTooLarge { .. }) => Some(Rejection::Oversized),
             Closed::Wire(_) | Closed::Unsynchronised => Some(Rejection::Garbage),
-            Closed::SlowMessage(_) | Closed::SlowReader(_) => Some(Rejection::Timeout),
+            Closed::SlowMessage(_) | Closed::SlowReader(_) | Closed::StalledOverBudget(_) => Some(Rejection::Timeout),
             Closed::Eof | Closed::Shutdown | Closed::Io(_) | Closed::Idle(_) => None,
         }
     }
@@ -320,7 +326,7 @@ impl Connection {
                         let call = Err(BadArgs::Malformed(why));
                         self.answer(
                             wire,
-                            &Request {
+                            Request {
                                 name,
                                 message_type,
                                 seq,
@@ -338,7 +344,7 @@ impl Connection {
                 return Err(Closed::Shutdown);
             }
             let request = codec::decode(&self.buf[found.body..found.end], wire.protocol, limits.max_batch)?;
-            self.answer(wire, &request).await?;
+            self.answer(wire, request).await?;
             self.buf.advance(found.end);
             if self.buf.is_empty() {
                 // Hold no memory or budget while idle.
@@ -350,17 +356,49 @@ impl Connection {
         }
     }
 
-    /// Runs `request` and writes its reply, if it has one.
-    async fn answer(&mut self, wire: Wire, request: &Request) -> Result<(), Closed> {
-        let Some(reply) = self.shared.handler.respond(request).await else {
+    /// Runs `request` and writes its reply, if it has one. The request and
+    /// its answers are dropped once encoded: a slow reader holds only the
+    /// reply's bytes.
+    async fn answer(&mut self, wire: Wire, request: Request) -> Result<(), Closed> {
+        let Some(reply) = self.shared.handler.respond(&request).await else {
             return Ok(());
         };
         let bytes = codec::encode(wire, &request.name, request.seq, &reply);
+        drop(reply);
+        drop(request);
         self.held_much |= bytes.len() > READ_AHEAD || self.charged.is_some();
+        self.write_reply(&bytes).await
+    }
+
+    /// Writes `bytes`, closing the connection when the peer stops reading:
+    /// after `--write-timeout`, or at once once the write has stalled for
+    /// [`STALL_GRACE`] and the budget has no room for what the connection
+    /// holds. A client that reads its replies never stalls that long, so
+    /// peers that do not read cannot take memory from those that do.
+    async fn write_reply(&mut self, bytes: &[u8]) -> Result<(), Closed> {
         let write_timeout = self.shared.limits.write_timeout;
-        tokio::time::timeout(write_timeout, self.stream.write_all(&bytes))
-            .await
-            .map_err(|_| Closed::SlowReader(write_timeout))??;
+        let budget = self.shared.budget.clone();
+        let started = Instant::now();
+        let mut grace = Some(started + STALL_GRACE);
+        let mut _stalled_charge = None;
+        let mut written = 0;
+        while written < bytes.len() {
+            tokio::select! {
+                n = self.stream.write(&bytes[written..]) => written += n?,
+                () = tokio::time::sleep_until(grace.unwrap_or(started)), if grace.is_some() => {
+                    grace = None;
+                    let held = bytes.len() + self.buf.capacity();
+                    let units = budget_units(held).min(u32::MAX as usize) as u32;
+                    match budget.clone().try_acquire_many_owned(units) {
+                        Ok(charge) => _stalled_charge = Some(charge),
+                        Err(_) => return Err(Closed::StalledOverBudget(held)),
+                    }
+                }
+                () = tokio::time::sleep_until(started + write_timeout) => {
+                    return Err(Closed::SlowReader(write_timeout));
+                }
+            }
+        }
         Ok(())
     }
 

@@ -223,6 +223,7 @@ pub struct Options {
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    pub max_buffered_bytes: usize,
     pub shutdown_timeout: Duration,
 }
 
@@ -239,6 +240,7 @@ impl Default for Options {
             max_connections: 64,
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 256 << 20,
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -291,6 +293,7 @@ impl TestApp {
             read_timeout: Duration::from_millis(500),
             idle_timeout: options.idle_timeout,
             write_timeout: options.write_timeout,
+            max_buffered_bytes: options.max_buffered_bytes,
             shutdown_timeout: options.shutdown_timeout,
             http_addr: "127.0.0.1:0".to_owned(),
             http_max_connections: 256,

@@ -72,6 +72,43 @@ async fn a_peer_that_never_reads_its_replies_is_closed_after_the_write_timeout()
     pipelining.join().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_closed_at_once_when_the_budget_has_no_room() {
+    // A write timeout far beyond the test: only the budget can close it.
+    let app = TestApp::spawn_with(Options {
+        write_timeout: Duration::from_secs(60),
+        max_buffered_bytes: 1 << 20, // room for a request, not for a stalled reply
+        ..Options::default()
+    })
+    .await;
+    let ips = vec!["183.62.57.1".to_owned(); 10_000];
+    let request = codec::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
+    let socket = TcpStream::connect(app.addr).unwrap();
+    let writer = socket.try_clone().unwrap();
+    let pipelining = std::thread::spawn(move || {
+        writer.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        for _ in 0..20 {
+            if (&writer).write_all(&request).is_err() {
+                break;
+            }
+        }
+    });
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(summary(&app.by_ip(&["183.62.57.1"]).await[0]).1, "cn");
+    // Had it been left to stall, reading now would drain every reply and
+    // find the connection still open.
+    let (read, closed) = tokio::task::spawn_blocking(move || read_until_closed(&socket, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(closed, "a stalled peer over the budget was left open");
+    assert!(
+        read < 20 * 1_000_000,
+        "it was closed before every reply was sent ({read} bytes)"
+    );
+    pipelining.join().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
     let app = TestApp::spawn_with(Options {
