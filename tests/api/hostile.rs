@@ -36,15 +36,11 @@ fn read_until_closed(mut socket: &TcpStream, within: Duration) -> (usize, bool) 
     (total, false)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_peer_that_never_reads_its_replies_is_closed_after_the_write_timeout() {
-    let app = TestApp::spawn_with(Options {
-        write_timeout: Duration::from_millis(300),
-        ..Options::default()
-    })
-    .await;
-    // 20 requests of 10,000 addresses each: about 30 MB of replies, far
-    // more than the sockets' buffers hold.
+/// Pipelines 20 requests of 10,000 addresses (about 30 MB of replies, far
+/// more than the sockets' buffers hold) without reading for 1.5 s, checks
+/// that everyone else is answered meanwhile, then reads until the server
+/// closes: the bytes read, and whether it closed.
+async fn pipeline_without_reading(app: &TestApp) -> (usize, bool) {
     let ips = vec!["183.62.57.1".to_owned(); 10_000];
     let request = codec::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
     let socket = TcpStream::connect(app.addr).unwrap();
@@ -57,19 +53,28 @@ async fn a_peer_that_never_reads_its_replies_is_closed_after_the_write_timeout()
             }
         }
     });
-
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // Meanwhile everyone else is answered.
     assert_eq!(summary(&app.by_ip(&["183.62.57.1"]).await[0]).1, "cn");
-    let (read, closed) = tokio::task::spawn_blocking(move || read_until_closed(&socket, Duration::from_secs(10)))
+    let read_and_closed = tokio::task::spawn_blocking(move || read_until_closed(&socket, Duration::from_secs(10)))
         .await
         .unwrap();
+    pipelining.join().unwrap();
+    read_and_closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_its_replies_is_closed_after_the_write_timeout() {
+    let app = TestApp::spawn_with(Options {
+        write_timeout: Duration::from_millis(300),
+        ..Options::default()
+    })
+    .await;
+    let (read, closed) = pipeline_without_reading(&app).await;
     assert!(closed, "the server never closed a peer that does not read");
     assert!(
         read < 20 * 1_000_000,
         "it stopped before sending every reply ({read} bytes)"
     );
-    pipelining.join().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,32 +86,14 @@ async fn a_peer_that_stops_reading_is_closed_at_once_when_the_budget_has_no_room
         ..Options::default()
     })
     .await;
-    let ips = vec!["183.62.57.1".to_owned(); 10_000];
-    let request = codec::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
-    let socket = TcpStream::connect(app.addr).unwrap();
-    let writer = socket.try_clone().unwrap();
-    let pipelining = std::thread::spawn(move || {
-        writer.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-        for _ in 0..20 {
-            if (&writer).write_all(&request).is_err() {
-                break;
-            }
-        }
-    });
-
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(summary(&app.by_ip(&["183.62.57.1"]).await[0]).1, "cn");
-    // Had it been left to stall, reading now would drain every reply and
-    // find the connection still open.
-    let (read, closed) = tokio::task::spawn_blocking(move || read_until_closed(&socket, Duration::from_secs(10)))
-        .await
-        .unwrap();
+    // Had it been left to stall, reading after 1.5 s would drain every
+    // reply and find the connection still open.
+    let (read, closed) = pipeline_without_reading(&app).await;
     assert!(closed, "a stalled peer over the budget was left open");
     assert!(
         read < 20 * 1_000_000,
         "it was closed before every reply was sent ({read} bytes)"
     );
-    pipelining.join().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,26 +7,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use xm_ip_service::thrift::codec::{self, Framing, MessageCheck, Protocol, Request, Wire};
+use xm_ip_service::thrift::codec::{self, MessageCheck, Request, Wire};
 
-pub const WIRES: [Wire; 4] = [
-    Wire {
-        framing: Framing::Framed,
-        protocol: Protocol::Binary { strict: true },
-    },
-    Wire {
-        framing: Framing::Framed,
-        protocol: Protocol::Compact,
-    },
-    Wire {
-        framing: Framing::Buffered,
-        protocol: Protocol::Binary { strict: false },
-    },
-    Wire {
-        framing: Framing::Buffered,
-        protocol: Protocol::Compact,
-    },
-];
+pub const WIRES: [Wire; 4] = Wire::EACH;
 
 pub const LIMIT: usize = 1 << 20;
 pub const MAX_BATCH: usize = 10_000;
