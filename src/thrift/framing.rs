@@ -2,7 +2,7 @@
 //! speaks, and a check that a whole message has arrived, within every
 //! limit, before it is parsed.
 
-use super::reader::{bad, too_deep, Kind, Reader, MAX_DEPTH, MAX_NAME};
+use super::reader::{too_deep, Kind, Reader, MAX_DEPTH, MAX_NAME};
 
 /// A protocol, as detected from a connection's first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +143,9 @@ pub struct Found {
     pub end: usize,
 }
 
-/// Finds where the message at the start of a buffer ends, without
-/// allocating and before anything parses it. A framed message's length is
+/// Finds where the message at the start of a buffer ends, before anything
+/// parses it and allocating nothing but a stack of the containers open
+/// (at most `MAX_DEPTH`). A framed message's length is
 /// in its header. An unframed one is walked a token at a time, resuming
 /// where the last call stopped, so that a message arriving in many small
 /// pieces costs time linear in its size.
@@ -246,10 +247,7 @@ impl MessageCheck {
         let mut r = Reader::new(buf, self.wire.protocol, self.max_message);
         r.pos = self.walked;
         if !self.header_done {
-            let (name, _, _) = r.message_header()?;
-            if name.len() > MAX_NAME {
-                return Err(bad(format!("method name of {} bytes", name.len())));
-            }
+            r.message_header()?;
             self.open.clear();
             self.open.push(Open::Struct { last_field: 0 });
             self.header_done = true;
