@@ -160,7 +160,17 @@ struct Served {
 impl Served {
     async fn start(cwd: &std::path::Path, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Served {
         let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "serve", "--addr", "127.0.0.1:0"])
+            // Ephemeral ports only: tests run at once, and the default
+            // HTTP port 8080 can be held by one of them.
+            .args([
+                "--log-format",
+                "json",
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
             .args(args)
             .current_dir(cwd)
             .env_remove("DATABASE_URL")
@@ -174,7 +184,8 @@ impl Served {
         let mut startup = Vec::new();
         let addr = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await.unwrap() {
-                let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let log: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|err| panic!("a log line that is not JSON ({err}): {line}"));
                 startup.push(log.clone());
                 if log["fields"]["message"] == "xm-ip-service listening" {
                     return log["fields"]["addr"].as_str().unwrap().to_owned();
