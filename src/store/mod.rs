@@ -78,11 +78,18 @@ impl StoreError {
     pub fn client_message(&self) -> &'static str {
         match self {
             StoreError::Timeout(_) => "database timed out",
-            StoreError::Query(err) if !err.is_closed() => "database query failed",
+            StoreError::Query(err) if !err.is_closed() && !session_ended(err) => "database query failed",
             StoreError::Invalid(_) => "database holds invalid rows",
             _ => "database unavailable",
         }
     }
+}
+
+/// Whether the server ended the session (SQLSTATE class 08, or 57P:
+/// shut down, restarting, terminated): unavailability, not a bad query.
+fn session_ended(err: &tokio_postgres::Error) -> bool {
+    err.code()
+        .is_some_and(|state| state.code().starts_with("08") || state.code().starts_with("57P"))
 }
 
 /// How to reach PostgreSQL and how long to wait for it.
