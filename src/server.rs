@@ -26,7 +26,7 @@ pub const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a reply may wait on a full socket before what the connection
 /// holds is charged to the buffer budget.
-pub const STALL_GRACE: Duration = Duration::from_millis(50);
+const STALL_GRACE: Duration = Duration::from_millis(50);
 
 /// The Thrift spec's default MaxFrameSize.
 pub const DEFAULT_MAX_FRAME: usize = 16_384_000;

@@ -195,10 +195,9 @@ impl MessageCheck {
     /// next message (the caller advances the buffer past it).
     pub fn check(&mut self, buf: &[u8]) -> Result<Option<Found>, WireError> {
         if self.wire.framing == Framing::Framed {
-            let Some(header) = buf.get(..4) else {
+            let Some(size) = frame_size(buf) else {
                 return Ok(None);
             };
-            let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
             if size > self.max_message {
                 return Err(WireError::FrameTooLarge {
                     size: size as u64,
@@ -231,10 +230,8 @@ impl MessageCheck {
 
     /// How many more bytes the message needs at least, as far as is known.
     pub fn wanted(&self, buf: &[u8]) -> usize {
-        match (self.wire.framing, buf.get(..4)) {
-            (Framing::Framed, Some(h)) => {
-                (4 + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize).saturating_sub(buf.len())
-            }
+        match (self.wire.framing, frame_size(buf)) {
+            (Framing::Framed, Some(size)) => (4 + size).saturating_sub(buf.len()),
             (Framing::Framed, None) => 4 - buf.len(),
             (Framing::Buffered, _) => 1,
         }
@@ -308,6 +305,13 @@ impl MessageCheck {
         }
         Ok(())
     }
+}
+
+/// The size a frame header at the start of `buf` announces, once all four
+/// bytes are there.
+fn frame_size(buf: &[u8]) -> Option<usize> {
+    let header: [u8; 4] = buf.get(..4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(header) as usize)
 }
 
 #[cfg(test)]
