@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,19 +21,34 @@ use crate::metrics::{Api, OpenConnection, Rejection};
 use crate::thrift::codec::{self, BadArgs, Framing, MessageCheck, Request, Wire, WireError};
 use crate::thrift::Handler;
 
+mod budget;
+use budget::{Budget, Held};
+
 /// At most one warning per this long that the connection cap was reached.
 pub const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a reply may wait on a full socket before what the connection
-/// holds is charged to the buffer budget.
+/// holds is charged to the reply budget, and how often a stalled reply
+/// checks whether others wait for that budget.
 const STALL_GRACE: Duration = Duration::from_millis(50);
+
+/// Replies estimated larger than this are built only with room in the
+/// reply budget; smaller ones (up to about a hundred addresses) never wait.
+const SMALL_REPLY: usize = 64 * 1024;
+
+/// What answering one address may hold at once, for the reply budget:
+/// its encoded answer (about 300 bytes), the answer itself and the input.
+const ANSWER_COST: usize = 512;
+
+/// A frame's first bytes that are read for whether it will be refused.
+const EARLY_PREFIX: usize = 4096;
 
 /// The Thrift spec's default MaxFrameSize.
 pub const DEFAULT_MAX_FRAME: usize = 16_384_000;
 
 /// Bytes a connection may read beyond the message it is decoding: a
 /// pipelining client waits in TCP flow control, not in our heap.
-pub const READ_AHEAD: usize = 64 * 1024;
+pub const READ_AHEAD: usize = 16 * 1024;
 
 /// Limits that protect the server from its peers.
 #[derive(Debug, Clone)]
@@ -55,6 +70,10 @@ pub struct Limits {
     /// Request bytes all connections together may hold in buffers beyond
     /// the read-ahead; a connection waits for budget, never past it.
     pub max_buffered_bytes: usize,
+    /// Bytes all connections together may hold for large replies, from
+    /// the answers being built to the last byte written, and for replies
+    /// their peer has stopped reading.
+    pub max_reply_bytes: usize,
     /// How long in-flight requests may take to finish after shutdown begins.
     pub shutdown_timeout: Duration,
 }
@@ -69,6 +88,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(30),
             max_buffered_bytes: 256 << 20,
+            max_reply_bytes: 64 << 20,
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -83,13 +103,13 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let budget = Arc::new(Semaphore::new(budget_units(limits.max_buffered_bytes)));
     let limits = Arc::new(limits);
     let shared = Shared {
         handler,
         limits: limits.clone(),
         stop: stop.clone(),
-        budget,
+        requests: Budget::new(limits.max_buffered_bytes),
+        replies: Budget::new(limits.max_reply_bytes),
         trim_wanted: Arc::new(AtomicBool::new(false)),
     };
     let trimmer = tokio::spawn(return_freed_memory(shared.trim_wanted.clone()));
@@ -134,17 +154,12 @@ struct Shared {
     handler: Handler,
     limits: Arc<Limits>,
     stop: CancellationToken,
-    /// Buffer bytes beyond the read-ahead, in [`BUDGET_UNIT`]s.
-    budget: Arc<Semaphore>,
+    /// Request bytes in buffers beyond the read-ahead.
+    requests: Budget,
+    /// Large replies, and replies stalled on their peer.
+    replies: Budget,
     /// Set when a connection that held more than the read-ahead ends.
     trim_wanted: Arc<AtomicBool>,
-}
-
-/// The budget counts bytes in units of this many.
-const BUDGET_UNIT: usize = 1024;
-
-fn budget_units(bytes: usize) -> usize {
-    bytes.div_ceil(BUDGET_UNIT).min(Semaphore::MAX_PERMITS)
 }
 
 async fn accept_loop(
@@ -180,9 +195,11 @@ async fn accept_loop(
             peer,
             shared: shared.clone(),
             buf: BytesMut::new(),
-            charged: None,
+            request_held: Held::default(),
+            reply_held: Held::default(),
             held_much: false,
             message_started: None,
+            early_checked: false,
             _open: metrics.connection_opened(Api::Thrift),
         };
         let abort = abort.clone();
@@ -237,12 +254,16 @@ struct Connection {
     /// Bytes received but not yet answered: at most the message being
     /// decoded and [`READ_AHEAD`] more.
     buf: BytesMut,
-    /// Budget held for `buf` beyond the read-ahead.
-    charged: Option<OwnedSemaphorePermit>,
+    /// Request budget held for `buf` beyond the read-ahead.
+    request_held: Held,
+    /// Reply budget held for the request being answered.
+    reply_held: Held,
     /// Whether a request or reply ever took more than the read-ahead.
     held_much: bool,
     /// When the first byte of the message being received arrived.
     message_started: Option<Instant>,
+    /// Whether the message being received was read for an early refusal.
+    early_checked: bool,
     _open: OpenConnection,
 }
 
@@ -263,7 +284,7 @@ enum Closed {
     Idle(Duration),
     #[error("the peer did not read a reply within {0:?}")]
     SlowReader(Duration),
-    #[error("the peer stopped reading, and the buffer budget has no room for the {0} bytes it holds")]
+    #[error("the peer stopped reading, and the reply budget has no room for the {0} bytes it holds")]
     StalledOverBudget(usize),
     #[error("an unframed message does not walk; the stream cannot be resynchronised")]
     Unsynchronised,
@@ -316,7 +337,9 @@ impl Connection {
             let found = match check.check(&self.buf) {
                 Ok(Some(found)) => found,
                 Ok(None) => {
-                    self.read_more(check.wanted(&self.buf)).await?;
+                    if !self.refused_early(wire, &check).await? {
+                        self.read_more(check.wanted(&self.buf)).await?;
+                    }
                     continue;
                 }
                 Err(WireError::Malformed(why)) if wire.framing == Framing::Buffered => {
@@ -339,21 +362,89 @@ impl Connection {
                 }
                 Err(err) => return Err(err.into()),
             };
+            let message = &self.buf[found.body..found.end];
+            let cost = codec::announced_batch(message, wire.protocol, message.len())
+                .filter(|&n| n <= limits.max_batch)
+                .map_or(0, |n| n.saturating_mul(ANSWER_COST));
+            if cost > SMALL_REPLY {
+                let stop = self.shared.stop.clone();
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return Err(Closed::Shutdown),
+                    () = self.shared.replies.grow(&mut self.reply_held, cost) => {}
+                }
+            }
             // Requests already buffered are not started once shutdown has begun.
             if self.shared.stop.is_cancelled() {
                 return Err(Closed::Shutdown);
             }
             let request = codec::decode(&self.buf[found.body..found.end], wire.protocol, limits.max_batch)?;
             self.answer(wire, request).await?;
+            self.reply_held.release();
             self.buf.advance(found.end);
-            if self.buf.is_empty() {
-                // Hold no memory or budget while idle.
-                self.buf = BytesMut::new();
-                self.charged = None;
-            }
-            // Pipelined bytes already here start the next message's clock.
-            self.message_started = (!self.buf.is_empty()).then(Instant::now);
+            self.message_done();
         }
+    }
+
+    /// Readies the buffer for the next message.
+    fn message_done(&mut self) {
+        if self.buf.is_empty() {
+            // Hold no memory or budget while idle.
+            self.buf = BytesMut::new();
+            self.request_held.release();
+        }
+        // Pipelined bytes already here start the next message's clock.
+        self.message_started = (!self.buf.is_empty()).then(Instant::now);
+        self.early_checked = false;
+    }
+
+    /// Answers a frame whose first bytes show that it will be refused (its
+    /// address list is over the batch limit) at once, then reads the rest
+    /// of it and drops it as it arrives: such a frame is never held.
+    /// Returns whether it did.
+    async fn refused_early(&mut self, wire: Wire, check: &MessageCheck) -> Result<bool, Closed> {
+        let Some((body, size)) = check.frame_so_far(&self.buf).filter(|_| !self.early_checked) else {
+            return Ok(false);
+        };
+        // Read once the prefix is whole, or the frame is; before that, at
+        // most once per read.
+        self.early_checked = body.len() >= EARLY_PREFIX;
+        let prefix = &body[..body.len().min(EARLY_PREFIX)];
+        let Some(request) = codec::refuse_early(prefix, wire.protocol, size, self.shared.limits.max_batch) else {
+            return Ok(false);
+        };
+        let left = 4 + size - self.buf.len();
+        self.buf.clear();
+        self.request_held.release();
+        self.answer(wire, request).await?;
+        self.discard(left).await?;
+        self.message_done();
+        Ok(true)
+    }
+
+    /// Reads `left` bytes and drops them, within what is left of the
+    /// message's read timeout.
+    async fn discard(&mut self, mut left: usize) -> Result<(), Closed> {
+        let read_timeout = self.shared.limits.read_timeout;
+        let deadline = self.message_started.unwrap_or_else(Instant::now) + read_timeout;
+        let stop = self.shared.stop.clone();
+        while left > 0 {
+            self.buf.clear();
+            self.buf.reserve(READ_AHEAD);
+            let mut limited = (&mut self.buf).limit(left.min(READ_AHEAD));
+            let n = tokio::select! {
+                biased;
+                () = stop.cancelled() => return Err(Closed::Shutdown),
+                n = self.stream.read_buf(&mut limited) => n?,
+                () = tokio::time::sleep_until(deadline) => return Err(Closed::SlowMessage(read_timeout)),
+            };
+            if n == 0 {
+                return Err(Closed::Eof);
+            }
+            left -= n;
+        }
+        self.buf.clear();
+        Ok(())
     }
 
     /// Runs `request` and writes its reply, if it has one. The request and
@@ -366,33 +457,38 @@ impl Connection {
         let bytes = codec::encode(wire, &request.name, request.seq, &reply);
         drop(reply);
         drop(request);
-        self.held_much |= bytes.len() > READ_AHEAD || self.charged.is_some();
+        self.held_much |= bytes.len() > READ_AHEAD || !self.request_held.is_empty();
+        if !self.reply_held.is_empty() {
+            // What the reply holds now is its bytes.
+            self.reply_held.shrink_to(bytes.len());
+            self.shared.replies.grow(&mut self.reply_held, bytes.len()).await;
+        }
         self.write_reply(&bytes).await
     }
 
     /// Writes `bytes`, closing the connection when the peer stops reading:
-    /// after `--write-timeout`, or at once once the write has stalled for
-    /// [`STALL_GRACE`] and the budget has no room for what the connection
-    /// holds. A client that reads its replies never stalls that long, so
-    /// peers that do not read cannot take memory from those that do.
+    /// after `--write-timeout`, or as soon as the write has made no
+    /// progress for [`STALL_GRACE`] while the reply budget has no room for
+    /// what the connection holds, or others wait for that room. A peer
+    /// that reads its replies never stalls that long, so peers that do not
+    /// read cannot take memory from those that do.
     async fn write_reply(&mut self, bytes: &[u8]) -> Result<(), Closed> {
         let write_timeout = self.shared.limits.write_timeout;
-        let budget = self.shared.budget.clone();
+        let replies = self.shared.replies.clone();
         let started = Instant::now();
-        let mut grace = Some(started + STALL_GRACE);
-        let mut _stalled_charge = None;
-        let mut written = 0;
+        let mut next_check = started + STALL_GRACE;
+        let (mut written, mut written_at_check) = (0, 0);
         while written < bytes.len() {
             tokio::select! {
                 n = self.stream.write(&bytes[written..]) => written += n?,
-                () = tokio::time::sleep_until(grace.unwrap_or(started)), if grace.is_some() => {
-                    grace = None;
+                () = tokio::time::sleep_until(next_check) => {
                     let held = bytes.len() + self.buf.capacity();
-                    let units = budget_units(held).min(u32::MAX as usize) as u32;
-                    match budget.clone().try_acquire_many_owned(units) {
-                        Ok(charge) => _stalled_charge = Some(charge),
-                        Err(_) => return Err(Closed::StalledOverBudget(held)),
+                    let stalled = written == written_at_check;
+                    if stalled && (replies.contended() || !replies.try_grow(&mut self.reply_held, held)) {
+                        return Err(Closed::StalledOverBudget(held));
                     }
+                    written_at_check = written;
+                    next_check += STALL_GRACE;
                 }
                 () = tokio::time::sleep_until(started + write_timeout) => {
                     return Err(Closed::SlowReader(write_timeout));
@@ -436,12 +532,20 @@ impl Connection {
 
         let room = want.saturating_add(READ_AHEAD);
         let stop = self.shared.stop.clone();
-        let charging = charge(&mut self.charged, &self.shared.budget, self.buf.len() + room);
+        let beyond_read_ahead = (self.buf.len() + room).saturating_sub(READ_AHEAD);
         tokio::select! {
             biased;
             () = stop.cancelled() => return Err(Closed::Shutdown),
-            () = charging => {}
+            () = self.shared.requests.grow(&mut self.request_held, beyond_read_ahead) => {}
             idle = &mut expired => return Err(timed_out(idle)),
+        }
+        if want > READ_AHEAD && self.buf.capacity() < self.buf.len() + room {
+            // A frame of known size: room for exactly it, so that the
+            // buffer is what the budget was charged for, not twice that
+            // as amortised growth would make it.
+            let mut exact = BytesMut::with_capacity(self.buf.len() + room);
+            exact.extend_from_slice(&self.buf);
+            self.buf = exact;
         }
         self.buf.reserve(room.min(READ_AHEAD));
         let was_empty = self.buf.is_empty();
@@ -471,23 +575,5 @@ impl Connection {
             }
         }
         Ok(())
-    }
-}
-
-/// Holds budget for a buffer of `bytes` beyond the read-ahead in
-/// `charged`, waiting for it if other connections hold the rest.
-async fn charge(charged: &mut Option<OwnedSemaphorePermit>, budget: &Arc<Semaphore>, bytes: usize) {
-    let needed = budget_units(bytes.saturating_sub(READ_AHEAD));
-    let held = charged.as_ref().map_or(0, |p| p.num_permits());
-    if needed <= held {
-        return;
-    }
-    let extra = (needed - held).min(u32::MAX as usize) as u32;
-    // The semaphore is never closed.
-    if let Ok(more) = budget.clone().acquire_many_owned(extra).await {
-        match charged {
-            Some(charged) => charged.merge(more),
-            None => *charged = Some(more),
-        }
     }
 }

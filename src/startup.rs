@@ -89,8 +89,11 @@ pub struct Settings {
     /// closed then.
     pub write_timeout: Duration,
     /// Request bytes all Thrift connections together may hold in buffers
-    /// beyond a 64 KiB read-ahead each; a large message waits for budget.
+    /// beyond a 16 KiB read-ahead each; a large message waits for budget.
     pub max_buffered_bytes: usize,
+    /// Bytes all Thrift connections together may hold for large replies
+    /// and for replies a peer has stopped reading.
+    pub max_reply_bytes: usize,
     /// How long in-flight requests may take to finish on SIGINT/SIGTERM.
     pub shutdown_timeout: Duration,
 }
@@ -121,6 +124,7 @@ impl Settings {
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(30),
             max_buffered_bytes: 256 << 20,
+            max_reply_bytes: 64 << 20,
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -470,6 +474,7 @@ impl Application {
                 idle_timeout: settings.idle_timeout,
                 write_timeout: settings.write_timeout,
                 max_buffered_bytes: settings.max_buffered_bytes,
+                max_reply_bytes: settings.max_reply_bytes,
                 shutdown_timeout: settings.shutdown_timeout,
             },
             http,

@@ -284,9 +284,14 @@ pub struct ServeArgs {
     #[arg(long, env = "XM_IP_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
     /// Request bytes all Thrift connections together may hold in buffers
-    /// beyond a 64 KiB read-ahead each; a large message waits for budget.
+    /// beyond a 16 KiB read-ahead each; a large message waits for budget.
     #[arg(long, env = "XM_IP_MAX_BUFFERED_BYTES", default_value_t = 256 << 20)]
     pub max_buffered_bytes: usize,
+    /// Bytes all Thrift connections together may hold for large replies
+    /// (answers being built, replies being written) and for replies a
+    /// peer has stopped reading; a large request waits for budget.
+    #[arg(long, env = "XM_IP_MAX_REPLY_BYTES", default_value_t = 64 << 20)]
+    pub max_reply_bytes: usize,
     /// How long in-flight requests may take to finish on SIGINT/SIGTERM.
     #[arg(long, env = "XM_IP_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -402,6 +407,7 @@ impl From<ServeArgs> for Settings {
             idle_timeout: args.idle_timeout,
             write_timeout: args.write_timeout,
             max_buffered_bytes: args.max_buffered_bytes,
+            max_reply_bytes: args.max_reply_bytes,
             shutdown_timeout: args.shutdown_timeout,
         }
     }

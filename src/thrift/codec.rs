@@ -83,14 +83,7 @@ pub fn decode(message: &[u8], protocol: Protocol, max_batch: usize) -> Result<Re
         WireError::Incomplete => bad("the message ends inside its header"),
         other => other,
     })?;
-    let method = name.strip_prefix(SERVICE_PREFIX).unwrap_or(&name);
-    let call = match method {
-        "queryGeoInfoByIP" => reader.ip_list_args().map(|ips| Call::QueryGeoInfoByIp { ips }),
-        "queryI18nGeoInfoByIP" => reader.ip_list_args().map(|ips| Call::QueryI18nGeoInfoByIp { ips }),
-        "queryGeoInfo" => reader.geo_request_args(),
-        _ => reader.skip(Kind::Struct, 0).map(|()| Call::Unknown),
-    };
-    let call = match call {
+    let call = match reader.call(&name) {
         Ok(_) if reader.over_batch.is_some() => Err(BadArgs::BatchOverLimit {
             size: reader.over_batch.unwrap_or_default(),
             limit: max_batch,
@@ -107,6 +100,36 @@ pub fn decode(message: &[u8], protocol: Protocol, max_batch: usize) -> Result<Re
     })
 }
 
+/// How many addresses a message announces, read from its first bytes
+/// (`prefix`) without decoding any of them: `None` until the list's
+/// header is among those bytes, and for messages without a list.
+/// `size` is the whole message's, for the same length checks as
+/// [`decode`] makes.
+pub fn announced_batch(prefix: &[u8], protocol: Protocol, size: usize) -> Option<usize> {
+    let mut reader = Reader::new(prefix, protocol, size);
+    reader.prefix_only = true;
+    let (name, ..) = reader.message_begin().ok()?;
+    let _ = reader.call(&name);
+    reader.announced
+}
+
+/// A request refused from its first bytes alone, because its address
+/// list announces more than `max_batch`: the answer [`decode`] would give
+/// once the whole message was there, without holding the rest of it.
+pub fn refuse_early(prefix: &[u8], protocol: Protocol, size: usize, max_batch: usize) -> Option<Request> {
+    let announced = announced_batch(prefix, protocol, size).filter(|&n| n > max_batch)?;
+    let (name, message_type, seq) = decode_header(prefix, protocol).ok()?;
+    Some(Request {
+        name,
+        message_type,
+        seq,
+        call: Err(BadArgs::BatchOverLimit {
+            size: announced,
+            limit: max_batch,
+        }),
+    })
+}
+
 /// The header of a message whose arguments could not be walked, so that
 /// the peer can be told why before the connection closes.
 pub fn decode_header(buf: &[u8], protocol: Protocol) -> Result<(String, u8, i32), WireError> {
@@ -114,6 +137,16 @@ pub fn decode_header(buf: &[u8], protocol: Protocol) -> Result<(String, u8, i32)
 }
 
 impl Reader<'_> {
+    /// The arguments of method `name`.
+    fn call(&mut self, name: &str) -> Result<Call, WireError> {
+        match name.strip_prefix(SERVICE_PREFIX).unwrap_or(name) {
+            "queryGeoInfoByIP" => self.ip_list_args().map(|ips| Call::QueryGeoInfoByIp { ips }),
+            "queryI18nGeoInfoByIP" => self.ip_list_args().map(|ips| Call::QueryI18nGeoInfoByIp { ips }),
+            "queryGeoInfo" => self.geo_request_args(),
+            _ => self.skip(Kind::Struct, 0).map(|()| Call::Unknown),
+        }
+    }
+
     /// `(1: list<string> ipList)`; an unset list is an empty batch.
     fn ip_list_args(&mut self) -> Result<Vec<String>, WireError> {
         let mut ips = Vec::new();
@@ -385,6 +418,41 @@ mod tests {
         assert_eq!(request.call, Err(BadArgs::BatchOverLimit { size: 3, limit: 2 }));
         let request = decode(&msg, Protocol::Compact, 3).unwrap();
         assert_eq!(request.call, Ok(Call::QueryGeoInfoByIp { ips }));
+    }
+
+    #[test]
+    fn a_list_over_the_limit_is_refused_from_the_first_bytes_as_it_would_be_whole() {
+        let ips: Vec<String> = (0..20).map(|i| format!("10.0.0.{i}")).collect();
+        let calls = [
+            Call::QueryGeoInfoByIp { ips: ips.clone() },
+            Call::QueryI18nGeoInfoByIp { ips: ips.clone() },
+            Call::QueryGeoInfo {
+                ips: ips.clone(),
+                lang: "en".into(),
+            },
+        ];
+        for wire in Wire::EACH {
+            for call in &calls {
+                let stream = encode_call(wire, 5, call);
+                let message = first_message(&stream, wire);
+                let whole = decode(message, wire.protocol, 10).unwrap();
+                // The list header ends before the first address does.
+                let first = message.windows(8).position(|w| w == b"10.0.0.0").unwrap();
+                for cut in 0..first {
+                    let early = refuse_early(&message[..cut], wire.protocol, message.len(), 10);
+                    if let Some(early) = early {
+                        assert_eq!(early, whole, "{wire:?} {call:?} cut at {cut}");
+                    }
+                }
+                let early = refuse_early(&message[..first], wire.protocol, message.len(), 10);
+                assert_eq!(early.as_ref(), Some(&whole), "{wire:?} {call:?}");
+                assert_eq!(
+                    announced_batch(&message[..first], wire.protocol, message.len()),
+                    Some(20)
+                );
+                assert_eq!(refuse_early(&message[..first], wire.protocol, message.len(), 20), None);
+            }
+        }
     }
 
     #[test]

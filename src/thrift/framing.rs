@@ -228,6 +228,13 @@ impl MessageCheck {
         }
     }
 
+    /// A framed message's body as far as it has arrived, and the size its
+    /// header announces; `None` for unframed messages.
+    pub fn frame_so_far<'a>(&self, buf: &'a [u8]) -> Option<(&'a [u8], usize)> {
+        let size = frame_size(buf).filter(|_| self.wire.framing == Framing::Framed)?;
+        Some((&buf[4..buf.len().min(4 + size)], size))
+    }
+
     /// How many more bytes the message needs at least, as far as is known.
     pub fn wanted(&self, buf: &[u8]) -> usize {
         match (self.wire.framing, frame_size(buf)) {

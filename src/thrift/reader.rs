@@ -101,6 +101,11 @@ pub struct Reader<'a> {
     pub max_batch: usize,
     /// The size of a list that was longer, and so skipped.
     pub over_batch: Option<usize>,
+    /// The size the address list announced, once its header is read.
+    pub announced: Option<usize>,
+    /// The buffer is a message's first bytes, read only for what they
+    /// say: stop at the address list's header, decoding none of it.
+    pub prefix_only: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -114,6 +119,8 @@ impl<'a> Reader<'a> {
             pending_bool: false,
             max_batch: usize::MAX,
             over_batch: None,
+            announced: None,
+            prefix_only: false,
         }
     }
 
@@ -382,6 +389,10 @@ impl<'a> Reader<'a> {
         let (kind, size) = self.list_begin()?;
         if kind != Kind::String {
             return Err(bad(format!("ipList holds {kind:?}, not strings")));
+        }
+        self.announced = Some(size);
+        if self.prefix_only {
+            return Err(WireError::Incomplete);
         }
         if size > self.max_batch {
             // Walked over, never allocated: the request is refused whole.

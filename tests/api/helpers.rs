@@ -224,6 +224,7 @@ pub struct Options {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub max_buffered_bytes: usize,
+    pub max_reply_bytes: usize,
     pub shutdown_timeout: Duration,
 }
 
@@ -241,6 +242,7 @@ impl Default for Options {
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(30),
             max_buffered_bytes: 256 << 20,
+            max_reply_bytes: 64 << 20,
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -294,6 +296,7 @@ impl TestApp {
             idle_timeout: options.idle_timeout,
             write_timeout: options.write_timeout,
             max_buffered_bytes: options.max_buffered_bytes,
+            max_reply_bytes: options.max_reply_bytes,
             shutdown_timeout: options.shutdown_timeout,
             http_addr: "127.0.0.1:0".to_owned(),
             http_max_connections: 256,

@@ -82,7 +82,7 @@ async fn a_peer_that_stops_reading_is_closed_at_once_when_the_budget_has_no_room
     // A write timeout far beyond the test: only the budget can close it.
     let app = TestApp::spawn_with(Options {
         write_timeout: Duration::from_secs(60),
-        max_buffered_bytes: 1 << 20, // room for a request, not for a stalled reply
+        max_reply_bytes: 1 << 20, // less than one stalled reply
         ..Options::default()
     })
     .await;
