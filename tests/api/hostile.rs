@@ -96,6 +96,40 @@ async fn a_peer_that_stops_reading_is_closed_at_once_when_the_budget_has_no_room
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stopped_reading_gives_way_to_a_reader_waiting_for_the_reply_budget() {
+    let app = TestApp::spawn_with(Options {
+        write_timeout: Duration::from_secs(60),
+        // Room for one stalled 1,000-address reply, not for it and a second.
+        max_reply_bytes: 600 << 10,
+        ..Options::default()
+    })
+    .await;
+    let ips = vec!["183.62.57.1".to_owned(); 1_000];
+    let request = codec::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
+    let socket = TcpStream::connect(app.addr).unwrap();
+    let writer = socket.try_clone().unwrap();
+    let pipelining = std::thread::spawn(move || {
+        writer.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        for _ in 0..200 {
+            if (&writer).write_all(&request).is_err() {
+                break;
+            }
+        }
+    });
+    // Long enough for the peer's socket to fill and its reply to stall.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let answers = app.by_ip(&["183.62.57.1"; 1_000]).await;
+    assert_eq!(answers.len(), 1_000);
+    assert!(answers.iter().all(|g| g.error_no == Some(0)));
+    let (_, closed) = tokio::task::spawn_blocking(move || read_until_closed(&socket, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(closed, "the stalled peer kept its budget while a reader waited");
+    pipelining.join().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
     let app = TestApp::spawn_with(Options {

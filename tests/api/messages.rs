@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use xm_ip_service::thrift::codec::{self, Call, Framing, MessageCheck, Protocol, ReplySummary, Wire};
 
-use crate::helpers::TestApp;
+use crate::helpers::{Options, TestApp};
 
 const STRICT: Protocol = Protocol::Binary { strict: true };
 
@@ -207,5 +207,30 @@ async fn oneway_calls_get_no_reply_and_other_message_types_are_refused() {
             assert_eq!(peer.exception(), "message type 2 is not a call", "{wire:?}");
             assert_eq!(peer.answers(), [2, 0, 0, 0, 0], "{wire:?}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_batch_limit_is_refused_from_its_first_bytes_and_the_rest_is_dropped() {
+    let app = TestApp::spawn_with(Options {
+        max_batch: 100,
+        ..Options::default()
+    })
+    .await;
+    let ips: Vec<&str> = vec!["10.0.0.1"; 20_000];
+    for protocol in [STRICT, Protocol::Compact] {
+        let wire = wire(Framing::Framed, protocol);
+        let frame = call(wire, &ips);
+        let mut peer = Peer::connect(&app, wire);
+        // Only the first kilobyte: the refusal must not wait for the rest.
+        peer.send(&frame[..1024]);
+        let refusal = peer.exception();
+        assert!(refusal.contains("20000") && refusal.contains("100"), "{refusal}");
+        for piece in frame[1024..].chunks(50_000) {
+            peer.send(piece);
+        }
+        // The rest was read and dropped: the next call is in step.
+        peer.send(&call(wire, &["183.62.57.1"]));
+        assert_eq!(peer.answers(), [1, 0, 0, 0, 0], "{wire:?}");
     }
 }
