@@ -73,7 +73,9 @@ pub struct Settings {
     /// Most Thrift connections at once; further ones are closed at once.
     pub max_connections: usize,
     /// Most HTTP connections at once; further ones are closed at once.
-    pub http_max_connections: usize,
+    /// `None`: [`DEFAULT_HTTP_MAX_CONNECTIONS`], or what the open-file
+    /// limit leaves beside the Thrift cap, if that is less.
+    pub http_max_connections: Option<usize>,
     /// Most HTTP requests handled at once; further ones get 503 at once.
     pub http_max_in_flight: usize,
     /// Largest HTTP request body in bytes.
@@ -116,7 +118,7 @@ impl Settings {
             max_batch: 10_000,
             max_frame: server::DEFAULT_MAX_FRAME,
             max_connections: 4096,
-            http_max_connections: 10_000,
+            http_max_connections: None,
             http_max_in_flight: 1024,
             http_max_body: 1 << 20,
             http_timeout: Duration::from_secs(10),
@@ -134,17 +136,31 @@ impl Settings {
 /// pool, the mmdb, data files, the listeners, logs.
 const OTHER_FILES: u64 = 256;
 
+/// The HTTP connection cap when none is given, if the open-file limit
+/// has room for it.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 10_000;
+
 /// Raises the open-file soft limit to the hard limit, and refuses
 /// connection caps the limit cannot hold: past it, accepts would fail
-/// instead of refusing politely at the cap.
-fn ensure_file_limit(settings: &Settings) -> anyhow::Result<()> {
-    let http = if settings.http_addr == "off" {
-        0
-    } else {
-        settings.http_max_connections
-    };
-    let needed = (settings.max_connections + http) as u64 + OTHER_FILES;
+/// instead of refusing politely at the cap. Returns the HTTP cap: as
+/// given, or by default as much of [`DEFAULT_HTTP_MAX_CONNECTIONS`] as the
+/// limit leaves beside the Thrift cap.
+fn fit_file_limit(settings: &Settings) -> anyhow::Result<usize> {
     let limit = raise_file_limit();
+    let thrift = settings.max_connections as u64 + OTHER_FILES;
+    let http = match settings.http_max_connections {
+        _ if settings.http_addr == "off" => 0,
+        Some(cap) => cap,
+        None => {
+            let room = usize::try_from(limit.saturating_sub(thrift)).unwrap_or(usize::MAX);
+            let cap = DEFAULT_HTTP_MAX_CONNECTIONS.min(room).max(1);
+            if cap < DEFAULT_HTTP_MAX_CONNECTIONS {
+                info!(cap, limit, "HTTP connection cap lowered to fit the open-file limit");
+            }
+            cap
+        }
+    };
+    let needed = thrift + http as u64;
     if needed > limit {
         bail!(
             "--max-connections {} and --http-max-connections {http} need about {needed} open files, \
@@ -152,7 +168,7 @@ fn ensure_file_limit(settings: &Settings) -> anyhow::Result<()> {
             settings.max_connections
         );
     }
-    Ok(())
+    Ok(http)
 }
 
 /// The open-file limit after raising the soft limit to the hard one.
@@ -390,7 +406,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
-        ensure_file_limit(settings)?;
+        let http_max_connections = fit_file_limit(settings)?;
         let data = choose_data(settings)?;
         let metrics = Arc::new(Metrics::new());
         let (reload, wake) = watch::channel(0u64);
@@ -436,7 +452,7 @@ impl Application {
                     .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
                 info!(addr = %http_listener.local_addr()?, "HTTP API, /metrics and /readyz listening");
                 let limits = HttpLimits {
-                    max_connections: settings.http_max_connections,
+                    max_connections: http_max_connections,
                     max_in_flight: settings.http_max_in_flight,
                     max_body: settings.http_max_body,
                     timeout: settings.http_timeout,

@@ -260,9 +260,11 @@ pub struct ServeArgs {
     /// Most Thrift connections at once; further ones are closed at once.
     #[arg(long, env = "XM_IP_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
-    /// Most HTTP connections at once; further ones are closed at once.
-    #[arg(long, env = "XM_IP_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub http_max_connections: usize,
+    /// Most HTTP connections at once; further ones are closed at once
+    /// [default: 10000, or what the open-file limit leaves beside
+    /// --max-connections, if that is less].
+    #[arg(long, env = "XM_IP_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
     /// Most HTTP requests handled at once; further ones get 503 at once.
     #[arg(long, env = "XM_IP_HTTP_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub http_max_in_flight: usize,

@@ -159,7 +159,35 @@ struct Served {
 
 impl Served {
     async fn start(cwd: &std::path::Path, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Served {
-        let mut child = Command::new(BIN)
+        Self::start_limited(cwd, args, env, None).await
+    }
+
+    /// As [`Served::start`], with the open-file limit (soft and hard) set
+    /// to `files` first.
+    async fn start_limited(
+        cwd: &std::path::Path,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+        files: Option<u64>,
+    ) -> Served {
+        let mut command = Command::new(BIN);
+        if let Some(files) = files {
+            let limit = libc::rlimit {
+                rlim_cur: files,
+                rlim_max: files,
+            };
+            // SAFETY: between fork and exec, only setrlimit runs.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             // Ephemeral ports only: tests run at once, and the default
             // HTTP port 8080 can be held by one of them.
             .args([
@@ -481,6 +509,22 @@ async fn check_finds_rows_the_importer_would_refuse() {
         lines.contains(&"ip_service_cn 192.0.0.0 - 192.0.0.255: country code \"QQ\" is not ISO 3166-1 alpha-2"),
         "{stdout}"
     );
+}
+
+#[tokio::test]
+async fn without_an_http_cap_serve_takes_what_the_open_file_limit_leaves() {
+    let cwd = tempfile::tempdir().unwrap();
+    let served = Served::start_limited(
+        cwd.path(),
+        &["--max-connections".as_ref(), "100".as_ref()],
+        &[],
+        Some(512),
+    )
+    .await;
+    let lowered = served.logged("HTTP connection cap lowered to fit the open-file limit");
+    assert_eq!(lowered.len(), 1, "{:#?}", served.startup);
+    // 512 files, less 100 Thrift connections and 256 for everything else.
+    assert_eq!(lowered[0]["fields"]["cap"], 156);
 }
 
 #[tokio::test]

@@ -299,7 +299,7 @@ impl TestApp {
             max_reply_bytes: options.max_reply_bytes,
             shutdown_timeout: options.shutdown_timeout,
             http_addr: "127.0.0.1:0".to_owned(),
-            http_max_connections: 256,
+            http_max_connections: Some(256),
             ..Settings::new("127.0.0.1:0")
         };
         Self::start(settings, db, mmdb).await
