@@ -3,7 +3,8 @@
 //! Thrift handler and never touches the database itself.
 //!
 //! Every connection and request is bounded: connections over the cap are
-//! closed at once, headers must arrive within the request timeout, bodies
+//! closed at once, headers must arrive within the request timeout (which
+//! also closes a keep-alive connection idle that long), bodies
 //! have a size limit, requests in flight have a cap (over it, 503 at once),
 //! and each request has a deadline.
 

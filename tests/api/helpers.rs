@@ -226,6 +226,7 @@ pub struct Options {
     pub max_buffered_bytes: usize,
     pub max_reply_bytes: usize,
     pub shutdown_timeout: Duration,
+    pub http_timeout: Duration,
 }
 
 impl Default for Options {
@@ -244,6 +245,7 @@ impl Default for Options {
             max_buffered_bytes: 256 << 20,
             max_reply_bytes: 64 << 20,
             shutdown_timeout: Duration::from_secs(5),
+            http_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -300,6 +302,7 @@ impl TestApp {
             shutdown_timeout: options.shutdown_timeout,
             http_addr: "127.0.0.1:0".to_owned(),
             http_max_connections: Some(256),
+            http_timeout: options.http_timeout,
             ..Settings::new("127.0.0.1:0")
         };
         Self::start(settings, db, mmdb).await

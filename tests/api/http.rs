@@ -459,3 +459,28 @@ async fn thrift_connections_over_the_cap_are_closed_at_once_and_counted() {
     }
     assert_eq!(app.by_ip(&["183.62.57.1"]).await[0].error_no, Some(0));
 }
+
+#[tokio::test]
+async fn a_keep_alive_connection_left_idle_is_closed_after_the_request_timeout() {
+    let app = TestApp::spawn_with(Options {
+        http_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(http(&app)).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .expect("an idle keep-alive connection left open for 5 s")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before it was idle"
+    );
+}
