@@ -220,3 +220,5 @@ echo "imports: $(sort "$work/imports.txt" | uniq -c | tr '\n' ' ')"
 echo "postgres restart: $(cat "$work/restart.txt" 2>/dev/null || echo 'did not happen')"
 echo "hostile peers: $(cat "$work/hostile.txt")"
 echo "server warnings: $(grep -c WARN "$work/server.log" || true); errors: $(grep -c ERROR "$work/server.log" || true)"
+echo "connections closed, by reason (numbers elided):"
+grep 'closing connection' "$work/server.log" | grep -o 'error=.*' | sed 's/[0-9][0-9.]*/N/g' | sort | uniq -c | sort -rn | head -8 || true

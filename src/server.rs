@@ -27,18 +27,31 @@ use budget::{Budget, Held};
 /// At most one warning per this long that the connection cap was reached.
 pub const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-/// How long a reply may wait on a full socket before what the connection
-/// holds is charged to the reply budget, and how often a stalled reply
-/// checks whether others wait for that budget.
-const STALL_GRACE: Duration = Duration::from_millis(50);
+/// How long a reply holding reply budget may make no progress, its peer
+/// reading nothing, before it gives way to connections waiting for that
+/// budget. Long enough that a reader its scheduler kept waiting is not
+/// taken for one that stopped reading.
+const STALL_GRACE: Duration = Duration::from_millis(250);
 
-/// Replies estimated larger than this are built only with room in the
-/// reply budget; smaller ones (up to about a hundred addresses) never wait.
-const SMALL_REPLY: usize = 64 * 1024;
+/// Replies estimated larger than this take room in the reply budget before
+/// they are built; smaller ones (up to about thirty addresses) never wait,
+/// and hold at most this much each however long their peer takes.
+const SMALL_REPLY: usize = 16 * 1024;
 
-/// What answering one address may hold at once, for the reply budget:
-/// its encoded answer (about 300 bytes), the answer itself and the input.
+/// What answering one address may hold at once, besides its input's
+/// text: its encoded answer (about 300 bytes), the answer itself and the
+/// input's `String`.
 const ANSWER_COST: usize = 512;
+
+/// An upper bound on what answering `addresses` from a message of
+/// `message_len` bytes holds at once, for the reply budget: each input's
+/// text is held at most three times (decoded, in an invalid input's error,
+/// echoed in the reply).
+fn reply_cost(addresses: usize, message_len: usize) -> usize {
+    addresses
+        .saturating_mul(ANSWER_COST)
+        .saturating_add(message_len.saturating_mul(3))
+}
 
 /// A frame's first bytes that are read for whether it will be refused.
 const EARLY_PREFIX: usize = 4096;
@@ -284,8 +297,8 @@ enum Closed {
     Idle(Duration),
     #[error("the peer did not read a reply within {0:?}")]
     SlowReader(Duration),
-    #[error("the peer stopped reading, and the reply budget has no room for the {0} bytes it holds")]
-    StalledOverBudget(usize),
+    #[error("the peer stopped reading, and other connections wait for the {0} bytes of reply budget it holds")]
+    GaveWay(usize),
     #[error("an unframed message does not walk; the stream cannot be resynchronised")]
     Unsynchronised,
 }
@@ -296,7 +309,7 @@ impl Closed {
         match self {
             Closed::Wire(WireError::FrameTooLarge { .. }) => Some(Rejection::Oversized),
             Closed::Wire(_) | Closed::Unsynchronised => Some(Rejection::Garbage),
-            Closed::SlowMessage(_) | Closed::SlowReader(_) | Closed::StalledOverBudget(_) => Some(Rejection::Timeout),
+            Closed::SlowMessage(_) | Closed::SlowReader(_) | Closed::GaveWay(_) => Some(Rejection::Timeout),
             Closed::Eof | Closed::Shutdown | Closed::Io(_) | Closed::Idle(_) => None,
         }
     }
@@ -365,7 +378,7 @@ impl Connection {
             let message = &self.buf[found.body..found.end];
             let cost = codec::announced_batch(message, wire.protocol, message.len())
                 .filter(|&n| n <= limits.max_batch)
-                .map_or(0, |n| n.saturating_mul(ANSWER_COST));
+                .map_or(0, |n| reply_cost(n, message.len()));
             if cost > SMALL_REPLY {
                 let stop = self.shared.stop.clone();
                 tokio::select! {
@@ -380,7 +393,6 @@ impl Connection {
             }
             let request = codec::decode(&self.buf[found.body..found.end], wire.protocol, limits.max_batch)?;
             self.answer(wire, request).await?;
-            self.reply_held.release();
             self.buf.advance(found.end);
             self.message_done();
         }
@@ -458,34 +470,30 @@ impl Connection {
         drop(reply);
         drop(request);
         self.held_much |= bytes.len() > READ_AHEAD || !self.request_held.is_empty();
-        if !self.reply_held.is_empty() {
-            // What the reply holds now is its bytes.
-            self.reply_held.shrink_to(bytes.len());
-            self.shared.replies.grow(&mut self.reply_held, bytes.len()).await;
-        }
-        self.write_reply(&bytes).await
+        // What the reply holds now is its bytes.
+        self.reply_held.shrink_to(bytes.len());
+        self.write_reply(&bytes).await?;
+        self.reply_held.release();
+        Ok(())
     }
 
     /// Writes `bytes`, closing the connection when the peer stops reading:
-    /// after `--write-timeout`, or as soon as the write has made no
-    /// progress for [`STALL_GRACE`] while the reply budget has no room for
-    /// what the connection holds, or others wait for that room. A peer
-    /// that reads its replies never stalls that long, so peers that do not
-    /// read cannot take memory from those that do.
+    /// after `--write-timeout`, or, for a reply that holds reply budget,
+    /// as soon as it has made no progress for [`STALL_GRACE`] while other
+    /// connections wait for that budget. Peers that do not read cannot
+    /// keep memory from those that do.
     async fn write_reply(&mut self, bytes: &[u8]) -> Result<(), Closed> {
         let write_timeout = self.shared.limits.write_timeout;
-        let replies = self.shared.replies.clone();
+        let holds_budget = !self.reply_held.is_empty();
         let started = Instant::now();
         let mut next_check = started + STALL_GRACE;
         let (mut written, mut written_at_check) = (0, 0);
         while written < bytes.len() {
             tokio::select! {
                 n = self.stream.write(&bytes[written..]) => written += n?,
-                () = tokio::time::sleep_until(next_check) => {
-                    let held = bytes.len() + self.buf.capacity();
-                    let stalled = written == written_at_check;
-                    if stalled && (replies.contended() || !replies.try_grow(&mut self.reply_held, held)) {
-                        return Err(Closed::StalledOverBudget(held));
+                () = tokio::time::sleep_until(next_check), if holds_budget => {
+                    if written == written_at_check && self.shared.replies.contended() {
+                        return Err(Closed::GaveWay(bytes.len()));
                     }
                     written_at_check = written;
                     next_check += STALL_GRACE;

@@ -8,7 +8,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// A budget counts bytes in units of this many.
 const UNIT: usize = 1024;
 
-/// Bytes that all connections together may hold, shared out on demand.
+/// Bytes that all connections together may hold, shared out on demand,
+/// first come first served.
 #[derive(Clone)]
 pub struct Budget {
     units: Arc<Semaphore>,
@@ -87,24 +88,6 @@ impl Budget {
         }
     }
 
-    /// Grows `held` to cover `bytes` if there is room now; never if
-    /// `bytes` is more than the whole budget.
-    pub fn try_grow(&self, held: &mut Held, bytes: usize) -> bool {
-        if bytes.div_ceil(UNIT) > self.capacity {
-            return false;
-        }
-        let Some(missing) = self.shortfall(held, bytes) else {
-            return true;
-        };
-        match self.units.clone().try_acquire_many_owned(missing) {
-            Ok(more) => {
-                held.add(more);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
     /// Whether some connection is waiting for room.
     pub fn contended(&self) -> bool {
         self.waiting.load(Ordering::Relaxed) > 0
@@ -129,6 +112,8 @@ impl Drop for Waiting<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
@@ -137,10 +122,10 @@ mod tests {
         let mut first = Held::default();
         budget.grow(&mut first, 6 * UNIT).await;
         let mut second = Held::default();
-        assert!(!budget.try_grow(&mut second, 5 * UNIT), "only 4 units are left");
-        assert!(budget.try_grow(&mut second, 4 * UNIT));
+        let room = tokio::time::timeout(Duration::from_secs(5), budget.grow(&mut second, 4 * UNIT));
+        room.await.expect("4 units are left");
+        assert_eq!(second.units(), 4);
         assert!(!budget.contended());
-        assert!(!budget.try_grow(&mut second, 11 * UNIT), "more than the whole budget");
 
         // Asking for more than the whole budget waits for all of it.
         let waiter = {
