@@ -4,10 +4,12 @@
 # byte each on the wire) and read the refusal. Prints the server's resident
 # memory (idle, peak, after) and how many refusals came back. Serves
 # data/ if filled (the in-memory index), else the built-in sample.
+# FRAMED=0 sends the same message unframed.
 # Loopback only; it stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clients=${CLIENTS:-50}
+framed=${FRAMED:-1}
 port=${PORT:-19098}
 bin=target/release/xm-ip-service
 cargo build --release --quiet
@@ -19,9 +21,9 @@ until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
 rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$server/status"; }
 echo "server RSS idle: $(rss) MB"
 
-python3 - "$port" "$clients" <<'PY' &
+python3 - "$port" "$clients" "$framed" <<'PY' &
 import socket, struct, sys, threading
-port, clients = int(sys.argv[1]), int(sys.argv[2])
+port, clients, framed = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] != "0"
 limit = 16_384_000
 name = b"queryGeoInfoByIP"
 head = bytes([0x82, 0x21, 1, len(name)]) + name + bytes([0x19, 0xF8])
@@ -34,7 +36,7 @@ while v >= 0x80:
 varint.append(v)
 body = head + bytes(varint) + bytes(n) + b"\x00"
 body = body[: limit]
-frame = struct.pack(">I", len(body)) + body
+frame = struct.pack(">I", len(body)) + body if framed else body
 refused = []
 def one():
     s = socket.create_connection(("127.0.0.1", port))

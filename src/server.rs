@@ -273,7 +273,8 @@ struct Connection {
     reply_held: Held,
     /// Whether a request or reply ever took more than the read-ahead.
     held_much: bool,
-    /// When the first byte of the message being received arrived.
+    /// When the first byte of the message being received arrived; `None`
+    /// between messages.
     message_started: Option<Instant>,
     /// Whether the message being received was read for an early refusal.
     early_checked: bool,
@@ -350,7 +351,7 @@ impl Connection {
             let found = match check.check(&self.buf) {
                 Ok(Some(found)) => found,
                 Ok(None) => {
-                    if !self.refused_early(wire, &check).await? {
+                    if !self.refused_early(wire, &mut check).await? {
                         self.read_more(check.wanted(&self.buf)).await?;
                     }
                     continue;
@@ -410,28 +411,57 @@ impl Connection {
         self.early_checked = false;
     }
 
-    /// Answers a frame whose first bytes show that it will be refused (its
-    /// address list is over the batch limit) at once, then reads the rest
-    /// of it and drops it as it arrives: such a frame is never held.
+    /// Answers a message whose first bytes show that it will be refused
+    /// (its address list is over the batch limit) at once, then reads the
+    /// rest of it and drops it as it arrives: such a message is never held.
     /// Returns whether it did.
-    async fn refused_early(&mut self, wire: Wire, check: &MessageCheck) -> Result<bool, Closed> {
-        let Some((body, size)) = check.frame_so_far(&self.buf).filter(|_| !self.early_checked) else {
+    async fn refused_early(&mut self, wire: Wire, check: &mut MessageCheck) -> Result<bool, Closed> {
+        if self.early_checked {
             return Ok(false);
+        }
+        let (body, size) = match check.frame_so_far(&self.buf) {
+            Some(framed) => framed,
+            None if wire.framing == Framing::Buffered => (&self.buf[..], self.shared.limits.max_frame),
+            None => return Ok(false),
         };
-        // Read once the prefix is whole, or the frame is; before that, at
-        // most once per read.
+        // Read once the prefix is whole; before that, at most once per read.
         self.early_checked = body.len() >= EARLY_PREFIX;
         let prefix = &body[..body.len().min(EARLY_PREFIX)];
         let Some(request) = codec::refuse_early(prefix, wire.protocol, size, self.shared.limits.max_batch) else {
             return Ok(false);
         };
-        let left = 4 + size - self.buf.len();
-        self.buf.clear();
-        self.request_held.release();
         self.answer(wire, request).await?;
-        self.discard(left).await?;
+        match wire.framing {
+            Framing::Framed => {
+                let left = 4 + size - self.buf.len();
+                self.buf.clear();
+                self.request_held.release();
+                self.discard(left).await?;
+            }
+            Framing::Buffered => self.walk_past(check).await?,
+        }
         self.message_done();
         Ok(true)
+    }
+
+    /// Reads the rest of an unframed message, dropping each part once the
+    /// walk has passed it.
+    async fn walk_past(&mut self, check: &mut MessageCheck) -> Result<(), Closed> {
+        loop {
+            match check.check(&self.buf) {
+                Ok(Some(found)) => {
+                    self.buf.advance(found.end);
+                    return Ok(());
+                }
+                Ok(None) => {
+                    let walked = check.forget();
+                    self.buf.advance(walked);
+                    self.read_more(1).await?;
+                }
+                Err(WireError::Malformed(_)) => return Err(Closed::Unsynchronised),
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
 
     /// Reads `left` bytes and drops them, within what is left of the
@@ -516,9 +546,9 @@ impl Connection {
         // Between messages a client may idle up to the idle timeout; a
         // message, once started, must arrive whole within the read timeout.
         let deadline = match self.message_started {
-            Some(started) if !self.buf.is_empty() => Some((started + limits.read_timeout, false)),
-            _ if limits.idle_timeout.is_zero() => None,
-            _ => Some((Instant::now() + limits.idle_timeout, true)),
+            Some(started) => Some((started + limits.read_timeout, false)),
+            None if limits.idle_timeout.is_zero() => None,
+            None => Some((Instant::now() + limits.idle_timeout, true)),
         };
         let expired = async {
             match deadline {
@@ -556,7 +586,6 @@ impl Connection {
             self.buf = exact;
         }
         self.buf.reserve(room.min(READ_AHEAD));
-        let was_empty = self.buf.is_empty();
         let mut limited = (&mut self.buf).limit(room);
         let n = tokio::select! {
             biased;
@@ -567,9 +596,7 @@ impl Connection {
         if n == 0 {
             return Err(Closed::Eof);
         }
-        if was_empty {
-            self.message_started = Some(Instant::now());
-        }
+        self.message_started.get_or_insert_with(Instant::now);
         // Whatever else is already waiting, up to the same bound, so that a
         // large message is decoded once it has arrived, not after every segment.
         let mut left = room - n;

@@ -153,8 +153,11 @@ pub struct Found {
 pub struct MessageCheck {
     wire: Wire,
     max_message: usize,
-    /// Unframed: the bytes walked over so far.
+    /// Unframed: the bytes walked over so far, in the buffer as it is.
     walked: usize,
+    /// Unframed: bytes of this message walked and then dropped from the
+    /// buffer's start by [`MessageCheck::forget`].
+    forgotten: usize,
     header_done: bool,
     /// Unframed: the containers open at `walked`, innermost last.
     open: Vec<Open>,
@@ -184,6 +187,7 @@ impl MessageCheck {
             wire,
             max_message,
             walked: 0,
+            forgotten: 0,
             header_done: false,
             open: Vec::new(),
         }
@@ -209,23 +213,38 @@ impl MessageCheck {
         match self.walk(buf) {
             Ok(()) => {
                 let end = std::mem::take(&mut self.walked);
+                let size = end + std::mem::take(&mut self.forgotten);
                 self.header_done = false;
-                if end > self.max_message {
+                if size > self.max_message {
                     return Err(WireError::FrameTooLarge {
-                        size: end as u64,
+                        size: size as u64,
                         limit: self.max_message,
                     });
                 }
                 Ok(Some(Found { body: 0, end }))
             }
             // The message goes on past the end of `buf`.
-            Err(WireError::Incomplete) if buf.len() >= self.max_message => Err(WireError::FrameTooLarge {
-                size: buf.len() as u64,
-                limit: self.max_message,
-            }),
+            Err(WireError::Incomplete) if self.forgotten + buf.len() >= self.max_message => {
+                Err(WireError::FrameTooLarge {
+                    size: (self.forgotten + buf.len()) as u64,
+                    limit: self.max_message,
+                })
+            }
             Err(WireError::Incomplete) => Ok(None),
             Err(err) => Err(err),
         }
+    }
+
+    /// Unframed: lets the caller drop the bytes at the buffer's start that
+    /// the walk has passed and will not read again, and returns how many;
+    /// the walk goes on from the buffer's new start. For a message that is
+    /// refused already, so that it is walked to its end without being held.
+    pub fn forget(&mut self) -> usize {
+        if self.wire.framing == Framing::Framed || !self.header_done {
+            return 0;
+        }
+        self.forgotten += self.walked;
+        std::mem::take(&mut self.walked)
     }
 
     /// A framed message's body as far as it has arrived, and the size its
@@ -454,6 +473,47 @@ mod tests {
                 let err = MessageCheck::new(wire, limit).check(&message[..4]).unwrap_err();
                 assert!(matches!(err, WireError::FrameTooLarge { .. }));
             }
+        }
+    }
+
+    #[test]
+    fn an_unframed_message_walked_in_pieces_and_forgotten_as_it_goes_ends_where_it_ends_whole() {
+        for wire in Wire::EACH.into_iter().filter(|w| w.framing == Framing::Buffered) {
+            let message = call(wire, 1_000);
+            let mut stream = message.clone();
+            stream.extend_from_slice(&message[..7]); // the next message's start
+            let (mut check, mut buf, mut dropped) = (MessageCheck::new(wire, LIMIT), Vec::new(), 0);
+            let mut found = None;
+            for piece in stream.chunks(100) {
+                buf.extend_from_slice(piece);
+                found = check.check(&buf).unwrap();
+                if found.is_some() {
+                    break;
+                }
+                let forgotten = check.forget();
+                buf.drain(..forgotten);
+                dropped += forgotten;
+                assert!(buf.len() < 200, "{wire:?}: {} bytes held", buf.len());
+            }
+            let found = found.expect("the message's end");
+            assert_eq!(dropped + found.end, message.len(), "{wire:?}");
+
+            // Forgetting does not hide a message over the limit.
+            let mut check = MessageCheck::new(wire, message.len() - 1);
+            let (mut buf, mut refused) = (Vec::new(), None);
+            for piece in stream.chunks(100) {
+                buf.extend_from_slice(piece);
+                match check.check(&buf) {
+                    Ok(None) => buf.drain(..check.forget()).for_each(drop),
+                    Ok(Some(found)) => panic!("{wire:?}: found {found:?} over the limit"),
+                    Err(err) => {
+                        refused = Some(err);
+                        break;
+                    }
+                }
+            }
+            let err = refused.expect("refused");
+            assert!(matches!(err, WireError::FrameTooLarge { .. }), "{wire:?}: {err}");
         }
     }
 

@@ -7,12 +7,14 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use xm_ip_service::thrift::codec::{self, MessageCheck, Request, Wire};
+use xm_ip_service::thrift::codec::{self, Found, Framing, MessageCheck, Request, Wire};
 
 pub const WIRES: [Wire; 4] = Wire::EACH;
 
 pub const LIMIT: usize = 1 << 20;
 pub const MAX_BATCH: usize = 10_000;
+/// A batch limit small enough for short inputs to go over it.
+const EARLY_BATCH: usize = 4;
 
 /// The most a decode may hold beyond three times its input (invalid UTF-8
 /// grows threefold as replacement characters): a full batch's `String`
@@ -76,6 +78,13 @@ pub fn check_stream(data: &[u8]) -> Option<Request> {
         in_pieces = check.check(&bytes[..end]);
     }
     assert_eq!(whole, in_pieces, "{wire:?}, pieces of {piece}");
+    if wire.framing == Framing::Buffered {
+        assert_eq!(
+            whole,
+            walked_forgetting(bytes, wire, piece),
+            "{wire:?}, pieces of {piece}"
+        );
+    }
 
     let found = whole.ok()??;
     assert!(found.body <= found.end && found.end <= bytes.len(), "{found:?}");
@@ -86,5 +95,46 @@ pub fn check_stream(data: &[u8]) -> Option<Request> {
         "decoding {} bytes held {peak} bytes",
         message.len()
     );
+    check_early_refusal(message, wire, piece);
     request.ok()
+}
+
+/// Walks an unframed stream in pieces, dropping what the walk has passed
+/// as it goes: where the message ends, counted from the stream's start.
+fn walked_forgetting(bytes: &[u8], wire: Wire, piece: usize) -> Result<Option<Found>, codec::WireError> {
+    let mut check = MessageCheck::new(wire, LIMIT);
+    let (mut dropped, mut end) = (0, 0);
+    loop {
+        end = (end + piece).min(bytes.len());
+        match check.check(&bytes[dropped..end])? {
+            // The message began at the stream's start, before what was dropped.
+            Some(found) => {
+                return Ok(Some(Found {
+                    body: found.body,
+                    end: dropped + found.end,
+                }))
+            }
+            None if end == bytes.len() => return Ok(None),
+            None => dropped += check.forget(),
+        }
+    }
+}
+
+/// A request refused from a message's first bytes is one that decoding the
+/// whole message refuses too, with the same header.
+fn check_early_refusal(message: &[u8], wire: Wire, piece: usize) {
+    let whole = codec::decode(message, wire.protocol, EARLY_BATCH);
+    for end in (0..=message.len().min(4096)).step_by(piece) {
+        let Some(early) = codec::refuse_early(&message[..end], wire.protocol, message.len(), EARLY_BATCH) else {
+            continue;
+        };
+        let whole = whole
+            .as_ref()
+            .expect("a message refused early has a header that decodes");
+        assert_eq!(
+            (&early.name, early.message_type, early.seq),
+            (&whole.name, whole.message_type, whole.seq)
+        );
+        assert!(whole.call.is_err(), "refused early, decoded whole: {:?}", whole.call);
+    }
 }
