@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
 use crate::metrics::{Api, OpenConnection, Rejection};
-use crate::thrift::codec::{self, BadArgs, Framing, MessageCheck, Request, Wire, WireError};
+use crate::thrift::codec::{self, BadArgs, Found, Framing, MessageCheck, Request, Wire, WireError};
 use crate::thrift::Handler;
 
 mod budget;
@@ -376,18 +376,7 @@ impl Connection {
                 }
                 Err(err) => return Err(err.into()),
             };
-            let message = &self.buf[found.body..found.end];
-            let cost = codec::announced_batch(message, wire.protocol, message.len())
-                .filter(|&n| n <= limits.max_batch)
-                .map_or(0, |n| reply_cost(n, message.len()));
-            if cost > SMALL_REPLY {
-                let stop = self.shared.stop.clone();
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => return Err(Closed::Shutdown),
-                    () = self.shared.replies.grow(&mut self.reply_held, cost) => {}
-                }
-            }
+            self.make_room_for_reply(wire, &found).await?;
             // Requests already buffered are not started once shutdown has begun.
             if self.shared.stop.is_cancelled() {
                 return Err(Closed::Shutdown);
@@ -397,6 +386,24 @@ impl Connection {
             self.buf.advance(found.end);
             self.message_done();
         }
+    }
+
+    /// Waits for room in the reply budget for answering the message
+    /// `found`, unless its reply will be small.
+    async fn make_room_for_reply(&mut self, wire: Wire, found: &Found) -> Result<(), Closed> {
+        let message = &self.buf[found.body..found.end];
+        let cost = codec::announced_batch(message, wire.protocol, message.len())
+            .filter(|&n| n <= self.shared.limits.max_batch)
+            .map_or(0, |n| reply_cost(n, message.len()));
+        if cost > SMALL_REPLY {
+            let stop = self.shared.stop.clone();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Err(Closed::Shutdown),
+                () = self.shared.replies.grow(&mut self.reply_held, cost) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Readies the buffer for the next message.
