@@ -36,23 +36,31 @@ fn read_until_closed(mut socket: &TcpStream, within: Duration) -> (usize, bool) 
     (total, false)
 }
 
-/// Pipelines 20 requests of 10,000 addresses (about 30 MB of replies, far
-/// more than the sockets' buffers hold) without reading for 1.5 s, checks
-/// that everyone else is answered meanwhile, then reads until the server
-/// closes: the bytes read, and whether it closed.
-async fn pipeline_without_reading(app: &TestApp) -> (usize, bool) {
-    let ips = vec!["183.62.57.1".to_owned(); 10_000];
+/// A connection on which a thread writes `requests` requests of
+/// `addresses` addresses each, reading nothing; the thread gives up when
+/// a write blocks for 5 s.
+fn pipeline(app: &TestApp, addresses: usize, requests: usize) -> (TcpStream, std::thread::JoinHandle<()>) {
+    let ips = vec!["183.62.57.1".to_owned(); addresses];
     let request = codec::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
     let socket = TcpStream::connect(app.addr).unwrap();
     let writer = socket.try_clone().unwrap();
     let pipelining = std::thread::spawn(move || {
         writer.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-        for _ in 0..20 {
+        for _ in 0..requests {
             if (&writer).write_all(&request).is_err() {
                 break;
             }
         }
     });
+    (socket, pipelining)
+}
+
+/// Pipelines 20 requests of 10,000 addresses (about 30 MB of replies, far
+/// more than the sockets' buffers hold) without reading for 1.5 s, checks
+/// that everyone else is answered meanwhile, then reads until the server
+/// closes: the bytes read, and whether it closed.
+async fn pipeline_without_reading(app: &TestApp) -> (usize, bool) {
+    let (socket, pipelining) = pipeline(app, 10_000, 20);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(summary(&app.by_ip(&["183.62.57.1"]).await[0]).1, "cn");
     let read_and_closed = tokio::task::spawn_blocking(move || read_until_closed(&socket, Duration::from_secs(10)))
@@ -86,18 +94,7 @@ async fn a_peer_that_stopped_reading_gives_way_to_a_reader_waiting_for_the_reply
         ..Options::default()
     })
     .await;
-    let ips = vec!["183.62.57.1".to_owned(); 1_000];
-    let request = codec::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
-    let socket = TcpStream::connect(app.addr).unwrap();
-    let writer = socket.try_clone().unwrap();
-    let pipelining = std::thread::spawn(move || {
-        writer.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-        for _ in 0..200 {
-            if (&writer).write_all(&request).is_err() {
-                break;
-            }
-        }
-    });
+    let (socket, pipelining) = pipeline(&app, 1_000, 200);
     // Long enough for the peer's socket to fill and its reply to stall.
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
