@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::domain::Table;
 use crate::http::{self, HttpLimits};
-use crate::import::{DataFiles, FileSource, FileTables};
+use crate::import::{DataFiles, FileSource, FileTables, FileWatch};
 use crate::index::Tables;
 use crate::metrics::{Metrics, TableState};
 use crate::mmdb::{GeoDb, MaxMind};
@@ -299,8 +299,23 @@ struct Opened {
     maxmind: Option<MaxMind>,
     /// What is served, for the log.
     source: String,
-    /// Keeps memory-mode tables in step with PostgreSQL.
-    reloader: Option<Reloader>,
+    /// Keeps in-memory tables in step with their source.
+    refresher: Option<Refresher>,
+}
+
+/// What keeps in-memory tables in step with their source.
+enum Refresher {
+    Database(Reloader),
+    Files(FileWatch),
+}
+
+impl Refresher {
+    async fn run(self, wake: watch::Receiver<u64>, stop: CancellationToken) {
+        match self {
+            Refresher::Database(reloader) => reloader.run(wake, stop).await,
+            Refresher::Files(files) => files.run(wake, stop).await,
+        }
+    }
 }
 
 async fn open_postgres(
@@ -333,7 +348,7 @@ async fn open_postgres(
                 ranges: Ranges::Postgres(store),
                 maxmind: None,
                 source: format!("PostgreSQL {described}, lookups in PostgreSQL"),
-                reloader: None,
+                refresher: None,
             }
         }
         LookupMode::Memory => {
@@ -347,13 +362,13 @@ async fn open_postgres(
                 ranges: Ranges::Memory(tables.clone()),
                 maxmind: None,
                 source: format!("PostgreSQL {described}, tables in memory"),
-                reloader: Some(Reloader {
+                refresher: Some(Refresher::Database(Reloader {
                     database_url: url,
                     timeout: settings.db_timeout,
                     interval: settings.reload_interval,
                     tables,
                     metrics: metrics.clone(),
-                }),
+                })),
             }
         }
     })
@@ -375,7 +390,7 @@ async fn open_files(files: DataFiles, wanted: &[Table]) -> anyhow::Result<Opened
         ranges: Ranges::Memory(tables),
         maxmind,
         source,
-        reloader: None,
+        refresher: None,
     })
 }
 
@@ -418,13 +433,24 @@ impl Application {
             ranges,
             maxmind,
             source,
-            reloader,
+            refresher,
         } = match data {
             Data::Postgres { url, mode } => open_postgres(url, mode, settings, &metrics).await?,
-            Data::Files(files) => open_files(files, &Table::ALL).await?,
+            Data::Files(files) => {
+                let mut opened = open_files(files.clone(), &Table::ALL).await?;
+                if let Ranges::Memory(tables) = &opened.ranges {
+                    opened.refresher = Some(Refresher::Files(FileWatch {
+                        files,
+                        tables: tables.clone(),
+                        interval: settings.reload_interval,
+                        metrics: metrics.clone(),
+                    }));
+                }
+                opened
+            }
         };
-        if let Some(reloader) = reloader {
-            background.push(tokio::spawn(reloader.run(wake.clone(), stop.clone())));
+        if let Some(refresher) = refresher {
+            background.push(tokio::spawn(refresher.run(wake.clone(), stop.clone())));
         }
         // --mmdb wins over an mmdb among the data files.
         let maxmind = match &settings.mmdb {

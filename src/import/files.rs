@@ -82,6 +82,13 @@ impl DataFile {
     }
 }
 
+/// One data file as read, and when it had last been written before.
+struct Contents<'a> {
+    name: &'a str,
+    modified: Option<SystemTime>,
+    bytes: Cow<'static, [u8]>,
+}
+
 /// Which file feeds each table, and which is the MaxMind database.
 struct Plan<'a> {
     tables: Vec<(Table, &'a DataFile)>,
@@ -244,41 +251,58 @@ impl DataFiles {
         self.load_only(&Table::ALL)
     }
 
+    /// The tables whose file was written at another time than `loaded`
+    /// says the table's data was (`None`: never loaded from a file).
+    pub fn changed(&self, loaded: impl Fn(Table) -> Option<SystemTime>) -> Vec<Table> {
+        let Ok(plan) = self.plan() else {
+            return Vec::new();
+        };
+        plan.tables
+            .iter()
+            .filter(|(table, file)| file.modified().is_some_and(|at| loaded(*table) != Some(at)))
+            .map(|&(table, _)| table)
+            .collect()
+    }
+
     /// As [`DataFiles::load`], but only the tables in `wanted`; the others
     /// are left out (and so served empty).
     pub fn load_only(&self, wanted: &[Table]) -> Result<FileTables, ImportError> {
         let Plan { tables: mut plan, mmdb } = self.plan()?;
         plan.retain(|(table, _)| wanted.contains(table));
-        // Read each file once, however many tables it feeds.
-        let mut contents: Vec<(&str, Cow<'static, [u8]>)> = Vec::new();
+        // Read each file once, however many tables it feeds, noting when it
+        // was written before reading it: a file rewritten meanwhile is
+        // then seen as changed again.
+        let mut contents: Vec<Contents> = Vec::new();
         for (_, file) in &plan {
-            if !contents.iter().any(|(name, _)| *name == file.name) {
-                contents.push((&file.name, file.source.read()?));
+            if !contents.iter().any(|read| read.name == file.name) {
+                let modified = file.modified();
+                contents.push(Contents {
+                    name: &file.name,
+                    modified,
+                    bytes: file.source.read()?,
+                });
             }
         }
-        let bytes_of = |file: &DataFile| {
-            &contents
-                .iter()
-                .find(|(name, _)| *name == file.name)
-                .expect("read above")
-                .1
+        let content_of = |file: &DataFile| {
+            let read = contents.iter().find(|read| read.name == file.name).expect("read above");
+            (read.modified, &read.bytes)
         };
         let tables = std::thread::scope(|scope| {
             let jobs: Vec<_> = plan
                 .iter()
                 .map(|&(table, file)| {
-                    let bytes = bytes_of(file);
-                    scope.spawn(move || (table, file, load_table(table, file, bytes)))
+                    let (modified, bytes) = content_of(file);
+                    scope.spawn(move || (table, modified, load_table(table, file, bytes)))
                 })
                 .collect();
             jobs.into_iter()
                 .map(|job| {
-                    let (table, file, result) = job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    let (table, modified, result) = job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                     result.map(|index| {
                         let snapshot = Snapshot {
                             index,
                             version: Version::default(),
-                            data_time: file.modified(),
+                            data_time: modified,
                         };
                         (table, snapshot)
                     })

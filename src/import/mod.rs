@@ -18,6 +18,7 @@ mod load;
 mod mmdb_file;
 mod progress;
 mod swap;
+mod watch;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,6 +31,7 @@ pub use export::export;
 pub use files::{DataFiles, FileSource, FileTables};
 pub use load::{import, ImportOptions, Outcome};
 pub use swap::{LoadMethod, RELOAD_CHANNEL};
+pub use watch::FileWatch;
 
 pub use crate::domain::Family;
 use crate::domain::{Lang, Place};

@@ -377,6 +377,56 @@ async fn sighup_reopens_a_replaced_mmdb_at_once() {
 }
 
 #[tokio::test]
+async fn serve_data_reads_a_rewritten_file_again_and_keeps_its_tables_when_the_file_does_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cn = dir.path().join("cn.csv");
+    let write_cn = |text: &str| {
+        let next = dir.path().join("next.tmp");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, &cn).unwrap();
+    };
+    let header = "start_ip,end_ip,country_name,province_name,city_name,district_name,carrier_name\n";
+    write_cn(&format!("{header}1.0.0.0,1.0.0.255,中国,北京,北京,,\n"));
+    let server = Served::start(
+        dir.path(),
+        &[
+            "--data".as_ref(),
+            dir.path().as_os_str(),
+            "--reload-interval".as_ref(),
+            "1h".as_ref(),
+        ],
+        &[],
+    )
+    .await;
+    let province = |stdout: &str| {
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()["geoip_province_name"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let args = ["query", "1.0.0.1", "--json", "--addr", &server.addr];
+    assert_eq!(province(&run(&args).await.1), "北京");
+
+    // A file that does not load: the table keeps what it had.
+    write_cn(&format!("{header}1.0.0.0,not an address,中国,广东,广州,,\n"));
+    server.signal("-HUP").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(province(&run(&args).await.1), "北京");
+
+    write_cn(&format!("{header}1.0.0.0,1.0.0.255,中国,广东,广州,,\n"));
+    server.signal("-HUP").await;
+    let started = std::time::Instant::now();
+    loop {
+        let (_, stdout, _) = run(&args).await;
+        if province(&stdout) == "广东" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "still {stdout}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn conflicting_or_missing_data_is_one_readable_line() {
     let empty = tempfile::tempdir().unwrap();
     let dir = empty.path().to_str().unwrap();

@@ -1,0 +1,76 @@
+//! File mode's refresh: a table whose data file is rewritten is read again
+//! in the background and swapped in whole; a file that does not load is
+//! logged and the table keeps what it had.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::DataFiles;
+use crate::index::Tables;
+use crate::metrics::{Metrics, Reload};
+
+/// Keeps `tables` equal to what `files` give.
+pub struct FileWatch {
+    pub files: DataFiles,
+    pub tables: Arc<Tables>,
+    /// How often the files' modification times are compared.
+    pub interval: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl FileWatch {
+    /// Checks the files every `interval` and whenever `wake` changes
+    /// (SIGHUP), until `stop`.
+    pub async fn run(self, mut wake: watch::Receiver<u64>, stop: CancellationToken) {
+        if self.files.is_sample() {
+            return;
+        }
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+                changed = wake.changed() => if changed.is_err() { return },
+            }
+            self.reload_changed().await;
+        }
+    }
+
+    /// Reads again the tables whose file changed since it was loaded.
+    async fn reload_changed(&self) {
+        let changed = self.files.changed(|table| self.tables.snapshot(table).data_time);
+        if changed.is_empty() {
+            return;
+        }
+        let files = self.files.clone();
+        let wanted = changed.clone();
+        // Parsing and indexing take seconds of CPU: keep them off the workers.
+        let Ok(loaded) = tokio::task::spawn_blocking(move || files.load_only(&wanted)).await else {
+            return;
+        };
+        match loaded {
+            Ok(loaded) => {
+                for (table, snapshot) in loaded.tables {
+                    info!(
+                        ?table,
+                        ranges = snapshot.index.len(),
+                        "table reloaded from its rewritten file"
+                    );
+                    self.tables.replace(table, snapshot);
+                    self.metrics.reloaded(Reload::Table, true);
+                }
+                crate::index::release_free_memory();
+            }
+            Err(err) => {
+                warn!(tables = ?changed, error = %err, "a rewritten data file does not load; its tables keep their data");
+                self.metrics.reloaded(Reload::Table, false);
+            }
+        }
+    }
+}
