@@ -114,8 +114,9 @@ pub fn announced_batch(prefix: &[u8], protocol: Protocol, size: usize) -> Option
 }
 
 /// A request refused from its first bytes alone, because its address
-/// list announces more than `max_batch`: the answer [`decode`] would give
-/// once the whole message was there, without holding the rest of it.
+/// list announces more than `max_batch`, without holding the rest of it.
+/// [`decode`] refuses the whole message too: for the same reason, or for
+/// a malformation further on.
 pub fn refuse_early(prefix: &[u8], protocol: Protocol, size: usize, max_batch: usize) -> Option<Request> {
     let announced = announced_batch(prefix, protocol, size).filter(|&n| n > max_batch)?;
     let (name, message_type, seq) = decode_header(prefix, protocol).ok()?;
