@@ -100,6 +100,8 @@ struct Plan<'a> {
 pub struct DataFiles {
     /// Where they are, for the log: "files in DIR" or "the built-in sample".
     pub origin: String,
+    /// The directory they were found in; none for the built-in sample.
+    dir: Option<PathBuf>,
     files: Vec<DataFile>,
 }
 
@@ -134,14 +136,25 @@ impl DataFiles {
         files.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(DataFiles {
             origin: format!("files in {}", dir.display()),
+            dir: Some(dir.to_owned()),
             files,
         })
+    }
+
+    /// The files as they are now: the directory read again, since a file
+    /// may have been added, renamed or removed.
+    pub fn rescanned(&self) -> Result<DataFiles, ImportError> {
+        match &self.dir {
+            Some(dir) => DataFiles::in_dir(dir),
+            None => Ok(self.clone()),
+        }
     }
 
     /// The sample compiled into the binary.
     pub fn sample() -> DataFiles {
         DataFiles {
             origin: "the built-in sample".to_owned(),
+            dir: None,
             files: SAMPLE
                 .iter()
                 .map(|&(name, bytes)| DataFile {
@@ -252,16 +265,16 @@ impl DataFiles {
     }
 
     /// The tables whose file was written at another time than `loaded`
-    /// says the table's data was (`None`: never loaded from a file).
-    pub fn changed(&self, loaded: impl Fn(Table) -> Option<SystemTime>) -> Vec<Table> {
-        let Ok(plan) = self.plan() else {
-            return Vec::new();
-        };
-        plan.tables
+    /// says the table's data was (`None`: never loaded from a file). A
+    /// table no file gives is not among them: it keeps what it has.
+    pub fn changed(&self, loaded: impl Fn(Table) -> Option<SystemTime>) -> Result<Vec<Table>, ImportError> {
+        Ok(self
+            .plan()?
+            .tables
             .iter()
             .filter(|(table, file)| file.modified().is_some_and(|at| loaded(*table) != Some(at)))
             .map(|&(table, _)| table)
-            .collect()
+            .collect())
     }
 
     /// As [`DataFiles::load`], but only the tables in `wanted`; the others

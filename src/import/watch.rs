@@ -9,7 +9,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::DataFiles;
+use super::{DataFiles, ImportError};
+use crate::domain::Table;
 use crate::index::Tables;
 use crate::metrics::{Metrics, Reload};
 
@@ -42,13 +43,23 @@ impl FileWatch {
         }
     }
 
+    /// The files as they are now, and the tables whose file changed.
+    fn changed_files(&self) -> Result<(DataFiles, Vec<Table>), ImportError> {
+        let files = self.files.rescanned()?;
+        let changed = files.changed(|table| self.tables.snapshot(table).data_time)?;
+        Ok((files, changed))
+    }
+
     /// Reads again the tables whose file changed since it was loaded.
     async fn reload_changed(&self) {
-        let changed = self.files.changed(|table| self.tables.snapshot(table).data_time);
-        if changed.is_empty() {
-            return;
-        }
-        let files = self.files.clone();
+        let (files, changed) = match self.changed_files() {
+            Ok((_, changed)) if changed.is_empty() => return,
+            Ok(found) => found,
+            Err(err) => {
+                warn!(error = %err, "the data files cannot be read; the tables keep their data");
+                return;
+            }
+        };
         let wanted = changed.clone();
         // Parsing and indexing take seconds of CPU: keep them off the workers.
         let Ok(loaded) = tokio::task::spawn_blocking(move || files.load_only(&wanted)).await else {

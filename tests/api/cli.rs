@@ -376,17 +376,39 @@ async fn sighup_reopens_a_replaced_mmdb_at_once() {
     }
 }
 
+/// The province `query` prints for 1.0.0.1 on the server at `addr`.
+async fn province_of_1_0_0_1(addr: &str) -> String {
+    let (_, stdout, _) = run(&["query", "1.0.0.1", "--json", "--addr", addr]).await;
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    answer["geoip_province_name"].as_str().unwrap().to_owned()
+}
+
+/// Waits up to 15 s for 1.0.0.1's province to become `want`.
+async fn until_1_0_0_1_is_in(addr: &str, want: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let province = province_of_1_0_0_1(addr).await;
+        if province == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still {province}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn serve_data_reads_a_rewritten_file_again_and_keeps_its_tables_when_the_file_does_not_load() {
     let dir = tempfile::tempdir().unwrap();
-    let cn = dir.path().join("cn.csv");
-    let write_cn = |text: &str| {
-        let next = dir.path().join("next.tmp");
-        std::fs::write(&next, text).unwrap();
-        std::fs::rename(&next, &cn).unwrap();
-    };
     let header = "start_ip,end_ip,country_name,province_name,city_name,district_name,carrier_name\n";
-    write_cn(&format!("{header}1.0.0.0,1.0.0.255,中国,北京,北京,,\n"));
+    let write = |name: &str, row: &str| {
+        let next = dir.path().join("next.tmp");
+        std::fs::write(&next, format!("{header}{row}\n")).unwrap();
+        std::fs::rename(&next, dir.path().join(name)).unwrap();
+    };
+    write("cn.csv", "1.0.0.0,1.0.0.255,中国,北京,北京,,");
     let server = Served::start(
         dir.path(),
         &[
@@ -398,32 +420,23 @@ async fn serve_data_reads_a_rewritten_file_again_and_keeps_its_tables_when_the_f
         &[],
     )
     .await;
-    let province = |stdout: &str| {
-        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()["geoip_province_name"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    let args = ["query", "1.0.0.1", "--json", "--addr", &server.addr];
-    assert_eq!(province(&run(&args).await.1), "北京");
+    assert_eq!(province_of_1_0_0_1(&server.addr).await, "北京");
 
     // A file that does not load: the table keeps what it had.
-    write_cn(&format!("{header}1.0.0.0,not an address,中国,广东,广州,,\n"));
+    write("cn.csv", "1.0.0.0,not an address,中国,广东,广州,,");
     server.signal("-HUP").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(province(&run(&args).await.1), "北京");
+    assert_eq!(province_of_1_0_0_1(&server.addr).await, "北京");
 
-    write_cn(&format!("{header}1.0.0.0,1.0.0.255,中国,广东,广州,,\n"));
+    write("cn.csv", "1.0.0.0,1.0.0.255,中国,广东,广州,,");
     server.signal("-HUP").await;
-    let started = std::time::Instant::now();
-    loop {
-        let (_, stdout, _) = run(&args).await;
-        if province(&stdout) == "广东" {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "still {stdout}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_1_0_0_1_is_in(&server.addr, "广东").await;
+
+    // The table's file under another name: the directory is read again.
+    write("ip_service_cn.csv", "1.0.0.0,1.0.0.255,中国,上海,上海,,");
+    std::fs::remove_file(dir.path().join("cn.csv")).unwrap();
+    server.signal("-HUP").await;
+    until_1_0_0_1_is_in(&server.addr, "上海").await;
 }
 
 #[tokio::test]
