@@ -28,6 +28,7 @@ pub mod index;
 pub mod loadgen;
 pub mod metrics;
 pub mod mmdb;
+pub mod periodic;
 pub mod ranges;
 pub mod resolve;
 pub mod server;

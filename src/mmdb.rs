@@ -509,22 +509,14 @@ impl MaxMind {
     pub async fn watch(
         self,
         every: Duration,
-        mut wake: tokio::sync::watch::Receiver<u64>,
+        wake: tokio::sync::watch::Receiver<u64>,
         stop: tokio_util::sync::CancellationToken,
         metrics: Arc<Metrics>,
     ) {
         if self.file.is_none() {
             return;
         }
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = ticks.tick() => {}
-                changed = wake.changed() => if changed.is_err() { return },
-            }
+        crate::periodic::every_or_when_woken(every, wake, stop, || async {
             let this = self.clone();
             // Opening maps and checks the file: keep it off the workers.
             match tokio::task::spawn_blocking(move || this.reopen_if_replaced()).await {
@@ -532,6 +524,7 @@ impl MaxMind {
                 Ok(Reopened::Failed(_)) => metrics.reloaded(Reload::Mmdb, false),
                 Ok(Reopened::Unchanged) | Err(_) => {}
             }
-        }
+        })
+        .await;
     }
 }

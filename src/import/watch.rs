@@ -26,21 +26,11 @@ pub struct FileWatch {
 impl FileWatch {
     /// Checks the files every `interval` and whenever `wake` changes
     /// (SIGHUP), until `stop`.
-    pub async fn run(self, mut wake: watch::Receiver<u64>, stop: CancellationToken) {
+    pub async fn run(self, wake: watch::Receiver<u64>, stop: CancellationToken) {
         if self.files.is_sample() {
             return;
         }
-        let mut ticks = tokio::time::interval(self.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = ticks.tick() => {}
-                changed = wake.changed() => if changed.is_err() { return },
-            }
-            self.reload_changed().await;
-        }
+        crate::periodic::every_or_when_woken(self.interval, wake, stop, || self.reload_changed()).await;
     }
 
     /// The files as they are now, and the tables whose file changed.

@@ -162,6 +162,17 @@ impl Served {
         Self::start_limited(cwd, args, env, None).await
     }
 
+    /// `serve --data dir`, checking for new data only when signalled.
+    async fn serving_data(dir: &std::path::Path) -> Served {
+        let args = [
+            "--data".as_ref(),
+            dir.as_os_str(),
+            "--reload-interval".as_ref(),
+            "1h".as_ref(),
+        ];
+        Self::start(dir, &args, &[]).await
+    }
+
     /// As [`Served::start`], with the open-file limit (soft and hard) set
     /// to `files` first.
     async fn start_limited(
@@ -345,17 +356,7 @@ async fn sighup_reopens_a_replaced_mmdb_at_once() {
     .unwrap();
     let mmdb = dir.path().join("GeoLite2-City.mmdb");
     std::fs::copy(fixture_mmdb(), &mmdb).unwrap();
-    let server = Served::start(
-        dir.path(),
-        &[
-            "--data".as_ref(),
-            dir.path().as_os_str(),
-            "--reload-interval".as_ref(),
-            "1h".as_ref(),
-        ],
-        &[],
-    )
-    .await;
+    let server = Served::serving_data(dir.path()).await;
     let country =
         |stdout: &str| serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()["geoip_country_name"].clone();
     let (_, stdout, _) = run(&["query", "8.8.8.8", "--i18n", "--json", "--addr", &server.addr]).await;
@@ -409,17 +410,7 @@ async fn serve_data_reads_a_rewritten_file_again_and_keeps_its_tables_when_the_f
         std::fs::rename(&next, dir.path().join(name)).unwrap();
     };
     write("cn.csv", "1.0.0.0,1.0.0.255,中国,北京,北京,,");
-    let server = Served::start(
-        dir.path(),
-        &[
-            "--data".as_ref(),
-            dir.path().as_os_str(),
-            "--reload-interval".as_ref(),
-            "1h".as_ref(),
-        ],
-        &[],
-    )
-    .await;
+    let server = Served::serving_data(dir.path()).await;
     assert_eq!(province_of_1_0_0_1(&server.addr).await, "北京");
 
     // A file that does not load: the table keeps what it had.
