@@ -108,8 +108,9 @@ pub fn decode(message: &[u8], protocol: Protocol, max_batch: usize) -> Result<Re
 pub fn announced_batch(prefix: &[u8], protocol: Protocol, size: usize) -> Option<usize> {
     let mut reader = Reader::new(prefix, protocol, size);
     reader.prefix_only = true;
-    let (name, ..) = reader.message_begin().ok()?;
-    let _ = reader.call(&name);
+    // Every request passes here: read the name in place, uncopied.
+    let (name, ..) = reader.message_header().ok()?;
+    let _ = reader.call(std::str::from_utf8(name).ok()?);
     reader.announced
 }
 
