@@ -5,13 +5,17 @@
 #
 # Beside normal clients (`bench`, and a loop that resolves 20,000 log lines
 # through the server and checks every answer against the files), it runs:
-# pipelining clients that never read, slow senders, garbage, connection
-# churn up to the cap, an import swap of the cn table every minute, and a
-# PostgreSQL restart half-way (pg_ctlcluster; skipped where it is missing).
+# pipelining clients that never read, slow senders (a byte at a time, and
+# 90% of a 16 MB frame then nothing), HTTP clients that send 95% of a 1 MiB
+# body then nothing, garbage, connection churn up to the cap, an import swap
+# of the cn table every minute, and a PostgreSQL restart half-way
+# (pg_ctlcluster; skipped where it is missing). Connections the server
+# closes are opened again.
 #
 # Environment: DURATION (600), LOOKUP (postgres|memory, default postgres),
 # CAP (server --max-connections, 1000), NONREADERS (200), SLOW (50),
-# PORT (19096), ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres),
+# BIGSENDERS (150), BODIES (1000), PORT (19096), HTTP_PORT (19099),
+# ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres),
 # BIN (another build to soak, for comparisons; default: this checkout's
 # release build, built first).
 set -euo pipefail
@@ -21,7 +25,10 @@ lookup=${LOOKUP:-postgres}
 cap=${CAP:-1000}
 nonreaders=${NONREADERS:-200}
 slow=${SLOW:-50}
+bigsenders=${BIGSENDERS:-150}
+bodies=${BODIES:-1000}
 port=${PORT:-19096}
+hport=${HTTP_PORT:-19099}
 admin=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 bin=${BIN:-$PWD/target/release/xm-ip-service}
 
@@ -51,7 +58,7 @@ RUST_LOG=warn "$bin" import --database-url "$url" --data data >/dev/null
 python3 scripts/gen-dns-log.py 20000 7 >"$work/log.txt"
 RUST_LOG=error "$bin" resolve --data data --field 6 "$work/log.txt" >"$work/expected.csv" 2>/dev/null
 
-RUST_LOG=warn "$bin" serve --addr "127.0.0.1:$port" --http-addr off --database-url "$url" --lookup "$lookup" \
+RUST_LOG=warn "$bin" serve --addr "127.0.0.1:$port" --http-addr "127.0.0.1:$hport" --database-url "$url" --lookup "$lookup" \
   --mmdb data/GeoLite2-City.mmdb --max-connections "$cap" --write-timeout 10s --read-timeout 10s \
   --idle-timeout 60s >"$work/server.log" 2>&1 &
 server=$!
@@ -65,18 +72,27 @@ echo "server up ($lookup mode, cap $cap): RSS $(awk '/VmRSS/ {print int($2/1024)
 end=$((SECONDS + duration))
 
 # Hostile peers, all in one process.
-python3 - "$port" "$duration" "$cap" "$nonreaders" "$slow" <<'PY' >"$work/hostile.txt" 2>&1 &
+python3 - "$port" "$duration" "$cap" "$nonreaders" "$slow" "$bigsenders" "$bodies" "$hport" <<'PY' >"$work/hostile.txt" 2>&1 &
 import os, random, socket, struct, sys, time
-port, duration, cap, nonreaders, slow = map(int, sys.argv[1:])
+port, duration, cap, nonreaders, slow, bigsenders, bodies, hport = map(int, sys.argv[1:])
 addr = ("127.0.0.1", port)
 name = b"queryGeoInfoByIP"
 ips = b"".join(struct.pack(">I", 11) + b"183.62.57.1" for _ in range(1000))
 args = bytes([15]) + struct.pack(">h", 1) + bytes([11]) + struct.pack(">i", 1000) + ips + b"\x00"
 body = struct.pack(">I", 0x80010001) + struct.pack(">I", len(name)) + name + struct.pack(">i", 1) + args
 frame = struct.pack(">I", len(body)) + body
-stats = dict(nonreader_connects=0, slow_connects=0, garbage=0, churned=0, connect_failures=0)
+# 90% of a 16,040,042-byte frame (10,000 strings of 1,600 bytes), and 95%
+# of an HTTP request with a 1 MiB body.
+big_ips = b"".join(struct.pack(">I", 1600) + b"x" * 1600 for _ in range(10_000))
+big_args = bytes([15]) + struct.pack(">h", 1) + bytes([11]) + struct.pack(">i", 10_000) + big_ips + b"\x00"
+big_body = struct.pack(">I", 0x80010001) + struct.pack(">I", len(name)) + name + struct.pack(">i", 1) + big_args
+big_part = memoryview(struct.pack(">I", len(big_body)) + big_body)[: (len(big_body) + 4) * 9 // 10]
+head = f"POST /api/ip_query HTTP/1.1\r\nHost: soak\r\nContent-Length: {1 << 20}\r\n\r\n".encode()
+body_part = memoryview(head + b" " * ((1 << 20) * 95 // 100))
+stats = dict(nonreader_connects=0, slow_connects=0, big_sender_connects=0, http_body_connects=0,
+             garbage=0, churned=0, connect_failures=0)
 
-def connect():
+def connect(addr=addr):
     try:
         s = socket.create_connection(addr, timeout=1)
         s.setblocking(False)
@@ -91,12 +107,36 @@ def keep(pool, n, key):
             pool[i] = connect()
             stats[key] += pool[i] is not None
 
+def hold_part(pool, part, key, addr):
+    # Each entry: [socket, bytes sent]; the part is sent, then nothing.
+    for i, entry in enumerate(pool):
+        if entry is None:
+            s = connect(addr)
+            if s is not None:
+                pool[i] = [s, 0]
+                stats[key] += 1
+            continue
+        s, sent = entry
+        try:
+            if sent < len(part):
+                entry[1] += s.send(part[sent:sent + 262144])
+            elif s.recv(4096) == b"":
+                raise ConnectionResetError
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            s.close()
+            pool[i] = None
+
 readers_pool, slow_pool, churn = [None] * nonreaders, [None] * slow, []
+big_pool, body_pool = [None] * bigsenders, [None] * bodies
 end = time.time() + duration
 next_churn = time.time() + 5
 while time.time() < end:
     keep(readers_pool, nonreaders, "nonreader_connects")
     keep(slow_pool, slow, "slow_connects")
+    hold_part(big_pool, big_part, "big_sender_connects", addr)
+    hold_part(body_pool, body_part, "http_body_connects", ("127.0.0.1", hport))
     for pool, data in ((readers_pool, frame), (slow_pool, None)):
         for i, s in enumerate(pool):
             if s is None:
@@ -120,7 +160,7 @@ while time.time() < end:
         stats["garbage"] += 1
     # Churn: every 20 s, open connections up to the cap, hold them a second, close them.
     if time.time() >= next_churn:
-        target = cap - nonreaders - slow
+        target = cap - nonreaders - slow - bigsenders
         while len(churn) < target and time.time() < end:
             s = connect()
             if s is None:
@@ -137,6 +177,10 @@ for pool in (readers_pool, slow_pool):
     for s in pool:
         if s:
             s.close()
+for pool in (big_pool, body_pool):
+    for entry in pool:
+        if entry:
+            entry[0].close()
 print(" ".join(f"{k}={v}" for k, v in stats.items()))
 PY
 pids+=($!)
@@ -222,5 +266,5 @@ echo "imports: $(sort "$work/imports.txt" | uniq -c | tr '\n' ' ')"
 echo "postgres restart: $(cat "$work/restart.txt" 2>/dev/null || echo 'did not happen')"
 echo "hostile peers: $(cat "$work/hostile.txt")"
 echo "server warnings: $(grep -c WARN "$work/server.log" || true); errors: $(grep -c ERROR "$work/server.log" || true)"
-echo "connections closed, by reason (numbers elided):"
-grep 'closing connection' "$work/server.log" | grep -o 'error=.*' | sed 's/[0-9][0-9.]*/N/g' | sort | uniq -c | sort -rn | head -8 || true
+echo "connections closed, by reason (/metrics):"
+curl -fsS "http://127.0.0.1:$hport/metrics" | grep '^xm_ip_connections_closed_total' | sed 's/^/  /' || true

@@ -11,6 +11,9 @@
 //!   the index (file mode), and export.
 //! - [`thrift`]: the generated IDL types, the wire codec and the handler.
 //! - [`server`]: TCP accept loop, connections, limits, graceful shutdown.
+//! - [`budget`]: the byte budgets connections share, served smallest first,
+//!   and giving memory back after a burst.
+//! - [`throttle`]: one warning line per reason per interval.
 //! - [`http`]: the JSON API, `/metrics` and the health checks.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`startup`]: settings and wiring; [`cli`] and [`client`] for the binary.
@@ -18,6 +21,7 @@
 //! - [`resolve`]: log-line parsing and the summary behind `resolve`.
 //! - [`check`]: the consistency checks behind `check`.
 
+pub mod budget;
 pub mod check;
 pub mod cli;
 pub mod client;
@@ -36,3 +40,4 @@ pub mod service;
 pub mod startup;
 pub mod store;
 pub mod thrift;
+pub mod throttle;

@@ -209,6 +209,7 @@ pub struct Metrics {
     connections_open: Family<ApiLabel, Gauge>,
     connections_accepted: Family<ApiLabel, Counter>,
     connections_refused: Family<ApiLabel, Counter>,
+    connections_closed: Family<RejectLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
     pool_max: Gauge,
     pool_open: Gauge,
@@ -240,6 +241,7 @@ impl Metrics {
             connections_open: Family::default(),
             connections_accepted: Family::default(),
             connections_refused: Family::default(),
+            connections_closed: Family::default(),
             rejected: Family::default(),
             pool_max: Gauge::default(),
             pool_open: Gauge::default(),
@@ -286,6 +288,11 @@ impl Metrics {
             "connections_refused",
             "Client connections closed at once because the connection cap was reached",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Client connections ended, by why they ended",
+            m.connections_closed.clone(),
         );
         r.register(
             "rejected",
@@ -419,6 +426,16 @@ impl Metrics {
         let open = self.connections_open.get_or_create_owned(&label);
         open.inc();
         OpenConnection(open)
+    }
+
+    /// A connection ended, for `reason` (a short fixed label).
+    pub fn connection_closed(&self, api: Api, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&RejectLabels {
+                api: api.as_str(),
+                reason,
+            })
+            .inc();
     }
 
     pub fn connection_refused(&self, api: Api) {

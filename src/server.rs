@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,21 +16,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
+use crate::budget::{self, Budget, Held};
 use crate::metrics::{Api, OpenConnection, Rejection};
 use crate::thrift::codec::{self, BadArgs, Found, Framing, MessageCheck, Request, Wire, WireError};
 use crate::thrift::Handler;
-
-mod budget;
-use budget::{Budget, Held};
-
-/// At most one warning per this long that the connection cap was reached.
-pub const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
+use crate::throttle::Throttle;
 
 /// How long a reply holding reply budget may make no progress, its peer
 /// reading nothing, before it gives way to connections waiting for that
 /// budget. Long enough that a reader its scheduler kept waiting is not
 /// taken for one that stopped reading.
 const STALL_GRACE: Duration = Duration::from_millis(250);
+
+/// How long a message that holds request budget may receive nothing
+/// before it gives way to connections waiting for that budget. Longer than
+/// the reply rule's grace: TCP retransmission alone can pause a healthy
+/// sender for a few hundred milliseconds.
+const SENDER_STALL_GRACE: Duration = Duration::from_secs(1);
 
 /// Replies estimated larger than this take room in the reply budget before
 /// they are built; smaller ones (up to about thirty addresses) never wait,
@@ -81,7 +82,8 @@ pub struct Limits {
     /// closed then.
     pub write_timeout: Duration,
     /// Request bytes all connections together may hold in buffers beyond
-    /// the read-ahead; a connection waits for budget, never past it.
+    /// the read-ahead; a message larger than the read-ahead waits for
+    /// budget, never past it.
     pub max_buffered_bytes: usize,
     /// Bytes all connections together may hold for large replies, from
     /// the answers being built to the last byte written, and for replies
@@ -123,9 +125,12 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
         stop: stop.clone(),
         requests: Budget::new(limits.max_buffered_bytes),
         replies: Budget::new(limits.max_reply_bytes),
-        trim_wanted: Arc::new(AtomicBool::new(false)),
+        warnings: Arc::new(Throttle::default()),
     };
-    let trimmer = tokio::spawn(return_freed_memory(shared.trim_wanted.clone()));
+    let trimmer = tokio::spawn(budget::return_freed_memory(vec![
+        shared.requests.clone(),
+        shared.replies.clone(),
+    ]));
 
     tokio::select! {
         () = accept_loop(&listener, &shared, &permits, &abort, &tracker) => {}
@@ -148,19 +153,6 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
     trimmer.abort();
 }
 
-/// After connections that held large buffers have closed, gives the freed
-/// pages back to the system: the allocator would otherwise keep a burst's
-/// peak resident.
-async fn return_freed_memory(wanted: Arc<AtomicBool>) {
-    let mut every = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        every.tick().await;
-        if wanted.swap(false, Ordering::Relaxed) {
-            let _ = tokio::task::spawn_blocking(crate::index::release_free_memory).await;
-        }
-    }
-}
-
 /// What every connection shares.
 #[derive(Clone)]
 struct Shared {
@@ -171,8 +163,8 @@ struct Shared {
     requests: Budget,
     /// Large replies, and replies stalled on their peer.
     replies: Budget,
-    /// Set when a connection that held more than the read-ahead ends.
-    trim_wanted: Arc<AtomicBool>,
+    /// Warnings about peers, one line per reason per interval.
+    warnings: Arc<Throttle>,
 }
 
 async fn accept_loop(
@@ -183,13 +175,14 @@ async fn accept_loop(
     tracker: &TaskTracker,
 ) {
     let metrics = shared.handler.metrics().clone();
-    let mut cap = CapWarning::new(Api::Thrift, shared.limits.max_connections);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
                 // Usually running out of file descriptors: back off, keep serving.
-                warn!(error = %err, "accept failed");
+                if let Some(left_out) = shared.warnings.admit("accept failed") {
+                    warn!(error = %err, left_out, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -198,7 +191,7 @@ async fn accept_loop(
         // over now instead of waiting in the kernel's backlog.
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics.connection_refused(Api::Thrift);
-            cap.reached();
+            cap_reached(&shared.warnings, Api::Thrift, shared.limits.max_connections);
             drop(stream);
             continue;
         };
@@ -210,7 +203,6 @@ async fn accept_loop(
             buf: BytesMut::new(),
             request_held: Held::default(),
             reply_held: Held::default(),
-            held_much: false,
             message_started: None,
             early_checked: false,
             _open: metrics.connection_opened(Api::Thrift),
@@ -226,36 +218,16 @@ async fn accept_loop(
     }
 }
 
-/// A rate-limited warning that connections are being refused at the cap.
-pub struct CapWarning {
-    api: Api,
-    cap: usize,
-    last: Option<Instant>,
-    refused: u64,
-}
-
-impl CapWarning {
-    pub fn new(api: Api, cap: usize) -> CapWarning {
-        CapWarning {
-            api,
+/// Warns, at most once per interval, that connections are being refused
+/// at the cap.
+pub fn cap_reached(warnings: &Throttle, api: Api, cap: usize) {
+    if let Some(left_out) = warnings.admit("connection cap reached") {
+        warn!(
+            ?api,
             cap,
-            last: None,
-            refused: 0,
-        }
-    }
-
-    pub fn reached(&mut self) {
-        self.refused += 1;
-        if self.last.is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY) {
-            warn!(
-                api = ?self.api,
-                cap = self.cap,
-                refused = self.refused,
-                "connection cap reached; refusing new connections"
-            );
-            self.last = Some(Instant::now());
-            self.refused = 0;
-        }
+            refused = left_out + 1,
+            "connection cap reached; refusing new connections"
+        );
     }
 }
 
@@ -271,8 +243,6 @@ struct Connection {
     request_held: Held,
     /// Reply budget held for the request being answered.
     reply_held: Held,
-    /// Whether a request or reply ever took more than the read-ahead.
-    held_much: bool,
     /// When the first byte of the message being received arrived; `None`
     /// between messages.
     message_started: Option<Instant>,
@@ -300,6 +270,8 @@ enum Closed {
     SlowReader(Duration),
     #[error("the peer stopped reading, and other connections wait for the {0} bytes of reply budget it holds")]
     GaveWay(usize),
+    #[error("the peer stopped sending for {0:?}, and other connections wait for the request budget its message holds")]
+    StalledSender(Duration),
     #[error("an unframed message does not walk; the stream cannot be resynchronised")]
     Unsynchronised,
 }
@@ -310,8 +282,28 @@ impl Closed {
         match self {
             Closed::Wire(WireError::FrameTooLarge { .. }) => Some(Rejection::Oversized),
             Closed::Wire(_) | Closed::Unsynchronised => Some(Rejection::Garbage),
-            Closed::SlowMessage(_) | Closed::SlowReader(_) | Closed::GaveWay(_) => Some(Rejection::Timeout),
+            Closed::SlowMessage(_) | Closed::SlowReader(_) | Closed::GaveWay(_) | Closed::StalledSender(_) => {
+                Some(Rejection::Timeout)
+            }
             Closed::Eof | Closed::Shutdown | Closed::Io(_) | Closed::Idle(_) => None,
+        }
+    }
+
+    /// Why, as the metrics and the log's rate limit name it.
+    fn reason(&self) -> &'static str {
+        match self {
+            Closed::Eof => "peer_closed",
+            Closed::Shutdown => "shutdown",
+            Closed::Io(_) => "io_error",
+            Closed::Wire(WireError::FrameTooLarge { .. }) => "oversized",
+            Closed::Wire(WireError::NotThrift(_)) => "not_thrift",
+            Closed::Wire(_) => "malformed",
+            Closed::SlowMessage(_) => "slow_message",
+            Closed::Idle(_) => "idle",
+            Closed::SlowReader(_) => "slow_reader",
+            Closed::GaveWay(_) => "gave_way_reply",
+            Closed::StalledSender(_) => "gave_way_request",
+            Closed::Unsynchronised => "unsynchronised",
         }
     }
 }
@@ -320,24 +312,26 @@ impl Connection {
     #[instrument(level = "debug", name = "connection", skip_all, fields(peer = %self.peer))]
     async fn serve(mut self) {
         debug!("connection opened");
-        let ended = self.serve_requests().await;
-        if self.held_much {
-            self.shared.trim_wanted.store(true, Ordering::Relaxed);
-        }
+        let Err(ended) = self.serve_requests().await;
+        let metrics = self.shared.handler.metrics();
+        metrics.connection_closed(Api::Thrift, ended.reason());
         match ended {
-            Ok(()) | Err(Closed::Eof | Closed::Shutdown) => debug!("connection closed"),
-            Err(Closed::Io(err)) => debug!(error = %err, "connection failed"),
-            Err(err @ Closed::Idle(_)) => debug!(error = %err, "closing idle connection"),
-            Err(err) => {
-                if let Some(reason) = err.rejection() {
-                    self.shared.handler.metrics().rejected(Api::Thrift, reason);
+            Closed::Eof | Closed::Shutdown => debug!("connection closed"),
+            Closed::Io(err) => debug!(error = %err, "connection failed"),
+            err @ Closed::Idle(_) => debug!(error = %err, "closing idle connection"),
+            err => {
+                if let Some(rejection) = err.rejection() {
+                    metrics.rejected(Api::Thrift, rejection);
                 }
-                warn!(peer = %self.peer, error = %err, "closing connection");
+                if let Some(left_out) = self.shared.warnings.admit(err.reason()) {
+                    warn!(peer = %self.peer, error = %err, left_out, "closing connection");
+                }
             }
         }
     }
 
-    async fn serve_requests(&mut self) -> Result<(), Closed> {
+    /// Serves requests until the connection ends, and says why it did.
+    async fn serve_requests(&mut self) -> Result<std::convert::Infallible, Closed> {
         let limits = self.shared.limits.clone();
         let wire = loop {
             match codec::detect(&self.buf, limits.max_frame) {
@@ -506,7 +500,6 @@ impl Connection {
         let bytes = codec::encode(wire, &request.name, request.seq, &reply);
         drop(reply);
         drop(request);
-        self.held_much |= bytes.len() > READ_AHEAD || !self.request_held.is_empty();
         // What the reply holds now is its bytes.
         self.reply_held.shrink_to(bytes.len());
         self.write_reply(&bytes).await?;
@@ -544,10 +537,13 @@ impl Connection {
     }
 
     /// Reads at least one byte, and at most `want` (the bytes the message
-    /// still needs, as far as is known) plus [`READ_AHEAD`], taking budget
-    /// for whatever the buffer holds beyond the read-ahead first. Memory
-    /// grows only with bytes that actually arrive, never with a length
-    /// the peer merely announced.
+    /// still needs, as far as is known) plus [`READ_AHEAD`]. A message that
+    /// fits in the read-ahead never waits for budget; a larger one takes
+    /// budget for whatever the buffer will hold beyond the read-ahead
+    /// first, and gives it up, closing the connection, if its peer then
+    /// sends nothing for [`SENDER_STALL_GRACE`] while others wait for it.
+    /// Memory grows only with bytes that actually arrive, never with a
+    /// length the peer merely announced.
     async fn read_more(&mut self, want: usize) -> Result<(), Closed> {
         let limits = self.shared.limits.clone();
         // Between messages a client may idle up to the idle timeout; a
@@ -575,30 +571,45 @@ impl Connection {
         };
         tokio::pin!(expired);
 
-        let room = want.saturating_add(READ_AHEAD);
         let stop = self.shared.stop.clone();
-        let beyond_read_ahead = (self.buf.len() + room).saturating_sub(READ_AHEAD);
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => return Err(Closed::Shutdown),
-            () = self.shared.requests.grow(&mut self.request_held, beyond_read_ahead) => {}
-            idle = &mut expired => return Err(timed_out(idle)),
-        }
-        if want > READ_AHEAD && self.buf.capacity() < self.buf.len() + room {
-            // A frame of known size: room for exactly it, so that the
-            // buffer is what the budget was charged for, not twice that
-            // as amortised growth would make it.
-            let mut exact = BytesMut::with_capacity(self.buf.len() + room);
-            exact.extend_from_slice(&self.buf);
-            self.buf = exact;
-        }
+        let needed = self.buf.len().saturating_add(want.max(1));
+        let room = if needed <= READ_AHEAD {
+            READ_AHEAD - self.buf.len()
+        } else {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Err(Closed::Shutdown),
+                () = self.shared.requests.grow(&mut self.request_held, needed) => {}
+                idle = &mut expired => return Err(timed_out(idle)),
+            }
+            let room = want.saturating_add(READ_AHEAD);
+            if want > READ_AHEAD && self.buf.capacity() < self.buf.len() + room {
+                // A frame of known size: room for exactly it, so that the
+                // buffer is what the budget was charged for, not twice that
+                // as amortised growth would make it.
+                let mut exact = BytesMut::with_capacity(self.buf.len() + room);
+                exact.extend_from_slice(&self.buf);
+                self.buf = exact;
+            }
+            room
+        };
         self.buf.reserve(room.min(READ_AHEAD));
+        let holds_budget = !self.request_held.is_empty();
+        let mut next_check = Instant::now() + SENDER_STALL_GRACE;
         let mut limited = (&mut self.buf).limit(room);
-        let n = tokio::select! {
-            biased;
-            () = stop.cancelled() => return Err(Closed::Shutdown),
-            n = self.stream.read_buf(&mut limited) => n?,
-            idle = &mut expired => return Err(timed_out(idle)),
+        let n = loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Err(Closed::Shutdown),
+                n = self.stream.read_buf(&mut limited) => break n?,
+                idle = &mut expired => return Err(timed_out(idle)),
+                () = tokio::time::sleep_until(next_check), if holds_budget => {
+                    if self.shared.requests.contended() {
+                        return Err(Closed::StalledSender(SENDER_STALL_GRACE));
+                    }
+                    next_check += SENDER_STALL_GRACE;
+                }
+            }
         };
         if n == 0 {
             return Err(Closed::Eof);

@@ -80,6 +80,9 @@ pub struct Settings {
     pub http_max_in_flight: usize,
     /// Largest HTTP request body in bytes.
     pub http_max_body: usize,
+    /// Request body bytes all HTTP requests together may hold; a body
+    /// waits for room, and gets 503 after the HTTP timeout.
+    pub http_max_buffered_bytes: usize,
     /// How long an HTTP request may take, headers, body and answer.
     pub http_timeout: Duration,
     /// How long one message may take to arrive once it has started.
@@ -121,6 +124,7 @@ impl Settings {
             http_max_connections: None,
             http_max_in_flight: 1024,
             http_max_body: 1 << 20,
+            http_max_buffered_bytes: 128 << 20,
             http_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
@@ -481,6 +485,7 @@ impl Application {
                     max_connections: http_max_connections,
                     max_in_flight: settings.http_max_in_flight,
                     max_body: settings.http_max_body,
+                    max_buffered_bytes: settings.http_max_buffered_bytes,
                     timeout: settings.http_timeout,
                     shutdown_timeout: settings.shutdown_timeout,
                     max_batch: settings.max_batch,

@@ -271,6 +271,10 @@ pub struct ServeArgs {
     /// Largest HTTP request body in bytes.
     #[arg(long, env = "XM_IP_HTTP_MAX_BODY", default_value_t = 1 << 20)]
     pub http_max_body: usize,
+    /// Request body bytes all HTTP requests together may hold; a body
+    /// waits for room, and gets 503 after --http-timeout.
+    #[arg(long, env = "XM_IP_HTTP_MAX_BUFFERED_BYTES", default_value_t = 128 << 20)]
+    pub http_max_buffered_bytes: usize,
     /// How long an HTTP request may take, headers, body and answer.
     #[arg(long, env = "XM_IP_HTTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub http_timeout: Duration,
@@ -404,6 +408,7 @@ impl From<ServeArgs> for Settings {
             http_max_connections: args.http_max_connections,
             http_max_in_flight: args.http_max_in_flight,
             http_max_body: args.http_max_body,
+            http_max_buffered_bytes: args.http_max_buffered_bytes,
             http_timeout: args.http_timeout,
             read_timeout: args.read_timeout,
             idle_timeout: args.idle_timeout,

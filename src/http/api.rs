@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -13,11 +13,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::json::GeoInfoJson;
 use super::HttpLimits;
+use crate::budget::{Budget, Held};
 use crate::domain::{Lang, LookupError, Outcome};
 use crate::metrics::{Api, Metrics, Rejection};
 use crate::service::{Locator, Route, TableLang};
@@ -33,19 +35,24 @@ struct AppState {
     max_batch: usize,
     in_flight: Arc<Semaphore>,
     timeout: Duration,
+    max_body: usize,
+    /// Request bodies being read or answered.
+    bodies: Budget,
 }
 
 /// The metrics label of the endpoint that produced a response.
 #[derive(Clone, Copy)]
 struct Endpoint(&'static str);
 
-pub(super) fn router(locator: Locator, metrics: Arc<Metrics>, limits: &HttpLimits) -> Router {
+pub(super) fn router(locator: Locator, metrics: Arc<Metrics>, limits: &HttpLimits, bodies: Budget) -> Router {
     let state = Arc::new(AppState {
         locator,
         metrics,
         max_batch: limits.max_batch,
         in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
         timeout: limits.timeout,
+        max_body: limits.max_body,
+        bodies,
     });
     Router::new()
         .route("/api/ip_query", get(query_get).post(query_post))
@@ -62,28 +69,19 @@ pub(super) fn router(locator: Locator, metrics: Arc<Metrics>, limits: &HttpLimit
         .with_state(state)
 }
 
-/// Sheds load over the in-flight cap, bounds each request's time, and
-/// counts it.
+/// Bounds each request's time, reads its body within the body budget,
+/// sheds load over the in-flight cap, and counts the request.
 async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let response = match state.in_flight.try_acquire() {
+    let response = match tokio::time::timeout(state.timeout, state.admit(request, next)).await {
+        Ok(response) => response,
         Err(_) => {
-            state.metrics.rejected(Api::Http, Rejection::Overloaded);
+            state.metrics.rejected(Api::Http, Rejection::Timeout);
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests in flight; retry shortly".into(),
+                format!("the request did not complete within {:?}", state.timeout),
             )
         }
-        Ok(_permit) => match tokio::time::timeout(state.timeout, next.run(request)).await {
-            Ok(response) => response,
-            Err(_) => {
-                state.metrics.rejected(Api::Http, Rejection::Timeout);
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the request did not complete within {:?}", state.timeout),
-                )
-            }
-        },
     };
     let endpoint = response.extensions().get::<Endpoint>().map_or("other", |e| e.0);
     state
@@ -211,6 +209,64 @@ async fn query_post(State(state): State<Shared>, body: Result<Bytes, BytesReject
 }
 
 impl AppState {
+    /// Reads the body, then runs the request if there is room in flight. A
+    /// body still arriving takes no place in flight, so slow senders cannot
+    /// crowd out the requests that have arrived.
+    async fn admit(&self, request: Request, next: Next) -> Response {
+        let (request, _body_held) = match self.read_body(request).await {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            self.metrics.rejected(Api::Http, Rejection::Overloaded);
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in flight; retry shortly".into(),
+            );
+        };
+        next.run(request).await
+    }
+
+    /// Reads a request's body into one buffer, having first taken its size
+    /// from the body budget: its announced length, or the body limit when
+    /// none is announced. It waits there while other bodies hold the
+    /// budget; the caller's deadline turns a long wait into 503.
+    async fn read_body(&self, request: Request) -> Result<(Request, Held), Response> {
+        let (parts, body) = request.into_parts();
+        let mut held = Held::default();
+        if body.size_hint().upper() == Some(0) {
+            return Ok((Request::from_parts(parts, body), held));
+        }
+        let announced = body.size_hint().exact().and_then(|n| usize::try_from(n).ok());
+        if let Some(length) = announced.filter(|&n| n > self.max_body) {
+            return Err(self.body_too_large(format!(
+                "the body of {length} bytes exceeds the limit of {} bytes",
+                self.max_body
+            )));
+        }
+        let size = announced.unwrap_or(self.max_body);
+        self.bodies.grow(&mut held, size).await;
+        let mut buffer = Vec::with_capacity(size);
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|err| {
+                self.metrics.rejected(Api::Http, Rejection::Garbage);
+                error(StatusCode::BAD_REQUEST, format!("the body did not arrive whole: {err}"))
+            })?;
+            if buffer.len() + chunk.len() > self.max_body {
+                return Err(self.body_too_large(format!("the body exceeds the limit of {} bytes", self.max_body)));
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        held.shrink_to(buffer.len());
+        Ok((Request::from_parts(parts, Body::from(buffer)), held))
+    }
+
+    fn body_too_large(&self, message: String) -> Response {
+        self.metrics.rejected(Api::Http, Rejection::Oversized);
+        error(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+
     fn bad_request(&self, message: String) -> Response {
         self.metrics.rejected(Api::Http, Rejection::BadRequest);
         error(StatusCode::BAD_REQUEST, message)

@@ -4,9 +4,10 @@
 //!
 //! Every connection and request is bounded: connections over the cap are
 //! closed at once, headers must arrive within the request timeout (which
-//! also closes a keep-alive connection idle that long), bodies
-//! have a size limit, requests in flight have a cap (over it, 503 at once),
-//! and each request has a deadline.
+//! also closes a keep-alive connection idle that long), bodies have a size
+//! limit and share a byte budget (over it, they wait, then get 503), requests
+//! in flight have a cap (over it, 503 at once), and each request has a
+//! deadline.
 
 mod api;
 mod json;
@@ -23,9 +24,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::budget::{self, Budget};
 use crate::metrics::{Api, Metrics};
-use crate::server::CapWarning;
+use crate::server::cap_reached;
 use crate::service::Locator;
+use crate::throttle::Throttle;
+
+/// The most bytes hyper buffers for one connection, headers included (so
+/// larger headers get 431). Its default, about 400 KiB, would let the
+/// bodies being read take several times their budget in read buffers.
+const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 
 /// Limits that protect the HTTP listener from its peers.
 #[derive(Debug, Clone)]
@@ -35,6 +43,9 @@ pub struct HttpLimits {
     pub max_in_flight: usize,
     /// Largest request body in bytes.
     pub max_body: usize,
+    /// Request body bytes all requests together may hold; a body waits
+    /// for room, within the request's deadline.
+    pub max_buffered_bytes: usize,
     /// How long a request may take: its headers to arrive, and then the
     /// whole of its body and its answer.
     pub timeout: Duration,
@@ -53,12 +64,16 @@ pub async fn run(
     limits: HttpLimits,
     shutdown: impl Future,
 ) {
-    let router = api::router(locator, metrics.clone(), &limits);
+    let bodies = Budget::new(limits.max_buffered_bytes);
+    let trimmer = tokio::spawn(budget::return_freed_memory(vec![bodies.clone()]));
+    let router = api::router(locator, metrics.clone(), &limits, bodies);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut cap = CapWarning::new(Api::Http, limits.max_connections);
+    let warnings = Throttle::default();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.timeout);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.timeout)
+        .max_buf_size(MAX_CONNECTION_BUFFER);
 
     // Ends the connections still open when the shutdown timeout expires.
     let abandon = CancellationToken::new();
@@ -68,7 +83,9 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    warn!(error = %err, "HTTP accept failed");
+                    if let Some(left_out) = warnings.admit("accept failed") {
+                        warn!(error = %err, left_out, "HTTP accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -77,7 +94,7 @@ pub async fn run(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics.connection_refused(Api::Http);
-            cap.reached();
+            cap_reached(&warnings, Api::Http, limits.max_connections);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -85,11 +102,18 @@ pub async fn run(
         let service = TowerToHyperService::new(router.clone());
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         let abandon = abandon.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = connection => {}
-                () = abandon.cancelled() => {}
-            }
+            let reason = tokio::select! {
+                ended = connection => match ended {
+                    Ok(()) => "peer_closed",
+                    Err(err) if err.is_timeout() => "slow_message",
+                    Err(err) if err.is_parse() || err.is_parse_too_large() => "malformed",
+                    Err(_) => "io_error",
+                },
+                () = abandon.cancelled() => "shutdown",
+            };
+            metrics.connection_closed(Api::Http, reason);
             drop((permit, open));
         });
     }
@@ -102,4 +126,5 @@ pub async fn run(
         warn!("HTTP shutdown timeout reached; dropping unfinished requests");
     }
     abandon.cancel();
+    trimmer.abort();
 }

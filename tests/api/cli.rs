@@ -247,6 +247,23 @@ impl Served {
             .collect()
     }
 
+    /// The HTTP listener's address, from the start-up log.
+    fn http_addr(&self) -> std::net::SocketAddr {
+        let listening = self.logged("HTTP API, /metrics and /readyz listening");
+        listening[0]["fields"]["addr"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// The server's resident memory in MB.
+    fn resident_mb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id().unwrap())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kb / 1024
+    }
+
     async fn signal(&self, signal: &str) {
         let pid = self.child.id().unwrap().to_string();
         assert!(Command::new("kill")
@@ -603,5 +620,53 @@ async fn serve_refuses_a_connection_cap_the_open_file_limit_cannot_hold() {
         stderr.trim(),
         "xm-ip-service: --max-connections 1000 and --http-max-connections 100 need about 1356 open files, \
          but the limit is 512 (raise it with ulimit -n or LimitNOFILE, or lower the caps)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_taken_by_a_burst_of_slow_http_bodies_is_given_back_after_it() {
+    use tokio::io::AsyncWriteExt;
+
+    let cwd = tempfile::tempdir().unwrap();
+    let server = Served::start(cwd.path(), &[], &[]).await;
+    let http = server.http_addr();
+    let idle = server.resident_mb();
+
+    // 150 bodies of 1 MiB, each sent up to 95% and then held: the default
+    // 128 MiB body budget lets about 128 of them be read.
+    let part = std::sync::Arc::new(vec![b' '; (1 << 20) * 95 / 100]);
+    let senders: Vec<_> = (0..150)
+        .map(|_| {
+            let part = part.clone();
+            tokio::spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+                let head = "POST /api/ip_query HTTP/1.1\r\nHost: test\r\nContent-Length: 1048576\r\n\r\n";
+                stream.write_all(head.as_bytes()).await.unwrap();
+                let _ = tokio::time::timeout(Duration::from_secs(3), stream.write_all(&part)).await;
+                stream
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for sender in senders {
+        held.push(sender.await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peak = server.resident_mb();
+    assert!(
+        peak > idle + 80,
+        "the burst was not held: idle {idle} MB, then {peak} MB"
+    );
+    drop(held);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut after = server.resident_mb();
+    while after > idle + 50 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after = server.resident_mb();
+    }
+    assert!(
+        after <= idle + 50,
+        "idle {idle} MB, {peak} MB during the burst, still {after} MB 10 s after it"
     );
 }

@@ -221,12 +221,14 @@ pub struct Options {
     pub max_batch: usize,
     pub max_frame: usize,
     pub max_connections: usize,
+    pub read_timeout: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub max_buffered_bytes: usize,
     pub max_reply_bytes: usize,
     pub shutdown_timeout: Duration,
     pub http_timeout: Duration,
+    pub http_max_buffered_bytes: usize,
 }
 
 impl Default for Options {
@@ -240,12 +242,14 @@ impl Default for Options {
             max_batch: 10_000,
             max_frame: 16_384_000,
             max_connections: 64,
+            read_timeout: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(30),
             max_buffered_bytes: 256 << 20,
             max_reply_bytes: 64 << 20,
             shutdown_timeout: Duration::from_secs(5),
             http_timeout: Duration::from_secs(10),
+            http_max_buffered_bytes: 128 << 20,
         }
     }
 }
@@ -294,7 +298,7 @@ impl TestApp {
             max_batch: options.max_batch,
             max_frame: options.max_frame,
             max_connections: options.max_connections,
-            read_timeout: Duration::from_millis(500),
+            read_timeout: options.read_timeout,
             idle_timeout: options.idle_timeout,
             write_timeout: options.write_timeout,
             max_buffered_bytes: options.max_buffered_bytes,
@@ -303,6 +307,7 @@ impl TestApp {
             http_addr: "127.0.0.1:0".to_owned(),
             http_max_connections: Some(256),
             http_timeout: options.http_timeout,
+            http_max_buffered_bytes: options.http_max_buffered_bytes,
             ..Settings::new("127.0.0.1:0")
         };
         Self::start(settings, db, mmdb).await

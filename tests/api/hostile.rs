@@ -198,3 +198,86 @@ async fn an_input_longer_than_any_address_is_echoed_only_in_part() {
     );
     assert_eq!(answers[1].ip.as_deref(), Some("183.62.57.1"));
 }
+
+/// A framed `queryGeoInfoByIP` of `strings` inputs of 1,700 bytes each.
+fn large_request(strings: usize) -> Vec<u8> {
+    let ips = vec!["x".repeat(1_700); strings];
+    codec::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips })
+}
+
+/// Connections that each send the first 90% of `request` and then hold,
+/// sending nothing more; the server sees them as slow senders.
+fn slow_senders(app: &TestApp, request: &[u8], count: usize) -> Vec<TcpStream> {
+    let part = request[..request.len() * 9 / 10].to_vec();
+    (0..count)
+        .map(|_| {
+            let socket = TcpStream::connect(app.addr).unwrap();
+            let writer = socket.try_clone().unwrap();
+            let part = part.clone();
+            std::thread::spawn(move || {
+                // A sender the server does not read from yet blocks here
+                // until the server reads or closes it.
+                writer.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+                let _ = (&writer).write_all(&part);
+            });
+            socket
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_call_is_answered_at_once_while_slow_senders_hold_the_whole_request_budget() {
+    let app = TestApp::spawn_with(Options {
+        max_buffered_bytes: 1 << 20,
+        read_timeout: Duration::from_secs(30),
+        ..Options::default()
+    })
+    .await;
+    // Each announces about 500 KiB: two could not hold the budget at once,
+    // so one holds it and five wait.
+    let _senders = slow_senders(&app, &large_request(300), 6);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let answer = app.by_ip(&["183.62.57.1"]).await;
+        took.push(started.elapsed());
+        assert_eq!(summary(&answer[0]).1, "cn");
+    }
+    took.sort();
+    assert!(took[2] < Duration::from_millis(100), "small calls waited: {took:?}");
+    assert!(took[4] < Duration::from_secs(1), "a small call waited: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sender_gives_way_to_a_waiting_call_before_larger_waiters_are_served() {
+    let app = TestApp::spawn_with(Options {
+        max_buffered_bytes: 1 << 20,
+        read_timeout: Duration::from_secs(30),
+        ..Options::default()
+    })
+    .await;
+    // About 999 KiB each: the first holds nearly the whole budget, the
+    // other three wait for nearly all of it.
+    let request = large_request(600);
+    let mut senders = slow_senders(&app, &request, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    senders.extend(slow_senders(&app, &request, 3));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // About 30 KB, more than the read-ahead and than the budget left.
+    let started = Instant::now();
+    let answers = app.by_ip(&["183.62.57.1"; 2_000]).await;
+    let took = started.elapsed();
+    assert_eq!(answers.len(), 2_000);
+    assert!(answers.iter().all(|g| g.error_no == Some(0)));
+    // The holder gives way after a second of silence; served in arrival
+    // order, each of the three larger waiters would hold it a second more.
+    assert!(took < Duration::from_secs(3), "the call waited {took:?}");
+    let first = senders.swap_remove(0);
+    let (_, closed) = tokio::task::spawn_blocking(move || read_until_closed(&first, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(closed, "the stalled sender kept its budget while a call waited");
+}

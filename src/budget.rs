@@ -1,0 +1,297 @@
+//! Process-wide bounds on the bytes connections hold for their peers, and
+//! the task that gives memory back once a burst that held them is over.
+//!
+//! Waiters are served smallest first, not first come first served as
+//! tokio's `Semaphore` would: under FIFO, one peer waiting for megabytes
+//! that a slow sender holds makes every later request for a kilobyte wait
+//! too, and a few hundred slow senders lock out everyone at no CPU cost.
+//! Smallest first was chosen over separate small and large pools because it
+//! needs no size threshold to tune, and a request that already holds most
+//! of what it needs is topped up first. A large waiter can be passed over
+//! for as long as smaller ones keep the budget full; its own deadline (the
+//! read timeout, the HTTP timeout) bounds that wait, and holders that stop
+//! making progress give way (see the server's stall rules).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+/// A budget counts bytes in units of this many.
+const UNIT: usize = 1024;
+
+/// Bytes that all connections together may hold, shared out on demand,
+/// smallest request first.
+#[derive(Clone)]
+pub struct Budget {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// The most units one holding may have: a request for more than the
+    /// whole budget waits for all of it rather than for ever.
+    capacity: usize,
+    /// Set when units are given back, for [`return_freed_memory`].
+    released: AtomicBool,
+}
+
+struct State {
+    available: usize,
+    next_ticket: u64,
+    /// Waiters by (units missing, arrival): the first is served first.
+    waiters: BTreeMap<(usize, u64), oneshot::Sender<()>>,
+}
+
+/// Bytes one connection holds of a [`Budget`]; given back when dropped.
+#[derive(Default)]
+pub struct Held {
+    budget: Option<Arc<Inner>>,
+    units: usize,
+}
+
+impl Held {
+    fn add(&mut self, inner: &Arc<Inner>, units: usize) {
+        self.budget.get_or_insert_with(|| inner.clone());
+        self.units += units;
+    }
+
+    /// Gives back all but what covers `bytes`.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        let keep = bytes.div_ceil(UNIT);
+        if let (Some(budget), true) = (&self.budget, self.units > keep) {
+            budget.give_back(self.units - keep);
+            self.units = keep;
+        }
+    }
+
+    /// Gives everything back.
+    pub fn release(&mut self) {
+        self.shrink_to(0);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.units == 0
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; a poisoned one is still consistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn give_back(&self, units: usize) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.available += units;
+        // Every waiter that now fits, smallest first. The units are the
+        // waiter's from here on, whether or not it is still there to take
+        // them: a waiter that has gone gives them back itself (`Wait`).
+        while let Some(entry) = state.waiters.first_entry() {
+            let (wanted, _) = *entry.key();
+            if wanted > state.available {
+                break;
+            }
+            state.available -= wanted;
+            let _ = entry.remove().send(());
+        }
+        self.released.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Budget {
+    pub fn new(bytes: usize) -> Budget {
+        let capacity = bytes.div_ceil(UNIT).max(1);
+        Budget {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    available: capacity,
+                    next_ticket: 0,
+                    waiters: BTreeMap::new(),
+                }),
+                capacity,
+                released: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Grows `held` to cover `bytes`, waiting while others hold the rest.
+    /// Cancel-safe: a wait that is dropped takes nothing.
+    pub async fn grow(&self, held: &mut Held, bytes: usize) {
+        let needed = bytes.div_ceil(UNIT).min(self.inner.capacity);
+        let Some(missing) = needed.checked_sub(held.units).filter(|&n| n > 0) else {
+            return;
+        };
+        let (key, granted) = {
+            let mut state = self.inner.lock();
+            // Waiters left are each larger than what is available, so one
+            // that fits now is not served before a smaller one.
+            if state.available >= missing {
+                state.available -= missing;
+                drop(state);
+                held.add(&self.inner, missing);
+                return;
+            }
+            let key = (missing, state.next_ticket);
+            state.next_ticket += 1;
+            let (tx, rx) = oneshot::channel();
+            state.waiters.insert(key, tx);
+            (key, rx)
+        };
+        let mut wait = Wait {
+            inner: &self.inner,
+            key,
+            done: false,
+        };
+        // The sender is only dropped after sending, or by `Wait` itself.
+        let _ = granted.await;
+        wait.done = true;
+        held.add(&self.inner, missing);
+    }
+
+    /// Whether some connection is waiting for room.
+    pub fn contended(&self) -> bool {
+        !self.inner.lock().waiters.is_empty()
+    }
+
+    /// Whether units were given back since the last call.
+    fn take_released(&self) -> bool {
+        self.inner.released.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// A place in a [`Budget`]'s queue; dropped before it was served, it
+/// leaves the queue, or gives back the units it was granted meanwhile.
+struct Wait<'a> {
+    inner: &'a Inner,
+    key: (usize, u64),
+    done: bool,
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let granted = self.inner.lock().waiters.remove(&self.key).is_none();
+        if granted {
+            self.inner.give_back(self.key.0);
+        }
+    }
+}
+
+/// How often [`return_freed_memory`] looks.
+const TRIM_EVERY: Duration = Duration::from_secs(2);
+
+/// How many looks after a budget was last given back still trim: the
+/// connections that held it close, and free their buffers, after they
+/// give it back.
+const TRIMS_AFTER_RELEASE: u32 = 3;
+
+/// Gives freed heap pages back to the system after connections that held
+/// any of `budgets` let go of it: glibc's allocator would otherwise keep a
+/// burst's peak resident for good.
+pub async fn return_freed_memory(budgets: Vec<Budget>) {
+    let mut every = tokio::time::interval(TRIM_EVERY);
+    let mut trims_left = 0;
+    loop {
+        every.tick().await;
+        if budgets.iter().fold(false, |any, budget| budget.take_released() | any) {
+            trims_left = TRIMS_AFTER_RELEASE;
+        }
+        if trims_left > 0 {
+            trims_left -= 1;
+            let _ = tokio::task::spawn_blocking(crate::index::release_free_memory).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn waiter(budget: &Budget, bytes: usize) -> tokio::task::JoinHandle<Held> {
+        let queued = budget.inner.clone();
+        let before = queued.lock().waiters.len();
+        let budget = budget.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Held::default();
+            budget.grow(&mut held, bytes).await;
+            held
+        });
+        while queued.lock().waiters.len() == before {
+            tokio::task::yield_now().await;
+        }
+        task
+    }
+
+    #[tokio::test]
+    async fn holdings_grow_to_the_budget_and_waiters_are_counted() {
+        let budget = Budget::new(10 * UNIT);
+        let mut first = Held::default();
+        budget.grow(&mut first, 6 * UNIT).await;
+        let mut second = Held::default();
+        let room = tokio::time::timeout(Duration::from_secs(5), budget.grow(&mut second, 4 * UNIT));
+        room.await.expect("4 units are left");
+        assert_eq!(second.units, 4);
+        assert!(!budget.contended());
+
+        // Asking for more than the whole budget waits for all of it.
+        let third = waiter(&budget, 100 * UNIT).await;
+        first.shrink_to(UNIT + 1);
+        assert_eq!(first.units, 2);
+        tokio::task::yield_now().await;
+        assert!(budget.contended(), "6 of 10 units are still held");
+        first.release();
+        second.release();
+        assert_eq!(third.await.unwrap().units, 10);
+        assert!(!budget.contended());
+    }
+
+    #[tokio::test]
+    async fn a_small_waiter_is_served_before_a_large_one_that_came_first() {
+        let budget = Budget::new(10 * UNIT);
+        let mut all = Held::default();
+        budget.grow(&mut all, 10 * UNIT).await;
+        let large = waiter(&budget, 8 * UNIT).await;
+        let small = waiter(&budget, UNIT).await;
+
+        all.shrink_to(8 * UNIT);
+        let small = tokio::time::timeout(Duration::from_secs(5), small).await;
+        assert_eq!(small.expect("the small waiter was served").unwrap().units, 1);
+        assert!(!large.is_finished());
+        all.release();
+        assert_eq!(large.await.unwrap().units, 8);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_takes_nothing() {
+        let budget = Budget::new(4 * UNIT);
+        let mut all = Held::default();
+        budget.grow(&mut all, 4 * UNIT).await;
+        let mut gave_up = Held::default();
+        let waited = tokio::time::timeout(Duration::from_millis(20), budget.grow(&mut gave_up, 2 * UNIT)).await;
+        assert!(waited.is_err() && gave_up.is_empty());
+        assert!(!budget.contended(), "the cancelled wait left the queue");
+
+        // Granted, then cancelled before it ran: the units come back.
+        let granted = waiter(&budget, 4 * UNIT).await;
+        all.release();
+        granted.abort();
+        let _ = granted.await;
+        let mut again = Held::default();
+        let room = tokio::time::timeout(Duration::from_secs(5), budget.grow(&mut again, 4 * UNIT));
+        room.await.expect("the whole budget is free again");
+    }
+}
