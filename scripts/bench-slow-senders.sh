@@ -10,6 +10,7 @@
 #      and hold.
 # During 1 and 2, `bench` makes single-address Thrift calls on 8
 # connections; during 3, wrk makes single-address GETs on 8.
+# ONLY=frame16|frame1|body runs one attack alone.
 # Prints the server's resident memory (idle, the peak of each attack, and
 # 10 s after the last one closes), the normal clients' figures, the warning
 # lines logged, and the closed-connection counts from /metrics.
@@ -130,14 +131,20 @@ under_attack() { # LABEL KIND COUNT PORT NORMAL...
 }
 
 calls=$((hold - 5))
-under_attack "Thrift, 90% of a 16 MB frame each" frame16 "$senders16" "$port" \
-  "$bin" bench --addr "127.0.0.1:$port" --connections 8 --batch 1 --duration "${calls}s" --server-pid "$server"
-sleep 5
-under_attack "Thrift, 90% of a 1 MB frame each" frame1 "$senders1" "$port" \
-  "$bin" bench --addr "127.0.0.1:$port" --connections 8 --batch 1 --duration "${calls}s" --server-pid "$server"
-sleep 5
-under_attack "HTTP, 95% of a 1 MiB body each" body "$bodies" "$hport" \
-  wrk -t1 -c8 -d"${calls}s" --latency "http://127.0.0.1:$hport/api/ip_query?ip=183.62.57.1"
+thrift_calls=("$bin" bench --addr "127.0.0.1:$port" --connections 8 --batch 1 --duration "${calls}s" --server-pid "$server")
+only=${ONLY:-}
+if [ -z "$only" ] || [ "$only" = frame16 ]; then
+  under_attack "Thrift, 90% of a 16 MB frame each" frame16 "$senders16" "$port" "${thrift_calls[@]}"
+  sleep 5
+fi
+if [ -z "$only" ] || [ "$only" = frame1 ]; then
+  under_attack "Thrift, 90% of a 1 MB frame each" frame1 "$senders1" "$port" "${thrift_calls[@]}"
+  sleep 5
+fi
+if [ -z "$only" ] || [ "$only" = body ]; then
+  under_attack "HTTP, 95% of a 1 MiB body each" body "$bodies" "$hport" \
+    wrk -t1 -c8 -d"${calls}s" --latency "http://127.0.0.1:$hport/api/ip_query?ip=183.62.57.1"
+fi
 sleep 10
 echo "server RSS 10 s after the last attack closed: $(rss) MB (idle $idle MB)"
 echo "warning lines logged: $(grep -c WARN "$work/server.log" || true)"

@@ -13,11 +13,10 @@
 //! making progress give way (see the server's stall rules).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// A budget counts bytes in units of this many.
 const UNIT: usize = 1024;
@@ -34,18 +33,23 @@ struct Inner {
     /// The most units one holding may have: a request for more than the
     /// whole budget waits for all of it rather than for ever.
     capacity: usize,
-    /// Set when units are given back, for [`return_freed_memory`].
-    released: AtomicBool,
+    /// Woken when a large holding is dropped unused, for
+    /// [`return_freed_memory`].
+    abandoned: Notify,
 }
 
 struct State {
     available: usize,
+    /// The most units held at once since [`Budget::shrank_much`] last looked.
+    peak_held: usize,
     next_ticket: u64,
     /// Waiters by (units missing, arrival): the first is served first.
     waiters: BTreeMap<(usize, u64), oneshot::Sender<()>>,
 }
 
-/// Bytes one connection holds of a [`Budget`]; given back when dropped.
+/// Bytes one connection holds of a [`Budget`]. Dropped while still
+/// holding, it gives them back as abandoned: the connection went away, or
+/// gave up, before it was done with them.
 #[derive(Default)]
 pub struct Held {
     budget: Option<Arc<Inner>>,
@@ -79,9 +83,20 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            if self.units >= ABANDONED_TRIM_UNITS {
+                budget.abandoned.notify_one();
+            }
+        }
         self.release();
     }
 }
+
+/// Abandoned holdings this large (256 KiB) have their memory given back
+/// at once, not at the next look: slow senders that are closed and
+/// replaced would otherwise leave their buffers resident, freed, in the
+/// heap, on top of the live ones that the budget counts.
+const ABANDONED_TRIM_UNITS: usize = 256;
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -104,7 +119,13 @@ impl Inner {
             state.available -= wanted;
             let _ = entry.remove().send(());
         }
-        self.released.store(true, Ordering::Relaxed);
+        state.note_peak(self.capacity);
+    }
+}
+
+impl State {
+    fn note_peak(&mut self, capacity: usize) {
+        self.peak_held = self.peak_held.max(capacity - self.available);
     }
 }
 
@@ -115,11 +136,12 @@ impl Budget {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     available: capacity,
+                    peak_held: 0,
                     next_ticket: 0,
                     waiters: BTreeMap::new(),
                 }),
                 capacity,
-                released: AtomicBool::new(false),
+                abandoned: Notify::new(),
             }),
         }
     }
@@ -137,6 +159,7 @@ impl Budget {
             // that fits now is not served before a smaller one.
             if state.available >= missing {
                 state.available -= missing;
+                state.note_peak(self.inner.capacity);
                 drop(state);
                 held.add(&self.inner, missing);
                 return;
@@ -163,9 +186,15 @@ impl Budget {
         !self.inner.lock().waiters.is_empty()
     }
 
-    /// Whether units were given back since the last call.
-    fn take_released(&self) -> bool {
-        self.inner.released.swap(false, Ordering::Relaxed)
+    /// Whether what is held now is at least [`TRIM_WORTH`] below the most
+    /// held since the last call: a burst is over. Steady use, however
+    /// large, is not.
+    fn shrank_much(&self) -> bool {
+        let mut state = self.inner.lock();
+        let held = self.inner.capacity - state.available;
+        let shrank = state.peak_held >= held + TRIM_WORTH / UNIT;
+        state.peak_held = held;
+        shrank
     }
 }
 
@@ -189,29 +218,72 @@ impl Drop for Wait<'_> {
     }
 }
 
+/// Blocks at least this large are mapped apart from the heap: larger than
+/// any valid request of 10,000 addresses (about 200 KB); the largest
+/// bodies, and replies of about a thousand addresses or more.
+const MAPPED_APART: usize = 256 << 10;
+
+/// Has glibc map every block of [`MAPPED_APART`] or more apart from the
+/// heap and unmap it when freed. By default it raises that threshold to
+/// the largest block freed so far (up to 32 MiB): after the first burst of
+/// 16 MB request buffers it carves them from the heap, and slow senders
+/// that are closed and replaced leave their freed buffers resident. The
+/// page faults of mapping a large reply afresh cost no measurable
+/// throughput (BENCHMARKS.md, slow senders).
+pub fn map_large_blocks_apart() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets the allocator's own tunables.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MAPPED_APART as libc::c_int);
+        // Setting one threshold stops glibc adjusting the other, which would
+        // fall back to 128 KiB and give the heap's top back, to fault in
+        // again, at nearly every free; this is what it would have set.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * MAPPED_APART as libc::c_int);
+    }
+}
+
+/// How far a budget's use must fall for its freed memory to be worth
+/// giving back: trimming returns every free page, and pages that steady
+/// traffic reuses then fault in again.
+const TRIM_WORTH: usize = 32 << 20;
+
 /// How often [`return_freed_memory`] looks.
 const TRIM_EVERY: Duration = Duration::from_secs(2);
 
-/// How many looks after a budget was last given back still trim: the
-/// connections that held it close, and free their buffers, after they
-/// give it back.
+/// How many looks after a burst still trim: the connections that held the
+/// budget close, and free their buffers, after they give it back.
 const TRIMS_AFTER_RELEASE: u32 = 3;
 
-/// Gives freed heap pages back to the system after connections that held
-/// any of `budgets` let go of it: glibc's allocator would otherwise keep a
-/// burst's peak resident for good.
+/// The least time between two trims for abandoned holdings.
+const ABANDONED_TRIM_GAP: Duration = Duration::from_millis(200);
+
+/// Gives freed heap pages back to the system after a burst that held much
+/// of any of `budgets` is over: glibc's allocator would otherwise keep the
+/// burst's peak resident for good. A large holding dropped unused is
+/// trimmed for at once (at most every [`ABANDONED_TRIM_GAP`]).
 pub async fn return_freed_memory(budgets: Vec<Budget>) {
+    if budgets.is_empty() {
+        return;
+    }
     let mut every = tokio::time::interval(TRIM_EVERY);
     let mut trims_left = 0;
     loop {
-        every.tick().await;
-        if budgets.iter().fold(false, |any, budget| budget.take_released() | any) {
-            trims_left = TRIMS_AFTER_RELEASE;
+        let abandoned =
+            futures_util::future::select_all(budgets.iter().map(|budget| Box::pin(budget.inner.abandoned.notified())));
+        tokio::select! {
+            _ = every.tick() => {
+                if budgets.iter().fold(false, |any, budget| budget.shrank_much() | any) {
+                    trims_left = TRIMS_AFTER_RELEASE;
+                }
+                if trims_left == 0 {
+                    continue;
+                }
+                trims_left -= 1;
+            }
+            _ = abandoned => trims_left = TRIMS_AFTER_RELEASE,
         }
-        if trims_left > 0 {
-            trims_left -= 1;
-            let _ = tokio::task::spawn_blocking(crate::index::release_free_memory).await;
-        }
+        let _ = tokio::task::spawn_blocking(crate::index::release_free_memory).await;
+        tokio::time::sleep(ABANDONED_TRIM_GAP).await;
     }
 }
 

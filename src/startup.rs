@@ -426,6 +426,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
         let http_max_connections = fit_file_limit(settings)?;
+        crate::budget::map_large_blocks_apart();
         let data = choose_data(settings)?;
         let metrics = Arc::new(Metrics::new());
         let (reload, wake) = watch::channel(0u64);

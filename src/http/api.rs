@@ -213,7 +213,7 @@ impl AppState {
     /// body still arriving takes no place in flight, so slow senders cannot
     /// crowd out the requests that have arrived.
     async fn admit(&self, request: Request, next: Next) -> Response {
-        let (request, _body_held) = match self.read_body(request).await {
+        let (request, mut body_held) = match self.read_body(request).await {
             Ok(read) => read,
             Err(response) => return response,
         };
@@ -224,7 +224,9 @@ impl AppState {
                 "too many requests in flight; retry shortly".into(),
             );
         };
-        next.run(request).await
+        let response = next.run(request).await;
+        body_held.release();
+        response
     }
 
     /// Reads a request's body into one buffer, having first taken its size

@@ -106,7 +106,7 @@ pub async fn run(
         tokio::spawn(async move {
             let reason = tokio::select! {
                 ended = connection => match ended {
-                    Ok(()) => "peer_closed",
+                    Ok(()) => "completed",
                     Err(err) if err.is_timeout() => "slow_message",
                     Err(err) if err.is_parse() || err.is_parse_too_large() => "malformed",
                     Err(_) => "io_error",
