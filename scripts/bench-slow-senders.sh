@@ -59,55 +59,18 @@ echo "server (file mode, real data) RSS idle: $idle MB"
 # closes. Prints how many connections it opened.
 attack() { # KIND COUNT PORT
   python3 - "$@" "$hold" <<'PY'
-import errno, json, socket, struct, sys, time
+import sys, time
+sys.path.insert(0, "scripts")
+from slow_peers import Holders, partial_body, partial_frame
 kind, count, port, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-if kind == "body":
-    length = 1 << 20
-    message = f"POST /api/ip_query HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
-    message += b'{"ips": [' + b" " * (length - 10) + b"]}"
-    part = len(message) - length + length * 95 // 100
-else:
-    strings, size = (10_000, 1_600) if kind == "frame16" else (600, 1_600)
-    name = b"queryGeoInfoByIP"
-    ips = b"".join(struct.pack(">I", size) + b"x" * size for _ in range(strings))
-    args = bytes([15]) + struct.pack(">h", 1) + bytes([11]) + struct.pack(">i", strings) + ips + b"\x00"
-    body = struct.pack(">I", 0x80010001) + struct.pack(">I", len(name)) + name + struct.pack(">i", 1) + args
-    message = struct.pack(">I", len(body)) + body
-    part = len(message) * 9 // 10
-data = memoryview(message)[:part]
-opened = 0
-def connect():
-    global opened
-    try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=2)
-        s.setblocking(False)
-        opened += 1
-        return [s, 0]
-    except OSError:
-        return None
-conns = [None] * count
+part = {"frame16": lambda: partial_frame(10_000), "frame1": lambda: partial_frame(600), "body": partial_body}[kind]()
+holders = Holders(("127.0.0.1", port), part, count)
 end = time.time() + hold
 while time.time() < end:
-    for i, c in enumerate(conns):
-        if c is None:
-            conns[i] = connect()
-            continue
-        s, sent = c
-        try:
-            if sent < part:
-                c[1] += s.send(data[sent:sent + 262144])
-            elif s.recv(4096) == b"":
-                raise ConnectionResetError
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            s.close()
-            conns[i] = None
+    holders.step()
     time.sleep(0.01)
-for c in conns:
-    if c:
-        c[0].close()
-print(opened)
+holders.close()
+print(holders.opened)
 PY
 }
 

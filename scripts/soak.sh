@@ -74,6 +74,8 @@ end=$((SECONDS + duration))
 # Hostile peers, all in one process.
 python3 - "$port" "$duration" "$cap" "$nonreaders" "$slow" "$bigsenders" "$bodies" "$hport" <<'PY' >"$work/hostile.txt" 2>&1 &
 import os, random, socket, struct, sys, time
+sys.path.insert(0, "scripts")
+from slow_peers import Holders, partial_body, partial_frame
 port, duration, cap, nonreaders, slow, bigsenders, bodies, hport = map(int, sys.argv[1:])
 addr = ("127.0.0.1", port)
 name = b"queryGeoInfoByIP"
@@ -81,18 +83,13 @@ ips = b"".join(struct.pack(">I", 11) + b"183.62.57.1" for _ in range(1000))
 args = bytes([15]) + struct.pack(">h", 1) + bytes([11]) + struct.pack(">i", 1000) + ips + b"\x00"
 body = struct.pack(">I", 0x80010001) + struct.pack(">I", len(name)) + name + struct.pack(">i", 1) + args
 frame = struct.pack(">I", len(body)) + body
+stats = dict(nonreader_connects=0, slow_connects=0, garbage=0, churned=0, connect_failures=0)
 # 90% of a 16,040,042-byte frame (10,000 strings of 1,600 bytes), and 95%
 # of an HTTP request with a 1 MiB body.
-big_ips = b"".join(struct.pack(">I", 1600) + b"x" * 1600 for _ in range(10_000))
-big_args = bytes([15]) + struct.pack(">h", 1) + bytes([11]) + struct.pack(">i", 10_000) + big_ips + b"\x00"
-big_body = struct.pack(">I", 0x80010001) + struct.pack(">I", len(name)) + name + struct.pack(">i", 1) + big_args
-big_part = memoryview(struct.pack(">I", len(big_body)) + big_body)[: (len(big_body) + 4) * 9 // 10]
-head = f"POST /api/ip_query HTTP/1.1\r\nHost: soak\r\nContent-Length: {1 << 20}\r\n\r\n".encode()
-body_part = memoryview(head + b" " * ((1 << 20) * 95 // 100))
-stats = dict(nonreader_connects=0, slow_connects=0, big_sender_connects=0, http_body_connects=0,
-             garbage=0, churned=0, connect_failures=0)
+big_senders = Holders(addr, partial_frame(10_000), bigsenders)
+http_bodies = Holders(("127.0.0.1", hport), partial_body(), bodies)
 
-def connect(addr=addr):
+def connect():
     try:
         s = socket.create_connection(addr, timeout=1)
         s.setblocking(False)
@@ -107,36 +104,14 @@ def keep(pool, n, key):
             pool[i] = connect()
             stats[key] += pool[i] is not None
 
-def hold_part(pool, part, key, addr):
-    # Each entry: [socket, bytes sent]; the part is sent, then nothing.
-    for i, entry in enumerate(pool):
-        if entry is None:
-            s = connect(addr)
-            if s is not None:
-                pool[i] = [s, 0]
-                stats[key] += 1
-            continue
-        s, sent = entry
-        try:
-            if sent < len(part):
-                entry[1] += s.send(part[sent:sent + 262144])
-            elif s.recv(4096) == b"":
-                raise ConnectionResetError
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            s.close()
-            pool[i] = None
-
 readers_pool, slow_pool, churn = [None] * nonreaders, [None] * slow, []
-big_pool, body_pool = [None] * bigsenders, [None] * bodies
 end = time.time() + duration
 next_churn = time.time() + 5
 while time.time() < end:
     keep(readers_pool, nonreaders, "nonreader_connects")
     keep(slow_pool, slow, "slow_connects")
-    hold_part(big_pool, big_part, "big_sender_connects", addr)
-    hold_part(body_pool, body_part, "http_body_connects", ("127.0.0.1", hport))
+    big_senders.step()
+    http_bodies.step()
     for pool, data in ((readers_pool, frame), (slow_pool, None)):
         for i, s in enumerate(pool):
             if s is None:
@@ -177,10 +152,9 @@ for pool in (readers_pool, slow_pool):
     for s in pool:
         if s:
             s.close()
-for pool in (big_pool, body_pool):
-    for entry in pool:
-        if entry:
-            entry[0].close()
+for holders in (big_senders, http_bodies):
+    holders.close()
+stats.update(big_sender_connects=big_senders.opened, http_body_connects=http_bodies.opened)
 print(" ".join(f"{k}={v}" for k, v in stats.items()))
 PY
 pids+=($!)

@@ -1,0 +1,62 @@
+"""Slow peers for the hostile-load scripts (bench-slow-senders.sh, soak.sh):
+connections that send the first part of a large message, then nothing, and
+are opened again when the server closes them. Loopback only."""
+import socket
+import struct
+
+
+def partial_frame(strings, size=1_600, share=0.9):
+    """The first `share` of a framed, strict-binary queryGeoInfoByIP of
+    `strings` inputs of `size` bytes each."""
+    name = b"queryGeoInfoByIP"
+    ips = b"".join(struct.pack(">I", size) + b"x" * size for _ in range(strings))
+    args = bytes([15]) + struct.pack(">h", 1) + bytes([11]) + struct.pack(">i", strings) + ips + b"\x00"
+    body = struct.pack(">I", 0x80010001) + struct.pack(">I", len(name)) + name + struct.pack(">i", 1) + args
+    frame = struct.pack(">I", len(body)) + body
+    return memoryview(frame)[: int(len(frame) * share)]
+
+
+def partial_body(length=1 << 20, share=0.95):
+    """An HTTP POST of a `length`-byte JSON batch body, cut after `share` of the body."""
+    head = (f"POST /api/ip_query HTTP/1.1\r\nHost: slow-peers\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+    body = b'{"ips": [' + b" " * (length - 11) + b"]}"
+    return memoryview(head + body)[: len(head) + int(length * share)]
+
+
+class Holders:
+    """`count` connections to `addr` that each send `part`, then hold."""
+
+    def __init__(self, addr, part, count):
+        self.addr, self.part, self.opened = addr, part, 0
+        self.conns = [None] * count
+
+    def step(self):
+        """Opens what is closed, sends a little more on each, and notices
+        the connections the server closed. Never blocks for long."""
+        for i, conn in enumerate(self.conns):
+            if conn is None:
+                try:
+                    s = socket.create_connection(self.addr, timeout=1)
+                    s.setblocking(False)
+                    self.conns[i] = [s, 0]
+                    self.opened += 1
+                except OSError:
+                    pass
+                continue
+            s, sent = conn
+            try:
+                if sent < len(self.part):
+                    conn[1] += s.send(self.part[sent:sent + 262144])
+                elif s.recv(4096) == b"":
+                    raise ConnectionResetError
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                s.close()
+                self.conns[i] = None
+
+    def close(self):
+        for conn in self.conns:
+            if conn:
+                conn[0].close()
