@@ -1,22 +1,35 @@
 //! Process-wide bounds on the bytes connections hold for their peers, and
 //! the task that gives memory back once a burst that held them is over.
 //!
-//! Waiters are served smallest first, not first come first served as
-//! tokio's `Semaphore` would: under FIFO, one peer waiting for megabytes
-//! that a slow sender holds makes every later request for a kilobyte wait
-//! too, and a few hundred slow senders lock out everyone at no CPU cost.
-//! Smallest first was chosen over separate small and large pools because it
-//! needs no size threshold to tune, and a request that already holds most
-//! of what it needs is topped up first. A large waiter can be passed over
-//! for as long as smaller ones keep the budget full; its own deadline (the
-//! read timeout, the HTTP timeout) bounds that wait, and holders that stop
-//! making progress give way (see the server's stall rules).
+//! Request budgets serve their waiters smallest first, not first come first
+//! served as tokio's `Semaphore` would: under FIFO, one peer waiting for
+//! megabytes that a slow sender holds makes every later request for a
+//! kilobyte wait too, and a few hundred slow senders lock out everyone at
+//! no CPU cost. Smallest first was chosen over separate small and large
+//! pools because it needs no size threshold to tune, and a request that
+//! already holds most of what it needs is topped up first. A large waiter
+//! can be passed over for as long as smaller ones keep the budget full; its
+//! own deadline (the read timeout, the HTTP timeout) bounds that wait, and
+//! holders that stop making progress give way (see the server's stall
+//! rules). A request larger than any valid one is an attacker's anyway.
+//!
+//! The reply budget serves in arrival order ([`Order`]): its large waiters
+//! are valid batches the server has accepted, and under smallest first the
+//! replies of peers that never read, smaller and endlessly renewed, kept a
+//! 10,000-address batch waiting past its client's timeout (seen in a soak).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
+
+/// The order a [`Budget`] serves its waiters in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    SmallestFirst,
+    Arrival,
+}
 
 /// A budget counts bytes in units of this many.
 const UNIT: usize = 1024;
@@ -30,6 +43,7 @@ pub struct Budget {
 
 struct Inner {
     state: Mutex<State>,
+    order: Order,
     /// The most units one holding may have: a request for more than the
     /// whole budget waits for all of it rather than for ever.
     capacity: usize,
@@ -43,9 +57,14 @@ struct State {
     /// The most units held at once since [`Budget::shrank_much`] last looked.
     peak_held: usize,
     next_ticket: u64,
-    /// Waiters by (units missing, arrival): the first is served first.
-    waiters: BTreeMap<(usize, u64), oneshot::Sender<()>>,
+    /// Waiters by [`WaitKey`], each with the units it is missing: the
+    /// first is served first.
+    waiters: BTreeMap<WaitKey, (usize, oneshot::Sender<()>)>,
 }
+
+/// A waiter's place: (rank, arrival), where the rank is the units missing
+/// when serving smallest first, and 0 in arrival order.
+type WaitKey = (usize, u64);
 
 /// Bytes one connection holds of a [`Budget`]. Dropped while still
 /// holding, it gives them back as abandoned: the connection went away, or
@@ -112,12 +131,12 @@ impl Inner {
         // waiter's from here on, whether or not it is still there to take
         // them: a waiter that has gone gives them back itself (`Wait`).
         while let Some(entry) = state.waiters.first_entry() {
-            let (wanted, _) = *entry.key();
+            let wanted = entry.get().0;
             if wanted > state.available {
                 break;
             }
             state.available -= wanted;
-            let _ = entry.remove().send(());
+            let _ = entry.remove().1.send(());
         }
         state.note_peak(self.capacity);
     }
@@ -130,10 +149,11 @@ impl State {
 }
 
 impl Budget {
-    pub fn new(bytes: usize) -> Budget {
+    pub fn new(bytes: usize, order: Order) -> Budget {
         let capacity = bytes.div_ceil(UNIT).max(1);
         Budget {
             inner: Arc::new(Inner {
+                order,
                 state: Mutex::new(State {
                     available: capacity,
                     peak_held: 0,
@@ -155,24 +175,33 @@ impl Budget {
         };
         let (key, granted) = {
             let mut state = self.inner.lock();
-            // Waiters left are each larger than what is available, so one
-            // that fits now is not served before a smaller one.
-            if state.available >= missing {
+            // Smallest first, the waiters left are each larger than what is
+            // available, so one that fits now passes no smaller one.
+            let first = match self.inner.order {
+                Order::SmallestFirst => true,
+                Order::Arrival => state.waiters.is_empty(),
+            };
+            if first && state.available >= missing {
                 state.available -= missing;
                 state.note_peak(self.inner.capacity);
                 drop(state);
                 held.add(&self.inner, missing);
                 return;
             }
-            let key = (missing, state.next_ticket);
+            let rank = match self.inner.order {
+                Order::SmallestFirst => missing,
+                Order::Arrival => 0,
+            };
+            let key = (rank, state.next_ticket);
             state.next_ticket += 1;
             let (tx, rx) = oneshot::channel();
-            state.waiters.insert(key, tx);
+            state.waiters.insert(key, (missing, tx));
             (key, rx)
         };
         let mut wait = Wait {
             inner: &self.inner,
             key,
+            units: missing,
             done: false,
         };
         // The sender is only dropped after sending, or by `Wait` itself.
@@ -202,7 +231,8 @@ impl Budget {
 /// leaves the queue, or gives back the units it was granted meanwhile.
 struct Wait<'a> {
     inner: &'a Inner,
-    key: (usize, u64),
+    key: WaitKey,
+    units: usize,
     done: bool,
 }
 
@@ -213,7 +243,7 @@ impl Drop for Wait<'_> {
         }
         let granted = self.inner.lock().waiters.remove(&self.key).is_none();
         if granted {
-            self.inner.give_back(self.key.0);
+            self.inner.give_back(self.units);
         }
     }
 }
@@ -293,7 +323,7 @@ mod tests {
 
     use super::*;
 
-    async fn waiter(budget: &Budget, bytes: usize) -> tokio::task::JoinHandle<Held> {
+    pub(super) async fn waiter(budget: &Budget, bytes: usize) -> tokio::task::JoinHandle<Held> {
         let queued = budget.inner.clone();
         let before = queued.lock().waiters.len();
         let budget = budget.clone();
@@ -310,7 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn holdings_grow_to_the_budget_and_waiters_are_counted() {
-        let budget = Budget::new(10 * UNIT);
+        let budget = Budget::new(10 * UNIT, Order::SmallestFirst);
         let mut first = Held::default();
         budget.grow(&mut first, 6 * UNIT).await;
         let mut second = Held::default();
@@ -333,7 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_small_waiter_is_served_before_a_large_one_that_came_first() {
-        let budget = Budget::new(10 * UNIT);
+        let budget = Budget::new(10 * UNIT, Order::SmallestFirst);
         let mut all = Held::default();
         budget.grow(&mut all, 10 * UNIT).await;
         let large = waiter(&budget, 8 * UNIT).await;
@@ -349,7 +379,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_that_gives_up_takes_nothing() {
-        let budget = Budget::new(4 * UNIT);
+        let budget = Budget::new(4 * UNIT, Order::SmallestFirst);
         let mut all = Held::default();
         budget.grow(&mut all, 4 * UNIT).await;
         let mut gave_up = Held::default();
@@ -365,5 +395,30 @@ mod tests {
         let mut again = Held::default();
         let room = tokio::time::timeout(Duration::from_secs(5), budget.grow(&mut again, 4 * UNIT));
         room.await.expect("the whole budget is free again");
+    }
+}
+
+#[cfg(test)]
+mod arrival_order {
+    use std::time::Duration;
+
+    use super::tests::waiter;
+    use super::*;
+
+    #[tokio::test]
+    async fn in_arrival_order_a_small_waiter_waits_behind_a_large_one() {
+        let budget = Budget::new(10 * UNIT, Order::Arrival);
+        let mut all = Held::default();
+        budget.grow(&mut all, 10 * UNIT).await;
+        let large = waiter(&budget, 8 * UNIT).await;
+        let small = waiter(&budget, UNIT).await;
+
+        all.shrink_to(8 * UNIT);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!small.is_finished(), "the small waiter passed the large one");
+        all.shrink_to(2 * UNIT);
+        assert_eq!(large.await.unwrap().units, 8);
+        all.release();
+        assert_eq!(small.await.unwrap().units, 1);
     }
 }

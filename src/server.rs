@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
-use crate::budget::{self, Budget, Held};
+use crate::budget::{self, Budget, Held, Order};
 use crate::metrics::{Api, OpenConnection, Rejection};
 use crate::thrift::codec::{self, BadArgs, Found, Framing, MessageCheck, Request, Wire, WireError};
 use crate::thrift::Handler;
@@ -123,8 +123,8 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
         handler,
         limits: limits.clone(),
         stop: stop.clone(),
-        requests: Budget::new(limits.max_buffered_bytes),
-        replies: Budget::new(limits.max_reply_bytes),
+        requests: Budget::new(limits.max_buffered_bytes, Order::SmallestFirst),
+        replies: Budget::new(limits.max_reply_bytes, Order::Arrival),
         warnings: Arc::new(Throttle::default()),
     };
     let trimmer = tokio::spawn(budget::return_freed_memory(vec![

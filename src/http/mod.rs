@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::budget::{self, Budget};
+use crate::budget::{self, Budget, Order};
 use crate::metrics::{Api, Metrics};
 use crate::server::cap_reached;
 use crate::service::Locator;
@@ -64,7 +64,7 @@ pub async fn run(
     limits: HttpLimits,
     shutdown: impl Future,
 ) {
-    let bodies = Budget::new(limits.max_buffered_bytes);
+    let bodies = Budget::new(limits.max_buffered_bytes, Order::SmallestFirst);
     let trimmer = tokio::spawn(budget::return_freed_memory(vec![bodies.clone()]));
     let router = api::router(locator, metrics.clone(), &limits, bodies);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
