@@ -293,7 +293,7 @@ const ABANDONED_TRIM_GAP: Duration = Duration::from_millis(200);
 /// trimmed for at once (at most every [`ABANDONED_TRIM_GAP`]).
 pub async fn return_freed_memory(budgets: Vec<Budget>) {
     if budgets.is_empty() {
-        return;
+        return; // nothing to watch, and select_all needs something
     }
     let mut every = tokio::time::interval(TRIM_EVERY);
     let mut trims_left = 0;
@@ -323,7 +323,7 @@ mod tests {
 
     use super::*;
 
-    pub(super) async fn waiter(budget: &Budget, bytes: usize) -> tokio::task::JoinHandle<Held> {
+    async fn waiter(budget: &Budget, bytes: usize) -> tokio::task::JoinHandle<Held> {
         let queued = budget.inner.clone();
         let before = queued.lock().waiters.len();
         let budget = budget.clone();
@@ -396,14 +396,6 @@ mod tests {
         let room = tokio::time::timeout(Duration::from_secs(5), budget.grow(&mut again, 4 * UNIT));
         room.await.expect("the whole budget is free again");
     }
-}
-
-#[cfg(test)]
-mod arrival_order {
-    use std::time::Duration;
-
-    use super::tests::waiter;
-    use super::*;
 
     #[tokio::test]
     async fn in_arrival_order_a_small_waiter_waits_behind_a_large_one() {

@@ -11,8 +11,9 @@
 //!   the index (file mode), and export.
 //! - [`thrift`]: the generated IDL types, the wire codec and the handler.
 //! - [`server`]: TCP accept loop, connections, limits, graceful shutdown.
-//! - [`budget`]: the byte budgets connections share, served smallest first,
-//!   and giving memory back after a burst.
+//! - [`budget`]: the byte budgets connections share (requests served
+//!   smallest first, replies in arrival order), and giving memory back
+//!   after a burst.
 //! - [`throttle`]: one warning line per reason per interval.
 //! - [`http`]: the JSON API, `/metrics` and the health checks.
 //! - [`metrics`]: the Prometheus metrics.
