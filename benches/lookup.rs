@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use xm_ip_service::domain::{Lang, Source, Table};
-use xm_ip_service::import::{DataFiles, FileSource};
 use xm_ip_service::index::{Builder, RangeIndex, TableIndex, Tables};
 use xm_ip_service::loadgen::{SampleOptions, Sampler};
 use xm_ip_service::mmdb::{GeoDb, MaxMind};
 use xm_ip_service::ranges::Ranges;
 use xm_ip_service::service::Locator;
+use xm_ip_service::source::{DataFiles, FileSource};
 use xm_ip_service::thrift::codec::{self, Call, Framing, Protocol, Wire};
 use xm_ip_service::thrift::Handler;
 
@@ -41,7 +41,7 @@ fn load() -> Data {
     let loaded = files.load().expect("the data files load");
     let maxmind = match loaded.mmdb.expect("an mmdb among the files") {
         FileSource::Path(path) => MaxMind::open(&path).unwrap(),
-        FileSource::Builtin(bytes) => MaxMind::fixed(GeoDb::from_static(bytes, "sample").unwrap()),
+        FileSource::Builtin(bytes) => MaxMind::new(GeoDb::from_static(bytes, "sample").unwrap()),
     };
     let tables = Arc::new(Tables::new(loaded.tables));
     if !fetched {
@@ -49,7 +49,7 @@ fn load() -> Data {
             Table::Cn,
             xm_ip_service::index::Snapshot {
                 index: TableIndex::V4(generated(1_400_000, 43_000)),
-                version: Default::default(),
+                version: xm_ip_service::index::Version::Absent,
                 data_time: None,
             },
         );

@@ -312,8 +312,19 @@ pub async fn return_freed_memory(budgets: Vec<Budget>) {
             }
             _ = abandoned => trims_left = TRIMS_AFTER_RELEASE,
         }
-        let _ = tokio::task::spawn_blocking(crate::index::release_free_memory).await;
+        let _ = tokio::task::spawn_blocking(release_free_memory).await;
         tokio::time::sleep(ABANDONED_TRIM_GAP).await;
+    }
+}
+
+/// Gives freed heap pages back to the operating system. Parsing files or
+/// replacing an index frees hundreds of megabytes in many small pieces,
+/// which glibc's allocator would otherwise keep.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -470,12 +470,30 @@ pub struct Snapshot {
     pub data_time: Option<SystemTime>,
 }
 
-/// Identifies the data an index was built from: the PostgreSQL table's
-/// relation and its latest import, or nothing for files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Version {
-    pub relation: u32,
-    pub import_id: Option<i64>,
+/// Identifies the data an index was built from, so that a refresh can
+/// tell whether its source has changed since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Nothing loaded: a table no source gives.
+    Absent,
+    /// A PostgreSQL table: its relation (a new one after every import's
+    /// swap) and its latest successful import.
+    Postgres { relation: u32, import_id: Option<i64> },
+    /// A data file, as it was when it was read.
+    File(FileSignature),
+    /// The sample compiled into the binary, which never changes.
+    Builtin,
+}
+
+/// What identifies one version of a file: replacing it by a rename changes
+/// the inode, rewriting it changes the size or time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSignature {
+    pub device: u64,
+    pub inode: u64,
+    pub len: u64,
+    pub modified: i64,
+    pub modified_nanos: i64,
 }
 
 /// The three live indexes. Readers load a table's current snapshot without
@@ -499,7 +517,7 @@ impl Tables {
             let at = snapshots.iter().position(|(t, _)| *t == table);
             let snapshot = at.map(|i| snapshots.swap_remove(i).1).unwrap_or_else(|| Snapshot {
                 index: TableIndex::empty(table),
-                version: Version::default(),
+                version: Version::Absent,
                 data_time: None,
             });
             assert_eq!(
@@ -546,17 +564,6 @@ impl Tables {
             TableIndex::V6(index) => index.locate_all(&ips.iter().map(|&ip| u128::from(ip)).collect::<Vec<_>>()),
             TableIndex::V4(_) => vec![None; ips.len()],
         }
-    }
-}
-
-/// Gives freed heap pages back to the operating system. Parsing files or
-/// replacing an index frees hundreds of megabytes in many small pieces,
-/// which glibc's allocator would otherwise keep.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
@@ -722,7 +729,7 @@ mod tests {
     fn a_batch_reads_one_snapshot_and_a_replacement_is_seen_next() {
         let snapshot = |name: &str| Snapshot {
             index: TableIndex::V4(index(&[(0, u32::MAX, name)])),
-            version: Version::default(),
+            version: Version::Absent,
             data_time: None,
         };
         let tables = Tables::new(vec![(Table::Cn, snapshot("old"))]);

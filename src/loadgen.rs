@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::client::{self, Protocol, Transport};
+use crate::config::LookupMode;
 use crate::domain::Table;
 use crate::index::{TableIndex, Tables};
 use crate::thrift::codec::{self, Call, Framing, MessageCheck, Wire};
@@ -46,44 +47,62 @@ impl Method {
 }
 
 /// Where the sampled addresses come from, and in what shares.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SampleOptions {
     /// Sample from the tables of this database (default: data/ if
     /// scripts/fetch-data.sh filled it, else the built-in sample).
+    #[arg(long)]
     pub sample_database_url: Option<String>,
     /// Sample from the IP database files in this directory.
+    #[arg(long, conflicts_with = "sample_database_url")]
     pub sample_data: Option<PathBuf>,
     /// Share of addresses in Chinese ranges of the cn table, 0 to 100.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub china_percent: u8,
     /// Share of IPv6 addresses (from the v6 table's ranges).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub ipv6_percent: u8,
     /// Share of invalid inputs (error 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub invalid_percent: u8,
     /// Seed of the address sequence.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct LoadOptions {
+    #[arg(long, default_value = "127.0.0.1:9090")]
     pub addr: String,
     /// Concurrent connections.
+    #[arg(long, default_value_t = 8)]
     pub connections: usize,
     /// Requests in flight on each connection.
+    #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
     /// IPs per request.
+    #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// How long to send; the run stops by itself.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    #[arg(long, value_enum, default_value = "by-ip")]
     pub method: Method,
+    #[arg(long, value_enum, default_value = "framed")]
     pub transport: Transport,
+    #[arg(long, value_enum, default_value = "binary")]
     pub protocol: Protocol,
     /// Read this process's CPU time before and after, and report the
     /// server's CPU per lookup.
+    #[arg(long)]
     pub server_pid: Option<u32>,
     /// Permit a target outside the loopback network.
+    #[arg(long)]
     pub allow_remote: bool,
     /// Print the result as one JSON object instead of a line of text.
+    #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
     pub sample: SampleOptions,
 }
 
@@ -380,13 +399,15 @@ const INVALID: [&str; 6] = ["999.1.1.1", "localhost", "1.2.3.0/24", "", "2001:db
 impl Sampler {
     /// Loads the ranges `options` name and counts them by kind.
     pub async fn load(options: &SampleOptions) -> anyhow::Result<Sampler> {
-        let tables = crate::startup::load_tables(
+        let source = crate::source::offline(
             options.sample_database_url.as_deref(),
             options.sample_data.as_deref(),
+            LookupMode::Memory,
             Duration::from_secs(10),
-        )
-        .await
-        .context("cannot load the ranges to sample addresses from")?;
+        );
+        let tables = crate::source::load_tables(&source)
+            .await
+            .context("cannot load the ranges to sample addresses from")?;
         Ok(Sampler::new(&tables, options))
     }
 
@@ -471,20 +492,28 @@ fn within(start: u128, end: u128, offset: u128) -> u128 {
 }
 
 /// What `compare` asks of two servers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CompareOptions {
     /// The server whose answers are taken as right.
+    #[arg(long, default_value = "127.0.0.1:9090")]
     pub addr: String,
     /// The server checked against it.
+    #[arg(long)]
     pub against: String,
     /// Addresses to compare, per method.
+    #[arg(long, default_value_t = 100_000)]
     pub count: usize,
+    #[arg(long, default_value_t = 1000)]
     pub batch: usize,
     /// Methods to compare (repeatable).
+    #[arg(long, value_enum, default_values_t = [Method::ByIp, Method::English])]
     pub method: Vec<Method>,
     /// Differences to print in full.
+    #[arg(long, default_value_t = 5)]
     pub show: usize,
+    #[arg(long)]
     pub allow_remote: bool,
+    #[command(flatten)]
     pub sample: SampleOptions,
 }
 

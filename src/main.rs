@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use xm_ip_service::cli::{self, Cli, Command, LogFormat};
-use xm_ip_service::startup::{Application, ReloadHandle, Settings};
+use xm_ip_service::startup::{Application, ReloadHandle};
 
 fn main() {
     let cli = Cli::parse();
@@ -56,8 +56,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate { database_url } => runtime()?.block_on(cli::migrate(&database_url)),
-        Command::Serve(args) => {
-            let settings = Settings::from(args);
+        Command::Serve(settings) => {
             let runtime = runtime()?;
             let served = runtime.block_on(async {
                 let app = Application::build(&settings).await?;

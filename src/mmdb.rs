@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,10 +14,8 @@ use arc_swap::ArcSwap;
 use maxminddb::{LookupResult, MaxMindDbError, Reader};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use tracing::{error, info};
 
 use crate::domain::{Lang, Located, Place, Source};
-use crate::metrics::{Metrics, Reload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MmdbError {
@@ -401,65 +398,23 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
     }
 }
 
-/// What identifies one version of a file: replacing it by a rename changes
-/// the inode, rewriting it changes the size or time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Signature {
-    device: u64,
-    inode: u64,
-    len: u64,
-    modified: i64,
-    modified_nanos: i64,
-}
-
-impl Signature {
-    fn of(path: &Path) -> std::io::Result<Signature> {
-        let meta = std::fs::metadata(path)?;
-        Ok(Signature {
-            device: meta.dev(),
-            inode: meta.ino(),
-            len: meta.len(),
-            modified: meta.mtime(),
-            modified_nanos: meta.mtime_nsec(),
-        })
-    }
-}
-
 /// The live MaxMind database, shared by every request. A lookup takes the
 /// current reader once per batch, so a replacement never splits a batch
 /// and in-flight lookups finish on the reader they started with.
 #[derive(Clone)]
 pub struct MaxMind {
     current: Arc<ArcSwap<GeoDb>>,
-    /// The file behind it, if any, and the version last seen there.
-    file: Option<Arc<(PathBuf, Mutex<Option<Signature>>)>>,
-}
-
-/// What a check for a replaced file found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reopened {
-    Unchanged,
-    Reopened,
-    /// The new file could not be used; the old one stays.
-    Failed(String),
 }
 
 impl MaxMind {
-    /// Opens `path`, remembering it so that a replacement is noticed.
+    /// Opens the database at `path`.
     pub fn open(path: &Path) -> Result<MaxMind, MmdbError> {
-        let signature = Signature::of(path).ok();
-        let db = GeoDb::open(path)?;
-        Ok(MaxMind {
-            current: Arc::new(ArcSwap::from_pointee(db)),
-            file: Some(Arc::new((path.to_owned(), Mutex::new(signature)))),
-        })
+        Ok(MaxMind::new(GeoDb::open(path)?))
     }
 
-    /// A database that never changes (built-in data).
-    pub fn fixed(db: GeoDb) -> MaxMind {
+    pub fn new(db: GeoDb) -> MaxMind {
         MaxMind {
             current: Arc::new(ArcSwap::from_pointee(db)),
-            file: None,
         }
     }
 
@@ -468,63 +423,8 @@ impl MaxMind {
         self.current.load_full()
     }
 
-    /// Reopens the file if it was replaced since it was last opened. A
-    /// replacement that does not open is logged once and the old reader
-    /// keeps answering.
-    pub fn reopen_if_replaced(&self) -> Reopened {
-        let Some(file) = &self.file else {
-            return Reopened::Unchanged;
-        };
-        let (path, seen) = &**file;
-        let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = match Signature::of(path) {
-            Ok(now) => now,
-            Err(err) => {
-                // Between a delete and a rename, or gone: keep what we have.
-                if seen.take().is_some() {
-                    error!(path = %path.display(), error = %err, "MaxMind database is missing; still serving the open one");
-                }
-                return Reopened::Failed(err.to_string());
-            }
-        };
-        if seen.as_ref() == Some(&now) {
-            return Reopened::Unchanged;
-        }
-        *seen = Some(now);
-        match GeoDb::open(path) {
-            Ok(db) => {
-                info!(path = %path.display(), build = %db.describe(), "MaxMind database reopened");
-                self.current.store(Arc::new(db));
-                Reopened::Reopened
-            }
-            Err(err) => {
-                error!(error = %err, "the replaced MaxMind database does not open; still serving the previous one");
-                Reopened::Failed(err.to_string())
-            }
-        }
-    }
-
-    /// Checks for a replaced file every `every` and whenever `wake`
-    /// changes (SIGHUP), until `stop` is cancelled.
-    pub async fn watch(
-        self,
-        every: Duration,
-        wake: tokio::sync::watch::Receiver<u64>,
-        stop: tokio_util::sync::CancellationToken,
-        metrics: Arc<Metrics>,
-    ) {
-        if self.file.is_none() {
-            return;
-        }
-        crate::periodic::every_or_when_woken(every, wake, stop, || async {
-            let this = self.clone();
-            // Opening maps and checks the file: keep it off the workers.
-            match tokio::task::spawn_blocking(move || this.reopen_if_replaced()).await {
-                Ok(Reopened::Reopened) => metrics.reloaded(Reload::Mmdb, true),
-                Ok(Reopened::Failed(_)) => metrics.reloaded(Reload::Mmdb, false),
-                Ok(Reopened::Unchanged) | Err(_) => {}
-            }
-        })
-        .await;
+    /// Serves `db` from the next batch on.
+    pub fn replace(&self, db: GeoDb) {
+        self.current.store(Arc::new(db));
     }
 }

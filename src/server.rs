@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
 use crate::budget::{self, Budget, Held, Order};
+use crate::config::{Requests, Thrift};
 use crate::metrics::{Api, OpenConnection, Rejection};
 use crate::thrift::codec::{self, BadArgs, Found, Framing, MessageCheck, Request, Wire, WireError};
 use crate::thrift::Handler;
@@ -57,63 +58,15 @@ fn reply_cost(addresses: usize, message_len: usize) -> usize {
 /// A frame's first bytes that are read for whether it will be refused.
 const EARLY_PREFIX: usize = 4096;
 
-/// The Thrift spec's default MaxFrameSize.
-pub const DEFAULT_MAX_FRAME: usize = 16_384_000;
-
 /// Bytes a connection may read beyond the message it is decoding: a
 /// pipelining client waits in TCP flow control, not in our heap.
 pub const READ_AHEAD: usize = 16 * 1024;
 
-/// Limits that protect the server from its peers.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest message accepted, framed or not.
-    pub max_frame: usize,
-    /// Most addresses in one request; a longer list is refused while it is
-    /// decoded, before anything is allocated for it.
-    pub max_batch: usize,
-    pub max_connections: usize,
-    /// How long a message may take to arrive once its first byte has.
-    pub read_timeout: Duration,
-    /// How long a connection may send nothing between messages; zero
-    /// means forever.
-    pub idle_timeout: Duration,
-    /// How long a reply may take to write: a peer that stops reading is
-    /// closed then.
-    pub write_timeout: Duration,
-    /// Request bytes all connections together may hold in buffers beyond
-    /// the read-ahead; a message larger than the read-ahead waits for
-    /// budget, never past it.
-    pub max_buffered_bytes: usize,
-    /// Bytes all connections together may hold for large replies, from
-    /// the answers being built to the last byte written, and for replies
-    /// their peer has stopped reading.
-    pub max_reply_bytes: usize,
-    /// How long in-flight requests may take to finish after shutdown begins.
-    pub shutdown_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_frame: DEFAULT_MAX_FRAME,
-            max_batch: 10_000,
-            max_connections: 4096,
-            read_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(600),
-            write_timeout: Duration::from_secs(30),
-            max_buffered_bytes: 256 << 20,
-            max_reply_bytes: 64 << 20,
-            shutdown_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 /// Serves `listener` until `shutdown` completes, then stops accepting,
-/// lets in-flight requests finish (up to `limits.shutdown_timeout`),
+/// lets in-flight requests finish (up to `requests.shutdown_timeout`),
 /// aborts what is still running, and returns once every connection task
 /// has ended.
-pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdown: impl Future) {
+pub async fn run(listener: TcpListener, handler: Handler, limits: Thrift, requests: Requests, shutdown: impl Future) {
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -122,6 +75,7 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
     let shared = Shared {
         handler,
         limits: limits.clone(),
+        max_batch: requests.max_batch,
         stop: stop.clone(),
         requests: Budget::new(limits.max_buffered_bytes, Order::SmallestFirst),
         replies: Budget::new(limits.max_reply_bytes, Order::Arrival),
@@ -139,7 +93,7 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
     drop(listener);
     stop.cancel();
     tracker.close();
-    if tokio::time::timeout(limits.shutdown_timeout, tracker.wait())
+    if tokio::time::timeout(requests.shutdown_timeout, tracker.wait())
         .await
         .is_err()
     {
@@ -157,7 +111,10 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Limits, shutdo
 #[derive(Clone)]
 struct Shared {
     handler: Handler,
-    limits: Arc<Limits>,
+    limits: Arc<Thrift>,
+    /// Most addresses in one request; a longer list is refused while it is
+    /// decoded, before anything is allocated for it.
+    max_batch: usize,
     stop: CancellationToken,
     /// Request bytes in buffers beyond the read-ahead.
     requests: Budget,
@@ -375,7 +332,7 @@ impl Connection {
             if self.shared.stop.is_cancelled() {
                 return Err(Closed::Shutdown);
             }
-            let request = codec::decode(&self.buf[found.body..found.end], wire.protocol, limits.max_batch)?;
+            let request = codec::decode(&self.buf[found.body..found.end], wire.protocol, self.shared.max_batch)?;
             self.answer(wire, request).await?;
             self.buf.advance(found.end);
             self.message_done();
@@ -387,7 +344,7 @@ impl Connection {
     async fn make_room_for_reply(&mut self, wire: Wire, found: &Found) -> Result<(), Closed> {
         let message = &self.buf[found.body..found.end];
         let cost = codec::announced_batch(message, wire.protocol, message.len())
-            .filter(|&n| n <= self.shared.limits.max_batch)
+            .filter(|&n| n <= self.shared.max_batch)
             .map_or(0, |n| reply_cost(n, message.len()));
         if cost > SMALL_REPLY {
             let stop = self.shared.stop.clone();
@@ -428,7 +385,7 @@ impl Connection {
         // Read once the prefix is whole; before that, at most once per read.
         self.early_checked = body.len() >= EARLY_PREFIX;
         let prefix = &body[..body.len().min(EARLY_PREFIX)];
-        let Some(request) = codec::refuse_early(prefix, wire.protocol, size, self.shared.limits.max_batch) else {
+        let Some(request) = codec::refuse_early(prefix, wire.protocol, size, self.shared.max_batch) else {
             return Ok(false);
         };
         self.answer(wire, request).await?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::domain::{Addr, Lang, Located, LookupError, Outcome, Table};
+use crate::domain::{Addr, Family, Lang, Located, LookupError, Outcome, Table};
 use crate::metrics::Sampled;
 use crate::mmdb::{GeoDb, MaxMind};
 use crate::ranges::Ranges;
@@ -43,13 +43,23 @@ impl Route {
         }
     }
 
-    /// The table asked for IPv4 and for IPv6 addresses, if any.
-    pub fn tables(self) -> (Option<Table>, Option<Table>) {
+    /// The tables this route reads.
+    pub fn tables(self) -> &'static [Table] {
         match self {
-            Route::Tables(TableLang::ZhCn) => (Some(Table::Cn), Some(Table::V6)),
-            Route::Tables(TableLang::En) => (Some(Table::En), None),
-            Route::MaxMindOnly(_) => (None, None),
+            Route::Tables(TableLang::ZhCn) => &[Table::Cn, Table::V6],
+            Route::Tables(TableLang::En) => &[Table::En],
+            Route::MaxMindOnly(_) => &[],
         }
+    }
+
+    /// The table asked for IPv4 addresses, if any.
+    fn v4_table(self) -> Option<Table> {
+        self.tables().iter().copied().find(|table| table.family() == Family::V4)
+    }
+
+    /// Whether IPv6 addresses are looked up in the v6 table.
+    fn asks_v6(self) -> bool {
+        self.tables().contains(&Table::V6)
     }
 
     /// The language of MaxMind's answers.
@@ -125,7 +135,7 @@ impl Locator {
 
     /// One lookup per table the batch touches, both families at once.
     async fn ask_tables(&self, parsed: &[Result<Addr, LookupError>], route: Route) -> Vec<TableAnswer> {
-        let (table_v4, table_v6) = route.tables();
+        let (table_v4, asks_v6) = (route.v4_table(), route.asks_v6());
         let mut v4 = (Vec::<usize>::new(), Vec::<Ipv4Addr>::new());
         let mut v6 = (Vec::<usize>::new(), Vec::<Ipv6Addr>::new());
         for (i, addr) in parsed.iter().enumerate() {
@@ -134,7 +144,7 @@ impl Locator {
                     v4.0.push(i);
                     v4.1.push(*ip);
                 }
-                Ok(Addr::V6(ip)) if table_v6.is_some() => {
+                Ok(Addr::V6(ip)) if asks_v6 => {
                     v6.0.push(i);
                     v6.1.push(*ip);
                 }
@@ -149,9 +159,10 @@ impl Locator {
                 }
             },
             async {
-                match table_v6 {
-                    Some(_) if !v6.1.is_empty() => self.ranges.lookup_v6(&v6.1).await,
-                    _ => Ok(Vec::new()),
+                if v6.1.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.ranges.lookup_v6(&v6.1).await
                 }
             }
         );

@@ -1,12 +1,10 @@
 //! `bench` and `compare`: drive running servers.
 
-use super::{BenchArgs, CompareArgs};
 use crate::client::to_json;
 use crate::loadgen::{self, CompareOptions, LoadOptions};
 
 /// Runs `bench` and prints one summary line.
-pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let options = LoadOptions::from(args);
+pub fn bench(options: LoadOptions) -> anyhow::Result<()> {
     let report = loadgen::run(&options)?;
     if options.json {
         println!("{}", report.to_json());
@@ -24,8 +22,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `compare`: the count of differing answers, and the first few.
-pub fn compare(args: CompareArgs) -> anyhow::Result<bool> {
-    let options = CompareOptions::from(args);
+pub fn compare(options: CompareOptions) -> anyhow::Result<bool> {
     let (compared, differing, shown) = loadgen::compare(&options, options.show)?;
     for difference in &shown {
         println!(

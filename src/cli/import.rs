@@ -8,7 +8,8 @@ use serde_json::json;
 use tokio_postgres::Client;
 
 use super::ImportArgs;
-use crate::import::{self, ChangeReport, DataFiles, Format, ImportError, ImportOptions, Outcome, SourceError};
+use crate::import::{self, ChangeReport, Format, ImportError, ImportOptions, Outcome, SourceError};
+use crate::source::DataFiles;
 use crate::store::{self, Table};
 
 /// Runs `import`: migrates, then loads (or only compares, for

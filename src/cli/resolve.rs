@@ -15,10 +15,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{ResolveArgs, ResolveFormat};
 use crate::client::{self, to_json, Client, Protocol, Transport};
+use crate::config::LookupMode;
 use crate::domain::{Lang, LookupError, Outcome};
 use crate::resolve::{address_in, Summary};
 use crate::service::{Locator, Route, TableLang};
-use crate::startup;
+use crate::source;
 use crate::thrift::{geo_info, GeoInfo, GeoRequest, TIPServiceSyncClient};
 
 /// Longest line read; the rest of a longer one is skipped and the line
@@ -263,14 +264,13 @@ impl Source {
             None => Route::Tables(TableLang::ZhCn),
             Some(lang) => Route::for_lang(Lang::parse(lang).map_err(|err| anyhow::anyhow!("--lang: {err}"))?),
         };
-        let locator = startup::open_locator(
+        let source = source::offline(
             args.database_url.as_deref(),
             args.data.as_deref(),
-            args.mmdb.as_deref(),
-            route,
+            LookupMode::Postgres,
             args.timeout,
-        )
-        .await?;
+        );
+        let locator = source::open_locator(&source, args.mmdb.as_deref(), route).await?;
         Ok(Source::Local { locator, route })
     }
 

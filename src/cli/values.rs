@@ -8,7 +8,6 @@ use crate::client::{Protocol, Transport};
 use crate::domain::Table;
 use crate::import::{Format, LoadMethod};
 use crate::loadgen::Method;
-use crate::startup::LookupMode;
 
 /// `impl ValueEnum` for an enum: each variant, its name on the command
 /// line and an optional help line.
@@ -53,11 +52,6 @@ value_enum!(Transport {
 value_enum!(Protocol {
     Protocol::Binary => "binary";
     Protocol::Compact => "compact";
-});
-
-value_enum!(LookupMode {
-    LookupMode::Postgres => "postgres", "Every call queries PostgreSQL (concurrent calls share queries)";
-    LookupMode::Memory => "memory", "The tables are loaded into memory at start-up and kept in step";
 });
 
 value_enum!(Method {

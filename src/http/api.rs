@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::json::GeoInfoJson;
-use super::HttpLimits;
 use crate::budget::{Budget, Held};
+use crate::config::Http;
 use crate::domain::{Lang, LookupError, Outcome};
 use crate::metrics::{Api, Metrics, Rejection};
 use crate::service::{Locator, Route, TableLang};
@@ -44,11 +44,17 @@ struct AppState {
 #[derive(Clone, Copy)]
 struct Endpoint(&'static str);
 
-pub(super) fn router(locator: Locator, metrics: Arc<Metrics>, limits: &HttpLimits, bodies: Budget) -> Router {
+pub(super) fn router(
+    locator: Locator,
+    metrics: Arc<Metrics>,
+    limits: &Http,
+    max_batch: usize,
+    bodies: Budget,
+) -> Router {
     let state = Arc::new(AppState {
         locator,
         metrics,
-        max_batch: limits.max_batch,
+        max_batch,
         in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
         timeout: limits.timeout,
         max_body: limits.max_body,

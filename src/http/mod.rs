@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::budget::{self, Budget, Order};
+use crate::config::{Http, Requests};
 use crate::metrics::{Api, Metrics};
 use crate::server::cap_reached;
 use crate::service::Locator;
@@ -35,39 +36,23 @@ use crate::throttle::Throttle;
 /// bodies being read take several times their budget in read buffers.
 const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 
-/// Limits that protect the HTTP listener from its peers.
-#[derive(Debug, Clone)]
-pub struct HttpLimits {
-    pub max_connections: usize,
-    /// Requests handled at once; more get 503 at once.
-    pub max_in_flight: usize,
-    /// Largest request body in bytes.
-    pub max_body: usize,
-    /// Request body bytes all requests together may hold; a body waits
-    /// for room, within the request's deadline.
-    pub max_buffered_bytes: usize,
-    /// How long a request may take: its headers to arrive, and then the
-    /// whole of its body and its answer.
-    pub timeout: Duration,
-    /// How long open requests may take to finish after shutdown begins.
-    pub shutdown_timeout: Duration,
-    /// Most IPs in one batch, as for Thrift.
-    pub max_batch: usize,
-}
-
 /// Serves the HTTP API on `listener` until `shutdown` completes, then lets
-/// open requests finish (up to `limits.shutdown_timeout`).
+/// open requests finish (up to `requests.shutdown_timeout`). At most
+/// `max_connections` are served at once: `limits.max_connections` as
+/// fitted to the open-file limit.
 pub async fn run(
     listener: TcpListener,
     locator: Locator,
     metrics: Arc<Metrics>,
-    limits: HttpLimits,
+    limits: Http,
+    max_connections: usize,
+    requests: Requests,
     shutdown: impl Future,
 ) {
     let bodies = Budget::new(limits.max_buffered_bytes, Order::SmallestFirst);
     let trimmer = tokio::spawn(budget::return_freed_memory(vec![bodies.clone()]));
-    let router = api::router(locator, metrics.clone(), &limits, bodies);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let router = api::router(locator, metrics.clone(), &limits, requests.max_batch, bodies);
+    let permits = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let warnings = Throttle::default();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -94,7 +79,7 @@ pub async fn run(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics.connection_refused(Api::Http);
-            cap_reached(&warnings, Api::Http, limits.max_connections);
+            cap_reached(&warnings, Api::Http, max_connections);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -119,7 +104,7 @@ pub async fn run(
     }
     drop(listener);
     info!("HTTP: draining connections");
-    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
+    if tokio::time::timeout(requests.shutdown_timeout, graceful.shutdown())
         .await
         .is_err()
     {

@@ -11,14 +11,12 @@ pub mod change;
 mod codes;
 mod csv_file;
 mod export;
-mod files;
 mod history;
 mod ipdb;
 mod load;
 mod mmdb_file;
 mod progress;
 mod swap;
-mod watch;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,54 +26,11 @@ pub use change::ChangeReport;
 pub use codes::Codes;
 pub use csv_file::COLUMNS as CSV_COLUMNS;
 pub use export::export;
-pub use files::{DataFiles, FileSource, FileTables};
 pub use load::{import, ImportOptions, Outcome};
-pub use swap::{LoadMethod, RELOAD_CHANNEL};
-pub use watch::FileWatch;
+pub use swap::LoadMethod;
 
-pub use crate::domain::Family;
+pub use crate::domain::{Family, Format};
 use crate::domain::{Lang, Place};
-
-/// The source formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Ipdb,
-    Mmdb,
-    Csv,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Ipdb => "ipdb",
-            Format::Mmdb => "mmdb",
-            Format::Csv => "csv",
-        }
-    }
-
-    /// Recognises a file by its content: the ipdb length-prefixed JSON
-    /// header, the mmdb metadata marker near the end, else CSV.
-    pub fn detect(bytes: &[u8]) -> Format {
-        const MMDB_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
-        let tail = &bytes[bytes.len().saturating_sub(128 * 1024)..];
-        if tail.windows(MMDB_MARKER.len()).any(|w| w == MMDB_MARKER) {
-            return Format::Mmdb;
-        }
-        if bytes.len() > 5 && bytes[4] == b'{' {
-            let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-            if len < bytes.len() {
-                return Format::Ipdb;
-            }
-        }
-        Format::Csv
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Where in the source a range came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]

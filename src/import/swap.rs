@@ -14,9 +14,7 @@ use tokio_postgres::Transaction;
 use super::progress::Progress;
 use super::{Family, ImportError, Range};
 use crate::domain::Table;
-
-/// The channel told about every successful swap; the payload is the table.
-pub const RELOAD_CHANNEL: &str = "ip_service_reload";
+use crate::store::RELOAD_CHANNEL;
 
 /// How rows reach the staging table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

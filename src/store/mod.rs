@@ -1,10 +1,9 @@
 //! PostgreSQL: the connection pool, the coalesced batch range lookups,
-//! loading whole tables into the in-memory index and keeping them in step,
-//! and the migrations. Nothing here knows about Thrift.
+//! reading whole tables into the in-memory index, and the migrations.
+//! Nothing here knows about Thrift.
 
 mod coalesce;
 mod migrate;
-mod reload;
 mod snapshot;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -15,14 +14,20 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
 
+use crate::config;
 use crate::domain::{Family, Located, Place, Source};
 use crate::metrics::{Metrics, PoolState, TableState};
 use coalesce::Coalescer;
 
 pub use crate::domain::Table;
 pub use migrate::migrate;
-pub use reload::Reloader;
-pub use snapshot::{copy_rows_sql, live_import, load_snapshot, load_tables, table_rows, visit_rows, LiveImport};
+pub use snapshot::{
+    change_summary, connect_for, copy_rows_sql, live_import, load_snapshot, table_rows, version, visit_rows, LiveImport,
+};
+
+/// The channel an import's swap NOTIFYs with the table's name, and the
+/// in-memory tables LISTEN on.
+pub const RELOAD_CHANNEL: &str = "ip_service_reload";
 
 /// The batch lookup for `table`: one round trip for a whole batch, in
 /// which each address probes the unique `start_ip` index backwards once
@@ -92,16 +97,6 @@ fn session_ended(err: &tokio_postgres::Error) -> bool {
         .is_some_and(|state| state.code().starts_with("08") || state.code().starts_with("57P"))
 }
 
-/// How to reach PostgreSQL and how long to wait for it.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub database_url: String,
-    pub pool_size: usize,
-    /// Bounds connecting, waiting for a pooled connection and each query,
-    /// so that a hung database turns into an error, not a hung request.
-    pub timeout: Duration,
-}
-
 /// Queries of one table that run at once; callers arriving meanwhile wait
 /// and share the next one. Two keep both of PostgreSQL's cores busy on a
 /// small box without one table's load starving the pool.
@@ -125,12 +120,15 @@ impl Store {
     /// Builds the pool and starts each table's coalescing task. Connections
     /// are made on first use, so the service starts (and answers from
     /// MaxMind) even while the database is down.
-    pub fn new(config: &StoreConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        let mut pg = tokio_postgres::Config::from_str(&config.database_url).map_err(StoreError::Config)?;
-        pg.connect_timeout(config.timeout);
+    /// A pool on `database_url`; `bounds.timeout` bounds connecting,
+    /// waiting for a pooled connection and each query, so that a hung
+    /// database turns into an error, not a hung request.
+    pub fn new(database_url: &str, bounds: config::Pool, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let mut pg = tokio_postgres::Config::from_str(database_url).map_err(StoreError::Config)?;
+        pg.connect_timeout(bounds.timeout);
         // The server enforces the same bound, so an abandoned query does not
         // keep running after the client gave up on it.
-        pg.options(format!("-c statement_timeout={}", config.timeout.as_millis()));
+        pg.options(format!("-c statement_timeout={}", bounds.timeout.as_millis()));
         if pg.get_application_name().is_none() {
             pg.application_name("xm-ip-service");
         }
@@ -142,10 +140,10 @@ impl Store {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .wait_timeout(Some(config.timeout))
-            .create_timeout(Some(config.timeout))
-            .recycle_timeout(Some(config.timeout))
+            .max_size(bounds.size)
+            .wait_timeout(Some(bounds.timeout))
+            .create_timeout(Some(bounds.timeout))
+            .recycle_timeout(Some(bounds.timeout))
             .runtime(Runtime::Tokio1)
             .build()
             .expect("a runtime and timeouts are set, which is all build() checks");
@@ -154,13 +152,13 @@ impl Store {
             max_keys: MAX_KEYS_PER_QUERY,
             queue: QUEUE,
             // Waiting for a turn and the query itself, each bounded by the timeout.
-            timeout: config.timeout * 2,
+            timeout: bounds.timeout * 2,
         };
         Ok(Store {
-            cn: coalescer(&pool, limits, config.timeout, Table::Cn, metrics.clone()),
-            en: coalescer(&pool, limits, config.timeout, Table::En, metrics.clone()),
-            v6: coalescer(&pool, limits, config.timeout, Table::V6, metrics),
-            timeout: config.timeout,
+            cn: coalescer(&pool, limits, bounds.timeout, Table::Cn, metrics.clone()),
+            en: coalescer(&pool, limits, bounds.timeout, Table::En, metrics.clone()),
+            v6: coalescer(&pool, limits, bounds.timeout, Table::V6, metrics),
+            timeout: bounds.timeout,
             pool,
         })
     }

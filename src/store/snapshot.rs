@@ -17,10 +17,6 @@ use super::StoreError;
 use crate::domain::{Family, Table};
 use crate::index::{Builder, Snapshot, TableIndex, Version};
 
-/// The longest a whole table may take to load; the full cn table takes a
-/// few seconds.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
-
 const COLUMNS: &str = "start_ip, end_ip, country_code, country_name, province_code, province_name, \
                        city_code, city_name, district_name, carrier_name";
 
@@ -130,7 +126,7 @@ pub async fn version(client: &impl GenericClient, table: Table) -> Result<Versio
             &[&table.name()],
         )
         .await?;
-    Ok(Version {
+    Ok(Version::Postgres {
         relation: row.get::<_, i64>(0) as u32,
         import_id: row.get(1),
     })
@@ -138,7 +134,12 @@ pub async fn version(client: &impl GenericClient, table: Table) -> Result<Versio
 
 /// The summary line of the change report of the import behind `version`.
 pub async fn change_summary(client: &impl GenericClient, version: Version) -> Result<Option<String>, StoreError> {
-    let Some(id) = version.import_id else { return Ok(None) };
+    let Version::Postgres {
+        import_id: Some(id), ..
+    } = version
+    else {
+        return Ok(None);
+    };
     let row = client
         .query_opt(
             "SELECT change_report->>'summary' FROM ip_service_imports WHERE id = $1",
@@ -178,7 +179,7 @@ pub async fn table_rows(client: &impl GenericClient, table: Table) -> Result<i64
 
 /// A connection of its own for one long job, named so it is recognisable
 /// in `pg_stat_activity`.
-pub(super) async fn connect_for(database_url: &str, timeout: Duration, purpose: &str) -> Result<Client, StoreError> {
+pub async fn connect_for(database_url: &str, timeout: Duration, purpose: &str) -> Result<Client, StoreError> {
     let mut config = tokio_postgres::Config::from_str(database_url).map_err(StoreError::Config)?;
     config.connect_timeout(timeout);
     config.application_name(format!("xm-ip-service {purpose}"));
@@ -189,31 +190,4 @@ pub(super) async fn connect_for(database_url: &str, timeout: Duration, purpose: 
         }
     });
     Ok(client)
-}
-
-/// Loads `table` on a blocking-pool thread, so that building a large index
-/// never holds up a worker that serves requests.
-pub(super) async fn load_aside(database_url: String, timeout: Duration, table: Table) -> Result<Snapshot, StoreError> {
-    let runtime = tokio::runtime::Handle::current();
-    let load = async move {
-        let mut client = connect_for(&database_url, timeout, "index load").await?;
-        load_snapshot(&mut client, table).await
-    };
-    tokio::task::spawn_blocking(move || {
-        runtime.block_on(async {
-            tokio::time::timeout(LOAD_TIMEOUT, load)
-                .await
-                .map_err(|_| StoreError::Timeout(LOAD_TIMEOUT))?
-        })
-    })
-    .await
-    .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
-}
-
-/// Loads the three tables at once, for start-up in memory mode.
-pub async fn load_tables(database_url: &str, timeout: Duration) -> Result<Vec<(Table, Snapshot)>, StoreError> {
-    let loads = Table::ALL.map(|table| load_aside(database_url.to_owned(), timeout, table));
-    let [cn, en, v6] = loads;
-    let (cn, en, v6) = tokio::join!(cn, en, v6);
-    Ok(vec![(Table::Cn, cn?), (Table::En, en?), (Table::V6, v6?)])
 }

@@ -500,7 +500,7 @@ mod tests {
         let ips = vec!["x".repeat(1_630); 10_000];
         let request = encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips: ips.clone() });
         assert!(
-            request.len() <= crate::server::DEFAULT_MAX_FRAME + 4,
+            request.len() <= crate::config::DEFAULT_MAX_FRAME + 4,
             "the request itself fits the limit"
         );
         let outcomes: Vec<_> = ips

@@ -454,10 +454,6 @@ async fn conflicting_or_missing_data_is_one_readable_line() {
     for (args, expected) in [
         (vec!["serve", "--data", dir], "no .ipdb, .mmdb or .csv files"),
         (vec!["serve", "--data", "/nonexistent"], "cannot read /nonexistent"),
-        (
-            vec!["serve", "--lookup", "postgres"],
-            "--lookup postgres needs --database-url",
-        ),
     ] {
         let (ok, _, stderr) = run(&args).await;
         assert!(!ok, "{args:?}");
@@ -465,12 +461,39 @@ async fn conflicting_or_missing_data_is_one_readable_line() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     // Refused by the argument parser, which adds its usage line.
-    let (ok, _, stderr) = run(&["serve", "--data", dir, "--database-url", "postgres://x@127.0.0.1/x"]).await;
-    assert!(!ok);
-    assert!(
-        stderr.lines().next().unwrap().contains("cannot be used with"),
-        "{stderr}"
-    );
+    for (args, expected) in [
+        (
+            vec!["serve", "--data", dir, "--database-url", "postgres://x@127.0.0.1/x"],
+            "cannot be used with",
+        ),
+        (
+            vec!["serve", "--lookup", "postgres"],
+            "--lookup postgres needs --database-url",
+        ),
+    ] {
+        let (ok, _, stderr) = run(&args).await;
+        assert!(!ok, "{args:?}");
+        assert!(stderr.lines().next().unwrap().contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn conflicting_sources_from_flags_and_the_environment_are_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap();
+    let url = "postgres://x@127.0.0.1/x";
+    for (args, env) in [
+        (vec!["serve", "--data", dir], ("DATABASE_URL", url)),
+        (vec!["serve", "--database-url", url], ("XM_IP_DATA", dir)),
+    ] {
+        let (ok, _, stderr) = output(Command::new(BIN).args(&args).env(env.0, env.1)).await;
+        assert!(!ok, "{args:?} with {env:?}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains("--data") && first.contains("--database-url") && first.contains("cannot be used with"),
+            "{args:?} with {env:?}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test]

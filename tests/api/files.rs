@@ -5,11 +5,13 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use xm_ip_service::config::{DataSource, Postgres, Settings};
 use xm_ip_service::import::{self, ImportOptions};
-use xm_ip_service::startup::Settings;
 use xm_ip_service::store::{self, Table};
 
-use crate::helpers::{mmdb_with_country, strings, TestApp, TestDb};
+use xm_ip_service::thrift::GeoInfo;
+
+use crate::helpers::{local_settings, mmdb_with_country, strings, TestApp, TestDb};
 use crate::memory::{answers, Rng};
 use crate::writers::{s, IpdbWriter, Value, Writer};
 
@@ -118,11 +120,9 @@ async fn import_all(db: &TestDb, dir: &Path) {
 }
 
 fn file_mode(dir: &Path) -> Settings {
-    Settings {
-        data: Some(dir.to_owned()),
-        max_connections: 64,
-        ..Settings::new("127.0.0.1:0")
-    }
+    let mut settings = local_settings(DataSource::Files(dir.to_owned()));
+    settings.thrift.max_connections = 64;
+    settings
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,9 +132,8 @@ async fn file_mode_answers_as_the_database_loaded_from_the_same_files() {
     let db = TestDb::new().await;
     import_all(&db, dir.path()).await;
     let from_db = Settings {
-        database_url: Some(db.url.clone()),
         mmdb: Some(dir.path().join("GeoLite2-City.mmdb")),
-        ..Settings::new("127.0.0.1:0")
+        ..local_settings(DataSource::Postgres(Postgres::at(&db.url)))
     };
     let from_db = TestApp::start(from_db, Some(db), None).await;
     let from_files = TestApp::start(file_mode(dir.path()), None, None).await;
@@ -248,4 +247,101 @@ async fn a_replaced_mmdb_is_picked_up_under_load_without_a_failed_lookup() {
             .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "answers went back: {seen:?}");
     }
+}
+
+/// Replaces `path` the way operators do: a new file renamed over it.
+fn replace_file(path: &Path, bytes: &[u8]) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, bytes).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// Asks `ask` until it gives `want`, for at most ten seconds.
+async fn until_answer<F, Fut>(what: &str, want: &str, mut ask: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let started = Instant::now();
+    loop {
+        let got = ask().await;
+        if got == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: still {got:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_refresh_loop_picks_up_a_replaced_data_file_a_replaced_mmdb_and_a_reimported_table() {
+    const CSV_HEADER: &str = "start_ip,end_ip,country_name,province_name,city_name,district_name,carrier_name\n";
+    let dir = tempfile::tempdir().unwrap();
+    let cn_csv = dir.path().join("cn.csv");
+    let mmdb = dir.path().join("GeoLite2-City.mmdb");
+    replace_file(
+        &cn_csv,
+        format!("{CSV_HEADER}1.0.0.0,1.0.0.255,中国,北京,北京,,\n").as_bytes(),
+    );
+    replace_file(&mmdb, &mmdb_with_country("8.8.8.0/24", "Before"));
+
+    let db = TestDb::new().await;
+    let imports = tempfile::tempdir().unwrap();
+    let import_carrier = |carrier: &'static str| {
+        let url = db.url.clone();
+        let path = imports.path().join(format!("{carrier}.csv"));
+        async move {
+            std::fs::write(
+                &path,
+                format!("{CSV_HEADER}20.0.0.0,20.0.0.255,中国,广东,广州,,{carrier}\n"),
+            )
+            .unwrap();
+            let mut client = store::connect(&url).await.unwrap();
+            let options = ImportOptions {
+                force: true,
+                ..ImportOptions::new(Table::Cn, path)
+            };
+            import::import(&mut client, &options).await.unwrap();
+        }
+    };
+    import_carrier("旧").await;
+
+    let refreshed = |source| Settings {
+        reload_interval: Duration::from_millis(100),
+        mmdb: Some(mmdb.clone()),
+        ..local_settings(source)
+    };
+    let files = TestApp::start(refreshed(DataSource::Files(dir.path().to_owned())), None, None).await;
+    let mut pg = Postgres::at(&db.url);
+    pg.lookup = xm_ip_service::config::LookupMode::Memory;
+    let memory = TestApp::start(refreshed(DataSource::Postgres(pg)), None, None).await;
+    let field = |app: &TestApp, ip: &'static str, read: fn(GeoInfo) -> Option<String>| {
+        let addr = app.addr;
+        async move { read(crate::helpers::by_ip_at(addr, &[ip]).await.remove(0)).unwrap_or_default() }
+    };
+    let province = |app| field(app, "1.0.0.1", |g| g.geoip_province_name);
+    let carrier = |app| field(app, "20.0.0.7", |g| g.geoip_carrier);
+    let country = |app| field(app, "8.8.8.8", |g| g.geoip_country_name);
+    assert_eq!(province(&files).await, "北京");
+    assert_eq!(carrier(&memory).await, "旧");
+    assert_eq!(country(&files).await, "Before");
+    assert_eq!(country(&memory).await, "Before");
+
+    replace_file(
+        &cn_csv,
+        format!("{CSV_HEADER}1.0.0.0,1.0.0.255,中国,广东,广州,,\n").as_bytes(),
+    );
+    replace_file(&mmdb, &mmdb_with_country("8.8.8.0/24", "After"));
+    import_carrier("新").await;
+
+    until_answer("file mode, replaced cn.csv", "广东", || province(&files)).await;
+    until_answer("file mode, replaced mmdb", "After", || country(&files)).await;
+    until_answer("memory mode, re-imported cn", "新", || carrier(&memory)).await;
+    until_answer("memory mode, replaced mmdb", "After", || country(&memory)).await;
+    files.shutdown().await;
+    memory.shutdown().await;
+    drop(db);
 }

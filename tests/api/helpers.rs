@@ -9,7 +9,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use xm_ip_service::client::{self, Client, Protocol, Transport};
-use xm_ip_service::startup::{Application, LookupMode, Settings};
+use xm_ip_service::config::{DataSource, LookupMode, Postgres, Settings};
+use xm_ip_service::startup::Application;
 use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 
 use crate::writers::{s, Value, Writer};
@@ -264,6 +265,15 @@ impl Options {
     }
 }
 
+/// The defaults, serving `source` on a free loopback port, without HTTP.
+pub fn local_settings(source: DataSource) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.source = source;
+    settings.thrift.addr = "127.0.0.1:0".parse().unwrap();
+    settings.http.addr = None;
+    settings
+}
+
 impl TestApp {
     /// Fixture database and fixture mmdb.
     pub async fn spawn() -> TestApp {
@@ -288,28 +298,28 @@ impl TestApp {
 
     async fn spawn_at(url: &str, db: Option<TestDb>, options: Options) -> TestApp {
         let mmdb = options.mmdb.then(fixture_mmdb);
-        let settings = Settings {
-            database_url: Some(options.database_url.unwrap_or_else(|| url.to_owned())),
-            lookup: Some(options.lookup),
-            mmdb: mmdb.as_ref().map(|p| p.to_path_buf()),
-            pool_size: 4,
-            db_timeout: options.db_timeout,
-            reload_interval: options.reload_interval,
-            max_batch: options.max_batch,
-            max_frame: options.max_frame,
-            max_connections: options.max_connections,
-            read_timeout: options.read_timeout,
-            idle_timeout: options.idle_timeout,
-            write_timeout: options.write_timeout,
-            max_buffered_bytes: options.max_buffered_bytes,
-            max_reply_bytes: options.max_reply_bytes,
-            shutdown_timeout: options.shutdown_timeout,
-            http_addr: "127.0.0.1:0".to_owned(),
-            http_max_connections: Some(256),
-            http_timeout: options.http_timeout,
-            http_max_buffered_bytes: options.http_max_buffered_bytes,
-            ..Settings::new("127.0.0.1:0")
-        };
+        let mut pg = Postgres::at(&options.database_url.unwrap_or_else(|| url.to_owned()));
+        pg.lookup = options.lookup;
+        pg.pool.size = 4;
+        pg.pool.timeout = options.db_timeout;
+        let mut settings = local_settings(DataSource::Postgres(pg));
+        settings.mmdb = mmdb.as_ref().map(|p| p.to_path_buf());
+        settings.reload_interval = options.reload_interval;
+        settings.requests.max_batch = options.max_batch;
+        settings.requests.shutdown_timeout = options.shutdown_timeout;
+        let thrift = &mut settings.thrift;
+        thrift.max_frame = options.max_frame;
+        thrift.max_connections = options.max_connections;
+        thrift.read_timeout = options.read_timeout;
+        thrift.idle_timeout = options.idle_timeout;
+        thrift.write_timeout = options.write_timeout;
+        thrift.max_buffered_bytes = options.max_buffered_bytes;
+        thrift.max_reply_bytes = options.max_reply_bytes;
+        let http = &mut settings.http;
+        http.addr = Some("127.0.0.1:0".parse().unwrap());
+        http.max_connections = Some(256);
+        http.timeout = options.http_timeout;
+        http.max_buffered_bytes = options.http_max_buffered_bytes;
         Self::start(settings, db, mmdb).await
     }
 

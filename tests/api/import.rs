@@ -456,7 +456,7 @@ async fn a_successful_swap_notifies_the_reload_channel() {
         }
     });
     client
-        .batch_execute(&format!("LISTEN {}", import::RELOAD_CHANNEL))
+        .batch_execute(&format!("LISTEN {}", xm_ip_service::store::RELOAD_CHANNEL))
         .await
         .unwrap();
 

@@ -4,14 +4,23 @@
 //! importing the same files. An `.ipdb` gives cn and v6, an `.mmdb` gives
 //! en (English names) and the MaxMind fallback, and a `.csv` gives the
 //! table its name says (`cn.csv`, `ip_service_v6.csv`, …).
+//!
+//! A table whose file is replaced or rewritten is read again in the
+//! background and swapped in whole; a file that does not load is logged
+//! and the table keeps what it had.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{read_ranges, schema_limits, Format, ImportError, Range, SourceError};
+use tracing::{info, warn};
+
+use super::refresh::{signature, Refresh, Which};
 use crate::domain::{Family, Lang, Table};
-use crate::index::{Builder, Key, RangeIndex, Snapshot, TableIndex, Version};
+use crate::import::{read_ranges, schema_limits, Format, ImportError, Range, SourceError};
+use crate::index::{Builder, Key, RangeIndex, Snapshot, TableIndex, Tables, Version};
+use crate::metrics::{Metrics, Reload};
 
 /// The built-in sample (see `data/sample/README.md`): real ranges cut from
 /// the fetched files by `scripts/cut-sample.sh`, compiled in so that the
@@ -52,26 +61,23 @@ struct DataFile {
 }
 
 impl DataFile {
-    /// When the file was last written; none for the built-in sample.
-    fn modified(&self) -> Option<SystemTime> {
+    /// The file's version as it is now, and when it was last written
+    /// (none for the built-in sample, or a file that cannot be read).
+    fn version(&self) -> (Version, Option<SystemTime>) {
         match &self.source {
-            FileSource::Path(path) => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
-            FileSource::Builtin(_) => None,
+            FileSource::Path(path) => match signature(path) {
+                Ok(signature) => (
+                    Version::File(signature),
+                    std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+                ),
+                Err(_) => (Version::Absent, None),
+            },
+            FileSource::Builtin(_) => (Version::Builtin, None),
         }
     }
 
     fn format(&self) -> Option<Format> {
-        match Path::new(&self.name)
-            .extension()?
-            .to_str()?
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "ipdb" => Some(Format::Ipdb),
-            "mmdb" => Some(Format::Mmdb),
-            "csv" => Some(Format::Csv),
-            _ => None,
-        }
+        Format::of_name(&self.name)
     }
 
     fn path(&self) -> PathBuf {
@@ -82,10 +88,10 @@ impl DataFile {
     }
 }
 
-/// One data file as read, and when it had last been written before.
+/// One data file as read, and its version just before.
 struct Contents<'a> {
     name: &'a str,
-    modified: Option<SystemTime>,
+    version: (Version, Option<SystemTime>),
     bytes: Cow<'static, [u8]>,
 }
 
@@ -264,15 +270,18 @@ impl DataFiles {
         self.load_only(&Table::ALL)
     }
 
-    /// The tables whose file was written at another time than `loaded`
-    /// says the table's data was (`None`: never loaded from a file). A
-    /// table no file gives is not among them: it keeps what it has.
-    pub fn changed(&self, loaded: impl Fn(Table) -> Option<SystemTime>) -> Result<Vec<Table>, ImportError> {
+    /// The tables whose file is not the version `loaded` says the table
+    /// was read from: replaced, rewritten or renamed. A table no file
+    /// gives is not among them: it keeps what it has.
+    pub fn changed(&self, loaded: impl Fn(Table) -> Version) -> Result<Vec<Table>, ImportError> {
         Ok(self
             .plan()?
             .tables
             .iter()
-            .filter(|(table, file)| file.modified().is_some_and(|at| loaded(*table) != Some(at)))
+            .filter(|(table, file)| {
+                let (now, _) = file.version();
+                now != Version::Absent && loaded(*table) != now
+            })
             .map(|&(table, _)| table)
             .collect())
     }
@@ -282,40 +291,41 @@ impl DataFiles {
     pub fn load_only(&self, wanted: &[Table]) -> Result<FileTables, ImportError> {
         let Plan { tables: mut plan, mmdb } = self.plan()?;
         plan.retain(|(table, _)| wanted.contains(table));
-        // Read each file once, however many tables it feeds, noting when it
-        // was written before reading it: a file rewritten meanwhile is
-        // then seen as changed again.
+        // Read each file once, however many tables it feeds, noting its
+        // version before reading it: a file rewritten meanwhile is then
+        // seen as changed again.
         let mut contents: Vec<Contents> = Vec::new();
         for (_, file) in &plan {
             if !contents.iter().any(|read| read.name == file.name) {
-                let modified = file.modified();
+                let version = file.version();
                 contents.push(Contents {
                     name: &file.name,
-                    modified,
+                    version,
                     bytes: file.source.read()?,
                 });
             }
         }
         let content_of = |file: &DataFile| {
             let read = contents.iter().find(|read| read.name == file.name).expect("read above");
-            (read.modified, &read.bytes)
+            (read.version, &read.bytes)
         };
         let tables = std::thread::scope(|scope| {
             let jobs: Vec<_> = plan
                 .iter()
                 .map(|&(table, file)| {
-                    let (modified, bytes) = content_of(file);
-                    scope.spawn(move || (table, modified, load_table(table, file, bytes)))
+                    let (version, bytes) = content_of(file);
+                    scope.spawn(move || (table, version, load_table(table, file, bytes)))
                 })
                 .collect();
             jobs.into_iter()
                 .map(|job| {
-                    let (table, modified, result) = job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    let (table, (version, data_time), result) =
+                        job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                     result.map(|index| {
                         let snapshot = Snapshot {
                             index,
-                            version: Version::default(),
-                            data_time: modified,
+                            version,
+                            data_time,
                         };
                         (table, snapshot)
                     })
@@ -326,6 +336,62 @@ impl DataFiles {
             tables,
             mmdb: mmdb.map(|file| file.source.clone()),
         })
+    }
+}
+
+/// Keeps `tables` equal to what `files` give.
+pub struct FileWatch {
+    pub files: DataFiles,
+    pub tables: Arc<Tables>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl FileWatch {
+    /// The files as they are now, and the tables whose file changed.
+    fn changed_files(&self) -> Result<(DataFiles, Vec<Table>), ImportError> {
+        let files = self.files.rescanned()?;
+        let changed = files.changed(|table| self.tables.snapshot(table).version)?;
+        Ok((files, changed))
+    }
+}
+
+impl Refresh for FileWatch {
+    /// Reads again the tables whose file changed since it was loaded. The
+    /// directory is read again each time: a file may have been added,
+    /// renamed or removed, so every table is checked whatever `_which` says.
+    async fn check(&mut self, _which: Which) -> bool {
+        let (files, changed) = match self.changed_files() {
+            Ok((_, changed)) if changed.is_empty() => return false,
+            Ok(found) => found,
+            Err(err) => {
+                warn!(error = %err, "the data files cannot be read; the tables keep their data");
+                return false;
+            }
+        };
+        let wanted = changed.clone();
+        // Parsing and indexing take seconds of CPU: keep them off the workers.
+        let Ok(loaded) = tokio::task::spawn_blocking(move || files.load_only(&wanted)).await else {
+            return false;
+        };
+        match loaded {
+            Ok(loaded) => {
+                for (table, snapshot) in loaded.tables {
+                    info!(
+                        ?table,
+                        ranges = snapshot.index.len(),
+                        "table reloaded from its rewritten file"
+                    );
+                    self.tables.replace(table, snapshot);
+                    self.metrics.reloaded(Reload::Table, true);
+                }
+                true
+            }
+            Err(err) => {
+                warn!(tables = ?changed, error = %err, "a rewritten data file does not load; its tables keep their data");
+                self.metrics.reloaded(Reload::Table, false);
+                false
+            }
+        }
     }
 }
 
