@@ -78,16 +78,8 @@ pub fn protocols(
     })
 }
 
-/// A `GeoInfo` as JSON, keyed by the IDL's field names; unset fields are null.
+/// A `GeoInfo` as JSON, keyed by the IDL's field names, with the fields
+/// the server set: the object the HTTP API gives for the same answer.
 pub fn to_json(g: &GeoInfo) -> serde_json::Value {
-    serde_json::json!({
-        "ip": g.ip, "geoip_country_code": g.geoip_country_code, "geoip_country_name": g.geoip_country_name,
-        "geoip_city_code": g.geoip_city_code, "geoip_city_name": g.geoip_city_name, "error_no": g.error_no,
-        "geoip_province_code": g.geoip_province_code, "geoip_province_name": g.geoip_province_name,
-        "geoip_carrier": g.geoip_carrier, "error_msg": g.error_msg,
-        "geoip_start_ip": g.geoip_start_ip, "geoip_end_ip": g.geoip_end_ip,
-        "geoip_district_name": g.geoip_district_name,
-        "geoip_start_ip_str": g.geoip_start_ip_str, "geoip_end_ip_str": g.geoip_end_ip_str,
-        "geoip_source": g.geoip_source,
-    })
+    serde_json::to_value(crate::answer::Json(g)).expect("a GeoInfo is valid JSON")
 }

@@ -22,6 +22,7 @@
 //! - [`resolve`]: log-line parsing and the summary behind `resolve`.
 //! - [`check`]: the consistency checks behind `check`.
 
+pub mod answer;
 pub mod budget;
 pub mod check;
 pub mod cli;

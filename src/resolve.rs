@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use crate::answer::ErrorNo;
 use crate::thrift::GeoInfo;
 
 /// The address text in `line`: the whole line trimmed, or its `field`-th
@@ -51,8 +52,8 @@ pub struct Summary {
 impl Summary {
     pub fn add(&mut self, g: &GeoInfo) {
         self.answers += 1;
-        match g.error_no.unwrap_or(0) {
-            0 => {
+        match ErrorNo::from_wire(g.error_no.unwrap_or(0)) {
+            ErrorNo::Answered => {
                 self.found += 1;
                 let country = g.geoip_country_name.as_deref().unwrap_or_default();
                 let province = g.geoip_province_name.as_deref().unwrap_or_default();
@@ -65,9 +66,9 @@ impl Summary {
                 }
                 count(&mut self.countries, country);
             }
-            1 => self.invalid += 1,
-            2 => self.not_found += 1,
-            _ => self.failed += 1,
+            ErrorNo::InvalidIp => self.invalid += 1,
+            ErrorNo::NotFound => self.not_found += 1,
+            ErrorNo::Backend | ErrorNo::UnsupportedLang => self.failed += 1,
         }
     }
 

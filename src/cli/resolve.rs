@@ -14,7 +14,8 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{ResolveArgs, ResolveFormat};
-use crate::client::{self, to_json, Client, Protocol, Transport};
+use crate::answer::{csv_record, Json, FIELDS};
+use crate::client::{self, Client, Protocol, Transport};
 use crate::config::LookupMode;
 use crate::domain::{Lang, LookupError, Outcome};
 use crate::resolve::{address_in, Summary};
@@ -25,26 +26,6 @@ use crate::thrift::{geo_info, GeoInfo, GeoRequest, TIPServiceSyncClient};
 /// Longest line read; the rest of a longer one is skipped and the line
 /// reported as invalid.
 const MAX_LINE: u64 = 64 * 1024;
-
-/// The GeoInfo fields, in IDL order: the CSV header.
-const COLUMNS: [&str; 16] = [
-    "ip",
-    "geoip_country_code",
-    "geoip_country_name",
-    "geoip_city_code",
-    "geoip_city_name",
-    "error_no",
-    "geoip_province_code",
-    "geoip_province_name",
-    "geoip_carrier",
-    "error_msg",
-    "geoip_start_ip",
-    "geoip_end_ip",
-    "geoip_district_name",
-    "geoip_start_ip_str",
-    "geoip_end_ip_str",
-    "geoip_source",
-];
 
 pub async fn resolve(args: ResolveArgs) -> anyhow::Result<()> {
     let mut input = Input::open(&args.files, args.field.map(usize::from), args.unique)?;
@@ -345,7 +326,7 @@ impl<W: Write> Rows<W> {
         Ok(match format {
             ResolveFormat::Csv => {
                 let mut csv = csv::Writer::from_writer(out);
-                csv.write_record(COLUMNS)?;
+                csv.write_record(FIELDS.map(|field| field.name))?;
                 Rows::Csv(Box::new(csv))
             }
             ResolveFormat::Jsonl => Rows::Json(out),
@@ -355,37 +336,11 @@ impl<W: Write> Rows<W> {
     fn write(&mut self, g: &GeoInfo) -> anyhow::Result<()> {
         match self {
             Rows::Json(out) => {
-                serde_json::to_writer(&mut *out, &to_json(g))?;
+                serde_json::to_writer(&mut *out, &Json(g))?;
                 out.write_all(b"\n")?;
             }
             Rows::Csv(csv) => {
-                fn text(v: &Option<String>) -> &str {
-                    v.as_deref().unwrap_or_default()
-                }
-                let number = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
-                let (error_no, start, end) = (
-                    number(g.error_no.map(i64::from)),
-                    number(g.geoip_start_ip),
-                    number(g.geoip_end_ip),
-                );
-                csv.write_record([
-                    text(&g.ip),
-                    text(&g.geoip_country_code),
-                    text(&g.geoip_country_name),
-                    text(&g.geoip_city_code),
-                    text(&g.geoip_city_name),
-                    &error_no,
-                    text(&g.geoip_province_code),
-                    text(&g.geoip_province_name),
-                    text(&g.geoip_carrier),
-                    text(&g.error_msg),
-                    &start,
-                    &end,
-                    text(&g.geoip_district_name),
-                    text(&g.geoip_start_ip_str),
-                    text(&g.geoip_end_ip_str),
-                    text(&g.geoip_source),
-                ])?;
+                csv.write_record(csv_record(g))?;
             }
         }
         Ok(())

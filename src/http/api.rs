@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::json::GeoInfoJson;
+use crate::answer::{Answer, Json};
 use crate::budget::{Budget, Held};
 use crate::config::Http;
 use crate::domain::{Lang, LookupError, Outcome};
@@ -291,7 +291,7 @@ impl AppState {
             Err(LookupError::NotFound) => StatusCode::NOT_IMPLEMENTED,
             Err(LookupError::Backend(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let mut response = json_body(&GeoInfoJson::new(&inputs[0], outcome));
+        let mut response = json_body(&Json(&Answer::new(&inputs[0], outcome)));
         *response.status_mut() = status;
         response
     }
@@ -310,11 +310,12 @@ impl AppState {
             );
         }
         let outcomes = self.locate(&ips, lang).await;
-        let answers: Vec<GeoInfoJson> = ips
+        let answers: Vec<_> = ips
             .iter()
             .zip(&outcomes)
-            .map(|(ip, outcome)| GeoInfoJson::new(ip, outcome))
+            .map(|(ip, outcome)| Answer::new(ip, outcome))
             .collect();
+        let answers: Vec<_> = answers.iter().map(Json).collect();
         json_body(&answers)
     }
 

@@ -10,7 +10,6 @@
 //! deadline.
 
 mod api;
-mod json;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,15 +1,17 @@
-//! The one place where answers become `GeoInfo`s on the wire. Each answer
-//! is appended as bytes straight from the borrowed outcome, exactly as the
-//! generated `GeoInfo` writer would write it through the crate's protocols
-//! (a test holds the two byte-equal), but without building a `GeoInfo`
-//! (sixteen owned strings) or making a protocol call per field.
+//! Where the answer view meets Thrift: each answer is appended as bytes
+//! straight from the borrowed outcome, exactly as the generated `GeoInfo`
+//! writer would write it through the crate's protocols (a test holds the
+//! two byte-equal), but without building a `GeoInfo` (sixteen owned
+//! strings) or making a protocol call per field. Also the generated
+//! `GeoInfo` as a view, and a view as a `GeoInfo`.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::codec::Protocol;
 use super::GeoInfo;
-use crate::domain::{Located, Outcome};
+use crate::answer::{self, Answer, Field, FieldSink, View};
+use crate::domain::Outcome;
 
 /// Field types, by protocol.
 #[derive(Clone, Copy)]
@@ -110,50 +112,27 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
     fn stop(&mut self) {
         self.out.push(0);
     }
+}
 
-    /// The fields of one answer.
-    fn answer(&mut self, input: &str, outcome: &Outcome) {
-        self.string(1, input);
-        match outcome {
-            Ok(
-                located @ Located {
-                    place,
-                    start,
-                    end,
-                    source,
-                },
-            ) => {
-                let (start_int, end_int) = located.bounds_as_int();
-                self.string(2, place.country_code());
-                self.string(3, place.country_name());
-                self.string(4, place.city_code());
-                self.string(5, place.city_name());
-                self.i32(6, 0);
-                self.string(7, place.province_code());
-                self.string(8, place.province_name());
-                self.string(9, place.carrier());
-                self.string(10, "");
-                self.i64(11, start_int);
-                self.i64(12, end_int);
-                self.string(13, place.district_name());
-                self.ip(14, *start);
-                self.ip(15, *end);
-                self.string(16, source.as_str());
-            }
-            Err(err) => {
-                for id in [2, 3, 4, 5] {
-                    self.string(id, "");
-                }
-                self.i32(6, err.error_no());
-                for id in [7, 8, 9] {
-                    self.string(id, "");
-                }
-                self.string(10, &err.to_string());
-                self.i64(11, 0);
-                self.i64(12, 0);
-            }
-        }
-        self.stop();
+impl<const COMPACT: bool> FieldSink for Fields<'_, COMPACT> {
+    #[inline]
+    fn text(&mut self, field: Field, value: &str) {
+        self.string(field.id, value);
+    }
+
+    #[inline]
+    fn int(&mut self, field: Field, value: i32) {
+        self.i32(field.id, value);
+    }
+
+    #[inline]
+    fn long(&mut self, field: Field, value: i64) {
+        self.i64(field.id, value);
+    }
+
+    #[inline]
+    fn ip(&mut self, field: Field, value: IpAddr) {
+        Fields::ip(self, field.id, value);
     }
 }
 
@@ -223,59 +202,122 @@ pub fn size_hint(input: &str) -> usize {
     input.len() + 192
 }
 
-/// Appends the answer for `input`. Fields 1-12 are always present (old Java
-/// clients read absent strings as null); 13-16 only for a found address.
+/// Appends the answer for `input`, as [`Answer`] lists its fields.
 pub fn write_answer(out: &mut Vec<u8>, protocol: Protocol, input: &str, outcome: &Outcome) {
+    let answer = Answer::new(input, outcome);
     match protocol {
-        Protocol::Compact => Fields::<true> { out, last_id: 0 }.answer(input, outcome),
-        Protocol::Binary { .. } => Fields::<false> { out, last_id: 0 }.answer(input, outcome),
+        Protocol::Compact => {
+            let mut fields = Fields::<true> { out, last_id: 0 };
+            answer.write(&mut fields);
+            fields.stop();
+        }
+        Protocol::Binary { .. } => {
+            let mut fields = Fields::<false> { out, last_id: 0 };
+            answer.write(&mut fields);
+            fields.stop();
+        }
     }
 }
 
-/// `geoip_start_ip`/`geoip_end_ip`: an IPv4 address as a number; IPv6 has
-/// no 64-bit form and is 0.
 /// The `GeoInfo` of an outcome, as the generated types hold it: what a
-/// Thrift client decodes from the bytes [`Fields::answer`] writes.
+/// Thrift client decodes from the bytes [`write_answer`] writes.
 pub fn geo_info(input: &str, outcome: &Outcome) -> GeoInfo {
-    let input = crate::domain::echo(input);
-    let text = |s: &str| Some(s.to_owned());
-    match outcome {
-        Ok(found) => GeoInfo {
-            ip: text(input),
-            geoip_country_code: text(found.place.country_code()),
-            geoip_country_name: text(found.place.country_name()),
-            geoip_city_code: text(found.place.city_code()),
-            geoip_city_name: text(found.place.city_name()),
-            error_no: Some(0),
-            geoip_province_code: text(found.place.province_code()),
-            geoip_province_name: text(found.place.province_name()),
-            geoip_carrier: text(found.place.carrier()),
-            error_msg: text(""),
-            geoip_start_ip: Some(found.bounds_as_int().0),
-            geoip_end_ip: Some(found.bounds_as_int().1),
-            geoip_district_name: text(found.place.district_name()),
-            geoip_start_ip_str: Some(found.start.to_string()),
-            geoip_end_ip_str: Some(found.end.to_string()),
-            geoip_source: text(found.source.as_str()),
-        },
-        Err(err) => GeoInfo {
-            ip: text(input),
-            geoip_country_code: text(""),
-            geoip_country_name: text(""),
-            geoip_city_code: text(""),
-            geoip_city_name: text(""),
-            error_no: Some(err.error_no()),
-            geoip_province_code: text(""),
-            geoip_province_name: text(""),
-            geoip_carrier: text(""),
-            error_msg: Some(err.to_string()),
-            geoip_start_ip: Some(0),
-            geoip_end_ip: Some(0),
-            geoip_district_name: None,
-            geoip_start_ip_str: None,
-            geoip_end_ip_str: None,
-            geoip_source: None,
-        },
+    struct Filling(GeoInfo);
+    impl FieldSink for Filling {
+        fn text(&mut self, field: Field, value: &str) {
+            *text_of_mut(&mut self.0, field) = Some(value.to_owned());
+        }
+        fn int(&mut self, field: Field, value: i32) {
+            debug_assert_eq!(field, answer::ERROR_NO);
+            self.0.error_no = Some(value);
+        }
+        fn long(&mut self, field: Field, value: i64) {
+            match field {
+                answer::START_IP => self.0.geoip_start_ip = Some(value),
+                _ => self.0.geoip_end_ip = Some(value),
+            }
+        }
+        fn ip(&mut self, field: Field, value: IpAddr) {
+            *text_of_mut(&mut self.0, field) = Some(value.to_string());
+        }
+    }
+    // As the generated reader starts: 1-12 at their IDL defaults, the
+    // optional 13-16 unset until the answer sets them.
+    let mut filling = Filling(GeoInfo {
+        geoip_district_name: None,
+        geoip_start_ip_str: None,
+        geoip_end_ip_str: None,
+        geoip_source: None,
+        ..GeoInfo::default()
+    });
+    Answer::new(input, outcome).write(&mut filling);
+    filling.0
+}
+
+/// The generated struct's string fields, by answer field: written once,
+/// for reading and for filling.
+macro_rules! string_fields {
+    ($($field:ident => $member:ident,)+) => {
+        fn text_of(g: &GeoInfo, field: Field) -> Option<&str> {
+            match field {
+                $(answer::$field => g.$member.as_deref(),)+
+                _ => None,
+            }
+        }
+
+        fn text_of_mut(g: &mut GeoInfo, field: Field) -> &mut Option<String> {
+            match field {
+                $(answer::$field => &mut g.$member,)+
+                other => unreachable!("{other:?} is not a string field"),
+            }
+        }
+    };
+}
+
+string_fields! {
+    IP => ip,
+    COUNTRY_CODE => geoip_country_code,
+    COUNTRY_NAME => geoip_country_name,
+    CITY_CODE => geoip_city_code,
+    CITY_NAME => geoip_city_name,
+    PROVINCE_CODE => geoip_province_code,
+    PROVINCE_NAME => geoip_province_name,
+    CARRIER => geoip_carrier,
+    ERROR_MSG => error_msg,
+    DISTRICT_NAME => geoip_district_name,
+    START_IP_STR => geoip_start_ip_str,
+    END_IP_STR => geoip_end_ip_str,
+    SOURCE => geoip_source,
+}
+
+/// A `GeoInfo` a server sent, as a view: its fields that are set, in IDL
+/// order. The address fields are passed on as the server wrote them.
+impl View for GeoInfo {
+    fn write(&self, out: &mut impl FieldSink) {
+        for field in answer::FIELDS {
+            match field {
+                answer::ERROR_NO => {
+                    if let Some(n) = self.error_no {
+                        out.int(field, n);
+                    }
+                }
+                answer::START_IP | answer::END_IP => {
+                    let value = if field == answer::START_IP {
+                        self.geoip_start_ip
+                    } else {
+                        self.geoip_end_ip
+                    };
+                    if let Some(n) = value {
+                        out.long(field, n);
+                    }
+                }
+                _ => {
+                    if let Some(text) = text_of(self, field) {
+                        out.text(field, text);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -287,7 +329,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::domain::{LookupError, Place, Source};
+    use crate::domain::{Located, LookupError, Place, Source};
     use crate::thrift::codec::{encode, Framing, Reply, Wire};
 
     /// A whole reply as the crate's protocols and the generated writer make it.

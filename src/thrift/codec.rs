@@ -18,6 +18,7 @@ use thrift::{ApplicationError, ApplicationErrorKind};
 use super::answer;
 pub use super::framing::{detect, Found, Framing, MessageCheck, Protocol, Wire, WireError};
 use super::reader::{bad, Kind, Reader};
+use crate::answer::{ErrorNo, ERROR_NO};
 use crate::domain::Outcome;
 
 /// The arguments of the methods this service has.
@@ -209,7 +210,7 @@ pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply<'_>) -> Ve
                 o.write_list_begin(&TListIdentifier::new(TType::Struct, outcomes.len() as i32))
             });
             for (input, outcome) in inputs.iter().zip(outcomes) {
-                answer::write_answer(&mut out, wire.protocol, crate::domain::echo(input), outcome);
+                answer::write_answer(&mut out, wire.protocol, input, outcome);
             }
             // The result struct's field stop; list, field, struct and
             // message ends write nothing in either protocol.
@@ -349,13 +350,13 @@ pub fn scan_reply(message: &[u8], protocol: Protocol) -> Result<ReplySummary, Wi
                 }
                 let mut error_no = 0;
                 r.fields(|r, kind, id| {
-                    if (id, kind) != (6, Kind::I32) {
+                    if (id, kind) != (ERROR_NO.id, Kind::I32) {
                         return Ok(false);
                     }
                     error_no = r.i32()?;
                     Ok(true)
                 })?;
-                summary.by_error[error_no.clamp(0, 4) as usize] += 1;
+                summary.by_error[ErrorNo::from_wire(error_no) as usize] += 1;
             }
             Ok(true)
         })?,

@@ -551,3 +551,41 @@ async fn bodies_over_the_body_budget_wait_then_get_503_while_small_requests_are_
         );
     }
 }
+
+#[tokio::test]
+async fn http_echoes_an_over_long_input_as_thrift_does_and_query_json_prints_the_http_object() {
+    let app = TestApp::spawn().await;
+    let long_ascii = "1".repeat(100);
+    let long_wide = "中".repeat(30);
+    let ips = [
+        "183.62.57.1",
+        "8.8.8.8",
+        "240e:1::1",
+        "10.0.0.1",
+        "1.2.3",
+        long_ascii.as_str(),
+        long_wide.as_str(),
+    ];
+    let thrift = app.by_ip(&ips).await;
+    let addr = app.addr.to_string();
+    let mut args = vec!["query", "--json", "--addr", addr.as_str()];
+    args.extend(ips);
+    let (_, stdout, stderr) = crate::cli::run(&args).await;
+    let printed: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}; {stderr}")))
+        .collect();
+    assert_eq!(printed.len(), ips.len(), "{stdout}{stderr}");
+    for ((ip, g), printed) in ips.iter().zip(&thrift).zip(&printed) {
+        let over_http = post(http(&app), &json!({ "ip": ip }).to_string()).await.json();
+        assert_eq!(
+            over_http["ip"].as_str(),
+            g.ip.as_deref(),
+            "{ip}: HTTP echoes as Thrift does"
+        );
+        assert_eq!(&over_http, printed, "{ip}: query --json prints the HTTP object");
+        assert_eq!(over_http, as_json(g), "{ip}");
+    }
+    assert_eq!(thrift[5].ip.as_deref().unwrap().len(), 64);
+    assert_eq!(thrift[6].ip.as_deref().unwrap(), "中".repeat(21));
+}

@@ -24,7 +24,8 @@ PROTOCOLS = {"binary": TBinaryProtocol.TBinaryProtocol, "compact": TCompactProto
 
 
 def as_dict(info):
-    return {name: getattr(info, name) for name in FIELDS}
+    """The fields the server set, as the Rust client's JSON has them."""
+    return {name: getattr(info, name) for name in FIELDS if getattr(info, name) is not None}
 
 
 out = {}
