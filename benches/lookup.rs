@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use xm_ip_service::domain::{Lang, Source, Table};
+use xm_ip_service::domain::{Lang, PlaceFields, Source, Table};
 use xm_ip_service::index::{Builder, RangeIndex, TableIndex, Tables};
 use xm_ip_service::loadgen::{SampleOptions, Sampler};
 use xm_ip_service::mmdb::{GeoDb, MaxMind};
@@ -75,7 +75,11 @@ fn generated(ranges: u32, places: u32) -> RangeIndex<u32> {
         let end = start + (state % u64::from(step)) as u32;
         let place = format!("{}", state % u64::from(places));
         builder
-            .push_fields(start, end, ["CN", "中国", "", &place, "", "", "", "电信"])
+            .push_fields(
+                start,
+                end,
+                PlaceFields::from_columns(["CN", "中国", "", &place, "", "", "", "电信"]),
+            )
             .unwrap();
     }
     builder.finish()

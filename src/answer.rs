@@ -137,18 +137,19 @@ impl View for Answer<'_> {
                 },
             ) => {
                 let (start_int, end_int) = located.bounds_as_int();
-                out.text(COUNTRY_CODE, place.country_code());
-                out.text(COUNTRY_NAME, place.country_name());
-                out.text(CITY_CODE, place.city_code());
-                out.text(CITY_NAME, place.city_name());
+                let place = place.fields();
+                out.text(COUNTRY_CODE, place.country_code);
+                out.text(COUNTRY_NAME, place.country_name);
+                out.text(CITY_CODE, place.city_code);
+                out.text(CITY_NAME, place.city_name);
                 out.int(ERROR_NO, ErrorNo::Answered.wire());
-                out.text(PROVINCE_CODE, place.province_code());
-                out.text(PROVINCE_NAME, place.province_name());
-                out.text(CARRIER, place.carrier());
+                out.text(PROVINCE_CODE, place.province_code);
+                out.text(PROVINCE_NAME, place.province_name);
+                out.text(CARRIER, place.carrier);
                 out.text(ERROR_MSG, "");
                 out.long(START_IP, start_int);
                 out.long(END_IP, end_int);
-                out.text(DISTRICT_NAME, place.district_name());
+                out.text(DISTRICT_NAME, place.district_name);
                 out.ip(START_IP_STR, *start);
                 out.ip(END_IP_STR, *end);
                 out.text(SOURCE, source.as_str());
@@ -267,7 +268,7 @@ mod tests {
     #[test]
     fn json_has_fields_13_to_16_only_for_a_found_address_and_echoes_64_bytes() {
         let found: Outcome = Ok(Located {
-            place: Place::new(["CN", "中国", "", "", "", "", "", ""]),
+            place: Place::from_columns(["CN", "中国", "", "", "", "", "", ""]),
             start: IpAddr::V4(Ipv4Addr::new(1, 0, 0, 0)),
             end: IpAddr::V4(Ipv4Addr::new(1, 0, 0, 255)),
             source: Source::Cn,

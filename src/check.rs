@@ -2,7 +2,7 @@
 //! the importer refuses, found in rows written by any other means. No I/O
 //! here; `cli::check` streams the rows in.
 
-use crate::domain::{PlaceBuf, Table};
+use crate::domain::{range_fault, PlaceBuf, PlaceFields, RangeFault, Table};
 use crate::import::Codes;
 
 /// Checks rows one at a time, remembering only the previous range.
@@ -31,29 +31,33 @@ impl Checker {
         }
     }
 
-    /// Checks the next row, whose fields are in
-    /// [`Place::new`](crate::domain::Place::new)'s order.
-    pub fn row(&mut self, start: u128, end: u128, fields: [&str; 8]) {
+    /// Checks the next row.
+    pub fn row(&mut self, start: u128, end: u128, fields: PlaceFields) {
         self.rows += 1;
         let family = self.table.family();
         let range = format!("{} - {}", family.text(start), family.text(end));
-        if start > end {
+        let mut fault = range_fault(self.previous, start, end);
+        if fault == Some(RangeFault::Reversed) {
             self.problem(&range, "starts after it ends".to_owned());
+            // Whether it also starts inside the range before it.
+            fault = range_fault(self.previous, start, start);
         }
-        if let Some((p_start, p_end)) = self.previous {
-            if p_end >= start {
-                let previous = format!("{} - {}", family.text(p_start), family.text(p_end));
-                self.problem(&range, format!("overlaps {previous}"));
-            }
+        if let (Some(RangeFault::Unordered | RangeFault::Overlaps), Some((p_start, p_end))) = (fault, self.previous) {
+            let previous = format!("{} - {}", family.text(p_start), family.text(p_end));
+            self.problem(&range, format!("overlaps {previous}"));
         }
         self.previous = Some((start, end.max(start)));
 
-        let [country_code, country_name, province_code, province_name, city_code, city_name, district, carrier] =
-            fields;
-        if [country_name, province_name, city_name, district, carrier]
-            .iter()
-            .all(|name| name.is_empty())
-        {
+        let PlaceFields {
+            country_code,
+            country_name,
+            province_code,
+            province_name,
+            city_code,
+            city_name,
+            ..
+        } = fields;
+        if fields.is_blank() {
             self.problem(&range, "every name is empty".to_owned());
         }
         let codes = Codes::get();
@@ -98,10 +102,19 @@ impl Checker {
 mod tests {
     use super::*;
 
-    fn fields<'a>(codes: [&'a str; 3], names: [&'a str; 5]) -> [&'a str; 8] {
-        let [cc, pc, ci] = codes;
-        let [country, province, city, district, carrier] = names;
-        [cc, country, pc, province, ci, city, district, carrier]
+    fn fields<'a>(codes: [&'a str; 3], names: [&'a str; 5]) -> PlaceFields<'a> {
+        let [country_code, province_code, city_code] = codes;
+        let [country_name, province_name, city_name, district_name, carrier] = names;
+        PlaceFields {
+            country_code,
+            country_name,
+            province_code,
+            province_name,
+            city_code,
+            city_name,
+            district_name,
+            carrier,
+        }
     }
 
     #[test]

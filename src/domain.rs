@@ -214,42 +214,151 @@ impl Source {
     }
 }
 
+/// A text column of the range tables: its name and its width
+/// (`varchar(n)`, in characters), as the migrations create it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column {
+    pub name: &'static str,
+    pub width: usize,
+}
+
+/// The range tables' text columns, in the one order every query, COPY,
+/// the swap and `check` use: the order of [`PlaceFields::columns`]. A test
+/// holds the widths equal to the migrated schema's.
+pub const PLACE_COLUMNS: [Column; 8] = [
+    Column {
+        name: "country_code",
+        width: 16,
+    },
+    Column {
+        name: "country_name",
+        width: 100,
+    },
+    Column {
+        name: "province_code",
+        width: 16,
+    },
+    Column {
+        name: "province_name",
+        width: 100,
+    },
+    Column {
+        name: "city_code",
+        width: 16,
+    },
+    Column {
+        name: "city_name",
+        width: 100,
+    },
+    Column {
+        name: "district_name",
+        width: 100,
+    },
+    Column {
+        name: "carrier_name",
+        width: 255,
+    },
+];
+
+/// A place's fields by name, borrowed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PlaceFields<'a> {
+    pub country_code: &'a str,
+    pub country_name: &'a str,
+    pub province_code: &'a str,
+    pub province_name: &'a str,
+    pub city_code: &'a str,
+    pub city_name: &'a str,
+    pub district_name: &'a str,
+    pub carrier: &'a str,
+}
+
+impl<'a> PlaceFields<'a> {
+    /// The fields from values in [`PLACE_COLUMNS`] order.
+    pub fn from_columns(values: [&'a str; 8]) -> PlaceFields<'a> {
+        let [country_code, country_name, province_code, province_name, city_code, city_name, district_name, carrier] =
+            values;
+        PlaceFields {
+            country_code,
+            country_name,
+            province_code,
+            province_name,
+            city_code,
+            city_name,
+            district_name,
+            carrier,
+        }
+    }
+
+    /// The values in [`PLACE_COLUMNS`] order.
+    pub fn columns(self) -> [&'a str; 8] {
+        [
+            self.country_code,
+            self.country_name,
+            self.province_code,
+            self.province_name,
+            self.city_code,
+            self.city_name,
+            self.district_name,
+            self.carrier,
+        ]
+    }
+
+    /// Every name empty: a row that says nothing, and counts as no row.
+    pub fn is_blank(self) -> bool {
+        [
+            self.country_name,
+            self.province_name,
+            self.city_name,
+            self.district_name,
+            self.carrier,
+        ]
+        .iter()
+        .all(|name| name.is_empty())
+    }
+}
+
 /// Where an address is: names and codes, all the text in one shared
 /// allocation, so that a copy costs a reference count and an answer's text
-/// sits in one or two cache lines. Built from a [`PlaceBuf`] or fields.
+/// sits in one or two cache lines. Built from [`PlaceFields`].
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Place {
     text: Arc<str>,
-    /// Where each field ends in `text`, in [`Place::new`]'s order.
+    /// Where each field ends in `text`, in [`PLACE_COLUMNS`] order.
     ends: [u32; 8],
     /// [`Place::is_china`], decided once: every lookup asks.
     china: bool,
 }
 
 impl Place {
-    /// A place from its fields in this order: country code and name,
-    /// province code and name, city code and name, district, carrier.
-    pub fn new(fields: [&str; 8]) -> Place {
-        let mut text = String::with_capacity(fields.iter().map(|f| f.len()).sum());
-        let ends = fields.map(|field| {
+    pub fn new(fields: PlaceFields) -> Place {
+        let columns = fields.columns();
+        let mut text = String::with_capacity(columns.iter().map(|f| f.len()).sum());
+        let ends = columns.map(|field| {
             text.push_str(field);
             text.len() as u32
         });
         Place {
             text: Arc::from(text),
             ends,
-            china: is_china(fields[0], fields[1]),
+            china: is_china(fields.country_code, fields.country_name),
         }
     }
 
+    /// A place from values in [`PLACE_COLUMNS`] order.
+    pub fn from_columns(values: [&str; 8]) -> Place {
+        Place::new(PlaceFields::from_columns(values))
+    }
+
+    /// The field at `i` in [`PLACE_COLUMNS`] order.
     fn field(&self, i: usize) -> &str {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         &self.text[start..self.ends[i] as usize]
     }
 
-    /// Every field, in [`Place::new`]'s order.
-    pub fn fields(&self) -> [&str; 8] {
-        std::array::from_fn(|i| self.field(i))
+    /// Every field, by name.
+    pub fn fields(&self) -> PlaceFields<'_> {
+        PlaceFields::from_columns(std::array::from_fn(|i| self.field(i)))
     }
 
     pub fn country_code(&self) -> &str {
@@ -286,7 +395,7 @@ impl Place {
 
     /// A row whose names are all empty says nothing and counts as no row.
     pub fn is_blank(&self) -> bool {
-        [1, 3, 5, 6, 7].iter().all(|&i| self.field(i).is_empty())
+        self.fields().is_blank()
     }
 
     /// Whether this place is in China: the rule that keeps a table row from
@@ -323,17 +432,16 @@ pub struct PlaceBuf {
 
 impl From<&Place> for PlaceBuf {
     fn from(place: &Place) -> PlaceBuf {
-        let [country_code, country_name, province_code, province_name, city_code, city_name, district_name, carrier] =
-            place.fields().map(str::to_owned);
+        let f = place.fields();
         PlaceBuf {
-            country_code,
-            country_name,
-            province_code,
-            province_name,
-            city_code,
-            city_name,
-            district_name,
-            carrier,
+            country_code: f.country_code.to_owned(),
+            country_name: f.country_name.to_owned(),
+            province_code: f.province_code.to_owned(),
+            province_name: f.province_name.to_owned(),
+            city_code: f.city_code.to_owned(),
+            city_name: f.city_name.to_owned(),
+            district_name: f.district_name.to_owned(),
+            carrier: f.carrier.to_owned(),
         }
     }
 }
@@ -344,16 +452,42 @@ impl PlaceBuf {
     }
 
     pub fn build(&self) -> Place {
-        Place::new([
-            &self.country_code,
-            &self.country_name,
-            &self.province_code,
-            &self.province_name,
-            &self.city_code,
-            &self.city_name,
-            &self.district_name,
-            &self.carrier,
-        ])
+        Place::new(PlaceFields {
+            country_code: &self.country_code,
+            country_name: &self.country_name,
+            province_code: &self.province_code,
+            province_name: &self.province_name,
+            city_code: &self.city_code,
+            city_name: &self.city_name,
+            district_name: &self.district_name,
+            carrier: &self.carrier,
+        })
+    }
+}
+
+/// What is wrong with a range where a table would hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeFault {
+    /// It starts after it ends.
+    Reversed,
+    /// It starts at or before the previous range starts: out of order.
+    Unordered,
+    /// It starts inside the previous range.
+    Overlaps,
+}
+
+/// The one rule for a table's ranges, read in address order: each starts
+/// no later than it ends, and after the range before it (`previous`, its
+/// start and end) ends. The importer, the index builder and `check` all
+/// apply it; the tables' SQL constraints say the same.
+pub fn range_fault(previous: Option<(u128, u128)>, start: u128, end: u128) -> Option<RangeFault> {
+    if start > end {
+        return Some(RangeFault::Reversed);
+    }
+    match previous {
+        Some((previous_start, _)) if start <= previous_start => Some(RangeFault::Unordered),
+        Some((_, previous_end)) if start <= previous_end => Some(RangeFault::Overlaps),
+        _ => None,
     }
 }
 
@@ -516,18 +650,18 @@ mod tests {
     #[test]
     fn a_place_gives_back_its_fields_and_knows_china() {
         let fields = ["CN", "中国", "440000", "广东", "", "", "天河区", "电信"];
-        let place = Place::new(fields);
-        assert_eq!(place.fields(), fields);
+        let place = Place::from_columns(fields);
+        assert_eq!(place.fields().columns(), fields);
         assert_eq!(
             (place.province_name(), place.city_name(), place.carrier()),
             ("广东", "", "电信")
         );
         assert!(place.is_china() && !place.is_blank());
-        assert!(Place::new(["HK", "中国", "", "香港", "", "", "", ""]).is_china());
-        assert!(Place::new(["", "China", "", "", "", "", "", ""]).is_china());
-        assert!(!Place::new(["US", "美国", "", "", "", "", "", ""]).is_china());
-        assert!(Place::new(["CN", "", "440000", "", "440100", "", "", ""]).is_blank());
-        assert_eq!(Place::default().fields(), [""; 8]);
+        assert!(Place::from_columns(["HK", "中国", "", "香港", "", "", "", ""]).is_china());
+        assert!(Place::from_columns(["", "China", "", "", "", "", "", ""]).is_china());
+        assert!(!Place::from_columns(["US", "美国", "", "", "", "", "", ""]).is_china());
+        assert!(Place::from_columns(["CN", "", "440000", "", "440100", "", "", ""]).is_blank());
+        assert_eq!(Place::default().fields().columns(), [""; 8]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 
-use crate::domain::{Family, Located, Place, Source, Table};
+use crate::domain::{range_fault, Family, Located, Place, PlaceFields, RangeFault, Source, Table};
 
 /// A range bound: `u32` for IPv4, `u128` for IPv6.
 pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
@@ -237,7 +237,11 @@ impl<K: Key> RangeIndex<K> {
     /// Bytes held by the arrays and the places, for the start-up log.
     pub fn heap_bytes(&self) -> usize {
         // Each place's text is one allocation, two counts before it.
-        let text: usize = self.places.iter().map(|p| p.fields().concat().len() + 16).sum();
+        let text: usize = self
+            .places
+            .iter()
+            .map(|p| p.fields().columns().concat().len() + 16)
+            .sum();
         self.entries.len() * std::mem::size_of::<Entry<K>>()
             + self.directory.heap_bytes()
             + self.places.capacity() * std::mem::size_of::<Place>()
@@ -287,10 +291,9 @@ impl<K: Key> Builder<K> {
         self.push_fields(start, end, place.fields())
     }
 
-    /// Appends a range whose place is given field by field (in the order
-    /// country code and name, province code and name, city code and name,
-    /// district, carrier); the text is copied only for a place not seen yet.
-    pub fn push_fields(&mut self, start: K, end: K, fields: [&str; 8]) -> Result<(), IndexError> {
+    /// Appends a range whose place is given field by field; the text is
+    /// copied only for a place not seen yet.
+    pub fn push_fields(&mut self, start: K, end: K, fields: PlaceFields) -> Result<(), IndexError> {
         let hash = self.hasher.hash_one(fields);
         let places = &self.places;
         let id = match self.distinct.find(hash, |&id| places[id as usize].fields() == fields) {
@@ -311,17 +314,18 @@ impl<K: Key> Builder<K> {
     }
 
     fn push_id(&mut self, start: K, end: K, id: u32) -> Result<(), IndexError> {
-        if start > end {
-            return Err(IndexError::Reversed {
-                start: start.ip().to_string(),
-                end: end.ip().to_string(),
-            });
-        }
-        if let Some(last) = self.entries.last() {
-            if last.start >= start {
-                return Err(IndexError::Unordered(start.ip().to_string()));
+        let last = self.entries.last();
+        match range_fault(last.map(|l| (l.start.into(), l.end.into())), start.into(), end.into()) {
+            None => {}
+            Some(RangeFault::Reversed) => {
+                return Err(IndexError::Reversed {
+                    start: start.ip().to_string(),
+                    end: end.ip().to_string(),
+                })
             }
-            if last.end >= start {
+            Some(RangeFault::Unordered) => return Err(IndexError::Unordered(start.ip().to_string())),
+            Some(RangeFault::Overlaps) => {
+                let last = last.expect("an overlap has a range before it");
                 return Err(IndexError::Overlap {
                     first: format!("{} - {}", last.start.ip(), last.end.ip()),
                     second: format!("{} - {}", start.ip(), end.ip()),
@@ -571,8 +575,11 @@ impl Tables {
 mod tests {
     use super::*;
 
-    fn fields(name: &str) -> [&str; 8] {
-        ["", name, "", "", "", "", "", ""]
+    fn fields(name: &str) -> PlaceFields<'_> {
+        PlaceFields {
+            country_name: name,
+            ..PlaceFields::default()
+        }
     }
 
     fn index(ranges: &[(u32, u32, &str)]) -> RangeIndex<u32> {

@@ -15,7 +15,7 @@ use maxminddb::{LookupResult, MaxMindDbError, Reader};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::domain::{Lang, Located, Place, Source};
+use crate::domain::{Lang, Located, Place, PlaceFields, Source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MmdbError {
@@ -303,16 +303,15 @@ impl<L: Language> City<'_, L> {
         }
         let province = self.subdivisions.0.as_ref();
         let city_code = self.city.geoname_id.map(|id| id.to_string()).unwrap_or_default();
-        Some(Place::new([
-            country.iso_code.unwrap_or_default(),
-            country.name(),
-            province.and_then(|p| p.iso_code).unwrap_or_default(),
-            province.map(Area::name).unwrap_or_default(),
-            &city_code,
-            self.city.name(),
-            "",
-            "",
-        ]))
+        Some(Place::new(PlaceFields {
+            country_code: country.iso_code.unwrap_or_default(),
+            country_name: country.name(),
+            province_code: province.and_then(|p| p.iso_code).unwrap_or_default(),
+            province_name: province.map(Area::name).unwrap_or_default(),
+            city_code: &city_code,
+            city_name: self.city.name(),
+            ..PlaceFields::default()
+        }))
     }
 }
 

@@ -366,7 +366,7 @@ mod tests {
     use super::*;
 
     fn place(province: &str, city: &str, carrier: &str) -> Place {
-        Place::new(["CN", "中国", "", province, "", city, "", carrier])
+        Place::from_columns(["CN", "中国", "", province, "", city, "", carrier])
     }
 
     fn entries(list: &[(u128, u128, Place)]) -> Vec<Entry<'_>> {

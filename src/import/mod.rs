@@ -29,8 +29,8 @@ pub use export::export;
 pub use load::{import, ImportOptions, Outcome};
 pub use swap::LoadMethod;
 
+use crate::domain::{range_fault, Lang, Place, RangeFault, PLACE_COLUMNS};
 pub use crate::domain::{Family, Format};
-use crate::domain::{Lang, Place};
 
 /// Where in the source a range came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,13 +135,9 @@ pub type ColumnLimits = HashMap<String, usize>;
 /// The column limits the migrations give every range table, so that
 /// serving files refuses exactly what importing them would.
 pub fn schema_limits() -> ColumnLimits {
-    let names = ["country_name", "province_name", "city_name", "district_name"].map(|c| (c, 100));
-    let codes = ["country_code", "province_code", "city_code"].map(|c| (c, 16));
-    names
-        .into_iter()
-        .chain(codes)
-        .chain([("carrier_name", 255)])
-        .map(|(column, max)| (column.to_owned(), max))
+    PLACE_COLUMNS
+        .iter()
+        .map(|column| (column.name.to_owned(), column.width))
         .collect()
 }
 
@@ -153,7 +149,7 @@ pub fn validate(ranges: &mut [Range], family: Family, limits: &ColumnLimits) -> 
     }
     let describe = |r: &Range| format!("{}-{} ({})", family.text(r.start), family.text(r.end), r.origin);
     for range in ranges.iter() {
-        if range.start > range.end {
+        if range_fault(None, range.start, range.end) == Some(RangeFault::Reversed) {
             return Err(SourceError::Row {
                 at: range.origin.clone(),
                 reason: format!(
@@ -167,7 +163,7 @@ pub fn validate(ranges: &mut [Range], family: Family, limits: &ColumnLimits) -> 
     }
     ranges.sort_by_key(|r| r.start);
     for pair in ranges.windows(2) {
-        if pair[1].start <= pair[0].end {
+        if range_fault(Some((pair[0].start, pair[0].end)), pair[1].start, pair[1].end).is_some() {
             return Err(SourceError::Overlap {
                 first: describe(&pair[0]),
                 second: describe(&pair[1]),
@@ -178,17 +174,8 @@ pub fn validate(ranges: &mut [Range], family: Family, limits: &ColumnLimits) -> 
 }
 
 fn check_lengths(range: &Range, limits: &ColumnLimits) -> Result<(), SourceError> {
-    let p = &range.place;
-    let columns = [
-        ("country_name", p.country_name()),
-        ("province_name", p.province_name()),
-        ("city_name", p.city_name()),
-        ("district_name", p.district_name()),
-        ("carrier_name", p.carrier()),
-        ("country_code", p.country_code()),
-        ("province_code", p.province_code()),
-        ("city_code", p.city_code()),
-    ];
+    let values = range.place.fields().columns();
+    let columns = PLACE_COLUMNS.iter().map(|column| column.name).zip(values);
     for (column, value) in columns {
         let Some(&max) = limits.get(column) else { continue };
         let chars = value.chars().count();

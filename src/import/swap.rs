@@ -94,8 +94,10 @@ async fn copy_privileges(tx: &Transaction<'_>, live: &str, staging: &str) -> Res
     Ok(())
 }
 
-const INSERT_COLUMNS: &str = "id, start_ip, end_ip, country_name, province_name, city_name, district_name, \
-                              carrier_name, country_code, province_code, city_code";
+/// The staging table's columns as COPY and INSERT fill them.
+fn insert_columns() -> String {
+    format!("id, start_ip, end_ip, {}", crate::store::place_columns(""))
+}
 
 /// A range bound as the table stores it: int8 for IPv4, inet for IPv6.
 #[derive(Debug)]
@@ -116,23 +118,11 @@ impl ToSql for Bound {
     to_sql_checked!();
 }
 
-/// One row's values in `INSERT_COLUMNS` order, from its place's fields
-/// (`Place::fields` order).
-fn row_params<'a>(id: &'a i64, bounds: &'a (Bound, Bound), fields: &'a [&'a str; 8]) -> [&'a (dyn ToSql + Sync); 11] {
-    let [country_code, country_name, province_code, province_name, city_code, city_name, district, carrier] = fields;
-    [
-        id,
-        &bounds.0,
-        &bounds.1,
-        country_name,
-        province_name,
-        city_name,
-        district,
-        carrier,
-        country_code,
-        province_code,
-        city_code,
-    ]
+/// One row's values in [`insert_columns`] order, from its place's values
+/// in [`PLACE_COLUMNS`](crate::domain::PLACE_COLUMNS) order.
+fn row_params<'a>(id: &'a i64, bounds: &'a (Bound, Bound), values: &'a [&'a str; 8]) -> [&'a (dyn ToSql + Sync); 11] {
+    let [a, b, c, d, e, f, g, h] = values;
+    [id, &bounds.0, &bounds.1, a, b, c, d, e, f, g, h]
 }
 
 async fn copy_rows(
@@ -146,7 +136,10 @@ async fn copy_rows(
     let mut types = vec![Type::INT8, bound.clone(), bound];
     types.extend([Type::VARCHAR; 8]);
     let sink = tx
-        .copy_in(&format!("COPY {staging} ({INSERT_COLUMNS}) FROM STDIN (FORMAT binary)"))
+        .copy_in(&format!(
+            "COPY {staging} ({}) FROM STDIN (FORMAT binary)",
+            insert_columns()
+        ))
         .await?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
     for (chunk_index, chunk) in ranges.chunks(10_000).enumerate() {
@@ -155,7 +148,7 @@ async fn copy_rows(
             let bounds = (Bound(family, range.start), Bound(family, range.end));
             writer
                 .as_mut()
-                .write(&row_params(&id, &bounds, &range.place.fields()))
+                .write(&row_params(&id, &bounds, &range.place.fields().columns()))
                 .await?;
         }
         progress.add(chunk.len() as u64);
@@ -180,7 +173,7 @@ async fn insert_rows(
             .iter()
             .map(|r| (Bound(family, r.start), Bound(family, r.end)))
             .collect();
-        let fields: Vec<[&str; 8]> = chunk.iter().map(|r| r.place.fields()).collect();
+        let fields: Vec<[&str; 8]> = chunk.iter().map(|r| r.place.fields().columns()).collect();
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 11);
         let mut tuples = Vec::with_capacity(chunk.len());
         for i in 0..chunk.len() {
@@ -189,7 +182,11 @@ async fn insert_rows(
             tuples.push(format!("({})", placeholders.join(",")));
             params.extend_from_slice(&row);
         }
-        let sql = format!("INSERT INTO {staging} ({INSERT_COLUMNS}) VALUES {}", tuples.join(","));
+        let sql = format!(
+            "INSERT INTO {staging} ({}) VALUES {}",
+            insert_columns(),
+            tuples.join(",")
+        );
         tx.execute(&sql, &params).await?;
         progress.add(chunk.len() as u64);
     }

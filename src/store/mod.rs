@@ -8,14 +8,14 @@ mod snapshot;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
 
 use crate::config;
-use crate::domain::{Family, Located, Place, Source};
+use crate::domain::{Family, Located, Place, Source, PLACE_COLUMNS};
 use crate::metrics::{Metrics, PoolState, TableState};
 use coalesce::Coalescer;
 
@@ -34,28 +34,40 @@ pub const RELOAD_CHANNEL: &str = "ip_service_reload";
 /// (`ORDER BY start_ip DESC LIMIT 1`): a bounded index descent wherever it
 /// lands.
 pub fn lookup_sql(table: Table) -> &'static str {
-    macro_rules! lookup_sql {
-        ($table:literal, $array:literal) => {
-            concat!(
-                "SELECT q.ord, r.start_ip, r.end_ip, r.country_code, r.country_name, ",
-                "r.province_code, r.province_name, r.city_code, r.city_name, ",
-                "r.district_name, r.carrier_name ",
-                "FROM unnest($1::",
-                $array,
-                ") WITH ORDINALITY AS q(ip, ord) ",
-                "CROSS JOIN LATERAL (SELECT * FROM ",
-                $table,
-                " t ",
-                "WHERE t.start_ip <= q.ip ORDER BY t.start_ip DESC LIMIT 1) r ",
-                "WHERE r.end_ip >= q.ip"
-            )
-        };
-    }
-    match table {
-        Table::Cn => lookup_sql!("ip_service_cn", "int8[]"),
-        Table::En => lookup_sql!("ip_service_en", "int8[]"),
-        Table::V6 => lookup_sql!("ip_service_v6", "inet[]"),
-    }
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        Table::ALL
+            .iter()
+            .map(|table| {
+                let array = match table.family() {
+                    Family::V4 => "int8[]",
+                    Family::V6 => "inet[]",
+                };
+                format!(
+                    "SELECT q.ord, r.start_ip, r.end_ip, {} \
+                     FROM unnest($1::{array}) WITH ORDINALITY AS q(ip, ord) \
+                     CROSS JOIN LATERAL (SELECT * FROM {} t \
+                     WHERE t.start_ip <= q.ip ORDER BY t.start_ip DESC LIMIT 1) r \
+                     WHERE r.end_ip >= q.ip",
+                    place_columns("r."),
+                    table.name()
+                )
+            })
+            .collect()
+    });
+    &all[Table::ALL
+        .iter()
+        .position(|t| *t == table)
+        .expect("every table is in ALL")]
+}
+
+/// The place's columns, in [`PLACE_COLUMNS`] order, each after `prefix`.
+pub fn place_columns(prefix: &str) -> String {
+    PLACE_COLUMNS
+        .iter()
+        .map(|column| format!("{prefix}{}", column.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Why a lookup could not be answered by the database.
@@ -324,11 +336,11 @@ fn in_input_order(
     Ok(out)
 }
 
-/// Columns 3 to 10 of a lookup row, in `Place::new`'s order.
+/// Columns 3 to 10 of a lookup row: the place's, in [`PLACE_COLUMNS`] order.
 fn place(row: &Row) -> Result<Place, tokio_postgres::Error> {
-    let mut fields = [""; 8];
-    for (i, field) in fields.iter_mut().enumerate() {
-        *field = row.try_get(3 + i)?;
+    let mut values = [""; 8];
+    for (i, value) in values.iter_mut().enumerate() {
+        *value = row.try_get(3 + i)?;
     }
-    Ok(Place::new(fields))
+    Ok(Place::from_columns(values))
 }

@@ -14,11 +14,8 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, CopyOutStream, GenericClient, IsolationLevel, NoTls};
 
 use super::StoreError;
-use crate::domain::{Family, Table};
+use crate::domain::{Family, PlaceFields, Table};
 use crate::index::{Builder, Snapshot, TableIndex, Version};
-
-const COLUMNS: &str = "start_ip, end_ip, country_code, country_name, province_code, province_name, \
-                       city_code, city_name, district_name, carrier_name";
 
 /// Reads `table` into an index, with the version it was read at.
 pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot, StoreError> {
@@ -62,19 +59,19 @@ pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot
 /// The COPY that [`visit_rows`] reads: every row of `table` in address order.
 pub fn copy_rows_sql(table: Table) -> String {
     format!(
-        "COPY (SELECT {COLUMNS} FROM {} ORDER BY start_ip) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT start_ip, end_ip, {} FROM {} ORDER BY start_ip) TO STDOUT (FORMAT binary)",
+        super::place_columns(""),
         table.name()
     )
 }
 
 /// Streams `table`'s rows in address order by binary COPY, giving each to
-/// `visit` as bounds (IPv4 in the low 32 bits) and fields in
-/// [`Place::new`](crate::domain::Place::new)'s order; stops at the first
-/// row `visit` refuses.
+/// `visit` as bounds (IPv4 in the low 32 bits) and its place's fields;
+/// stops at the first row `visit` refuses.
 pub async fn visit_rows<E: std::fmt::Display>(
     copy: CopyOutStream,
     table: Table,
-    mut visit: impl FnMut(u128, u128, [&str; 8]) -> Result<(), E>,
+    mut visit: impl FnMut(u128, u128, PlaceFields) -> Result<(), E>,
 ) -> Result<(), StoreError> {
     let bound_type = match table.family() {
         Family::V4 => Type::INT8,
@@ -99,17 +96,11 @@ pub async fn visit_rows<E: std::fmt::Display>(
     };
     while let Some(row) = rows.next().await {
         let row = row?;
-        let text = |i| row.try_get::<&str>(i);
-        let fields = [
-            text(2)?,
-            text(3)?,
-            text(4)?,
-            text(5)?,
-            text(6)?,
-            text(7)?,
-            text(8)?,
-            text(9)?,
-        ];
+        let mut values = [""; 8];
+        for (i, value) in values.iter_mut().enumerate() {
+            *value = row.try_get(2 + i)?;
+        }
+        let fields = PlaceFields::from_columns(values);
         visit(bound(&row, 0)?, bound(&row, 1)?, fields)
             .map_err(|err| StoreError::Invalid(format!("{}: {err}", table.name())))?;
     }

@@ -354,7 +354,7 @@ mod tests {
 
     fn outcomes() -> (Vec<String>, Vec<Outcome>) {
         let carrier = "电信".repeat(80);
-        let place = Place::new(["CN", "中国", "440000", "广东", "440100", "广州", "天河区", &carrier]);
+        let place = Place::from_columns(["CN", "中国", "440000", "广东", "440100", "广州", "天河区", &carrier]);
         let found = |start: &str, end: &str, source| {
             Ok(Located {
                 place: place.clone(),

@@ -83,3 +83,30 @@ async fn the_lookup_is_an_index_probe_never_a_sequential_scan() {
     );
     assert!(!plan.contains("Seq Scan"), "{plan}");
 }
+
+#[tokio::test]
+async fn the_place_columns_are_the_migrated_tables_text_columns_with_their_widths() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    for table in Table::ALL {
+        let rows = client
+            .query(
+                "SELECT column_name::text, character_maximum_length FROM information_schema.columns \
+                 WHERE table_name = $1 AND data_type = 'character varying' ORDER BY column_name",
+                &[&table.name()],
+            )
+            .await
+            .unwrap();
+        let mut schema: Vec<(String, usize)> = rows
+            .iter()
+            .map(|row| (row.get(0), row.get::<_, i32>(1) as usize))
+            .collect();
+        schema.sort();
+        let mut declared: Vec<(String, usize)> = xm_ip_service::domain::PLACE_COLUMNS
+            .iter()
+            .map(|column| (column.name.to_owned(), column.width))
+            .collect();
+        declared.sort();
+        assert_eq!(declared, schema, "{}", table.name());
+    }
+}
