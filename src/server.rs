@@ -310,18 +310,9 @@ impl Connection {
                 Err(WireError::Malformed(why)) if wire.framing == Framing::Buffered => {
                     // The message's end cannot be found: tell the peer why
                     // if its header decodes, then close.
-                    if let Ok((name, message_type, seq)) = codec::decode_header(&self.buf, wire.protocol) {
+                    if let Ok(header) = codec::decode_header(&self.buf, wire.protocol) {
                         let call = Err(BadArgs::Malformed(why));
-                        self.answer(
-                            wire,
-                            Request {
-                                name,
-                                message_type,
-                                seq,
-                                call,
-                            },
-                        )
-                        .await?;
+                        self.answer(wire, Request::new(header, call)).await?;
                     }
                     return Err(Closed::Unsynchronised);
                 }

@@ -6,8 +6,8 @@
 //! gigabytes. Requests are therefore read by the small, bounds-checked
 //! [`Reader`], which never allocates more than the bytes it was given,
 //! once [`MessageCheck`] has found the whole message.
-//! Replies are written with the crate's output protocols and the generated
-//! `GeoInfo` writer.
+//! Replies are written with the crate's output protocols; each answer's
+//! bytes come from the answer view ([`answer`]).
 
 use thrift::protocol::{
     TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier, TListIdentifier, TMessageIdentifier, TMessageType,
@@ -20,6 +20,72 @@ pub use super::framing::{detect, Found, Framing, MessageCheck, Protocol, Wire, W
 use super::reader::{bad, Kind, Reader};
 use crate::answer::{ErrorNo, ERROR_NO};
 use crate::domain::Outcome;
+
+/// The IDL's methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    QueryGeoInfoByIp,
+    QueryGeoInfo,
+    QueryI18nGeoInfoByIp,
+}
+
+impl Method {
+    pub const ALL: [Method; 3] = [
+        Method::QueryGeoInfoByIp,
+        Method::QueryGeoInfo,
+        Method::QueryI18nGeoInfoByIp,
+    ];
+
+    /// The name on the wire, and the metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::QueryGeoInfoByIp => "queryGeoInfoByIP",
+            Method::QueryGeoInfo => "queryGeoInfo",
+            Method::QueryI18nGeoInfoByIp => "queryI18nGeoInfoByIP",
+        }
+    }
+
+    /// The method `name` calls, with or without a multiplexing client's
+    /// service prefix.
+    pub fn parse(name: &str) -> Option<Method> {
+        let name = name.strip_prefix(SERVICE_PREFIX).unwrap_or(name);
+        Method::ALL.into_iter().find(|method| method.name() == name)
+    }
+}
+
+/// A message's type, numbered as the Thrift spec numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    Call,
+    Reply,
+    Exception,
+    Oneway,
+    Other(u8),
+}
+
+impl From<u8> for MessageType {
+    fn from(wire: u8) -> MessageType {
+        match wire {
+            1 => MessageType::Call,
+            2 => MessageType::Reply,
+            3 => MessageType::Exception,
+            4 => MessageType::Oneway,
+            other => MessageType::Other(other),
+        }
+    }
+}
+
+impl std::fmt::Display for MessageType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MessageType::Call => f.write_str("1"),
+            MessageType::Reply => f.write_str("2"),
+            MessageType::Exception => f.write_str("3"),
+            MessageType::Oneway => f.write_str("4"),
+            MessageType::Other(n) => write!(f, "{n}"),
+        }
+    }
+}
 
 /// The arguments of the methods this service has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +105,16 @@ pub enum Call {
 }
 
 impl Call {
+    /// The method these are the arguments of; none for an unknown one.
+    pub fn method(&self) -> Option<Method> {
+        match self {
+            Call::QueryGeoInfoByIp { .. } => Some(Method::QueryGeoInfoByIp),
+            Call::QueryGeoInfo { .. } => Some(Method::QueryGeoInfo),
+            Call::QueryI18nGeoInfoByIp { .. } => Some(Method::QueryI18nGeoInfoByIp),
+            Call::Unknown => None,
+        }
+    }
+
     pub fn ips(&self) -> &[String] {
         match self {
             Call::QueryGeoInfoByIp { ips } | Call::QueryGeoInfo { ips, .. } | Call::QueryI18nGeoInfoByIp { ips } => ips,
@@ -52,10 +128,25 @@ impl Call {
 pub struct Request {
     /// The method name as sent, multiplexing prefix included.
     pub name: String,
-    pub message_type: u8,
+    /// The method `name` calls, if this service has it.
+    pub method: Option<Method>,
+    pub message_type: MessageType,
     pub seq: i32,
     /// The arguments, or why they cannot be answered.
     pub call: Result<Call, BadArgs>,
+}
+
+impl Request {
+    /// A request from its header as read, and its arguments.
+    pub fn new((name, message_type, seq): (String, u8, i32), call: Result<Call, BadArgs>) -> Request {
+        Request {
+            method: Method::parse(&name),
+            name,
+            message_type: MessageType::from(message_type),
+            seq,
+            call,
+        }
+    }
 }
 
 /// Why a request's arguments cannot be answered.
@@ -80,11 +171,11 @@ const SERVICE_PREFIX: &str = "IPService:";
 pub fn decode(message: &[u8], protocol: Protocol, max_batch: usize) -> Result<Request, WireError> {
     let mut reader = Reader::new(message, protocol, message.len());
     reader.max_batch = max_batch;
-    let (name, message_type, seq) = reader.message_begin().map_err(|e| match e {
+    let header = reader.message_begin().map_err(|e| match e {
         WireError::Incomplete => bad("the message ends inside its header"),
         other => other,
     })?;
-    let call = match reader.call(&name) {
+    let call = match reader.call(Method::parse(&header.0)) {
         Ok(_) if reader.over_batch.is_some() => Err(BadArgs::BatchOverLimit {
             size: reader.over_batch.unwrap_or_default(),
             limit: max_batch,
@@ -93,12 +184,7 @@ pub fn decode(message: &[u8], protocol: Protocol, max_batch: usize) -> Result<Re
         Err(WireError::Incomplete) => Err(BadArgs::Malformed("the message ends inside the arguments".to_owned())),
         Err(err) => Err(BadArgs::Malformed(err.to_string())),
     };
-    Ok(Request {
-        name,
-        message_type,
-        seq,
-        call,
-    })
+    Ok(Request::new(header, call))
 }
 
 /// How many addresses a message announces, read from its first bytes
@@ -111,7 +197,7 @@ pub fn announced_batch(prefix: &[u8], protocol: Protocol, size: usize) -> Option
     reader.prefix_only = true;
     // Every request passes here: read the name in place, uncopied.
     let (name, ..) = reader.message_header().ok()?;
-    let _ = reader.call(std::str::from_utf8(name).ok()?);
+    let _ = reader.call(Method::parse(std::str::from_utf8(name).ok()?));
     reader.announced
 }
 
@@ -121,16 +207,12 @@ pub fn announced_batch(prefix: &[u8], protocol: Protocol, size: usize) -> Option
 /// a malformation further on.
 pub fn refuse_early(prefix: &[u8], protocol: Protocol, size: usize, max_batch: usize) -> Option<Request> {
     let announced = announced_batch(prefix, protocol, size).filter(|&n| n > max_batch)?;
-    let (name, message_type, seq) = decode_header(prefix, protocol).ok()?;
-    Some(Request {
-        name,
-        message_type,
-        seq,
-        call: Err(BadArgs::BatchOverLimit {
-            size: announced,
-            limit: max_batch,
-        }),
-    })
+    let header = decode_header(prefix, protocol).ok()?;
+    let call = Err(BadArgs::BatchOverLimit {
+        size: announced,
+        limit: max_batch,
+    });
+    Some(Request::new(header, call))
 }
 
 /// The header of a message whose arguments could not be walked, so that
@@ -140,13 +222,13 @@ pub fn decode_header(buf: &[u8], protocol: Protocol) -> Result<(String, u8, i32)
 }
 
 impl Reader<'_> {
-    /// The arguments of method `name`.
-    fn call(&mut self, name: &str) -> Result<Call, WireError> {
-        match name.strip_prefix(SERVICE_PREFIX).unwrap_or(name) {
-            "queryGeoInfoByIP" => self.ip_list_args().map(|ips| Call::QueryGeoInfoByIp { ips }),
-            "queryI18nGeoInfoByIP" => self.ip_list_args().map(|ips| Call::QueryI18nGeoInfoByIp { ips }),
-            "queryGeoInfo" => self.geo_request_args(),
-            _ => self.skip(Kind::Struct, 0).map(|()| Call::Unknown),
+    /// The arguments of `method`; skipped for a method this service lacks.
+    fn call(&mut self, method: Option<Method>) -> Result<Call, WireError> {
+        match method {
+            Some(Method::QueryGeoInfoByIp) => self.ip_list_args().map(|ips| Call::QueryGeoInfoByIp { ips }),
+            Some(Method::QueryI18nGeoInfoByIp) => self.ip_list_args().map(|ips| Call::QueryI18nGeoInfoByIp { ips }),
+            Some(Method::QueryGeoInfo) => self.geo_request_args(),
+            None => self.skip(Kind::Struct, 0).map(|()| Call::Unknown),
         }
     }
 
@@ -288,12 +370,7 @@ fn write_call(o: &mut dyn TOutputProtocol, seq: i32, call: &Call) -> thrift::Res
         o.write_list_end()?;
         o.write_field_end()
     };
-    let name = match call {
-        Call::QueryGeoInfoByIp { .. } => "queryGeoInfoByIP",
-        Call::QueryI18nGeoInfoByIp { .. } => "queryI18nGeoInfoByIP",
-        Call::QueryGeoInfo { .. } => "queryGeoInfo",
-        Call::Unknown => "unknownMethod",
-    };
+    let name = call.method().map_or("unknownMethod", Method::name);
     o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Call, seq))?;
     o.write_struct_begin(&TStructIdentifier::new(format!("{name}_args")))?;
     match call {
@@ -337,8 +414,8 @@ pub fn scan_reply(message: &[u8], protocol: Protocol) -> Result<ReplySummary, Wi
     let mut reader = Reader::new(message, protocol, message.len());
     let (_, message_type, _) = reader.message_begin()?;
     let mut summary = ReplySummary::default();
-    match message_type {
-        2 => reader.fields(|r, kind, id| {
+    match MessageType::from(message_type) {
+        MessageType::Reply => reader.fields(|r, kind, id| {
             if (id, kind) != (0, Kind::List) {
                 return Ok(false);
             }
@@ -360,7 +437,7 @@ pub fn scan_reply(message: &[u8], protocol: Protocol) -> Result<ReplySummary, Wi
             }
             Ok(true)
         })?,
-        3 => {
+        MessageType::Exception => {
             let mut text = String::new();
             reader.fields(|r, kind, id| {
                 if (id, kind) != (1, Kind::String) {

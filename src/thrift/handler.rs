@@ -8,13 +8,10 @@ use std::time::Instant;
 use thrift::ApplicationErrorKind;
 use tracing::{debug, instrument};
 
-use super::codec::{exception, BadArgs, Call, Reply, Request};
+use super::codec::{exception, BadArgs, Call, MessageType, Method, Reply, Request};
 use crate::domain::{Lang, Outcome};
 use crate::metrics::{Api, Metrics, Rejection};
 use crate::service::{Locator, Route, TableLang};
-
-const CALL: u8 = 1;
-const ONEWAY: u8 = 4;
 
 /// Answers requests for one server; cheap to share between connections.
 #[derive(Clone)]
@@ -41,8 +38,10 @@ impl Handler {
     #[instrument(level = "debug", skip_all, fields(method = %request.name, seq = request.seq))]
     pub async fn respond<'r>(&self, request: &'r Request) -> Option<Reply<'r>> {
         let started = Instant::now();
-        let method = method_label(&request.name);
-        if request.message_type != CALL && request.message_type != ONEWAY {
+        // The metrics label: one of the IDL's methods, or "unknown", so
+        // that a client cannot invent label values.
+        let method = request.method.map_or("unknown", Method::name);
+        if !matches!(request.message_type, MessageType::Call | MessageType::Oneway) {
             self.rejected(method, Rejection::Garbage, started);
             return Some(exception(
                 ApplicationErrorKind::InvalidMessageType,
@@ -50,7 +49,7 @@ impl Handler {
             ));
         }
         let reply = self.reply(request, method, started).await;
-        (request.message_type == CALL).then_some(reply)
+        (request.message_type == MessageType::Call).then_some(reply)
     }
 
     fn rejected(&self, method: &'static str, reason: Rejection, started: Instant) {
@@ -99,16 +98,5 @@ impl Handler {
         let outcomes = self.locator.locate(ips, route).await;
         self.metrics.answered(Api::Thrift, method, &outcomes, started.elapsed());
         Reply::Answers { inputs: ips, outcomes }
-    }
-}
-
-/// The metrics label for a method name a client sent: one of the IDL's
-/// methods, or "unknown", so that a client cannot invent label values.
-fn method_label(name: &str) -> &'static str {
-    match name {
-        "queryGeoInfoByIP" => "queryGeoInfoByIP",
-        "queryGeoInfo" => "queryGeoInfo",
-        "queryI18nGeoInfoByIP" => "queryI18nGeoInfoByIP",
-        _ => "unknown",
     }
 }
