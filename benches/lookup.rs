@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use xm_ip_service::domain::{Lang, PlaceFields, Source, Table};
+use xm_ip_service::domain::{Lang, PlaceFields, Source, Table, V4Table};
 use xm_ip_service::index::{Builder, RangeIndex, TableIndex, Tables};
 use xm_ip_service::loadgen::{SampleOptions, Sampler};
 use xm_ip_service::mmdb::{GeoDb, MaxMind};
@@ -130,7 +130,7 @@ fn index(c: &mut Criterion) {
     group.bench_function(format!("batch of 1,000, cn {}", data.what), |b| {
         b.iter(|| {
             i = (i + 1) % batches.len();
-            std::hint::black_box(data.tables.lookup_v4(Table::Cn, &batches[i]))
+            std::hint::black_box(data.tables.lookup_v4(V4Table::Cn, &batches[i]))
         })
     });
     group.finish();

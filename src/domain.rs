@@ -172,6 +172,22 @@ impl Table {
     }
 }
 
+/// The tables that hold IPv4 ranges: what an IPv4 lookup may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V4Table {
+    Cn,
+    En,
+}
+
+impl From<V4Table> for Table {
+    fn from(table: V4Table) -> Table {
+        match table {
+            V4Table::Cn => Table::Cn,
+            V4Table::En => Table::En,
+        }
+    }
+}
+
 /// The address family a table holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -513,6 +529,28 @@ impl Located {
     }
 }
 
+/// Why a source could not answer: the short reason a client is told,
+/// never SQL text, host names or paths (those go to the log, once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    #[error("database timed out")]
+    DatabaseTimeout,
+    #[error("database query failed")]
+    DatabaseQuery,
+    #[error("database holds invalid rows")]
+    DatabaseRows,
+    #[error("database unavailable")]
+    Database,
+    #[error("the database lookup task has stopped")]
+    LookupStopped,
+    #[error("the database returned the wrong number of rows")]
+    RowCount,
+    #[error("MaxMind lookup failed")]
+    MaxMind,
+    #[error("no MaxMind database configured")]
+    NoMaxMind,
+}
+
 /// Why an input got no answer; each maps to one wire error number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
@@ -521,7 +559,7 @@ pub enum LookupError {
     #[error("not found in any source")]
     NotFound,
     #[error("backend unavailable: {0}")]
-    Backend(String),
+    Backend(Unavailable),
     #[error("{0}")]
     UnsupportedLang(String),
 }

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 
-use crate::domain::{range_fault, Family, Located, Place, PlaceFields, RangeFault, Source, Table};
+use crate::domain::{range_fault, Family, Located, Place, PlaceFields, RangeFault, Source, Table, V4Table};
 
 /// A range bound: `u32` for IPv4, `u128` for IPv6.
 pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
@@ -553,8 +553,8 @@ impl Tables {
     }
 
     /// Each IPv4 address's row in `table` (cn or en), all from one snapshot.
-    pub fn lookup_v4(&self, table: Table, ips: &[Ipv4Addr]) -> Vec<Option<Located>> {
-        let snapshot = self.slots[slot_of(table)].load();
+    pub fn lookup_v4(&self, table: V4Table, ips: &[Ipv4Addr]) -> Vec<Option<Located>> {
+        let snapshot = self.slots[slot_of(table.into())].load();
         match &snapshot.index {
             TableIndex::V4(index) => index.locate_all(&ips.iter().map(|&ip| u32::from(ip)).collect::<Vec<_>>()),
             TableIndex::V6(_) => vec![None; ips.len()],
@@ -742,7 +742,7 @@ mod tests {
         let tables = Tables::new(vec![(Table::Cn, snapshot("old"))]);
         let ip = Ipv4Addr::new(1, 2, 3, 4);
         let name = |tables: &Tables| {
-            tables.lookup_v4(Table::Cn, &[ip])[0]
+            tables.lookup_v4(V4Table::Cn, &[ip])[0]
                 .as_ref()
                 .unwrap()
                 .place
@@ -755,7 +755,7 @@ mod tests {
         assert_eq!(name(&tables), "new");
         // A reader holding the old snapshot still sees it whole.
         assert!(matches!(&held.index, TableIndex::V4(i) if i.get(7).unwrap().2.country_name() == "old"));
-        assert!(tables.lookup_v4(Table::En, &[ip])[0].is_none());
+        assert!(tables.lookup_v4(V4Table::En, &[ip])[0].is_none());
         assert!(tables.lookup_v6(&[Ipv6Addr::LOCALHOST])[0].is_none());
     }
 }

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::domain::{Located, Table};
+use crate::domain::{Located, Table, Unavailable, V4Table};
 use crate::index::Tables;
 use crate::metrics::{PoolState, TableState};
 use crate::store::Store;
@@ -18,13 +18,10 @@ pub enum Ranges {
     Memory(Arc<Tables>),
 }
 
-/// A failed table lookup: the short reason each item reports.
-pub type RangesError = Arc<str>;
-
 impl Ranges {
     /// The row holding each IPv4 address in `table` (cn or en), in input
     /// order, all read from one version of the table.
-    pub async fn lookup_v4(&self, table: Table, ips: &[Ipv4Addr]) -> Result<Vec<Option<Located>>, RangesError> {
+    pub async fn lookup_v4(&self, table: V4Table, ips: &[Ipv4Addr]) -> Result<Vec<Option<Located>>, Unavailable> {
         match self {
             Ranges::Postgres(store) => store.lookup_v4(table, ips).await,
             Ranges::Memory(tables) => Ok(tables.lookup_v4(table, ips)),
@@ -32,7 +29,7 @@ impl Ranges {
     }
 
     /// The row holding each IPv6 address in the v6 table, in input order.
-    pub async fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Result<Vec<Option<Located>>, RangesError> {
+    pub async fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Result<Vec<Option<Located>>, Unavailable> {
         match self {
             Ranges::Postgres(store) => store.lookup_v6(ips).await,
             Ranges::Memory(tables) => Ok(tables.lookup_v6(ips)),

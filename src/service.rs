@@ -3,11 +3,10 @@
 //! Thrift nor SQL, nor whether the tables are in PostgreSQL or in memory.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::domain::{Addr, Family, Lang, Located, LookupError, Outcome, Table};
+use crate::domain::{Addr, Lang, Located, LookupError, Outcome, Table, Unavailable, V4Table};
 use crate::metrics::Sampled;
 use crate::mmdb::{GeoDb, MaxMind};
 use crate::ranges::Ranges;
@@ -53,8 +52,12 @@ impl Route {
     }
 
     /// The table asked for IPv4 addresses, if any.
-    fn v4_table(self) -> Option<Table> {
-        self.tables().iter().copied().find(|table| table.family() == Family::V4)
+    fn v4_table(self) -> Option<V4Table> {
+        match self {
+            Route::Tables(TableLang::ZhCn) => Some(V4Table::Cn),
+            Route::Tables(TableLang::En) => Some(V4Table::En),
+            Route::MaxMindOnly(_) => None,
+        }
     }
 
     /// Whether IPv6 addresses are looked up in the v6 table.
@@ -80,8 +83,8 @@ enum TableAnswer {
     Row(Located),
     /// No row, or a row whose names are all empty.
     NoRow,
-    /// The table could not be read; the short reason the client sees.
-    Failed(Arc<str>),
+    /// The table could not be read.
+    Failed(Unavailable),
 }
 
 /// What MaxMind said about one address.
@@ -90,7 +93,7 @@ enum MaxMindAnswer {
     Off,
     Found(Located),
     NoAnswer,
-    Failed(String),
+    Failed,
 }
 
 /// The service: the range tables and the optional MaxMind database.
@@ -174,7 +177,7 @@ impl Locator {
 }
 
 /// Puts one table's batch result back at the inputs' positions.
-fn scatter(answers: &mut [TableAnswer], positions: &[usize], rows: Result<Vec<Option<Located>>, Arc<str>>) {
+fn scatter(answers: &mut [TableAnswer], positions: &[usize], rows: Result<Vec<Option<Located>>, Unavailable>) {
     match rows {
         Ok(rows) => {
             for (&i, row) in positions.iter().zip(rows) {
@@ -186,7 +189,7 @@ fn scatter(answers: &mut [TableAnswer], positions: &[usize], rows: Result<Vec<Op
         }
         Err(reason) => {
             for &i in positions {
-                answers[i] = TableAnswer::Failed(reason.clone());
+                answers[i] = TableAnswer::Failed(reason);
             }
         }
     }
@@ -205,18 +208,16 @@ fn decide(addr: Addr, table: TableAnswer, geo: Option<&GeoDb>, lang: Lang) -> Ou
             Ok(None) => MaxMindAnswer::NoAnswer,
             Err(err) => {
                 warn!(error = %err, ip = %addr.ip(), "MaxMind lookup failed");
-                MaxMindAnswer::Failed("MaxMind lookup failed".to_owned())
+                MaxMindAnswer::Failed
             }
         },
     };
     match (table, maxmind) {
         (_, MaxMindAnswer::Found(answer)) => Ok(answer),
         (TableAnswer::Row(row), _) => Ok(row),
-        (TableAnswer::Failed(reason), _) => Err(LookupError::Backend(reason.to_string())),
-        (_, MaxMindAnswer::Failed(reason)) => Err(LookupError::Backend(reason)),
+        (TableAnswer::Failed(reason), _) => Err(LookupError::Backend(reason)),
+        (_, MaxMindAnswer::Failed) => Err(LookupError::Backend(Unavailable::MaxMind)),
         (TableAnswer::NoRow, _) | (TableAnswer::NotAsked, MaxMindAnswer::NoAnswer) => Err(LookupError::NotFound),
-        (TableAnswer::NotAsked, MaxMindAnswer::Off) => {
-            Err(LookupError::Backend("no MaxMind database configured".into()))
-        }
+        (TableAnswer::NotAsked, MaxMindAnswer::Off) => Err(LookupError::Backend(Unavailable::NoMaxMind)),
     }
 }

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::client::{Protocol, Transport};
 use crate::config::Settings;
-use crate::import::{Format, LoadMethod};
+use crate::import::Format;
 use crate::loadgen::{CompareOptions, LoadOptions};
 use crate::store::Table;
 
@@ -115,9 +115,6 @@ pub struct ImportArgs {
     /// Print the change report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// How rows reach PostgreSQL; `insert` exists only for the benchmark.
-    #[arg(long, value_enum, default_value = "copy", hide = true)]
-    pub method: LoadMethod,
 }
 
 /// `query`'s exit status when the server answered but not every address

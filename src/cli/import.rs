@@ -63,7 +63,6 @@ fn options(args: &ImportArgs, table: Table, file: PathBuf) -> ImportOptions {
         lang: args.lang.clone(),
         ipdb_language: args.ipdb_language.clone(),
         force: args.force,
-        method: args.method,
         dry_run: args.dry_run,
         max_change: args.max_change,
         ..ImportOptions::new(table, file)

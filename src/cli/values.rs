@@ -6,7 +6,7 @@ use clap::ValueEnum;
 
 use crate::client::{Protocol, Transport};
 use crate::domain::Table;
-use crate::import::{Format, LoadMethod};
+use crate::import::Format;
 use crate::loadgen::Method;
 
 /// `impl ValueEnum` for an enum: each variant, its name on the command
@@ -37,11 +37,6 @@ value_enum!(Format {
     Format::Ipdb => "ipdb";
     Format::Mmdb => "mmdb";
     Format::Csv => "csv";
-});
-
-value_enum!(LoadMethod {
-    LoadMethod::Copy => "copy", "Binary COPY: the way to load";
-    LoadMethod::Insert => "insert", "Multi-row INSERT, kept only so the benchmark can compare";
 });
 
 value_enum!(Transport {

@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use super::change::{self, ChangeReport};
-use super::swap::{swap_in, LoadMethod};
+use super::swap::swap_in;
 use super::{file_name, history, read_ranges, ColumnLimits, Format, ImportError, RangeBuilder};
 use crate::domain::{Lang, Table};
 use crate::store;
@@ -29,7 +29,6 @@ pub struct ImportOptions {
     pub ipdb_language: Option<String>,
     /// Reload even if this file is already the live one.
     pub force: bool,
-    pub method: LoadMethod,
     /// Compute the change report and change nothing.
     pub dry_run: bool,
     /// Refuse an update that changes more than this percentage of the live
@@ -39,7 +38,7 @@ pub struct ImportOptions {
 
 impl ImportOptions {
     /// `file` into `table` with every option at its default: the format
-    /// detected, the table's language, COPY, a real swap, no change limit.
+    /// detected, the table's language, a real swap, no change limit.
     pub fn new(table: Table, file: impl Into<PathBuf>) -> ImportOptions {
         ImportOptions {
             table,
@@ -48,7 +47,6 @@ impl ImportOptions {
             lang: None,
             ipdb_language: None,
             force: false,
-            method: LoadMethod::Copy,
             dry_run: false,
             max_change: None,
         }
@@ -159,7 +157,7 @@ async fn parse_and_swap(
     let built = parse(client, options, format, bytes).await?;
     let report = within_limit(options, compare_with_live(client, options.table, &built).await?)?;
     let tx = client.transaction().await?;
-    swap_in(&tx, options.table, &built.ranges, options.method).await?;
+    swap_in(&tx, options.table, &built.ranges).await?;
     history::succeed(&tx, id, built.ranges.len() as i64, &report).await?;
     tx.commit().await?;
     Ok((built, report))
@@ -233,6 +231,6 @@ fn within_limit(options: &ImportOptions, report: ChangeReport) -> Result<ChangeR
 fn mmdb_lang(options: &ImportOptions) -> Result<Lang, super::SourceError> {
     match options.lang.as_deref().map(Lang::parse) {
         None => Ok(Lang::of_table(options.table)),
-        Some(lang) => lang.map_err(|err| super::SourceError::NotFormat(err.to_string())),
+        Some(lang) => lang.map_err(super::SourceError::Lang),
     }
 }

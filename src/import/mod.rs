@@ -27,7 +27,6 @@ pub use codes::Codes;
 pub use csv_file::COLUMNS as CSV_COLUMNS;
 pub use export::export;
 pub use load::{import, ImportOptions, Outcome};
-pub use swap::LoadMethod;
 
 use crate::domain::{range_fault, Lang, Place, RangeFault, PLACE_COLUMNS};
 pub use crate::domain::{Family, Format};
@@ -92,6 +91,10 @@ pub enum SourceError {
     Overlap { first: String, second: String },
     #[error("no ranges to load")]
     Empty,
+    #[error("cannot be indexed: {0}")]
+    Index(#[from] crate::index::IndexError),
+    #[error("--lang: {0}")]
+    Lang(#[source] crate::domain::LookupError),
 }
 
 /// Why an import failed; the live table is untouched in every case.

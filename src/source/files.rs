@@ -416,7 +416,7 @@ fn load_table(table: Table, file: &DataFile, bytes: &[u8]) -> Result<TableIndex,
         Err(SourceError::Empty) if format != Format::Csv => Vec::new(),
         Err(err) => return Err(source_error(err)),
     };
-    let invalid = |err: crate::index::IndexError| source_error(SourceError::NotFormat(err.to_string()));
+    let invalid = |err| source_error(SourceError::Index(err));
     Ok(match table.family() {
         Family::V4 => TableIndex::V4(index_of(&ranges, table, |n| n as u32).map_err(invalid)?),
         Family::V6 => TableIndex::V6(index_of(&ranges, table, |n| n).map_err(invalid)?),

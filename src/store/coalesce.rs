@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -16,11 +15,12 @@ use tracing::warn;
 
 use super::StoreError;
 use crate::domain::Located;
+use crate::domain::Unavailable;
 
 /// One table's rows for a query's keys, in key order.
 type Rows = Vec<Option<Located>>;
 /// What a caller gets: its own rows, or the short reason its query failed.
-type Answer = Result<Rows, Arc<str>>;
+type Answer = Result<Rows, Unavailable>;
 
 /// How far coalescing goes.
 #[derive(Debug, Clone, Copy)]
@@ -73,15 +73,17 @@ impl<K: Send + 'static> Coalescer<K> {
 
     /// The rows for `keys`, in order.
     pub async fn lookup(&self, keys: Vec<K>) -> Answer {
-        let gone = || -> Arc<str> { Arc::from("the database lookup task has stopped") };
         let wait = async {
             let (reply, answer) = oneshot::channel();
-            self.queue.send(Waiting { keys, reply }).await.map_err(|_| gone())?;
-            answer.await.map_err(|_| gone())?
+            let stopped = Err(Unavailable::LookupStopped);
+            if self.queue.send(Waiting { keys, reply }).await.is_err() {
+                return stopped;
+            }
+            answer.await.unwrap_or(stopped)
         };
         tokio::time::timeout(self.timeout, wait)
             .await
-            .unwrap_or_else(|_| Err(Arc::from(StoreError::Timeout(self.timeout).client_message())))
+            .unwrap_or(Err(Unavailable::DatabaseTimeout))
     }
 }
 
@@ -151,22 +153,25 @@ where
                 let _ = caller.reply.send(Ok(rows.by_ref().take(size).collect()));
             }
         }
-        Ok(rows) => fail(
-            batch,
-            &format!("the database returned {} rows for {total} keys", rows.len()),
-        ),
+        Ok(rows) => {
+            warn!(
+                rows = rows.len(),
+                keys = total,
+                "the database returned the wrong number of rows"
+            );
+            fail(batch, Unavailable::RowCount)
+        }
         Err(err) => {
             // Logged once per query with its cause; each caller gets the short form.
             warn!(error = %err, callers = batch.len(), addresses = total, "range table lookup failed");
-            fail(batch, err.client_message());
+            fail(batch, err.unavailable());
         }
     }
 }
 
-fn fail<K>(batch: Vec<Waiting<K>>, reason: &str) {
-    let reason: Arc<str> = Arc::from(reason);
+fn fail<K>(batch: Vec<Waiting<K>>, reason: Unavailable) {
     for caller in batch {
-        let _ = caller.reply.send(Err(reason.clone()));
+        let _ = caller.reply.send(Err(reason));
     }
 }
 
@@ -174,6 +179,7 @@ fn fail<K>(batch: Vec<Waiting<K>>, reason: &str) {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     use futures_util::future::BoxFuture;
 
@@ -279,7 +285,7 @@ mod tests {
         });
         assert_eq!(keys_of(&first.await.unwrap().unwrap()), [1]);
         let reason = poisoned.await.unwrap().unwrap_err();
-        assert_eq!(&*reason, "database timed out");
+        assert_eq!(reason.to_string(), "database timed out");
         assert!(sharing.await.unwrap().is_err(), "shared the failed query");
         assert_eq!(keys_of(&coalescer.lookup(vec![4]).await.unwrap()), [4]);
     }
@@ -317,6 +323,6 @@ mod tests {
             slow_query(Duration::from_secs(10), queries),
         );
         let reason = coalescer.lookup(vec![1]).await.unwrap_err();
-        assert_eq!(&*reason, "database timed out");
+        assert_eq!(reason.to_string(), "database timed out");
     }
 }

@@ -15,7 +15,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
 
 use crate::config;
-use crate::domain::{Family, Located, Place, Source, PLACE_COLUMNS};
+use crate::domain::{Family, Located, Place, Source, Unavailable, V4Table, PLACE_COLUMNS};
 use crate::metrics::{Metrics, PoolState, TableState};
 use coalesce::Coalescer;
 
@@ -90,14 +90,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The short reason a client is told, in `error_msg`: never SQL text,
-    /// host names or paths. The whole error goes to the log, once.
-    pub fn client_message(&self) -> &'static str {
+    /// What a client is told; the whole error goes to the log, once.
+    pub fn unavailable(&self) -> Unavailable {
         match self {
-            StoreError::Timeout(_) => "database timed out",
-            StoreError::Query(err) if !err.is_closed() && !session_ended(err) => "database query failed",
-            StoreError::Invalid(_) => "database holds invalid rows",
-            _ => "database unavailable",
+            StoreError::Timeout(_) => Unavailable::DatabaseTimeout,
+            StoreError::Query(err) if !err.is_closed() && !session_ended(err) => Unavailable::DatabaseQuery,
+            StoreError::Invalid(_) => Unavailable::DatabaseRows,
+            _ => Unavailable::Database,
         }
     }
 }
@@ -216,19 +215,17 @@ impl Store {
         self.pool.close();
     }
 
-    /// Finds the row for each IPv4 address in the IPv4 `table` (cn or en),
-    /// in input order.
-    pub async fn lookup_v4(&self, table: Table, ips: &[Ipv4Addr]) -> Result<Vec<Option<Located>>, Arc<str>> {
+    /// Finds the row for each IPv4 address in `table`, in input order.
+    pub async fn lookup_v4(&self, table: V4Table, ips: &[Ipv4Addr]) -> Result<Vec<Option<Located>>, Unavailable> {
         let keys: Vec<i64> = ips.iter().map(|ip| i64::from(u32::from(*ip))).collect();
         match table {
-            Table::Cn => self.cn.lookup(keys).await,
-            Table::En => self.en.lookup(keys).await,
-            Table::V6 => Err(Arc::from("the v6 table holds no IPv4 addresses")),
+            V4Table::Cn => self.cn.lookup(keys).await,
+            V4Table::En => self.en.lookup(keys).await,
         }
     }
 
     /// Finds the row for each IPv6 address in `ip_service_v6`, in input order.
-    pub async fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Result<Vec<Option<Located>>, Arc<str>> {
+    pub async fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Result<Vec<Option<Located>>, Unavailable> {
         self.v6.lookup(ips.iter().map(|ip| IpAddr::V6(*ip)).collect()).await
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_postgres::AsyncMessage;
-use xm_ip_service::import::{self, Format, ImportError, ImportOptions, LoadMethod, Outcome};
+use xm_ip_service::import::{self, Format, ImportError, ImportOptions, Outcome};
 use xm_ip_service::store::{self, Table};
 
 use crate::helpers::{summary, TestApp, TestDb};
@@ -624,16 +624,14 @@ async fn grants_on_the_live_table_survive_the_swap() {
 }
 
 #[tokio::test]
-async fn the_insert_method_kept_for_the_benchmark_loads_the_same_rows() {
+async fn an_unsupported_lang_for_an_mmdb_is_reported_as_the_lang_not_as_the_file() {
     let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = file(&dir, "cn.csv", big_csv(2_500, "电信").as_bytes());
-    run(&db, &options(Table::Cn, &path)).await.unwrap();
-    let copied = rows(&db, Table::Cn).await;
-    let mut inserted = options(Table::Cn, &path);
-    inserted.method = LoadMethod::Insert;
-    inserted.force = true;
-    run(&db, &inserted).await.unwrap();
-    assert_eq!(rows(&db, Table::Cn).await, copied);
-    assert_eq!(copied.len(), 2_500);
+    let mmdb = crate::helpers::fixture_mmdb();
+    let options = ImportOptions {
+        lang: Some("xx".to_owned()),
+        ..options(Table::En, &mmdb)
+    };
+    let err = run(&db, &options).await.unwrap_err().to_string();
+    assert!(err.contains("--lang: "), "{err}");
+    assert!(!err.contains("not a valid file"), "{err}");
 }
