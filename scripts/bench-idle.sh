@@ -6,18 +6,14 @@
 # and how long 200 newcomers over the cap waited to be closed. Loopback
 # only; the clients close after HOLD seconds (10).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 connections=${CONNECTIONS:-2000}
 hold=${HOLD:-10}
-port=${PORT:-19097}
-bin=target/release/xm-ip-service
-cargo build --release --quiet
+port=${PORT:-$(xm_free_port)}
+xm_build
 ulimit -n 65536 2>/dev/null || true
 
-RUST_LOG=error "$bin" serve --addr "127.0.0.1:$port" --http-addr off --max-connections "$connections" >/dev/null 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
+RUST_LOG=error xm_serve idle --addr "127.0.0.1:$port" --http-addr off --max-connections "$connections"
 "$bin" query --addr "127.0.0.1:$port" 183.62.57.1 >/dev/null   # warm up
 sleep 1
 rss() { awk '/VmRSS/ {print $2}' "/proc/$server/status"; }

