@@ -163,7 +163,7 @@ fn request(c: &mut Criterion) {
         protocol: Protocol::Binary { strict: true },
     };
     let ips = addresses(&data.tables, 1000);
-    let message = codec::encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips });
+    let message = xm_ip_service::thrift::calls::encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips });
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let mut group = c.benchmark_group("request");
     group.throughput(Throughput::Elements(1000));
@@ -191,7 +191,7 @@ fn unframed(c: &mut Criterion) {
     let limit = 16_384_000;
     // Ten thousand 1,600-byte strings: the batch limit's worth, near the frame limit.
     let ips = vec!["x".repeat(1_600); 10_000];
-    let message = codec::encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips });
+    let message = xm_ip_service::thrift::calls::encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips });
     assert!(message.len() <= limit);
     let decode =
         |buf: &[u8], found: codec::Found| codec::decode(&buf[found.body..found.end], wire.protocol, 10_000).unwrap();

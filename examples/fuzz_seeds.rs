@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use xm_ip_service::thrift::codec::{encode_call, Call};
+use xm_ip_service::thrift::calls::encode_call;
+use xm_ip_service::thrift::codec::Call;
 
 #[path = "../tests/decoder/invariants.rs"]
 #[allow(dead_code)]

@@ -22,6 +22,7 @@ use crate::client::{self, Protocol, Transport};
 use crate::config::LookupMode;
 use crate::domain::Table;
 use crate::index::{TableIndex, Tables};
+use crate::thrift::calls;
 use crate::thrift::codec::{self, Call, Framing, MessageCheck, Wire};
 use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 
@@ -249,7 +250,7 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<Report> {
         let requests: Vec<Arc<Vec<Vec<u8>>>> = (0..options.connections)
             .map(|_| {
                 let encoded = (0..REQUESTS_PER_CONNECTION)
-                    .map(|seq| codec::encode_call(wire, seq as i32, &options.method.call(sampler.batch(options.batch))))
+                    .map(|seq| calls::encode_call(wire, seq as i32, &options.method.call(sampler.batch(options.batch))))
                     .collect();
                 Arc::new(encoded)
             })
@@ -345,7 +346,7 @@ async fn drive(
                 Err(err) => bail!("unreadable reply: {err}"),
             }
         };
-        let summary = codec::scan_reply(&buf[found.body..found.end], wire.protocol)
+        let summary = calls::scan_reply(&buf[found.body..found.end], wire.protocol)
             .map_err(|err| anyhow::anyhow!("unreadable reply: {err}"))?;
         buf.advance(found.end);
         tally

@@ -5,6 +5,7 @@
 mod invariants;
 
 use proptest::prelude::*;
+use xm_ip_service::thrift::calls;
 use xm_ip_service::thrift::codec::{self, Call};
 
 use invariants::{check_stream, WIRES};
@@ -36,7 +37,7 @@ proptest! {
     fn every_valid_call_decodes_to_what_was_encoded_however_it_arrives(
         call in any_call(), wire in 0..4usize, piece in any::<u8>(), seq in any::<i32>(),
     ) {
-        let message = codec::encode_call(WIRES[wire], seq, &call);
+        let message = calls::encode_call(WIRES[wire], seq, &call);
         let request = check_stream(&input(wire, piece, &message)).expect("a valid call decodes");
         prop_assert_eq!(request.seq, seq);
         prop_assert_eq!(request.call, Ok(call));
@@ -55,7 +56,7 @@ proptest! {
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
     ) {
-        let mut message = codec::encode_call(WIRES[wire], 1, &call);
+        let mut message = calls::encode_call(WIRES[wire], 1, &call);
         for (at, byte) in flips {
             let at = at.index(message.len());
             message[at] = byte;
@@ -69,7 +70,7 @@ proptest! {
 fn a_list_of_a_million_empty_strings_holds_no_more_than_a_batch() {
     // Compact, unframed: one byte per element on the wire, 24 bytes per
     // `String` if it were built; over the batch limit nothing is.
-    let mut message = codec::encode_call(WIRES[3], 1, &Call::QueryGeoInfoByIp { ips: Vec::new() });
+    let mut message = calls::encode_call(WIRES[3], 1, &Call::QueryGeoInfoByIp { ips: Vec::new() });
     message.truncate(message.len() - 2); // the empty list's header and the end of the arguments
     message.extend_from_slice(&[0xf8, 0xc0, 0x84, 0x3d]); // a list of 1,000,000 strings
     message.extend(std::iter::repeat_n(0u8, 1_000_000));

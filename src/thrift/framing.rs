@@ -343,7 +343,8 @@ fn frame_size(buf: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::thrift::codec::{encode_call, Call};
+    use crate::thrift::calls::encode_call;
+    use crate::thrift::codec::Call;
 
     const LIMIT: usize = 16_384_000;
 

@@ -3,6 +3,7 @@
 //! database.
 
 mod answer;
+pub mod calls;
 pub mod codec;
 mod framing;
 #[allow(clippy::all, clippy::pedantic, dead_code)]

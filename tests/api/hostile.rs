@@ -5,7 +5,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use xm_ip_service::thrift::codec::{self, Call, Framing, Protocol, Wire};
+use xm_ip_service::thrift::calls;
+use xm_ip_service::thrift::codec::{Call, Framing, Protocol, Wire};
 use xm_ip_service::thrift::TIPServiceSyncClient;
 
 use crate::helpers::{black_hole_database, summary, Options, TestApp};
@@ -41,7 +42,7 @@ fn read_until_closed(mut socket: &TcpStream, within: Duration) -> (usize, bool) 
 /// a write blocks for 5 s.
 fn pipeline(app: &TestApp, addresses: usize, requests: usize) -> (TcpStream, std::thread::JoinHandle<()>) {
     let ips = vec!["183.62.57.1".to_owned(); addresses];
-    let request = codec::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
+    let request = calls::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
     let socket = TcpStream::connect(app.addr).unwrap();
     let writer = socket.try_clone().unwrap();
     let pipelining = std::thread::spawn(move || {
@@ -152,7 +153,7 @@ async fn shutdown_aborts_a_request_still_running_when_its_timeout_expires() {
     })
     .await;
     let socket = TcpStream::connect(app.addr).unwrap();
-    let request = codec::encode_call(
+    let request = calls::encode_call(
         FRAMED_BINARY,
         1,
         &Call::QueryGeoInfoByIp {
@@ -202,7 +203,7 @@ async fn an_input_longer_than_any_address_is_echoed_only_in_part() {
 /// A framed `queryGeoInfoByIP` of `strings` inputs of 1,700 bytes each.
 fn large_request(strings: usize) -> Vec<u8> {
     let ips = vec!["x".repeat(1_700); strings];
-    codec::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips })
+    calls::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips })
 }
 
 /// Connections that each send the first 90% of `request` and then hold,

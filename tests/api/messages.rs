@@ -8,7 +8,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use xm_ip_service::thrift::codec::{self, Call, Framing, MessageCheck, Protocol, ReplySummary, Wire};
+use xm_ip_service::thrift::calls::{self, ReplySummary};
+use xm_ip_service::thrift::codec::{Call, Framing, MessageCheck, Protocol, Wire};
 
 use crate::helpers::{Options, TestApp};
 
@@ -46,7 +47,7 @@ impl Peer {
     fn reply(&mut self) -> Option<ReplySummary> {
         loop {
             if let Some(found) = self.check.check(&self.buf).unwrap() {
-                let summary = codec::scan_reply(&self.buf[found.body..found.end], self.wire.protocol).unwrap();
+                let summary = calls::scan_reply(&self.buf[found.body..found.end], self.wire.protocol).unwrap();
                 self.buf.advance(found.end);
                 return Some(summary);
             }
@@ -78,7 +79,7 @@ impl Peer {
 
 fn call(wire: Wire, ips: &[&str]) -> Vec<u8> {
     let ips = ips.iter().map(|ip| ip.to_string()).collect();
-    codec::encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips })
+    calls::encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips })
 }
 
 /// Where the message header ends, the arguments' first field header
