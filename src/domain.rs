@@ -291,6 +291,7 @@ pub struct PlaceFields<'a> {
 
 impl<'a> PlaceFields<'a> {
     /// The fields from values in [`PLACE_COLUMNS`] order.
+    #[inline]
     pub fn from_columns(values: [&'a str; 8]) -> PlaceFields<'a> {
         let [country_code, country_name, province_code, province_name, city_code, city_name, district_name, carrier] =
             values;
@@ -307,6 +308,7 @@ impl<'a> PlaceFields<'a> {
     }
 
     /// The values in [`PLACE_COLUMNS`] order.
+    #[inline]
     pub fn columns(self) -> [&'a str; 8] {
         [
             self.country_code,
@@ -367,12 +369,14 @@ impl Place {
     }
 
     /// The field at `i` in [`PLACE_COLUMNS`] order.
+    #[inline]
     fn field(&self, i: usize) -> &str {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         &self.text[start..self.ends[i] as usize]
     }
 
     /// Every field, by name.
+    #[inline]
     pub fn fields(&self) -> PlaceFields<'_> {
         PlaceFields::from_columns(std::array::from_fn(|i| self.field(i)))
     }

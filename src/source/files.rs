@@ -22,18 +22,6 @@ use crate::import::{read_ranges, schema_limits, Format, ImportError, Range, Sour
 use crate::index::{Builder, Key, RangeIndex, Snapshot, TableIndex, Tables, Version};
 use crate::metrics::{Metrics, Reload};
 
-/// The built-in sample (see `data/sample/README.md`): real ranges cut from
-/// the fetched files by `scripts/cut-sample.sh`, compiled in so that the
-/// service answers from its tables on a machine with nothing installed.
-const SAMPLE: [(&str, &[u8]); 3] = [
-    ("cn.csv", include_bytes!("../../data/sample/cn.csv")),
-    ("v6.csv", include_bytes!("../../data/sample/v6.csv")),
-    (
-        "GeoLite2-City-sample.mmdb",
-        include_bytes!("../../data/sample/GeoLite2-City-sample.mmdb"),
-    ),
-];
-
 /// Where a file's bytes are.
 #[derive(Debug, Clone)]
 pub enum FileSource {
@@ -156,12 +144,12 @@ impl DataFiles {
         }
     }
 
-    /// The sample compiled into the binary.
+    /// The sample compiled into the binary (`source::builtin`).
     pub fn sample() -> DataFiles {
         DataFiles {
             origin: "the built-in sample".to_owned(),
             dir: None,
-            files: SAMPLE
+            files: super::builtin::SAMPLE
                 .iter()
                 .map(|&(name, bytes)| DataFile {
                     name: name.to_owned(),

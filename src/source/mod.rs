@@ -1,9 +1,11 @@
 //! Where the range tables and the MaxMind database come from, and how
 //! they stay fresh: PostgreSQL queried per call or held in memory
-//! (`postgres`), IP database files or the built-in sample ([`files`]),
-//! and the mmdb file (`mmdb`). Every in-memory source runs on the one
-//! refresh loop in [`refresh`]; freed memory is given back after a swap there.
+//! (`postgres`), IP database files ([`files`]), the built-in sample
+//! (`builtin`, served as files are) and the mmdb file (`mmdb`). Every
+//! in-memory source runs on the one refresh loop in [`refresh`]; freed
+//! memory is given back after a swap there.
 
+mod builtin;
 pub mod files;
 mod mmdb;
 mod postgres;
