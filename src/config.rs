@@ -128,7 +128,7 @@ struct SourceFlags {
     /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/ip_service.
     /// Without it (and without --data) the service serves data/ if
     /// scripts/fetch-data.sh filled it, else its built-in sample.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Serve the tables from the IP database files in this directory
     /// instead of a database: .ipdb gives cn and v6, .mmdb gives en and
@@ -215,7 +215,7 @@ pub struct Requests {
 #[derive(Debug, Clone, Args)]
 pub struct Thrift {
     /// Address to listen on for Thrift.
-    #[arg(long = "addr", id = "addr", env = "XM_IP_ADDR", default_value = "0.0.0.0:9090", value_parser = socket_addr)]
+    #[arg(long = "addr", id = "addr", value_name = "ADDR", env = "XM_IP_ADDR", default_value = "0.0.0.0:9090", value_parser = socket_addr)]
     pub addr: SocketAddr,
     /// Largest message in bytes, framed or not.
     #[arg(long, env = "XM_IP_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
@@ -256,7 +256,8 @@ type MaybeListener = Option<SocketAddr>;
 #[derive(Debug, Clone, Args)]
 pub struct Http {
     /// Address for the HTTP API, /metrics and the health checks, or "off".
-    #[arg(long = "http-addr", id = "http_addr", env = "XM_IP_HTTP_ADDR", default_value = "0.0.0.0:8080", value_parser = socket_addr_or_off)]
+    #[arg(long = "http-addr", id = "http_addr",
+        value_name = "HTTP_ADDR", env = "XM_IP_HTTP_ADDR", default_value = "0.0.0.0:8080", value_parser = socket_addr_or_off)]
     pub addr: MaybeListener,
     /// Most HTTP connections at once; further ones are closed at once
     /// [default: 10000, or what the open-file limit leaves beside
@@ -264,6 +265,7 @@ pub struct Http {
     #[arg(
         long = "http-max-connections",
         id = "http_max_connections",
+        value_name = "HTTP_MAX_CONNECTIONS",
         env = "XM_IP_HTTP_MAX_CONNECTIONS"
     )]
     pub max_connections: Option<usize>,
@@ -271,24 +273,28 @@ pub struct Http {
     #[arg(
         long = "http-max-in-flight",
         id = "http_max_in_flight",
+        value_name = "HTTP_MAX_IN_FLIGHT",
         env = "XM_IP_HTTP_MAX_IN_FLIGHT",
         default_value_t = 1024
     )]
     pub max_in_flight: usize,
     /// Largest HTTP request body in bytes.
-    #[arg(long = "http-max-body", id = "http_max_body", env = "XM_IP_HTTP_MAX_BODY", default_value_t = 1 << 20)]
+    #[arg(long = "http-max-body", id = "http_max_body",
+        value_name = "HTTP_MAX_BODY", env = "XM_IP_HTTP_MAX_BODY", default_value_t = 1 << 20)]
     pub max_body: usize,
     /// Request body bytes all HTTP requests together may hold; a body
     /// waits for room, and gets 503 after --http-timeout.
     #[arg(
         long = "http-max-buffered-bytes",
         id = "http_max_buffered_bytes",
+        value_name = "HTTP_MAX_BUFFERED_BYTES",
         env = "XM_IP_HTTP_MAX_BUFFERED_BYTES",
         default_value_t = 128 << 20
     )]
     pub max_buffered_bytes: usize,
     /// How long an HTTP request may take, headers, body and answer.
-    #[arg(long = "http-timeout", id = "http_timeout", env = "XM_IP_HTTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long = "http-timeout", id = "http_timeout",
+        value_name = "HTTP_TIMEOUT", env = "XM_IP_HTTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 
