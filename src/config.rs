@@ -65,6 +65,9 @@ pub enum DataSource {
 pub struct Postgres {
     /// A libpq-style URL; several hosts are tried in turn.
     pub url: String,
+    /// Where memory mode LISTENs for imports, when `url` is a standby
+    /// (which cannot LISTEN): normally the primary. `None`: `url` itself.
+    pub notify_url: Option<String>,
     pub lookup: LookupMode,
     /// Apply pending migrations before serving.
     pub migrate: bool,
@@ -142,6 +145,12 @@ struct SourceFlags {
     /// Apply pending migrations before serving.
     #[arg(long, env = "XM_IP_MIGRATE")]
     migrate: bool,
+    /// Memory mode: LISTEN for imports here (normally the primary) while
+    /// the tables are read from --database-url (a standby, which cannot
+    /// LISTEN); after a notification the tables are rebuilt once the
+    /// standby has replayed the import.
+    #[arg(long, env = "XM_IP_NOTIFY_URL", hide_env_values = true, requires = "database_url")]
+    notify_url: Option<String>,
     /// Most PostgreSQL connections held at once.
     #[arg(long, env = "XM_IP_POOL_SIZE", default_value_t = 16)]
     pool_size: usize,
@@ -169,6 +178,7 @@ impl SourceFlags {
         };
         Ok(DataSource::Postgres(Postgres {
             url,
+            notify_url: self.notify_url,
             lookup: self.lookup.unwrap_or(LookupMode::Postgres),
             migrate: self.migrate,
             pool: Pool {

@@ -62,7 +62,7 @@ pub async fn open(
         Found::Postgres(pg) => {
             let (ranges, described) = open_postgres(pg, metrics).await?;
             if let Ranges::Memory(tables) = &ranges {
-                let reloader = Reloader::new(pg.url.clone(), pg.pool.timeout, tables.clone(), metrics.clone());
+                let reloader = Reloader::new(pg, tables.clone(), metrics.clone());
                 refreshing.push(keep_fresh(reloader, every, wake, stop));
             }
             (ranges, None, described)
@@ -166,6 +166,7 @@ pub fn offline(url: Option<&str>, data: Option<&Path>, lookup: LookupMode, timeo
     match (url, data) {
         (Some(url), _) => DataSource::Postgres(Postgres {
             url: url.to_owned(),
+            notify_url: None,
             lookup,
             migrate: false,
             pool: Pool { size: 8, timeout },

@@ -16,6 +16,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tracing::{debug, error, info, warn};
 
 use super::refresh::{Refresh, Which};
+use crate::config::Postgres;
 use crate::domain::Table;
 use crate::index::{Snapshot, Tables};
 use crate::metrics::{Metrics, Reload};
@@ -30,16 +31,49 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// few seconds.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How long an announced import is awaited on a standby that has not yet
+/// replayed it, and how often the standby is asked meanwhile.
+const AWAIT_REPLAY: Duration = Duration::from_secs(60);
+const REPLAY_POLL: Duration = Duration::from_millis(100);
+
+/// How often a LISTEN host found to be a standby is probed again (it may
+/// have been promoted); silently.
+const STANDBY_PROBE: Duration = Duration::from_secs(300);
+
 /// Keeps `tables` equal to the database's tables.
 pub struct Reloader {
     database_url: String,
+    /// Where to LISTEN: `--notify-url`, else the database itself.
+    listen_url: String,
     /// Bounds connecting and each version check.
     timeout: Duration,
     tables: Arc<Tables>,
     metrics: Arc<Metrics>,
-    listener: Option<Listener>,
+    listening: Listening,
     reconnect_at: Instant,
     backoff: Duration,
+    /// Tables announced whose import the database has not replayed yet,
+    /// and until when to keep asking.
+    awaiting: Vec<(Table, Instant)>,
+    /// The cause last logged for each kind of failure, so that retries of
+    /// the same failure log nothing, and a recovery is logged once.
+    failing: Failing,
+}
+
+enum Listening {
+    Down,
+    Up(Listener),
+    /// The LISTEN host is a standby, which refuses LISTEN: freshness comes
+    /// from the timer (and the host is probed again now and then).
+    Standby,
+}
+
+#[derive(Default)]
+struct Failing {
+    listen: Option<String>,
+    check: Option<String>,
+    /// Said once: the LISTEN host is a standby.
+    standby_said: bool,
 }
 
 /// A live LISTEN connection and the notifications it forwards.
@@ -50,29 +84,43 @@ struct Listener {
     overflowed: Arc<AtomicBool>,
 }
 
+/// Why no LISTEN connection could be made.
+enum ListenError {
+    Standby,
+    Failed(StoreError),
+}
+
 impl Reloader {
-    pub fn new(database_url: String, timeout: Duration, tables: Arc<Tables>, metrics: Arc<Metrics>) -> Reloader {
+    pub fn new(pg: &Postgres, tables: Arc<Tables>, metrics: Arc<Metrics>) -> Reloader {
         Reloader {
-            database_url,
-            timeout,
+            database_url: pg.url.clone(),
+            listen_url: pg.notify_url.clone().unwrap_or_else(|| pg.url.clone()),
+            timeout: pg.pool.timeout,
             tables,
             metrics,
-            listener: None,
+            listening: Listening::Down,
             reconnect_at: Instant::now(),
             backoff: Duration::from_secs(1),
+            awaiting: Vec::new(),
+            failing: Failing::default(),
         }
     }
 
     /// Opens a connection that LISTENs and forwards each notification's
-    /// table (`None` for a payload naming no table).
-    async fn open_listener(&self) -> Result<Listener, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(&self.database_url).map_err(StoreError::Config)?;
+    /// table (`None` for a payload naming no table); refuses a standby.
+    async fn open_listener(&self) -> Result<Listener, ListenError> {
+        let failed = ListenError::Failed;
+        let mut config =
+            tokio_postgres::Config::from_str(&self.listen_url).map_err(|e| failed(StoreError::Config(e)))?;
         config
             .connect_timeout(self.timeout)
             .application_name("xm-ip-service reload listener")
             // Notice a vanished server within a minute, not hours.
             .keepalives_idle(Duration::from_secs(30));
-        let (client, mut connection) = config.connect(NoTls).await.map_err(StoreError::Connect)?;
+        let (client, mut connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| failed(StoreError::Connect(e)))?;
         let (tx, notes) = mpsc::channel(NOTIFICATIONS);
         let overflowed = Arc::new(AtomicBool::new(false));
         let overflow = overflowed.clone();
@@ -94,14 +142,24 @@ impl Reloader {
             }
             // Dropping `tx` tells the reloader the listener is gone.
         });
-        tokio::time::timeout(self.timeout, client.batch_execute(&format!("LISTEN {RELOAD_CHANNEL}")))
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))??;
-        Ok(Listener {
-            _client: client,
-            notes,
-            overflowed,
-        })
+        let listen = async {
+            let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await?;
+            if row.get::<_, bool>(0) {
+                return Ok(false);
+            }
+            client.batch_execute(&format!("LISTEN {RELOAD_CHANNEL}")).await?;
+            Ok::<_, tokio_postgres::Error>(true)
+        };
+        match tokio::time::timeout(self.timeout, listen).await {
+            Err(_) => Err(failed(StoreError::Timeout(self.timeout))),
+            Ok(Err(err)) => Err(failed(StoreError::Query(err))),
+            Ok(Ok(false)) => Err(ListenError::Standby),
+            Ok(Ok(true)) => Ok(Listener {
+                _client: client,
+                notes,
+                overflowed,
+            }),
+        }
     }
 
     /// Loads `table` again and swaps it in; `change` is the summary line
@@ -128,7 +186,7 @@ impl Reloader {
             Err(err) => {
                 error!(
                     table = table.name(),
-                    error = %err,
+                    error = %err.cause(),
                     "reload failed; still serving the previous data"
                 );
                 self.metrics.reloaded(Reload::Table, false);
@@ -136,54 +194,108 @@ impl Reloader {
             }
         }
     }
-}
 
-impl Refresh for Reloader {
-    /// Reloads each table whose version differs from its snapshot's.
-    async fn check(&mut self, which: Which) -> bool {
+    /// The tables in `tables` whose version differs from their snapshot's,
+    /// with the change summary of the import behind each.
+    async fn changed(&self, tables: &[Table]) -> Result<Vec<(Table, Option<String>)>, StoreError> {
         let versions = async {
             let client = store::connect_for(&self.database_url, self.timeout, "reload check").await?;
             let mut changed = Vec::new();
-            for table in which.tables() {
+            for &table in tables {
                 let now = store::version(&client, table).await?;
                 if self.tables.snapshot(table).version != now {
                     changed.push((table, store::change_summary(&client, now).await?));
                 }
             }
-            Ok::<_, StoreError>(changed)
+            Ok(changed)
         };
-        let versions = match tokio::time::timeout(self.timeout * 2, versions).await {
-            Ok(Ok(versions)) => versions,
-            Ok(Err(err)) => {
-                warn!(error = %err, "cannot check the tables for changes");
+        tokio::time::timeout(self.timeout * 2, versions)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.timeout * 2)))
+    }
+
+    /// Forgets the announcements that `changed` answers, or that waited too long.
+    fn settle_awaiting(&mut self, changed: &[(Table, Option<String>)]) {
+        let now = Instant::now();
+        self.awaiting.retain(|&(table, until)| {
+            if changed.iter().any(|(t, _)| *t == table) {
                 return false;
             }
-            Err(_) => {
-                warn!(timeout = ?self.timeout * 2, "checking the tables for changes timed out");
+            if now >= until {
+                warn!(
+                    table = table.name(),
+                    waited = ?AWAIT_REPLAY,
+                    "an announced import has not reached the database the tables are read from; the timer will find it"
+                );
+                return false;
+            }
+            true
+        });
+    }
+}
+
+impl Refresh for Reloader {
+    /// Reloads each table whose version differs from its snapshot's.
+    async fn check(&mut self, which: Which) -> bool {
+        let changed = match self.changed(&which.tables()).await {
+            Ok(changed) => {
+                if self.failing.check.take().is_some() {
+                    info!("the tables can be checked for changes again");
+                }
+                changed
+            }
+            Err(err) => {
+                let cause = err.cause();
+                if self.failing.check.as_ref() != Some(&cause) {
+                    warn!(error = %cause, "cannot check the tables for changes; retrying on every check");
+                }
+                self.failing.check = Some(cause);
                 return false;
             }
         };
+        self.settle_awaiting(&changed);
         let mut swapped = false;
-        for (table, change) in versions {
+        for (table, change) in changed {
             swapped |= self.rebuild(table, change).await;
         }
         swapped
     }
 
     async fn listen(&mut self) -> Option<Which> {
-        if self.listener.is_some() || Instant::now() < self.reconnect_at {
+        if !matches!(self.listening, Listening::Down | Listening::Standby) || Instant::now() < self.reconnect_at {
             return None;
         }
+        let was_standby = matches!(self.listening, Listening::Standby);
         match self.open_listener().await {
             Ok(live) => {
                 debug!("listening for table reloads");
-                self.listener = Some(live);
+                if self.failing.listen.take().is_some() || was_standby {
+                    info!("listening for table reloads again");
+                }
+                self.listening = Listening::Up(live);
                 self.backoff = Duration::from_secs(1);
                 // Whatever changed while nobody listened.
                 Some(Which::All)
             }
-            Err(err) => {
-                warn!(error = %err, retry_in = ?self.backoff, "cannot listen for table reloads");
+            Err(ListenError::Standby) => {
+                if !self.failing.standby_said {
+                    info!(
+                        database = %super::describe_database(&self.listen_url),
+                        "the database to LISTEN on is a standby, which cannot LISTEN: new data is found by the \
+                         --reload-interval timer (give --notify-url the primary to hear of imports at once)"
+                    );
+                    self.failing.standby_said = true;
+                }
+                self.listening = Listening::Standby;
+                self.reconnect_at = Instant::now() + STANDBY_PROBE;
+                None
+            }
+            Err(ListenError::Failed(err)) => {
+                let cause = err.cause();
+                if self.failing.listen.as_ref() != Some(&cause) {
+                    warn!(error = %cause, "cannot listen for table reloads; retrying with backoff up to 30 s");
+                }
+                self.failing.listen = Some(cause);
                 self.reconnect_at = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 None
@@ -192,22 +304,48 @@ impl Refresh for Reloader {
     }
 
     async fn announced(&mut self) -> Option<Which> {
-        let Some(live) = &mut self.listener else {
+        let awaited = self.awaiting.first().map(|&(table, _)| table);
+        let Listening::Up(live) = &mut self.listening else {
+            // Still ask about what was announced, until it arrives.
+            if let Some(table) = awaited {
+                tokio::time::sleep(REPLAY_POLL).await;
+                return Some(Which::Table(table));
+            }
             tokio::time::sleep_until(self.reconnect_at.into()).await;
             return None;
         };
         if live.overflowed.swap(false, Ordering::Relaxed) {
             return Some(Which::All);
         }
-        match live.notes.recv().await {
-            Some(Some(table)) => Some(Which::Table(table)),
-            Some(None) => Some(Which::All),
-            None => {
-                warn!("lost the connection listening for table reloads; reconnecting");
-                self.listener = None;
-                self.reconnect_at = Instant::now();
-                None
+        let replay_poll = async {
+            match awaited {
+                Some(table) => {
+                    tokio::time::sleep(REPLAY_POLL).await;
+                    table
+                }
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            table = replay_poll => Some(Which::Table(table)),
+            note = live.notes.recv() => match note {
+                Some(Some(table)) => {
+                    if !self.awaiting.iter().any(|(t, _)| *t == table) {
+                        self.awaiting.push((table, Instant::now() + AWAIT_REPLAY));
+                    }
+                    Some(Which::Table(table))
+                }
+                Some(None) => Some(Which::All),
+                None => {
+                    if self.failing.listen.is_none() {
+                        warn!("lost the connection listening for table reloads; reconnecting");
+                        self.failing.listen = Some("the connection was lost".to_owned());
+                    }
+                    self.listening = Listening::Down;
+                    self.reconnect_at = Instant::now();
+                    None
+                }
+            },
         }
     }
 }

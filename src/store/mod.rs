@@ -90,6 +90,32 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The whole cause on one line, for the log: every error in the chain
+    /// (skipping one whose text an outer one already holds), and the
+    /// server's own message and SQLSTATE where PostgreSQL refused.
+    pub fn cause(&self) -> String {
+        let mut line = String::new();
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(err) = next {
+            let db = err
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(|e| e.as_db_error());
+            let text = match db {
+                Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+                None => err.to_string(),
+            };
+            if !line.contains(&text) {
+                if !line.is_empty() {
+                    line.push_str(": ");
+                }
+                line.push_str(&text);
+            }
+            // The server's message is the whole cause.
+            next = if db.is_some() { None } else { err.source() };
+        }
+        line
+    }
+
     /// What a client is told; the whole error goes to the log, once.
     pub fn unavailable(&self) -> Unavailable {
         match self {

@@ -150,15 +150,17 @@ async fn errors_are_one_readable_line() {
 
 /// The server binary, started in `cwd` with `args` after `serve` and
 /// `env`, logging JSON lines.
-struct Served {
+pub struct Served {
     child: tokio::process::Child,
-    addr: String,
+    pub addr: String,
     /// Every log line up to "listening".
     startup: Vec<serde_json::Value>,
+    /// Every log line after it.
+    later: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
 }
 
 impl Served {
-    async fn start(cwd: &std::path::Path, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Served {
+    pub async fn start(cwd: &std::path::Path, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Served {
         Self::start_limited(cwd, args, env, None).await
     }
 
@@ -235,8 +237,32 @@ impl Served {
         .await
         .unwrap();
         // Keep draining the log so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Served { child, addr, startup }
+        let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = later.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(log) = serde_json::from_str(&line) {
+                    keep.lock().unwrap().push(log);
+                }
+            }
+        });
+        Served {
+            child,
+            addr,
+            startup,
+            later,
+        }
+    }
+
+    /// Every log line so far, start-up included, whose message contains `text`.
+    pub fn lines_saying(&self, text: &str) -> Vec<serde_json::Value> {
+        let later = self.later.lock().unwrap();
+        self.startup
+            .iter()
+            .chain(later.iter())
+            .filter(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains(text)))
+            .cloned()
+            .collect()
     }
 
     /// The start-up lines saying `message`.

@@ -16,6 +16,7 @@ mod memory;
 mod messages;
 mod python_client;
 mod real_data;
+mod replica;
 mod resilience;
 mod resolve;
 mod storage;
