@@ -116,6 +116,15 @@ impl StoreError {
         line
     }
 
+    /// Whether the connection, not the query, failed: the server closed it
+    /// or ended the session. Worth one retry on a fresh connection.
+    pub fn is_connection_lost(&self) -> bool {
+        let io = |err: &tokio_postgres::Error| {
+            std::error::Error::source(err).is_some_and(|source| source.is::<std::io::Error>())
+        };
+        matches!(self, StoreError::Query(err) if err.is_closed() || session_ended(err) || io(err))
+    }
+
     /// What a client is told; the whole error goes to the log, once.
     pub fn unavailable(&self) -> Unavailable {
         match self {
@@ -306,13 +315,25 @@ where
         }
         position[i] = distinct.len() - 1;
     }
-    let work = async {
+    let attempt = || async {
         let client = pool.get().await.map_err(|err| match err {
             deadpool_postgres::PoolError::Timeout(_) => StoreError::Timeout(timeout),
             other => other.into(),
         })?;
         let statement = client.prepare_cached(lookup_sql(table)).await?;
         Ok::<_, StoreError>(client.query(&statement, &[&distinct]).await?)
+    };
+    // A pooled connection whose server went away fails at once; the pool
+    // drops it, and a fresh one (the next host of a multi-host URL, if the
+    // first is gone) answers the same lookups: they are read-only.
+    let work = async {
+        match attempt().await {
+            Err(err) if err.is_connection_lost() => {
+                tracing::debug!(error = %err.cause(), "lookup retried on a fresh connection");
+                attempt().await
+            }
+            done => done,
+        }
     };
     let rows = tokio::time::timeout(timeout, work)
         .await

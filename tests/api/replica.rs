@@ -223,3 +223,81 @@ async fn on_a_standby_the_reloader_does_not_listen_and_notify_url_brings_imports
     assert!(notified.lines_saying("is a standby").is_empty());
     assert!(notified.lines_saying("cannot listen").is_empty());
 }
+
+impl Cluster {
+    /// Stops the server at once, as a crash would.
+    fn kill(&self) {
+        let mut stop = as_postgres(&pg_bin("pg_ctl"));
+        stop.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"]);
+        run(stop);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_mode_on_a_multi_host_url_keeps_answering_when_the_first_host_dies() {
+    let primary = Cluster::primary();
+    let admin = primary.url("postgres");
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute("CREATE DATABASE ip").await.unwrap();
+    let primary_url = primary.url("ip");
+    store::migrate(&primary_url).await.unwrap();
+    let files = tempfile::tempdir().unwrap();
+    import_carrier(&primary_url, files.path(), "电信").await;
+    let standby = Cluster::standby_of(&primary);
+
+    // The standby first, then the primary: reads go to the first that answers.
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/ip",
+        standby.port, primary.port
+    );
+    let cwd = tempfile::tempdir().unwrap();
+    let args = [
+        "--database-url",
+        url.as_str(),
+        "--lookup",
+        "postgres",
+        "--pool-size",
+        "4",
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let server = Served::start(cwd.path(), &args, &[]).await;
+    for _ in 0..20 {
+        assert_eq!(carrier_at(&server.addr).await, "电信");
+    }
+
+    // Callers keep asking while the first host dies under them: the
+    // lookups in flight on its connections are retried on fresh ones.
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let ips: Vec<String> = (0..200).map(|i| format!("1.0.0.{}", i % 256)).collect();
+                let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+                let (mut answered, mut failed) = (0, Vec::new());
+                while Instant::now() < until {
+                    for g in by_ip_at(addr, &ips).await {
+                        match g.error_no {
+                            Some(0) => answered += 1,
+                            _ => failed.push(g.error_msg.unwrap_or_default()),
+                        }
+                    }
+                }
+                (answered, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    standby.kill();
+    let mut answered = 0;
+    for caller in callers {
+        let (ok, failed) = caller.await.unwrap();
+        assert!(failed.is_empty(), "{} lookups failed: {:?}", failed.len(), &failed[..1]);
+        answered += ok;
+    }
+    assert!(answered > 1000, "only {answered} lookups were made");
+    assert_eq!(carrier_at(&server.addr).await, "电信");
+}
