@@ -219,6 +219,11 @@ pub struct Requests {
     /// How long in-flight requests may take to finish on SIGINT/SIGTERM.
     #[arg(long, env = "XM_IP_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// On SIGINT/SIGTERM, how long /readyz answers 503 while the listeners
+    /// stay open, so that a balancer's health check takes the instance out
+    /// before it stops accepting.
+    #[arg(long, env = "XM_IP_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
 }
 
 /// The Thrift listener and the limits that protect it from its peers.

@@ -221,6 +221,7 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     last_reload: Family<KindLabel, FloatGauge>,
     mmdb_built: Gauge,
+    draining: Gauge,
 }
 
 impl Default for Metrics {
@@ -253,6 +254,7 @@ impl Metrics {
             reloads: Family::default(),
             last_reload: Family::default(),
             mmdb_built: Gauge::default(),
+            draining: Gauge::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -341,7 +343,22 @@ impl Metrics {
             "Build time of the MaxMind database in use (Unix time)",
             m.mmdb_built.clone(),
         );
+        r.register(
+            "draining",
+            "1 from SIGTERM on: /readyz answers 503 while the listeners stay open for the drain delay",
+            m.draining.clone(),
+        );
         Metrics { registry, ..metrics }
+    }
+
+    /// Shutdown has begun: readiness turns false so that balancers stop
+    /// sending new connections before the listeners close.
+    pub fn start_draining(&self) {
+        self.draining.set(1);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get() == 1
     }
 
     /// A request answered with per-address outcomes.

@@ -198,7 +198,7 @@ impl Application {
                 http::run(
                     listener,
                     self.locator,
-                    self.metrics,
+                    self.metrics.clone(),
                     http,
                     max_connections,
                     requests.clone(),
@@ -209,7 +209,13 @@ impl Application {
         };
         let signal = async {
             shutdown.await;
-            info!("shutting down: draining connections");
+            self.metrics.start_draining();
+            info!(
+                delay = ?requests.drain_delay,
+                "shutting down: /readyz answers 503 while the listeners stay open for the drain delay"
+            );
+            tokio::time::sleep(requests.drain_delay).await;
+            info!("draining connections");
             stopping.cancel();
         };
         tokio::join!(thrift, http, signal);

@@ -374,6 +374,14 @@ async fn healthz() -> Response {
 /// 200 when every table the routes need can be read and holds rows;
 /// otherwise 503 naming what is missing.
 async fn readyz(State(state): State<Shared>) -> Response {
+    if state.metrics.is_draining() {
+        let mut response = json_body(&Health {
+            status: "draining",
+            missing: Vec::new(),
+        });
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return tagged(response, "readyz");
+    }
     let missing = state.locator.sample().await.missing();
     let response = if missing.is_empty() {
         json_body(&Health {

@@ -216,6 +216,8 @@ impl Served {
             .current_dir(cwd)
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "info")
+            // Tests that stop a server need not wait for balancers.
+            .env("XM_IP_DRAIN_DELAY", "0s")
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -717,5 +719,56 @@ async fn memory_taken_by_a_burst_of_slow_http_bodies_is_given_back_after_it() {
     assert!(
         after <= idle + 50,
         "idle {idle} MB, {peak} MB during the burst, still {after} MB 10 s after it"
+    );
+}
+
+/// The status and body of `GET path` on `addr`, on a connection of its own.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn on_sigterm_readyz_turns_503_at_once_and_the_listeners_serve_through_the_drain_delay() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut server = Served::start(cwd.path(), &["--drain-delay".as_ref(), "2s".as_ref()], &[]).await;
+    let http = server.http_addr();
+    assert_eq!(http_get(http, "/readyz").await.0, 200);
+
+    server.signal("-TERM").await;
+    let signalled = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = http_get(http, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    // Still accepting and answering on both listeners meanwhile.
+    let (ok, stdout, stderr) = run(&["query", "183.62.57.1", "--addr", &server.addr]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("183.62.57.1"), "{stdout}");
+    assert_eq!(http_get(http, "/healthz").await.0, 200);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "the checks took the whole delay"
+    );
+
+    let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait())
+        .await
+        .expect("exits after the drain delay")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "exited before the drain delay"
     );
 }

@@ -271,6 +271,7 @@ pub fn local_settings(source: DataSource) -> Settings {
     settings.source = source;
     settings.thrift.addr = "127.0.0.1:0".parse().unwrap();
     settings.http.addr = None;
+    settings.requests.drain_delay = Duration::ZERO;
     settings
 }
 
