@@ -120,8 +120,12 @@ pub struct Tally {
     pub by_error: [u64; 5],
     /// Requests answered with an exception instead.
     pub exceptions: u64,
-    /// Request latency in microseconds.
+    /// Request latency in microseconds, from the first send of a request.
     pub latency: Histogram<u64>,
+    /// Connections the server closed that were opened again.
+    pub reconnects: u64,
+    /// Requests sent again because their connection closed before the reply.
+    pub resent: u64,
 }
 
 impl Tally {
@@ -130,6 +134,8 @@ impl Tally {
             requests: 0,
             by_error: [0; 5],
             exceptions: 0,
+            reconnects: 0,
+            resent: 0,
             // 1 µs to 60 s, 3 significant digits.
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
         }
@@ -141,6 +147,8 @@ impl Tally {
             *mine += theirs;
         }
         self.exceptions += other.exceptions;
+        self.reconnects += other.reconnects;
+        self.resent += other.resent;
         self.latency.add(&other.latency).expect("same histogram bounds");
     }
 
@@ -183,6 +191,8 @@ impl Report {
             "load_generator_cpu_us_per_lookup": per_lookup(self.own_cpu),
             "answers_by_error_no": t.by_error,
             "failed": t.failed(),
+            "reconnects": t.reconnects,
+            "resent": t.resent,
         })
     }
 
@@ -202,7 +212,7 @@ impl Report {
         format!(
             "{} requests, {} lookups in {seconds:.1} s: {:.0} requests/s, {:.0} lookups/s; \
              latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}{}{}; \
-             answers by error_no {:?}; {} lookups failed",
+             {} reconnects, {} requests resent; answers by error_no {:?}; {} lookups failed",
             t.requests,
             lookups,
             t.requests as f64 / seconds,
@@ -214,6 +224,8 @@ impl Report {
             t.latency.max() as f64 / 1000.0,
             cpu("server", self.server_cpu),
             cpu("load generator", self.own_cpu),
+            t.reconnects,
+            t.resent,
             t.by_error,
             t.failed(),
         )
@@ -295,8 +307,15 @@ fn wire_of(transport: Transport, protocol: Protocol) -> Wire {
     }
 }
 
-/// One connection: a writer keeps `pipeline` requests in flight, a reader
-/// matches replies to them in order.
+/// How long a connection may be refused (a server restarting) before the
+/// load gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(10);
+
+/// One load connection until `deadline`: a writer keeps `pipeline`
+/// requests in flight, a reader matches replies to them in order. When the
+/// server closes the connection (a restart, a balancer moving it), it is
+/// opened again and the requests that got no reply are sent again:
+/// lookups are idempotent.
 async fn drive(
     target: SocketAddr,
     wire: Wire,
@@ -304,33 +323,106 @@ async fn drive(
     requests: Arc<Vec<Vec<u8>>>,
     deadline: Instant,
 ) -> anyhow::Result<Tally> {
-    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target))
-        .await
-        .with_context(|| format!("connecting to {target} timed out"))?
-        .with_context(|| format!("cannot connect to {target}"))?;
-    stream.set_nodelay(true)?;
+    let mut tally = Tally::new();
+    let mut next = 0;
+    let mut unanswered: Vec<(usize, Instant)> = Vec::new();
+    loop {
+        let stream = connect(target).await?;
+        tally.resent += unanswered.len() as u64;
+        match session(
+            stream, wire, pipeline, &requests, deadline, next, unanswered, &mut tally,
+        )
+        .await?
+        {
+            Session::Done => return Ok(tally),
+            Session::Closed {
+                next: at,
+                unanswered: left,
+            } => {
+                tally.reconnects += 1;
+                next = at;
+                unanswered = left;
+                if unanswered.is_empty() && Instant::now() >= deadline {
+                    return Ok(tally);
+                }
+            }
+        }
+    }
+}
+
+/// A connection to `target`, retried while it is refused, for up to
+/// [`RECONNECT_FOR`].
+async fn connect(target: SocketAddr) -> anyhow::Result<TcpStream> {
+    let giving_up = Instant::now() + RECONNECT_FOR;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target)).await {
+            Ok(Ok(stream)) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Ok(Err(err)) if Instant::now() < giving_up => {
+                tracing::debug!(error = %err, "reconnecting");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(err)) => return Err(err).with_context(|| format!("cannot connect to {target}")),
+            Err(_) => bail!("connecting to {target} timed out"),
+        }
+    }
+}
+
+/// How a connection's session ended.
+enum Session {
+    /// The deadline passed and every request sent was answered.
+    Done,
+    /// The server closed the connection; `unanswered` were sent (their
+    /// index and first send) and got no reply; `next` is the next request.
+    Closed {
+        next: usize,
+        unanswered: Vec<(usize, Instant)>,
+    },
+}
+
+/// Sends `resend` first, then requests from `next` on, until `deadline`.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    stream: TcpStream,
+    wire: Wire,
+    pipeline: usize,
+    requests: &Arc<Vec<Vec<u8>>>,
+    deadline: Instant,
+    next: usize,
+    resend: Vec<(usize, Instant)>,
+    tally: &mut Tally,
+) -> anyhow::Result<Session> {
     let (mut read, mut write) = stream.into_split();
     let slots = Arc::new(Semaphore::new(pipeline));
-    let (sent, mut in_flight) = mpsc::unbounded_channel::<Instant>();
+    // Each request written: its index and when it was first sent.
+    let (sent, mut in_flight) = mpsc::unbounded_channel::<(usize, Instant)>();
+    let (written_to, mut written) = tokio::sync::watch::channel(next);
     let writer = {
-        let slots = slots.clone();
+        let (slots, requests) = (slots.clone(), requests.clone());
         tokio::spawn(async move {
-            for request in requests.iter().cycle() {
+            let fresh = (next..).map(|i| (i % requests.len(), None));
+            let queue = resend.into_iter().map(|(i, at)| (i, Some(at))).chain(fresh);
+            for (index, first_sent) in queue {
                 slots.acquire().await.expect("never closed").forget();
-                if Instant::now() >= deadline {
+                if first_sent.is_none() && Instant::now() >= deadline {
                     break;
                 }
-                let _ = sent.send(Instant::now());
-                write.write_all(request).await?;
+                let _ = sent.send((index, first_sent.unwrap_or_else(Instant::now)));
+                if first_sent.is_none() {
+                    let _ = written_to.send((index + 1) % requests.len());
+                }
+                if write.write_all(&requests[index]).await.is_err() {
+                    break;
+                }
             }
-            Ok::<_, std::io::Error>(write)
         })
     };
-    let mut tally = Tally::new();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut check = MessageCheck::new(wire, MAX_REPLY);
     // Replies to every request sent; the channel closes when the writer stops.
-    while let Some(sent_at) = in_flight.recv().await {
+    while let Some((index, sent_at)) = in_flight.recv().await {
         let found = loop {
             match check.check(&buf) {
                 Ok(Some(found)) => break found,
@@ -338,9 +430,17 @@ async fn drive(
                     buf.reserve(64 * 1024);
                     let read = tokio::time::timeout(Duration::from_secs(30), read.read_buf(&mut buf))
                         .await
-                        .context("no reply within 30 s")??;
-                    if read == 0 {
-                        bail!("the server closed the connection");
+                        .context("no reply within 30 s")?;
+                    if matches!(read, Ok(0) | Err(_)) {
+                        // Closed by the server: what was sent and not
+                        // answered goes again on a new connection.
+                        writer.abort();
+                        let mut unanswered = vec![(index, sent_at)];
+                        while let Ok(more) = in_flight.try_recv() {
+                            unanswered.push(more);
+                        }
+                        let next = *written.borrow_and_update();
+                        return Ok(Session::Closed { next, unanswered });
                     }
                 }
                 Err(err) => bail!("unreadable reply: {err}"),
@@ -359,8 +459,8 @@ async fn drive(
         tally.exceptions += u64::from(summary.exception.is_some());
         slots.add_permits(1);
     }
-    let _write = writer.await.context("the writer panicked")??;
-    Ok(tally)
+    writer.await.context("the writer panicked")?;
+    Ok(Session::Done)
 }
 
 /// A process's user plus system CPU time, from /proc.

@@ -772,3 +772,61 @@ async fn on_sigterm_readyz_turns_503_at_once_and_the_listeners_serve_through_the
         "exited before the drain delay"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_reconnects_and_resends_through_a_server_restart_without_a_failure() {
+    use xm_ip_service::config::DataSource;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings = crate::helpers::local_settings(DataSource::Builtin);
+    settings.thrift.addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let first = TestApp::start(settings.clone(), None, None).await;
+
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let args = [
+        "bench",
+        "--addr",
+        &addr,
+        "--connections",
+        "4",
+        "--pipeline",
+        "4",
+        "--batch",
+        "20",
+        "--duration",
+        "4s",
+        "--json",
+    ];
+    let bench = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd.path())
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .output();
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        first.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        TestApp::start(settings, None, None).await
+    };
+    let (bench, _second) = tokio::join!(bench, restart);
+    let bench = bench.unwrap();
+    let stdout = String::from_utf8_lossy(&bench.stdout);
+    assert!(
+        bench.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    println!("{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(
+        report["reconnects"].as_u64().unwrap() >= 4,
+        "every connection came back: {report}"
+    );
+    assert!(report["requests"].as_u64().unwrap() > 100, "{report}");
+}
