@@ -68,6 +68,10 @@ pub struct Postgres {
     /// Where memory mode LISTENs for imports, when `url` is a standby
     /// (which cannot LISTEN): normally the primary. `None`: `url` itself.
     pub notify_url: Option<String>,
+    /// Memory mode: keep a snapshot of each table here, start from it
+    /// (within a second, and while the database is away), then check it
+    /// against the database.
+    pub snapshot_dir: Option<PathBuf>,
     pub lookup: LookupMode,
     /// Apply pending migrations before serving.
     pub migrate: bool,
@@ -151,6 +155,12 @@ struct SourceFlags {
     /// standby has replayed the import.
     #[arg(long, env = "XM_IP_NOTIFY_URL", hide_env_values = true, requires = "database_url")]
     notify_url: Option<String>,
+    /// Memory mode: keep a snapshot of each table in this directory (written
+    /// after every load and rebuild), and start from it: serving within a
+    /// second, and while the database is away, then checking it against the
+    /// database. A corrupt or foreign snapshot is refused and never served.
+    #[arg(long, env = "XM_IP_SNAPSHOT_DIR", requires = "database_url")]
+    snapshot_dir: Option<PathBuf>,
     /// Most PostgreSQL connections held at once.
     #[arg(long, env = "XM_IP_POOL_SIZE", default_value_t = 16)]
     pool_size: usize,
@@ -179,6 +189,7 @@ impl SourceFlags {
         Ok(DataSource::Postgres(Postgres {
             url,
             notify_url: self.notify_url,
+            snapshot_dir: self.snapshot_dir,
             lookup: self.lookup.unwrap_or(LookupMode::Postgres),
             migrate: self.migrate,
             pool: Pool {

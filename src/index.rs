@@ -227,6 +227,30 @@ impl<K: Key> RangeIndex<K> {
         self.places.len()
     }
 
+    /// The index as its parts: each distinct place once, and each range
+    /// as (start, end, the place's number): what a snapshot file holds.
+    pub fn parts(&self) -> (&[Place], impl Iterator<Item = (K, K, u32)> + '_) {
+        (&self.places, self.entries.iter().map(|e| (e.start, e.end, e.place)))
+    }
+
+    /// An index from [`RangeIndex::parts`], each range checked as
+    /// [`Builder`] checks it.
+    pub fn from_parts(
+        source: Source,
+        places: Vec<Place>,
+        ranges: impl Iterator<Item = (K, K, u32)>,
+    ) -> Result<RangeIndex<K>, IndexError> {
+        let mut builder = Builder::new(source);
+        builder.places = places;
+        for (start, end, place) in ranges {
+            if place as usize >= builder.places.len() {
+                return Err(IndexError::NoSuchPlace(place));
+            }
+            builder.push_id(start, end, place)?;
+        }
+        Ok(builder.finish())
+    }
+
     /// Every range in address order, for sampling and comparison.
     pub fn ranges(&self) -> impl Iterator<Item = (K, K, &Place)> + '_ {
         self.entries
@@ -262,6 +286,8 @@ pub enum IndexError {
     Overlap { first: String, second: String },
     #[error("more than {} ranges", u32::MAX)]
     TooMany,
+    #[error("a range points at place {0}, which does not exist")]
+    NoSuchPlace(u32),
 }
 
 /// Collects ranges in address order into a [`RangeIndex`], storing each

@@ -6,6 +6,7 @@
 //! memory is given back after a swap there.
 
 mod builtin;
+pub mod disk;
 pub mod files;
 mod mmdb;
 mod postgres;
@@ -167,6 +168,7 @@ pub fn offline(url: Option<&str>, data: Option<&Path>, lookup: LookupMode, timeo
         (Some(url), _) => DataSource::Postgres(Postgres {
             url: url.to_owned(),
             notify_url: None,
+            snapshot_dir: None,
             lookup,
             migrate: false,
             pool: Pool { size: 8, timeout },
@@ -210,17 +212,55 @@ async fn open_postgres(pg: &Postgres, metrics: &Arc<Metrics>) -> anyhow::Result<
         }
         LookupMode::Memory => {
             let started = Instant::now();
+            if let Some(snapshots) = read_snapshots(pg.snapshot_dir.as_deref()).await {
+                let tables = Arc::new(Tables::new(snapshots));
+                log_tables(&tables, &Table::ALL, started.elapsed());
+                let dir = pg.snapshot_dir.as_deref().unwrap_or(Path::new("")).display();
+                return Ok((
+                    Ranges::Memory(tables),
+                    format!("PostgreSQL {described}, tables in memory from the snapshots in {dir} until checked"),
+                ));
+            }
             let loaded = postgres::load_tables(&pg.url, pg.pool.timeout)
                 .await
                 .with_context(|| format!("cannot load the tables from {described} into memory"))?;
             let tables = Arc::new(Tables::new(loaded));
             log_tables(&tables, &Table::ALL, started.elapsed());
+            if let Some(dir) = &pg.snapshot_dir {
+                for table in Table::ALL {
+                    postgres::keep_snapshot(dir, table, tables.snapshot(table)).await;
+                }
+            }
             (
                 Ranges::Memory(tables),
                 format!("PostgreSQL {described}, tables in memory"),
             )
         }
     })
+}
+
+/// Every table's snapshot from `dir`, if all three are there and valid;
+/// a refused one is logged (once, with why) and none is used.
+async fn read_snapshots(dir: Option<&Path>) -> Option<Vec<(Table, crate::index::Snapshot)>> {
+    let dir = dir?.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut snapshots = Vec::new();
+        for table in Table::ALL {
+            match disk::read(&dir, table) {
+                Ok(Some(snapshot)) => snapshots.push((table, snapshot)),
+                Ok(None) => {
+                    info!(table = table.name(), dir = %dir.display(), "no snapshot yet: loading from PostgreSQL");
+                    return None;
+                }
+                Err(err) => {
+                    warn!(error = %err, "snapshot refused: loading from PostgreSQL");
+                    return None;
+                }
+            }
+        }
+        Some(snapshots)
+    });
+    read.await.ok().flatten()
 }
 
 /// The `wanted` tables from `files`, the mmdb among them, and what they

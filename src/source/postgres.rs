@@ -5,6 +5,7 @@
 //! costs at most one interval. A changed table is rebuilt aside and
 //! swapped in whole; a rebuild that fails leaves the old snapshot serving.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct Reloader {
     /// The cause last logged for each kind of failure, so that retries of
     /// the same failure log nothing, and a recovery is logged once.
     failing: Failing,
+    /// Where each rebuilt table's snapshot is kept, if anywhere.
+    snapshot_dir: Option<PathBuf>,
 }
 
 enum Listening {
@@ -103,6 +106,7 @@ impl Reloader {
             backoff: Duration::from_secs(1),
             awaiting: Vec::new(),
             failing: Failing::default(),
+            snapshot_dir: pg.snapshot_dir.clone(),
         }
     }
 
@@ -181,6 +185,9 @@ impl Reloader {
                 }
                 self.tables.replace(table, snapshot);
                 self.metrics.reloaded(Reload::Table, true);
+                if let Some(dir) = &self.snapshot_dir {
+                    keep_snapshot(dir, table, self.tables.snapshot(table)).await;
+                }
                 true
             }
             Err(err) => {
@@ -347,6 +354,16 @@ impl Refresh for Reloader {
                 }
             },
         }
+    }
+}
+
+/// Writes `snapshot` of `table` into `dir` on a blocking-pool thread; a
+/// failure is logged, and the next start loads from PostgreSQL.
+pub async fn keep_snapshot(dir: &Path, table: Table, snapshot: Arc<Snapshot>) {
+    let dir = dir.to_owned();
+    let written = tokio::task::spawn_blocking(move || super::disk::write(&dir, table, &snapshot)).await;
+    if let Ok(Err(err)) = written {
+        warn!(error = %err, "cannot keep a snapshot of the table");
     }
 }
 

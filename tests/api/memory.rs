@@ -5,6 +5,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use xm_ip_service::store::Table;
 use xm_ip_service::thrift::GeoInfo;
 
 use crate::helpers::{by_ip_at, strings, Options, TestApp, TestDb};
@@ -411,4 +412,69 @@ async fn rows_that_overlap_are_refused_and_the_old_snapshot_keeps_serving() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     // 183.62.57.1 = 3074308353: inside both rows; the old snapshot answers.
     assert_eq!(city(&app.by_ip(&["183.62.57.1"]).await[0]), "广州");
+}
+
+/// Memory mode on `url` keeping its snapshots in `dir`.
+fn with_snapshots(url: &str, dir: &std::path::Path) -> xm_ip_service::config::Settings {
+    use xm_ip_service::config::{DataSource, LookupMode, Postgres};
+    let mut pg = Postgres::at(url);
+    pg.lookup = LookupMode::Memory;
+    pg.snapshot_dir = Some(dir.to_owned());
+    crate::helpers::local_settings(DataSource::Postgres(pg))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_mode_starts_from_its_snapshots_while_the_database_is_away() {
+    let db = TestDb::new().await.with_fixtures().await;
+    let dir = tempfile::tempdir().unwrap();
+    let probe = ["183.62.57.1", "240e:1::1", "1.0.0.1"];
+    let first = TestApp::start(with_snapshots(&db.url, dir.path()), None, None).await;
+    let expected = first.by_ip(&probe).await;
+    first.shutdown().await;
+
+    // Nothing listens here: the database is away.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let away = format!("postgres://postgres@127.0.0.1:{port}/nowhere");
+    let started = Instant::now();
+    let second = TestApp::start(with_snapshots(&away, dir.path()), None, None).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(second.by_ip(&probe).await, expected);
+    assert_eq!(expected[0].geoip_source.as_deref(), Some("cn"), "{:?}", expected[0]);
+
+    // Without snapshots the same start is refused, as before.
+    let mut none = with_snapshots(&away, dir.path());
+    if let xm_ip_service::config::DataSource::Postgres(pg) = &mut none.source {
+        pg.snapshot_dir = None;
+    }
+    assert!(xm_ip_service::startup::Application::build(&none).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_snapshot_is_refused_and_the_tables_load_from_the_database() {
+    let db = TestDb::new().await.with_fixtures().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestApp::start(with_snapshots(&db.url, dir.path()), None, None).await;
+    let expected = first.by_ip(&["183.62.57.1"]).await;
+    first.shutdown().await;
+
+    let path = xm_ip_service::source::disk::path_of(dir.path(), Table::Cn);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let second = TestApp::start(with_snapshots(&db.url, dir.path()), None, None).await;
+    assert_eq!(second.by_ip(&["183.62.57.1"]).await, expected);
+    // Loaded from the database, the snapshot is whole again.
+    assert!(xm_ip_service::source::disk::read(dir.path(), Table::Cn)
+        .unwrap()
+        .is_some());
 }
