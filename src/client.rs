@@ -45,6 +45,56 @@ pub fn connect(addr: &str, transport: Transport, protocol: Protocol, timeout: Du
     Ok(IPServiceSyncClient::new(input, output))
 }
 
+/// How long a refused connection is retried (a server restarting) before
+/// a call gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(10);
+
+/// A client that opens its connection again when the server closed it,
+/// and sends the call again: lookups are idempotent, so a rolling restart
+/// costs a retry, not an error.
+pub struct Reconnecting {
+    addr: String,
+    transport: Transport,
+    protocol: Protocol,
+    timeout: Duration,
+    client: Client,
+}
+
+impl Reconnecting {
+    pub fn connect(addr: &str, transport: Transport, protocol: Protocol, timeout: Duration) -> std::io::Result<Self> {
+        Ok(Reconnecting {
+            client: connect(addr, transport, protocol, timeout)?,
+            addr: addr.to_owned(),
+            transport,
+            protocol,
+            timeout,
+        })
+    }
+
+    /// `call` on the connection; if the connection failed (not the call:
+    /// an exception the server sent is returned as it is), once more on a
+    /// new one, whose connect is retried while refused.
+    pub fn call<T>(&mut self, call: impl Fn(&mut Client) -> thrift::Result<T>) -> thrift::Result<T> {
+        match call(&mut self.client) {
+            Err(thrift::Error::Transport(err)) => {
+                tracing::debug!(error = %err, addr = %self.addr, "the connection failed; reconnecting");
+                let giving_up = std::time::Instant::now() + RECONNECT_FOR;
+                self.client = loop {
+                    match connect(&self.addr, self.transport, self.protocol, self.timeout) {
+                        Ok(client) => break client,
+                        Err(_) if std::time::Instant::now() < giving_up => {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        Err(err) => return Err(thrift::Error::from(err)),
+                    }
+                };
+                call(&mut self.client)
+            }
+            done => done,
+        }
+    }
+}
+
 /// The input and output protocols over `stream`. `strict` chooses the
 /// binary protocol's version word; clients send it unless very old.
 pub fn protocols(

@@ -10,17 +10,20 @@ use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 /// Runs `query`: a blocking client, so it stays out of the async runtime.
 /// Whether every address was answered (`error_no` 0).
 pub fn query(args: QueryArgs) -> anyhow::Result<bool> {
-    let mut client = client::connect(&args.addr, args.transport, args.protocol, args.timeout)
+    let mut client = client::Reconnecting::connect(&args.addr, args.transport, args.protocol, args.timeout)
         .with_context(|| format!("cannot connect to {}", args.addr))?;
-    let ips = args.ips.clone();
-    let answers = if args.i18n {
-        client.query_i18n_geo_info_by_i_p(ips)
-    } else if let Some(lang) = &args.lang {
-        client.query_geo_info(GeoRequest::new(ips, lang.clone()))
-    } else {
-        client.query_geo_info_by_i_p(ips)
-    }
-    .with_context(|| format!("query to {} failed", args.addr))?;
+    let answers = client
+        .call(|client| {
+            let ips = args.ips.clone();
+            if args.i18n {
+                client.query_i18n_geo_info_by_i_p(ips)
+            } else if let Some(lang) = &args.lang {
+                client.query_geo_info(GeoRequest::new(ips, lang.clone()))
+            } else {
+                client.query_geo_info_by_i_p(ips)
+            }
+        })
+        .with_context(|| format!("query to {} failed", args.addr))?;
 
     if args.json {
         for answer in &answers {

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{ResolveArgs, ResolveFormat};
 use crate::answer::{csv_record, Json, FIELDS};
-use crate::client::{self, Client, Protocol, Transport};
+use crate::client::{self, Protocol, Transport};
 use crate::config::LookupMode;
 use crate::domain::{Lang, LookupError, Outcome};
 use crate::resolve::{address_in, Summary};
@@ -218,7 +218,7 @@ enum Source {
     /// connection, each used by one batch at a time.
     Server {
         addr: String,
-        clients: Arc<Mutex<Vec<Client>>>,
+        clients: Arc<Mutex<Vec<client::Reconnecting>>>,
         lang: Option<String>,
     },
     /// The lookups themselves, from files or PostgreSQL.
@@ -231,7 +231,7 @@ impl Source {
             let mut clients = Vec::new();
             for _ in 0..args.connections.max(1) {
                 clients.push(
-                    client::connect(addr, Transport::Framed, Protocol::Binary, args.timeout)
+                    client::Reconnecting::connect(addr, Transport::Framed, Protocol::Binary, args.timeout)
                         .with_context(|| format!("cannot connect to {addr}"))?,
                 );
             }
@@ -275,10 +275,10 @@ impl Source {
                             .expect("not poisoned")
                             .pop()
                             .expect("one client per batch in flight");
-                        let answered = match lang {
-                            Some(lang) => client.query_geo_info(GeoRequest::new(addresses, lang)),
-                            None => client.query_geo_info_by_i_p(addresses),
-                        };
+                        let answered = client.call(|client| match &lang {
+                            Some(lang) => client.query_geo_info(GeoRequest::new(addresses.clone(), lang.clone())),
+                            None => client.query_geo_info_by_i_p(addresses.clone()),
+                        });
                         clients.lock().expect("not poisoned").push(client);
                         answered.with_context(|| format!("query to {addr} failed"))
                     })

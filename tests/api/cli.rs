@@ -830,3 +830,34 @@ async fn bench_reconnects_and_resends_through_a_server_restart_without_a_failure
     );
     assert!(report["requests"].as_u64().unwrap() > 100, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reconnecting_client_answers_across_a_server_restart() {
+    use xm_ip_service::client::{Protocol, Reconnecting, Transport};
+    use xm_ip_service::config::DataSource;
+    use xm_ip_service::thrift::TIPServiceSyncClient;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings = crate::helpers::local_settings(DataSource::Builtin);
+    settings.thrift.addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let first = TestApp::start(settings.clone(), None, None).await;
+    let addr = format!("127.0.0.1:{port}");
+    let ask = |client: Reconnecting| {
+        tokio::task::spawn_blocking(move || {
+            let mut client = client;
+            let answer = client.call(|c| c.query_geo_info_by_i_p(vec!["183.62.57.1".to_owned()]));
+            (client, answer)
+        })
+    };
+    let client = Reconnecting::connect(&addr, Transport::Framed, Protocol::Binary, Duration::from_secs(5)).unwrap();
+    let (client, before) = ask(client).await.unwrap();
+    let before = before.unwrap();
+
+    first.shutdown().await;
+    let _second = TestApp::start(settings, None, None).await;
+    let (_, after) = ask(client).await.unwrap();
+    assert_eq!(after.expect("answered on a new connection"), before);
+}
