@@ -54,6 +54,12 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 
 scripts/gen-thrift.sh --check
+# The deployment files: the Kubernetes manifests against the API schema,
+# the HAProxy configuration by HAProxy itself (.ci/run installs both).
+python3 -c 'import kubernetes_validate' 2>/dev/null || fail "kubernetes-validate is missing: pip install kubernetes-validate"
+python3 -m kubernetes_validate --quiet deploy/k8s.yaml
+command -v haproxy >/dev/null || fail "haproxy is missing: apt-get install haproxy"
+haproxy -c -q -f deploy/haproxy.cfg
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
