@@ -773,17 +773,23 @@ async fn on_sigterm_readyz_turns_503_at_once_and_the_listeners_serve_through_the
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bench_reconnects_and_resends_through_a_server_restart_without_a_failure() {
-    use xm_ip_service::config::DataSource;
+/// A server of the built-in sample on a port chosen here, so that it can
+/// be started again on the same one; and its settings.
+async fn sample_server_on_a_port_of_its_own() -> (TestApp, xm_ip_service::config::Settings) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut settings = crate::helpers::local_settings(DataSource::Builtin);
+    let mut settings = crate::helpers::local_settings(xm_ip_service::config::DataSource::Builtin);
     settings.thrift.addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let first = TestApp::start(settings.clone(), None, None).await;
+    (TestApp::start(settings.clone(), None, None).await, settings)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_reconnects_and_resends_through_a_server_restart_without_a_failure() {
+    let (first, settings) = sample_server_on_a_port_of_its_own().await;
+    let port = settings.thrift.addr.port();
 
     let cwd = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{port}");
@@ -834,16 +840,9 @@ async fn bench_reconnects_and_resends_through_a_server_restart_without_a_failure
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reconnecting_client_answers_across_a_server_restart() {
     use xm_ip_service::client::{Protocol, Reconnecting, Transport};
-    use xm_ip_service::config::DataSource;
     use xm_ip_service::thrift::TIPServiceSyncClient;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut settings = crate::helpers::local_settings(DataSource::Builtin);
-    settings.thrift.addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let first = TestApp::start(settings.clone(), None, None).await;
+    let (first, settings) = sample_server_on_a_port_of_its_own().await;
+    let port = settings.thrift.addr.port();
     let addr = format!("127.0.0.1:{port}");
     let ask = |client: Reconnecting| {
         tokio::task::spawn_blocking(move || {

@@ -156,6 +156,18 @@ async fn import_carrier(url: &str, dir: &Path, carrier: &str) {
     import::import(&mut client, &options).await.unwrap();
 }
 
+/// A primary holding a migrated, empty database `ip`, and its URL.
+async fn primary_with_ip_database() -> (Cluster, String) {
+    let primary = Cluster::primary();
+    let admin = primary.url("postgres");
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute("CREATE DATABASE ip").await.unwrap();
+    let url = primary.url("ip");
+    store::migrate(&url).await.unwrap();
+    (primary, url)
+}
+
 async fn carrier_at(addr: &str) -> String {
     let answer = by_ip_at(addr.parse().unwrap(), &["1.0.0.1"]).await;
     answer[0].geoip_carrier.clone().unwrap_or_default()
@@ -163,14 +175,8 @@ async fn carrier_at(addr: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn on_a_standby_the_reloader_does_not_listen_and_notify_url_brings_imports_at_once() {
-    let primary = Cluster::primary();
-    let admin = primary.url("postgres");
-    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute("CREATE DATABASE ip").await.unwrap();
-    let primary_url = primary.url("ip");
-    store::migrate(&primary_url).await.unwrap();
     let files = tempfile::tempdir().unwrap();
+    let (primary, primary_url) = primary_with_ip_database().await;
     import_carrier(&primary_url, files.path(), "旧").await;
     let standby = Cluster::standby_of(&primary);
     let standby_url = standby.url("ip");
@@ -237,14 +243,8 @@ impl Cluster {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_mode_on_a_multi_host_url_keeps_answering_when_the_first_host_dies() {
-    let primary = Cluster::primary();
-    let admin = primary.url("postgres");
-    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute("CREATE DATABASE ip").await.unwrap();
-    let primary_url = primary.url("ip");
-    store::migrate(&primary_url).await.unwrap();
     let files = tempfile::tempdir().unwrap();
+    let (primary, primary_url) = primary_with_ip_database().await;
     import_carrier(&primary_url, files.path(), "电信").await;
     let standby = Cluster::standby_of(&primary);
 
