@@ -10,6 +10,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -530,6 +531,9 @@ pub struct FileSignature {
 /// a lock; a reload builds a new index aside and swaps it in whole.
 pub struct Tables {
     slots: [ArcSwap<Snapshot>; 3],
+    /// Per table: served from a snapshot file and not yet checked against
+    /// its source.
+    unchecked: [AtomicBool; 3],
 }
 
 fn slot_of(table: Table) -> usize {
@@ -559,12 +563,28 @@ impl Tables {
         };
         Tables {
             slots: [take(Table::Cn), take(Table::En), take(Table::V6)],
+            unchecked: Default::default(),
         }
     }
 
     /// The current snapshot of `table`.
     pub fn snapshot(&self, table: Table) -> Arc<Snapshot> {
         self.slots[slot_of(table)].load_full()
+    }
+
+    /// Says that `table` was read from a snapshot file and has not been
+    /// checked against its source yet.
+    pub fn mark_unchecked(&self, table: Table) {
+        self.unchecked[slot_of(table)].store(true, Ordering::Relaxed);
+    }
+
+    /// Says that `table` is what its source holds (or was replaced).
+    pub fn mark_checked(&self, table: Table) {
+        self.unchecked[slot_of(table)].store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_unchecked(&self, table: Table) -> bool {
+        self.unchecked[slot_of(table)].load(Ordering::Relaxed)
     }
 
     /// Makes `snapshot` the one lookups of `table` see from now on;
@@ -576,6 +596,7 @@ impl Tables {
             "{table:?} index of the wrong family"
         );
         self.slots[slot_of(table)].store(Arc::new(snapshot));
+        self.mark_checked(table);
     }
 
     /// Each IPv4 address's row in `table` (cn or en), all from one snapshot.

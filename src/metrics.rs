@@ -172,6 +172,28 @@ impl Sampled {
     }
 }
 
+impl Sampled {
+    /// What a reader of `/readyz` should know that does not make it
+    /// unready: tables served from snapshot files, and how old their data is.
+    pub fn notes(&self) -> Vec<String> {
+        let Ok(states) = &self.tables else { return Vec::new() };
+        states
+            .iter()
+            .filter(|state| state.from_snapshot_file)
+            .map(|state| {
+                let age = match state.age() {
+                    Some(age) => humantime::format_duration(Duration::from_secs(age.as_secs())).to_string(),
+                    None => "unknown".to_owned(),
+                };
+                format!(
+                    "table {} is served from its snapshot file until the database is checked; its data is {age} old",
+                    state.table.name()
+                )
+            })
+            .collect()
+    }
+}
+
 /// One range table as it is served now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableState {
@@ -180,6 +202,8 @@ pub struct TableState {
     /// When its data was produced: the live import's finish, or the data
     /// file's modification time; unknown for rows loaded outside both.
     pub data_time: Option<SystemTime>,
+    /// Served from a snapshot file, not yet checked against the database.
+    pub from_snapshot_file: bool,
 }
 
 impl TableState {

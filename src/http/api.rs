@@ -358,6 +358,10 @@ struct Health {
     status: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     missing: Vec<String>,
+    /// What does not make the server unready but is worth knowing: data
+    /// served from snapshot files, and its age.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
 }
 
 /// The process is up and answering HTTP.
@@ -366,6 +370,7 @@ async fn healthz() -> Response {
         json_body(&Health {
             status: "ok",
             missing: Vec::new(),
+            notes: Vec::new(),
         }),
         "healthz",
     )
@@ -378,20 +383,24 @@ async fn readyz(State(state): State<Shared>) -> Response {
         let mut response = json_body(&Health {
             status: "draining",
             missing: Vec::new(),
+            notes: Vec::new(),
         });
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return tagged(response, "readyz");
     }
-    let missing = state.locator.sample().await.missing();
+    let sampled = state.locator.sample().await;
+    let (missing, notes) = (sampled.missing(), sampled.notes());
     let response = if missing.is_empty() {
         json_body(&Health {
             status: "ready",
             missing,
+            notes,
         })
     } else {
         let mut response = json_body(&Health {
             status: "not ready",
             missing,
+            notes,
         });
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         response

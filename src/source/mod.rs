@@ -214,6 +214,9 @@ async fn open_postgres(pg: &Postgres, metrics: &Arc<Metrics>) -> anyhow::Result<
             let started = Instant::now();
             if let Some(snapshots) = read_snapshots(pg.snapshot_dir.as_deref()).await {
                 let tables = Arc::new(Tables::new(snapshots));
+                for table in Table::ALL {
+                    tables.mark_unchecked(table);
+                }
                 log_tables(&tables, &Table::ALL, started.elapsed());
                 let dir = pg.snapshot_dir.as_deref().unwrap_or(Path::new("")).display();
                 return Ok((

@@ -261,6 +261,13 @@ impl Refresh for Reloader {
             }
         };
         self.settle_awaiting(&changed);
+        // What did not change is what the database holds; a changed table
+        // is marked by its replacement, if its rebuild succeeds.
+        for table in which.tables() {
+            if !changed.iter().any(|(t, _)| *t == table) {
+                self.tables.mark_checked(table);
+            }
+        }
         let mut swapped = false;
         for (table, change) in changed {
             swapped |= self.rebuild(table, change).await;

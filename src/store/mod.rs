@@ -236,6 +236,7 @@ impl Store {
                     table,
                     rows: u64::try_from(rows).unwrap_or(0),
                     data_time: live.and_then(|l| l.finished),
+                    from_snapshot_file: false,
                 });
             }
             Ok(states)

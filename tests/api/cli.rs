@@ -723,7 +723,7 @@ async fn memory_taken_by_a_burst_of_slow_http_bodies_is_given_back_after_it() {
 }
 
 /// The status and body of `GET path` on `addr`, on a connection of its own.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
