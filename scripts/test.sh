@@ -60,6 +60,7 @@ python3 -c 'import kubernetes_validate' 2>/dev/null || fail "kubernetes-validate
 python3 -m kubernetes_validate --quiet deploy/k8s.yaml
 command -v haproxy >/dev/null || fail "haproxy is missing: apt-get install haproxy"
 haproxy -c -q -f deploy/haproxy.cfg
+haproxy -c -q -f deploy/haproxy-compose.cfg
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then

@@ -7,7 +7,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::domain::{Family, Place, Table};
 use crate::index::{IndexError, Key, RangeIndex, Snapshot, TableIndex, Version};
@@ -46,7 +46,8 @@ fn checksum(bytes: &[u8]) -> u64 {
 }
 
 /// Writes `snapshot` of `table` into `dir`: a temporary file, synced, then
-/// renamed over the old one, so a reader never sees half a file.
+/// renamed over the old one, so a reader never sees half a file, and
+/// several instances may share the directory.
 pub fn write(dir: &Path, table: Table, snapshot: &Snapshot) -> Result<(), SnapshotError> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
@@ -80,15 +81,23 @@ pub fn write(dir: &Path, table: Table, snapshot: &Snapshot) -> Result<(), Snapsh
     out.extend_from_slice(&sum.to_le_bytes());
 
     let path = path_of(dir, table);
-    let temporary = path.with_extension("snapshot.tmp");
-    let failed = |source| SnapshotError::Write {
-        path: path.clone(),
-        source,
-    };
-    let mut file = std::fs::File::create(&temporary).map_err(failed)?;
-    file.write_all(&out).map_err(failed)?;
-    file.sync_all().map_err(failed)?;
-    std::fs::rename(&temporary, &path).map_err(failed)?;
+    // A name of its own, so that instances sharing the directory never
+    // write into each other's temporary file; the rename is atomic.
+    let unique = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let temporary = path.with_extension(format!("snapshot.{}-{unique}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&out)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)
+    })();
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(SnapshotError::Write { path, source });
+    }
     Ok(())
 }
 
