@@ -21,7 +21,8 @@ timed() { # NAME URL
   until grep -q '"xm-ip-service listening"' "$XM_WORK/$1.log"; do kill -0 "$server" || { cat "$XM_WORK/$1.log"; exit 1; }; sleep 0.01; done
   local ready; ready=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$started" "$(date +%s.%N)")
   echo "$1: listening after $ready s; RSS $(xm_rss_mb "$server") MB; $("$bin" query 183.62.57.1 --addr "127.0.0.1:$port" | tail -1)"
-  sleep 2
+  # The snapshots are written in the background after a load from PostgreSQL.
+  until [ "$(ls "$snaps"/*.snapshot 2>/dev/null | wc -l)" = 3 ] && ! ls "$snaps"/*.tmp >/dev/null 2>&1; do sleep 0.1; done
   xm_stop "$server"
 }
 timed from-postgres "$url"

@@ -93,7 +93,7 @@ pub async fn open(
             refreshing.push(keep_fresh(file, every, wake, stop));
             Some(maxmind)
         }
-        Some(FileSource::Builtin(bytes)) => Some(MaxMind::new(GeoDb::from_static(bytes, "built-in sample")?)),
+        Some(FileSource::Builtin(bytes)) => Some(builtin_mmdb(bytes)?),
         None => None,
     };
     Ok(Opened {
@@ -154,7 +154,7 @@ pub async fn open_locator(source: &DataSource, mmdb: Option<&Path>, route: Route
     let maxmind = match (mmdb, file_mmdb) {
         (Some(path), _) => Some(MaxMind::open(path)?),
         (None, Some(FileSource::Path(path))) => Some(MaxMind::open(&path)?),
-        (None, Some(FileSource::Builtin(bytes))) => Some(MaxMind::new(GeoDb::from_static(bytes, "built-in sample")?)),
+        (None, Some(FileSource::Builtin(bytes))) => Some(builtin_mmdb(bytes)?),
         (None, None) => None,
     };
     Ok(Locator::new(ranges, maxmind))
@@ -212,27 +212,33 @@ async fn open_postgres(pg: &Postgres, metrics: &Arc<Metrics>) -> anyhow::Result<
         }
         LookupMode::Memory => {
             let started = Instant::now();
-            if let Some(snapshots) = read_snapshots(pg.snapshot_dir.as_deref()).await {
-                let tables = Arc::new(Tables::new(snapshots));
-                for table in Table::ALL {
-                    tables.mark_unchecked(table);
+            if let Some(dir) = &pg.snapshot_dir {
+                if let Some(snapshots) = read_snapshots(dir).await {
+                    let tables = Arc::new(Tables::new(snapshots));
+                    for table in Table::ALL {
+                        tables.mark_unchecked(table);
+                    }
+                    log_tables(&tables, &Table::ALL, started.elapsed());
+                    let described = format!(
+                        "PostgreSQL {described}, tables in memory from the snapshots in {} until checked",
+                        dir.display()
+                    );
+                    return Ok((Ranges::Memory(tables), described));
                 }
-                log_tables(&tables, &Table::ALL, started.elapsed());
-                let dir = pg.snapshot_dir.as_deref().unwrap_or(Path::new("")).display();
-                return Ok((
-                    Ranges::Memory(tables),
-                    format!("PostgreSQL {described}, tables in memory from the snapshots in {dir} until checked"),
-                ));
             }
             let loaded = postgres::load_tables(&pg.url, pg.pool.timeout)
                 .await
                 .with_context(|| format!("cannot load the tables from {described} into memory"))?;
             let tables = Arc::new(Tables::new(loaded));
             log_tables(&tables, &Table::ALL, started.elapsed());
-            if let Some(dir) = &pg.snapshot_dir {
-                for table in Table::ALL {
-                    postgres::keep_snapshot(dir, table, tables.snapshot(table)).await;
-                }
+            if let Some(dir) = pg.snapshot_dir.clone() {
+                // Written in the background: serving need not wait for the disk.
+                let tables = tables.clone();
+                tokio::spawn(async move {
+                    for table in Table::ALL {
+                        postgres::keep_snapshot(&dir, table, tables.snapshot(table)).await;
+                    }
+                });
             }
             (
                 Ranges::Memory(tables),
@@ -242,10 +248,15 @@ async fn open_postgres(pg: &Postgres, metrics: &Arc<Metrics>) -> anyhow::Result<
     })
 }
 
+/// The MaxMind database compiled into the binary with the sample.
+fn builtin_mmdb(bytes: &'static [u8]) -> anyhow::Result<MaxMind> {
+    Ok(MaxMind::new(GeoDb::from_static(bytes, "built-in sample")?))
+}
+
 /// Every table's snapshot from `dir`, if all three are there and valid;
 /// a refused one is logged (once, with why) and none is used.
-async fn read_snapshots(dir: Option<&Path>) -> Option<Vec<(Table, crate::index::Snapshot)>> {
-    let dir = dir?.to_owned();
+async fn read_snapshots(dir: &Path) -> Option<Vec<(Table, crate::index::Snapshot)>> {
+    let dir = dir.to_owned();
     let read = tokio::task::spawn_blocking(move || {
         let mut snapshots = Vec::new();
         for table in Table::ALL {

@@ -430,6 +430,7 @@ async fn memory_mode_starts_from_its_snapshots_while_the_database_is_away() {
     let probe = ["183.62.57.1", "240e:1::1", "1.0.0.1"];
     let first = TestApp::start(with_snapshots(&db.url, dir.path()), None, None).await;
     let expected = first.by_ip(&probe).await;
+    until_snapshots_are_written(dir.path()).await;
     first.shutdown().await;
 
     // Nothing listens here: the database is away.
@@ -463,6 +464,7 @@ async fn a_corrupt_snapshot_is_refused_and_the_tables_load_from_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let first = TestApp::start(with_snapshots(&db.url, dir.path()), None, None).await;
     let expected = first.by_ip(&["183.62.57.1"]).await;
+    until_snapshots_are_written(dir.path()).await;
     first.shutdown().await;
 
     let path = xm_ip_service::source::disk::path_of(dir.path(), Table::Cn);
@@ -474,7 +476,24 @@ async fn a_corrupt_snapshot_is_refused_and_the_tables_load_from_the_database() {
     let second = TestApp::start(with_snapshots(&db.url, dir.path()), None, None).await;
     assert_eq!(second.by_ip(&["183.62.57.1"]).await, expected);
     // Loaded from the database, the snapshot is whole again.
+    until_snapshots_are_written(dir.path()).await;
     assert!(xm_ip_service::source::disk::read(dir.path(), Table::Cn)
         .unwrap()
         .is_some());
+}
+
+/// Waits until every table's snapshot in `dir` is valid (they are written
+/// in the background after a load), for at most ten seconds.
+async fn until_snapshots_are_written(dir: &std::path::Path) {
+    let started = Instant::now();
+    while !Table::ALL
+        .into_iter()
+        .all(|table| matches!(xm_ip_service::source::disk::read(dir, table), Ok(Some(_))))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the snapshots were not written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
