@@ -17,7 +17,9 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 
-use crate::domain::{range_fault, Family, Located, Place, PlaceFields, RangeFault, Source, Table, V4Table};
+use crate::domain::{
+    range_fault, Family, Located, Place, PlaceFields, RangeFault, Source, Table, TableDigest, V4Table,
+};
 
 /// A range bound: `u32` for IPv4, `u128` for IPv6.
 pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
@@ -252,6 +254,58 @@ impl<K: Key> RangeIndex<K> {
         Ok(builder.finish())
     }
 
+    /// This index with `removed` taken out and `added` put in, each in
+    /// address order: what building the changed table from scratch gives,
+    /// places numbered alike, without reading the unchanged ranges again.
+    /// Refuses a removed range this index does not hold as it is.
+    pub fn with_changes(
+        &self,
+        removed: &[(K, K, Place)],
+        added: &[(K, K, Place)],
+    ) -> Result<RangeIndex<K>, IndexError> {
+        let not_held = |(start, end, _): &(K, K, Place)| {
+            IndexError::ChangesDoNotFit(format!("{} - {} is not a range of the table", start.ip(), end.ip()))
+        };
+        let mut builder = Builder::new(self.source);
+        builder.entries.reserve(self.len() + added.len());
+        // Each old place's number in the new index, once it has one.
+        let mut renumbered = vec![None; self.places.len()];
+        let (mut removed, mut added) = (removed.iter().peekable(), added.iter().peekable());
+        for entry in self.entries.iter() {
+            while let Some((start, end, place)) = added.next_if(|(start, ..)| *start < entry.start) {
+                builder.push_place(*start, *end, place)?;
+            }
+            let place = &self.places[entry.place as usize];
+            match removed.next_if(|(start, ..)| *start <= entry.start) {
+                Some(gone) if (gone.0, gone.1, &gone.2) == (entry.start, entry.end, place) => continue,
+                Some(gone) => return Err(not_held(gone)),
+                None => {}
+            }
+            let id = match renumbered[entry.place as usize] {
+                Some(id) => id,
+                None => *renumbered[entry.place as usize].insert(builder.intern(place)?),
+            };
+            builder.push_id(entry.start, entry.end, id)?;
+        }
+        for (start, end, place) in added {
+            builder.push_place(*start, *end, place)?;
+        }
+        match removed.next() {
+            Some(gone) => Err(not_held(gone)),
+            None => Ok(builder.finish()),
+        }
+    }
+
+    /// [`TableDigest::of`] the ranges, each place's text hashed once.
+    pub fn digest(&self) -> TableDigest {
+        let places: Vec<u64> = self.places.iter().map(Place::digest).collect();
+        let mut digest = TableDigest::default();
+        for entry in self.entries.iter() {
+            digest.add(entry.start.into(), entry.end.into(), places[entry.place as usize]);
+        }
+        digest
+    }
+
     /// Every range in address order, for sampling and comparison.
     pub fn ranges(&self) -> impl Iterator<Item = (K, K, &Place)> + '_ {
         self.entries
@@ -289,6 +343,8 @@ pub enum IndexError {
     TooMany,
     #[error("a range points at place {0}, which does not exist")]
     NoSuchPlace(u32),
+    #[error("the changes do not fit the data they were made against: {0}")]
+    ChangesDoNotFit(String),
 }
 
 /// Collects ranges in address order into a [`RangeIndex`], storing each
@@ -328,6 +384,17 @@ impl<K: Key> Builder<K> {
             None => self.intern_new(hash, Place::new(fields))?,
         };
         self.push_id(start, end, id)
+    }
+
+    /// The number of `place`, which is shared, not copied, if new.
+    fn intern(&mut self, place: &Place) -> Result<u32, IndexError> {
+        let fields = place.fields();
+        let hash = self.hasher.hash_one(fields);
+        let places = &self.places;
+        match self.distinct.find(hash, |&id| places[id as usize].fields() == fields) {
+            Some(&id) => Ok(id),
+            None => self.intern_new(hash, place.clone()),
+        }
     }
 
     fn intern_new(&mut self, hash: u64, place: Place) -> Result<u32, IndexError> {
@@ -480,6 +547,13 @@ impl TableIndex {
         match self {
             TableIndex::V4(index) => Box::new(index.ranges().map(|(s, e, p)| (s.into(), e.into(), p))),
             TableIndex::V6(index) => Box::new(index.ranges()),
+        }
+    }
+
+    pub fn digest(&self) -> TableDigest {
+        match self {
+            TableIndex::V4(index) => index.digest(),
+            TableIndex::V6(index) => index.digest(),
         }
     }
 
@@ -668,6 +742,68 @@ mod tests {
             assert_eq!(name_at(&index, key), want, "key {key:#x}");
         }
         assert_eq!(index.get(0x0001_0000).map(|(s, e, _)| (s, e)), Some((20, 0x0001_0005)));
+    }
+
+    /// `index`'s places and ranges, to compare two indexes whole.
+    fn contents(index: &RangeIndex<u32>) -> (Vec<Place>, Vec<(u32, u32, u32)>) {
+        let (places, ranges) = index.parts();
+        (places.to_vec(), ranges.collect())
+    }
+
+    #[test]
+    fn applying_changes_gives_the_index_built_from_scratch() {
+        let names = ["a", "b", "c", "d", "e"];
+        let mut x = 7u64;
+        let mut next = |n: u64| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        for round in 0..50 {
+            // Ranges of 10 addresses every 20, then some dropped, split,
+            // renamed or added in the gaps.
+            let old: Vec<(u32, u32, &str)> = (0..200)
+                .map(|i| (i * 20, i * 20 + 9, names[next(5) as usize]))
+                .collect();
+            let mut new = Vec::new();
+            for &(start, end, name) in &old {
+                match next(10) {
+                    0 => {}
+                    1 => new.extend([(start, start + 4, name), (start + 5, end, names[next(5) as usize])]),
+                    2 => new.push((start, end, names[next(5) as usize])),
+                    3 => new.extend([(start, end, name), (end + 3, end + 5, names[next(5) as usize])]),
+                    _ => new.push((start, end, name)),
+                }
+            }
+            let built = |list: &[(u32, u32, &str)]| -> Vec<(u32, u32, Place)> {
+                list.iter().map(|&(s, e, n)| (s, e, Place::new(fields(n)))).collect()
+            };
+            let (old_rows, new_rows) = (built(&old), built(&new));
+            let removed: Vec<_> = old_rows.iter().filter(|r| !new_rows.contains(r)).cloned().collect();
+            let added: Vec<_> = new_rows.iter().filter(|r| !old_rows.contains(r)).cloned().collect();
+            let changed = index(&old).with_changes(&removed, &added).unwrap();
+            assert_eq!(contents(&changed), contents(&index(&new)), "round {round}");
+        }
+    }
+
+    #[test]
+    fn changes_that_do_not_fit_are_refused() {
+        let old = index(&[(0, 9, "a"), (20, 29, "b")]);
+        let row = |s, e, n| (s, e, Place::new(fields(n)));
+        let not_fitting = [
+            // Removing a range not held, or held with another place or end.
+            (vec![row(10, 15, "a")], vec![]),
+            (vec![row(20, 29, "a")], vec![]),
+            (vec![row(20, 25, "b")], vec![]),
+            (vec![row(40, 49, "a")], vec![]),
+            // Adding over a range that stays.
+            (vec![], vec![row(5, 12, "c")]),
+            (vec![], vec![row(20, 29, "c")]),
+        ];
+        for (removed, added) in not_fitting {
+            assert!(old.with_changes(&removed, &added).is_err(), "{removed:?} {added:?}");
+        }
+        let replaced = old.with_changes(&[row(20, 29, "b")], &[row(20, 29, "c")]).unwrap();
+        assert_eq!(name_at(&replaced, 25), Some("c"));
     }
 
     #[test]

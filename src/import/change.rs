@@ -110,6 +110,56 @@ pub fn compare<'a>(
     merge.finish(table)
 }
 
+/// The rows that turn one table into another: the old ranges the new
+/// rows do not hold as they are, and the new ranges the old rows do not.
+/// `new = old - removed + added`, range for range.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowChanges {
+    pub removed: Vec<(u128, u128, Place)>,
+    pub added: Vec<(u128, u128, Place)>,
+}
+
+impl RowChanges {
+    pub fn len(&self) -> usize {
+        self.removed.len() + self.added.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The [`RowChanges`] from `old` to `new`, both in address order without
+/// overlaps; `None` as soon as more than `limit` rows differ.
+pub fn row_changes<'a>(
+    old: impl IntoIterator<Item = Entry<'a>>,
+    new: impl IntoIterator<Item = Entry<'a>>,
+    limit: usize,
+) -> Option<RowChanges> {
+    let (mut old, mut new) = (old.into_iter().peekable(), new.into_iter().peekable());
+    let mut changes = RowChanges::default();
+    let owned = |(start, end, place): Entry<'_>| (start, end, place.clone());
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => return Some(changes),
+            (Some(a), Some(b)) if a == b => {
+                old.next();
+                new.next();
+                continue;
+            }
+            (Some(a), Some(b)) if a.0 == b.0 => {
+                changes.removed.extend(old.next().map(owned));
+                changes.added.extend(new.next().map(owned));
+            }
+            (Some(a), b) if b.is_none_or(|b| a.0 < b.0) => changes.removed.extend(old.next().map(owned)),
+            _ => changes.added.extend(new.next().map(owned)),
+        }
+        if changes.len() > limit {
+            return None;
+        }
+    }
+}
+
 /// A position in one sorted list: the first range not wholly before the
 /// sweep.
 struct Cursor<'a, I> {
@@ -371,6 +421,29 @@ mod tests {
 
     fn entries(list: &[(u128, u128, Place)]) -> Vec<Entry<'_>> {
         list.iter().map(|(s, e, p)| (*s, *e, p)).collect()
+    }
+
+    #[test]
+    fn row_changes_are_the_rows_not_held_alike_and_stop_past_the_limit() {
+        let gz = place("广东", "广州", "电信");
+        let sz = place("广东", "深圳", "电信");
+        let bj = place("北京", "", "联通");
+        let old = [(0, 255, gz.clone()), (300, 400, bj.clone()), (500, 600, sz.clone())];
+        let new = [
+            (0, 127, gz.clone()),
+            (128, 255, sz.clone()),
+            (300, 400, bj.clone()),
+            (700, 800, bj.clone()),
+        ];
+        let changes = row_changes(entries(&old), entries(&new), 10).unwrap();
+        assert_eq!(changes.removed, [(0, 255, gz.clone()), (500, 600, sz.clone())]);
+        assert_eq!(changes.added, [(0, 127, gz), (128, 255, sz), (700, 800, bj)]);
+        assert_eq!(
+            row_changes(entries(&old), entries(&old), 0),
+            Some(RowChanges::default())
+        );
+        assert_eq!(row_changes(entries(&old), entries(&new), 4), None);
+        assert!(row_changes(entries(&old), entries(&new), 5).is_some());
     }
 
     #[test]

@@ -11,10 +11,15 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use super::change::{self, ChangeReport};
-use super::swap::swap_in;
+use super::swap::{keep_changes, swap_in, KeptChanges};
 use super::{file_name, history, read_ranges, ColumnLimits, Format, ImportError, RangeBuilder};
-use crate::domain::{Lang, Table};
+use crate::domain::{Lang, Table, TableDigest};
 use crate::store;
+
+/// Changed rows are kept for instances to apply up to a quarter of the
+/// new table (past that, reading the whole table costs little more), and
+/// never fewer than this many.
+const MIN_KEPT_CHANGES: usize = 10_000;
 
 /// What to import.
 #[derive(Debug, Clone)]
@@ -81,7 +86,8 @@ pub async fn import(client: &mut Client, options: &ImportOptions) -> Result<Outc
     if options.dry_run {
         // Reads only: no lock, no history.
         let built = parse(client, options, format, bytes).await?;
-        let report = within_limit(options, compare_with_live(client, options.table, &built).await?)?;
+        let (report, _) = compare_with_live(client, options.table, &built).await?;
+        let report = within_limit(options, report)?;
         return Ok(Outcome::Checked {
             rows: built.ranges.len() as u64,
             merged: built.merged as u64,
@@ -155,9 +161,11 @@ async fn parse_and_swap(
     id: i64,
 ) -> Result<(RangeBuilder, ChangeReport), ImportError> {
     let built = parse(client, options, format, bytes).await?;
-    let report = within_limit(options, compare_with_live(client, options.table, &built).await?)?;
+    let (report, changes) = compare_with_live(client, options.table, &built).await?;
+    let report = within_limit(options, report)?;
     let tx = client.transaction().await?;
     swap_in(&tx, options.table, &built.ranges).await?;
+    keep_changes(&tx, options.table, id, changes.as_ref()).await?;
     history::succeed(&tx, id, built.ranges.len() as i64, &report).await?;
     tx.commit().await?;
     Ok((built, report))
@@ -203,17 +211,24 @@ async fn parse(
     Ok(built)
 }
 
-/// Reads the live table and reports what `built` would change in it.
+/// Reads the live table and reports what `built` would change in it,
+/// with the changed rows themselves unless they are many.
 async fn compare_with_live(
     client: &mut Client,
     table: Table,
     built: &RangeBuilder,
-) -> Result<ChangeReport, ImportError> {
+) -> Result<(ChangeReport, Option<KeptChanges>), ImportError> {
     let live = store::load_snapshot(client, table).await.map_err(ImportError::Live)?;
-    let new = built.ranges.iter().map(|r| (r.start, r.end, &r.place));
-    let report = change::compare(table.name(), live.index.ranges(), new);
+    let new = || built.ranges.iter().map(|r| (r.start, r.end, &r.place));
+    let report = change::compare(table.name(), live.index.ranges(), new());
     info!(table = table.name(), "{}", report.summary);
-    Ok(report)
+    let limit = (built.ranges.len() / 4).max(MIN_KEPT_CHANGES);
+    let changes = change::row_changes(live.index.ranges(), new(), limit).map(|rows| KeptChanges {
+        base: live.version,
+        rows,
+        digest: TableDigest::of(new()),
+    });
+    Ok((report, changes))
 }
 
 /// `report`, unless it changes more than `--max-change` allows.

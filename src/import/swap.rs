@@ -11,10 +11,72 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::Transaction;
 
+use super::change::RowChanges;
 use super::progress::Progress;
 use super::{Family, ImportError, Range};
-use crate::domain::Table;
+use crate::domain::{Table, TableDigest};
+use crate::index::Version;
 use crate::store::RELOAD_CHANNEL;
+
+/// An import's changed rows and the data they change: the live table's
+/// version when they were compared, under the import lock.
+pub(super) struct KeptChanges {
+    pub base: Version,
+    pub rows: RowChanges,
+    /// The new data's digest.
+    pub digest: TableDigest,
+}
+
+/// Replaces the changed rows kept for `table` with import `id`'s, if it
+/// has any to keep, inside the swap's transaction.
+pub(super) async fn keep_changes(
+    tx: &Transaction<'_>,
+    table: Table,
+    id: i64,
+    changes: Option<&KeptChanges>,
+) -> Result<(), ImportError> {
+    tx.execute(
+        "DELETE FROM ip_service_import_changes c USING ip_service_imports i \
+         WHERE c.import_id = i.id AND i.table_name = $1",
+        &[&table.name()],
+    )
+    .await?;
+    let Some(KeptChanges {
+        base: Version::Postgres { relation, import_id },
+        rows,
+        digest,
+    }) = changes
+    else {
+        return Ok(());
+    };
+    tx.execute(
+        "UPDATE ip_service_imports SET base_relation = $2, base_import_id = $3, digest = $4 WHERE id = $1",
+        &[&id, &i64::from(*relation), import_id, &digest.to_i64()],
+    )
+    .await?;
+    let mut types = vec![Type::INT8, Type::BOOL, Type::INET, Type::INET];
+    types.extend([Type::TEXT; 8]);
+    let sink = tx
+        .copy_in(&format!(
+            "COPY ip_service_import_changes (import_id, added, start_ip, end_ip, {}) FROM STDIN (FORMAT binary)",
+            crate::store::place_columns("")
+        ))
+        .await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+    let family = table.family();
+    let removed = rows.removed.iter().map(|row| (false, row));
+    let added = rows.added.iter().map(|row| (true, row));
+    for (added, (start, end, place)) in removed.chain(added) {
+        let [a, b, c, d, e, f, g, h] = place.fields().columns();
+        let (start, end) = (family.ip(*start), family.ip(*end));
+        writer
+            .as_mut()
+            .write(&[&id, &added, &start, &end, &a, &b, &c, &d, &e, &f, &g, &h])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
 
 /// Builds the new table beside the live one and swaps it in, all inside
 /// `tx`: readers keep the old rows until the commit.

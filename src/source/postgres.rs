@@ -170,12 +170,14 @@ impl Reloader {
     /// of the import that made the new data, for the log.
     async fn rebuild(&self, table: Table, change: Option<String>) -> bool {
         let started = Instant::now();
-        match load_aside(self.database_url.clone(), self.timeout, table).await {
-            Ok(snapshot) => {
+        let base = self.tables.snapshot(table);
+        match load_aside(self.database_url.clone(), self.timeout, table, Some(base)).await {
+            Ok((snapshot, read)) => {
                 info!(
                     table = table.name(),
                     ranges = snapshot.index.len(),
                     places = snapshot.index.places(),
+                    read = %read,
                     seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
                     change = change.as_deref().unwrap_or("unknown"),
                     "reloaded into memory"
@@ -374,13 +376,47 @@ pub async fn keep_snapshot(dir: &Path, table: Table, snapshot: Arc<Snapshot>) {
     }
 }
 
+/// What a load read from the database.
+enum Read {
+    WholeTable,
+    /// The rows the import kept as changed, applied to the data it replaced.
+    ChangedRows(usize),
+}
+
+impl std::fmt::Display for Read {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Read::WholeTable => write!(f, "the whole table"),
+            Read::ChangedRows(n) => write!(f, "the import's {n} changed rows"),
+        }
+    }
+}
+
 /// Loads `table` on a blocking-pool thread, so that building a large index
-/// never holds up a worker that serves requests.
-async fn load_aside(database_url: String, timeout: Duration, table: Table) -> Result<Snapshot, StoreError> {
+/// never holds up a worker that serves requests. Given the data held now
+/// (`base`), it applies the import's changed rows to it when the import
+/// kept them for that data, and reads the whole table otherwise.
+async fn load_aside(
+    database_url: String,
+    timeout: Duration,
+    table: Table,
+    base: Option<Arc<Snapshot>>,
+) -> Result<(Snapshot, Read), StoreError> {
     let runtime = tokio::runtime::Handle::current();
     let load = async move {
         let mut client = store::connect_for(&database_url, timeout, "index load").await?;
-        store::load_snapshot(&mut client, table).await
+        if let Some(base) = base {
+            match store::load_changes(&mut client, table, &base).await {
+                Ok(Some((snapshot, rows))) => return Ok((snapshot, Read::ChangedRows(rows))),
+                Ok(None) => {}
+                Err(err) => warn!(
+                    table = table.name(),
+                    error = %err.cause(),
+                    "cannot apply the import's changed rows; reading the whole table"
+                ),
+            }
+        }
+        Ok((store::load_snapshot(&mut client, table).await?, Read::WholeTable))
     };
     tokio::task::spawn_blocking(move || {
         runtime.block_on(async {
@@ -395,8 +431,8 @@ async fn load_aside(database_url: String, timeout: Duration, table: Table) -> Re
 
 /// Loads the three tables at once, for start-up in memory mode.
 pub async fn load_tables(database_url: &str, timeout: Duration) -> Result<Vec<(Table, Snapshot)>, StoreError> {
-    let loads = Table::ALL.map(|table| load_aside(database_url.to_owned(), timeout, table));
+    let loads = Table::ALL.map(|table| load_aside(database_url.to_owned(), timeout, table, None));
     let [cn, en, v6] = loads;
     let (cn, en, v6) = tokio::join!(cn, en, v6);
-    Ok(vec![(Table::Cn, cn?), (Table::En, en?), (Table::V6, v6?)])
+    Ok(vec![(Table::Cn, cn?.0), (Table::En, en?.0), (Table::V6, v6?.0)])
 }

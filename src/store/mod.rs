@@ -22,7 +22,8 @@ use coalesce::Coalescer;
 pub use crate::domain::Table;
 pub use migrate::migrate;
 pub use snapshot::{
-    change_summary, connect_for, copy_rows_sql, live_import, load_snapshot, table_rows, version, visit_rows, LiveImport,
+    change_summary, connect_for, copy_rows_sql, live_import, load_changes, load_snapshot, table_rows, version,
+    visit_rows, LiveImport,
 };
 
 /// The channel an import's swap NOTIFYs with the table's name, and the

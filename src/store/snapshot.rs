@@ -14,7 +14,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, CopyOutStream, GenericClient, IsolationLevel, NoTls};
 
 use super::StoreError;
-use crate::domain::{Family, PlaceFields, Table};
+use crate::domain::{Family, Place, PlaceFields, Table};
 use crate::index::{Builder, Snapshot, TableIndex, Version};
 
 /// Reads `table` into an index, with the version it was read at.
@@ -54,6 +54,109 @@ pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot
         version,
         data_time,
     })
+}
+
+/// `base` brought up to `table`'s version by the rows its latest import
+/// kept, with how many there were: when that import replaced exactly
+/// `base`'s data. `None` when it did not, or kept none, and the whole
+/// table must be read.
+pub async fn load_changes(
+    client: &mut Client,
+    table: Table,
+    base: &Snapshot,
+) -> Result<Option<(Snapshot, usize)>, StoreError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let version = version(&tx, table).await?;
+    let Version::Postgres {
+        import_id: Some(id), ..
+    } = version
+    else {
+        return Ok(None);
+    };
+    let row = tx
+        .query_one(
+            "SELECT base_relation, base_import_id, digest FROM ip_service_imports WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    let Some(relation) = row.get::<_, Option<i64>>(0) else {
+        return Ok(None);
+    };
+    let made_against = Version::Postgres {
+        relation: relation as u32,
+        import_id: row.get(1),
+    };
+    if made_against != base.version {
+        return Ok(None);
+    }
+    let data_time = live_import(&tx, table).await?.and_then(|live| live.finished);
+    let copy = tx
+        .copy_out(&format!(
+            "COPY (SELECT added, start_ip, end_ip, {} FROM ip_service_import_changes WHERE import_id = {id} \
+             ORDER BY added, start_ip) TO STDOUT (FORMAT binary)",
+            super::place_columns("")
+        ))
+        .await?;
+    let mut types = vec![Type::BOOL, Type::INET, Type::INET];
+    types.extend([Type::TEXT; 8]);
+    let mut rows = pin!(BinaryCopyOutStream::new(copy, &types));
+    let (mut removed, mut added) = (Vec::new(), Vec::new());
+    let wrong_family = |ip: IpAddr| StoreError::Invalid(format!("{ip} in the changes kept for {}", table.name()));
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        let mut bounds = [0u128; 2];
+        for (i, bound) in bounds.iter_mut().enumerate() {
+            *bound = match (table.family(), row.try_get::<IpAddr>(1 + i)?) {
+                (Family::V4, IpAddr::V4(ip)) => u32::from(ip).into(),
+                (Family::V6, IpAddr::V6(ip)) => ip.into(),
+                (_, ip) => return Err(wrong_family(ip)),
+            };
+        }
+        let place = Place::new(place_fields(&row, 3)?);
+        let list = if row.try_get(0)? { &mut added } else { &mut removed };
+        list.push((bounds[0], bounds[1], place));
+    }
+    tx.commit().await?;
+    let count = removed.len() + added.len();
+    let changed = match &base.index {
+        TableIndex::V4(index) => index.with_changes(&narrow(removed), &narrow(added)).map(TableIndex::V4),
+        TableIndex::V6(index) => index.with_changes(&removed, &added).map(TableIndex::V6),
+    };
+    let index = changed.map_err(|err| StoreError::Invalid(format!("{}: {err}", table.name())))?;
+    if Some(index.digest().to_i64()) != row.get::<_, Option<i64>>(2) {
+        return Err(StoreError::Invalid(format!(
+            "{}: the changed rows applied do not give the table the import wrote (were rows edited by hand?)",
+            table.name()
+        )));
+    }
+    let snapshot = Snapshot {
+        index,
+        version,
+        data_time,
+    };
+    Ok(Some((snapshot, count)))
+}
+
+/// IPv4 rows, held as u128, as the v4 index's keys.
+fn narrow(rows: Vec<(u128, u128, Place)>) -> Vec<(u32, u32, Place)> {
+    rows.into_iter()
+        .map(|(start, end, place)| (start as u32, end as u32, place))
+        .collect()
+}
+
+/// A place's fields from a COPY row's columns, from `first` on, in
+/// [`PLACE_COLUMNS`](crate::domain::PLACE_COLUMNS) order.
+fn place_fields(row: &BinaryCopyOutRow, first: usize) -> Result<PlaceFields<'_>, StoreError> {
+    let mut values = [""; 8];
+    for (i, value) in values.iter_mut().enumerate() {
+        *value = row.try_get(first + i)?;
+    }
+    Ok(PlaceFields::from_columns(values))
 }
 
 /// The COPY that [`visit_rows`] reads: every row of `table` in address order.
@@ -96,11 +199,7 @@ pub async fn visit_rows<E: std::fmt::Display>(
     };
     while let Some(row) = rows.next().await {
         let row = row?;
-        let mut values = [""; 8];
-        for (i, value) in values.iter_mut().enumerate() {
-            *value = row.try_get(2 + i)?;
-        }
-        let fields = PlaceFields::from_columns(values);
+        let fields = place_fields(&row, 2)?;
         visit(bound(&row, 0)?, bound(&row, 1)?, fields)
             .map_err(|err| StoreError::Invalid(format!("{}: {err}", table.name())))?;
     }

@@ -419,3 +419,104 @@ async fn reloading_the_sample_after_an_edited_copy_reports_exactly_the_edits() {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/cn.csv");
     reloading_after_an_edited_copy_reports_exactly_the_edits(&sample).await;
 }
+
+/// A snapshot's ranges, to compare two whole.
+fn ranges(snapshot: &xm_ip_service::index::Snapshot) -> Vec<(u128, u128, xm_ip_service::domain::Place)> {
+    snapshot
+        .index
+        .ranges()
+        .map(|(start, end, place)| (start, end, place.clone()))
+        .collect()
+}
+
+async fn kept_rows(db: &TestDb) -> i64 {
+    let client = db.client().await;
+    let row = client
+        .query_one("SELECT count(*) FROM ip_service_import_changes", &[])
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+#[tokio::test]
+async fn an_import_keeps_its_changed_rows_for_the_data_it_replaced_and_applying_them_gives_the_whole_table() {
+    let db = TestDb::new().await;
+    let files = Files::new();
+    import(&db, &options(files.csv("v1.csv", LIVE))).await.unwrap();
+    let mut client = store::connect(&db.url).await.unwrap();
+    let v1 = store::load_snapshot(&mut client, Table::Cn).await.unwrap();
+
+    import(&db, &options(files.csv("v2.csv", UPDATE))).await.unwrap();
+    let (applied, rows) = store::load_changes(&mut client, Table::Cn, &v1)
+        .await
+        .unwrap()
+        .expect("the update kept its changed rows for v1");
+    // Three live ranges go; five new ones come.
+    assert_eq!(rows, 8);
+    let v2 = store::load_snapshot(&mut client, Table::Cn).await.unwrap();
+    assert_eq!(applied.version, v2.version);
+    assert_eq!(ranges(&applied), ranges(&v2));
+    assert_eq!(applied.index.places(), v2.index.places());
+    assert!(
+        store::load_changes(&mut client, Table::Cn, &v2)
+            .await
+            .unwrap()
+            .is_none(),
+        "the changes fit only the data they were made against"
+    );
+
+    // The next import's rows replace them: v1 no longer fits, v2 does.
+    import(&db, &options(files.csv("v3.csv", LIVE))).await.unwrap();
+    assert_eq!(kept_rows(&db).await, 8);
+    assert!(store::load_changes(&mut client, Table::Cn, &v1)
+        .await
+        .unwrap()
+        .is_none());
+    let (applied, _) = store::load_changes(&mut client, Table::Cn, &v2).await.unwrap().unwrap();
+    assert_eq!(ranges(&applied), ranges(&v1));
+}
+
+#[tokio::test]
+async fn an_import_that_changes_most_rows_keeps_none_and_the_whole_table_is_read() {
+    let db = TestDb::new().await;
+    let files = Files::new();
+    // 12,000 /24s, then the same with another carrier: 24,000 changed rows,
+    // more than a quarter of the table and more than 10,000.
+    let rows = |carrier: &str| -> String {
+        (0..12_000u32)
+            .map(|i| {
+                let (a, b) = (10 + i / 256, i % 256);
+                format!("{a}.{b}.0.0,{a}.{b}.0.255,中国,广东,广州,,{carrier}\n")
+            })
+            .collect()
+    };
+    import(&db, &options(files.csv("v1.csv", &rows("电信")))).await.unwrap();
+    let mut client = store::connect(&db.url).await.unwrap();
+    let v1 = store::load_snapshot(&mut client, Table::Cn).await.unwrap();
+    import(&db, &options(files.csv("v2.csv", &rows("联通")))).await.unwrap();
+    assert_eq!(kept_rows(&db).await, 0);
+    assert!(store::load_changes(&mut client, Table::Cn, &v1)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn changed_rows_are_refused_for_data_edited_by_hand_since_it_was_read() {
+    let db = TestDb::new().await;
+    let files = Files::new();
+    import(&db, &options(files.csv("v1.csv", LIVE))).await.unwrap();
+    let mut client = store::connect(&db.url).await.unwrap();
+    let v1 = store::load_snapshot(&mut client, Table::Cn).await.unwrap();
+    // A row edited by hand to what the update holds: the table's version
+    // does not change, and the update's changes do not name the row.
+    client
+        .batch_execute("UPDATE ip_service_cn SET carrier_name = '电信' WHERE start_ip = 16777472")
+        .await
+        .unwrap();
+    import(&db, &options(files.csv("v2.csv", UPDATE))).await.unwrap();
+    let Err(refused) = store::load_changes(&mut client, Table::Cn, &v1).await else {
+        panic!("changes applied to data that lacks a row");
+    };
+    assert!(refused.to_string().contains("edited by hand"), "{refused}");
+}
