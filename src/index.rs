@@ -10,8 +10,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -605,9 +604,21 @@ pub struct FileSignature {
 /// a lock; a reload builds a new index aside and swaps it in whole.
 pub struct Tables {
     slots: [ArcSwap<Snapshot>; 3],
-    /// Per table: served from a snapshot file and not yet checked against
-    /// its source.
-    unchecked: [AtomicBool; 3],
+    /// Per table: how what it serves stands against its source.
+    standing: [Mutex<Standing>; 3],
+}
+
+/// How a table's snapshot stands against its source, for `/readyz` and
+/// the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Standing {
+    /// What the source held when last asked.
+    #[default]
+    Current,
+    /// Read from a snapshot file; the source not asked yet.
+    FromSnapshotFile,
+    /// The source holds other data, which could not be loaded: why.
+    Stale(String),
 }
 
 fn slot_of(table: Table) -> usize {
@@ -637,7 +648,7 @@ impl Tables {
         };
         Tables {
             slots: [take(Table::Cn), take(Table::En), take(Table::V6)],
-            unchecked: Default::default(),
+            standing: Default::default(),
         }
     }
 
@@ -646,19 +657,17 @@ impl Tables {
         self.slots[slot_of(table)].load_full()
     }
 
-    /// Says that `table` was read from a snapshot file and has not been
-    /// checked against its source yet.
-    pub fn mark_unchecked(&self, table: Table) {
-        self.unchecked[slot_of(table)].store(true, Ordering::Relaxed);
+    /// Says how `table` stands against its source; [`Tables::replace`]
+    /// makes it current.
+    pub fn set_standing(&self, table: Table, standing: Standing) {
+        *self.standing[slot_of(table)].lock().unwrap_or_else(|e| e.into_inner()) = standing;
     }
 
-    /// Says that `table` is what its source holds (or was replaced).
-    pub fn mark_checked(&self, table: Table) {
-        self.unchecked[slot_of(table)].store(false, Ordering::Relaxed);
-    }
-
-    pub fn is_unchecked(&self, table: Table) -> bool {
-        self.unchecked[slot_of(table)].load(Ordering::Relaxed)
+    pub fn standing(&self, table: Table) -> Standing {
+        self.standing[slot_of(table)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Makes `snapshot` the one lookups of `table` see from now on;
@@ -670,7 +679,7 @@ impl Tables {
             "{table:?} index of the wrong family"
         );
         self.slots[slot_of(table)].store(Arc::new(snapshot));
-        self.mark_checked(table);
+        self.set_standing(table, Standing::Current);
     }
 
     /// Each IPv4 address's row in `table` (cn or en), all from one snapshot.

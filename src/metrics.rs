@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::domain::{Outcome, Source, Table};
+use crate::index::Standing;
 
 /// Which listener a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,21 +175,28 @@ impl Sampled {
 
 impl Sampled {
     /// What a reader of `/readyz` should know that does not make it
-    /// unready: tables served from snapshot files, and how old their data is.
+    /// unready: tables served from snapshot files, or stale because their
+    /// source's newer data does not load, and how old their data is.
     pub fn notes(&self) -> Vec<String> {
         let Ok(states) = &self.tables else { return Vec::new() };
         states
             .iter()
-            .filter(|state| state.from_snapshot_file)
-            .map(|state| {
+            .filter_map(|state| {
                 let age = match state.age() {
                     Some(age) => humantime::format_duration(Duration::from_secs(age.as_secs())).to_string(),
                     None => "unknown".to_owned(),
                 };
-                format!(
-                    "table {} is served from its snapshot file until the database is checked; its data is {age} old",
-                    state.table.name()
-                )
+                let table = state.table.name();
+                match &state.standing {
+                    Standing::Current => None,
+                    Standing::FromSnapshotFile => Some(format!(
+                        "table {table} is served from its snapshot file until the database is checked; its data is {age} old"
+                    )),
+                    Standing::Stale(why) => Some(format!(
+                        "table {table} is stale: its source holds other data, which does not load ({why}); \
+                         still serving data {age} old"
+                    )),
+                }
             })
             .collect()
     }
@@ -202,8 +210,8 @@ pub struct TableState {
     /// When its data was produced: the live import's finish, or the data
     /// file's modification time; unknown for rows loaded outside both.
     pub data_time: Option<SystemTime>,
-    /// Served from a snapshot file, not yet checked against the database.
-    pub from_snapshot_file: bool,
+    /// How what is served stands against the source.
+    pub standing: Standing,
 }
 
 impl TableState {
@@ -241,6 +249,7 @@ pub struct Metrics {
     pool_waiting: Gauge,
     query_latency: Family<TableLabel, Histogram, fn() -> Histogram>,
     table_rows: Family<TableLabel, Gauge>,
+    table_stale: Family<TableLabel, Gauge>,
     table_age: Family<TableLabel, FloatGauge>,
     reloads: Family<ReloadLabels, Counter>,
     last_reload: Family<KindLabel, FloatGauge>,
@@ -274,6 +283,7 @@ impl Metrics {
             pool_waiting: Gauge::default(),
             query_latency: Family::new_with_constructor(latency_histogram),
             table_rows: Family::default(),
+            table_stale: Family::default(),
             table_age: Family::default(),
             reloads: Family::default(),
             last_reload: Family::default(),
@@ -347,6 +357,11 @@ impl Metrics {
             m.query_latency.clone(),
         );
         r.register("table_rows", "Ranges in each table as served", m.table_rows.clone());
+        r.register(
+            "table_stale",
+            "1 while a table's source holds other data that does not load, so older data is served",
+            m.table_stale.clone(),
+        );
         r.register(
             "table_data_age_seconds",
             "Age of each table's data: since its live import finished, or its file was written",
@@ -515,6 +530,8 @@ impl Metrics {
             if let Some(age) = state.age() {
                 self.table_age.get_or_create(&label).set(age.as_secs_f64());
             }
+            let stale = matches!(state.standing, Standing::Stale(_));
+            self.table_stale.get_or_create(&label).set(i64::from(stale));
         }
         if let Some(pool) = sampled.pool {
             let gauge = |g: &Gauge, v: usize| g.set(i64::try_from(v).unwrap_or(i64::MAX));

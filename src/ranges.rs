@@ -49,7 +49,7 @@ impl Ranges {
                         table,
                         rows: snapshot.index.len() as u64,
                         data_time: snapshot.data_time,
-                        from_snapshot_file: tables.is_unchecked(table),
+                        standing: tables.standing(table),
                     }
                 })
                 .collect()),

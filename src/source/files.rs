@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::refresh::{signature, Refresh, Which};
 use crate::domain::{Family, Lang, Table};
 use crate::import::{read_ranges, schema_limits, Format, ImportError, Range, SourceError};
-use crate::index::{Builder, Key, RangeIndex, Snapshot, TableIndex, Tables, Version};
+use crate::index::{Builder, Key, RangeIndex, Snapshot, Standing, TableIndex, Tables, Version};
 use crate::metrics::{Metrics, Reload};
 
 /// Where a file's bytes are.
@@ -376,6 +376,9 @@ impl Refresh for FileWatch {
             }
             Err(err) => {
                 warn!(tables = ?changed, error = %err, "a rewritten data file does not load; its tables keep their data");
+                for &table in &changed {
+                    self.tables.set_standing(table, Standing::Stale(err.to_string()));
+                }
                 self.metrics.reloaded(Reload::Table, false);
                 false
             }

@@ -26,7 +26,7 @@ pub use files::{DataFiles, FileSource, FileTables};
 
 use crate::config::{DataSource, LookupMode, Pool, Postgres, Settings};
 use crate::domain::Table;
-use crate::index::Tables;
+use crate::index::{Standing, Tables};
 use crate::metrics::{Metrics, TableState};
 use crate::mmdb::{GeoDb, MaxMind};
 use crate::ranges::Ranges;
@@ -216,7 +216,7 @@ async fn open_postgres(pg: &Postgres, metrics: &Arc<Metrics>) -> anyhow::Result<
                 if let Some(snapshots) = read_snapshots(dir).await {
                     let tables = Arc::new(Tables::new(snapshots));
                     for table in Table::ALL {
-                        tables.mark_unchecked(table);
+                        tables.set_standing(table, Standing::FromSnapshotFile);
                     }
                     log_tables(&tables, &Table::ALL, started.elapsed());
                     let described = format!(

@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use super::refresh::{Refresh, Which};
 use crate::config::Postgres;
 use crate::domain::Table;
-use crate::index::{Snapshot, Tables};
+use crate::index::{Snapshot, Standing, Tables};
 use crate::metrics::{Metrics, Reload};
 use crate::store::{self, StoreError, RELOAD_CHANNEL};
 
@@ -193,11 +193,13 @@ impl Reloader {
                 true
             }
             Err(err) => {
+                let cause = err.cause();
                 error!(
                     table = table.name(),
-                    error = %err.cause(),
+                    error = %cause,
                     "reload failed; still serving the previous data"
                 );
+                self.tables.set_standing(table, Standing::Stale(cause));
                 self.metrics.reloaded(Reload::Table, false);
                 false
             }
@@ -267,7 +269,7 @@ impl Refresh for Reloader {
         // is marked by its replacement, if its rebuild succeeds.
         for table in which.tables() {
             if !changed.iter().any(|(t, _)| *t == table) {
-                self.tables.mark_checked(table);
+                self.tables.set_standing(table, Standing::Current);
             }
         }
         let mut swapped = false;

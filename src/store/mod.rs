@@ -16,6 +16,7 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::config;
 use crate::domain::{Family, Located, Place, Source, Unavailable, V4Table, PLACE_COLUMNS};
+use crate::index::Standing;
 use crate::metrics::{Metrics, PoolState, TableState};
 use coalesce::Coalescer;
 
@@ -237,7 +238,7 @@ impl Store {
                     table,
                     rows: u64::try_from(rows).unwrap_or(0),
                     data_time: live.and_then(|l| l.finished),
-                    from_snapshot_file: false,
+                    standing: Standing::Current,
                 });
             }
             Ok(states)

@@ -589,3 +589,66 @@ async fn http_echoes_an_over_long_input_as_thrift_does_and_query_json_prints_the
     assert_eq!(thrift[5].ip.as_deref().unwrap().len(), 64);
     assert_eq!(thrift[6].ip.as_deref().unwrap(), "中".repeat(21));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_whose_new_data_does_not_load_is_reported_stale_while_its_old_data_serves() {
+    let app = TestApp::spawn_with(Options {
+        reload_interval: Duration::from_millis(200),
+        ..Options::memory()
+    })
+    .await;
+    let client = app.db().client().await;
+    let stale_gauge = r#"xm_ip_table_stale{table="ip_service_cn"} "#;
+    let metric = |body: &str| {
+        body.lines()
+            .find_map(|line| line.strip_prefix(stale_gauge))
+            .map(str::to_owned)
+    };
+    assert_eq!(metric(&get(http(&app), "/metrics").await.body).as_deref(), Some("0"));
+    // A new version whose rows the index refuses: a row written outside
+    // the importer inside 183.62.56.99-183.62.63.255.
+    client
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO ip_service_cn (start_ip, end_ip, country_name, province_name, city_name)
+             VALUES (3074308352, 3074308607, '中国', '广东', '深圳');
+             INSERT INTO ip_service_imports (table_name, source_file, sha256, format, outcome, finished_at)
+             VALUES ('ip_service_cn', 'overlapping', 'x', 'csv', 'succeeded', now());
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    let readyz = || async { get(http(&app), "/readyz").await };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = readyz().await;
+        if answer.body.contains("stale") || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(answer.status, 200, "still ready: it serves the old data");
+    let notes = answer.json()["notes"].clone();
+    let note = notes[0].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("table ip_service_cn is stale") && note.contains("ranges overlap"),
+        "{notes}"
+    );
+    assert_eq!(metric(&get(http(&app), "/metrics").await.body).as_deref(), Some("1"));
+
+    // Once the row is gone and the data loads, the table is current again.
+    client
+        .batch_execute(
+            "DELETE FROM ip_service_cn WHERE start_ip = 3074308352;
+             INSERT INTO ip_service_imports (table_name, source_file, sha256, format, outcome, finished_at)
+             VALUES ('ip_service_cn', 'mended', 'y', 'csv', 'succeeded', now());",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz().await.body.contains("stale") {
+        assert!(Instant::now() < deadline, "still stale");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&get(http(&app), "/metrics").await.body).as_deref(), Some("0"));
+}
