@@ -182,6 +182,45 @@ async fn shutdown_aborts_a_request_still_running_when_its_timeout_expires() {
     held.abort();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_lets_a_running_request_send_its_whole_reply_then_closes_at_the_boundary() {
+    // The request runs for the 1 s database timeout, well inside the
+    // shutdown timeout, and is answered with error 3.
+    let (url, held) = black_hole_database().await;
+    let app = TestApp::spawn_with(Options {
+        database_url: Some(url),
+        db_timeout: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(10),
+        ..Options::default()
+    })
+    .await;
+    let socket = TcpStream::connect(app.addr).unwrap();
+    let call = Call::QueryGeoInfoByIp {
+        ips: vec!["9.9.9.9".into()],
+    };
+    (&socket)
+        .write_all(&calls::encode_call(FRAMED_BINARY, 1, &call))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let reader = std::thread::spawn(move || {
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut reply = Vec::new();
+        let closed = (&socket).read_to_end(&mut reply).is_ok();
+        (reply, closed)
+    });
+    tokio::time::timeout(Duration::from_secs(5), app.shutdown())
+        .await
+        .expect("shutdown ends once the request is answered");
+    let (reply, closed) = reader.join().unwrap();
+    assert!(closed, "the connection closes after the reply");
+    let frame = u32::from_be_bytes(reply[..4].try_into().unwrap()) as usize;
+    assert_eq!(reply.len(), 4 + frame, "exactly one whole reply, then the close");
+    let summary = calls::scan_reply(&reply[4..], FRAMED_BINARY.protocol).unwrap();
+    assert_eq!(summary.by_error[3], 1, "answered: the database timed out");
+    held.abort();
+}
+
 #[tokio::test]
 async fn an_input_longer_than_any_address_is_echoed_only_in_part() {
     let app = TestApp::spawn().await;
