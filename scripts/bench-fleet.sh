@@ -127,9 +127,16 @@ DATABASE_URL=$primary_url "$bin" export --table cn \
   | sed "s/^183\.62\.56\.99,183\.62\.63\.255,\(.*\),电信,/183.62.56.99,183.62.63.255,\1,$marker,/" >"$XM_WORK/cn.csv"
 DATABASE_URL=$primary_url RUST_LOG=warn "$bin" import --table cn --format csv "$XM_WORK/cn.csv" >/dev/null
 committed=$(date +%s.%N)
+last_import() { psql "$1" -Atc "SELECT max(id) FROM ip_service_imports WHERE outcome = 'succeeded'"; }
+imported=$(last_import "$primary_url")
+until [ "$(last_import "$standby_url")" = "$imported" ]; do sleep 0.01; done
+replayed=$(date +%s.%N)
+since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
+echo "the standby replayed the import $(since "$committed" "$replayed") s after its commit"
 for i in $(seq 1 "$instances"); do
   until "$bin" query 183.62.57.1 --addr "127.0.0.1:${thrift_ports[i]}" --json | grep -q "$marker"; do sleep 0.02; done
-  echo "instance $i: new data answered $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$committed" "$(date +%s.%N)") s after the commit"
+  now=$(date +%s.%N)
+  echo "instance $i: new data answered $(since "$replayed" "$now") s after the standby replayed it ($(since "$committed" "$now") s after the commit; $(grep -o '"read":"[^"]*"' "$XM_WORK/instance-$i.log" | tail -1))"
 done
 
 echo "== the standby down for $outage s under load"
