@@ -29,13 +29,16 @@ enum Found {
 }
 
 impl MmdbFile {
-    /// Opens `path`, remembering its version so that a replacement is noticed.
-    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<MmdbFile, MmdbError> {
+    /// Opens `path`, remembering its version so that a replacement is
+    /// noticed; with `ranges`, each version's IPv4 answers are also held
+    /// as ranges ([`MaxMind::with_ranges`]).
+    pub fn open(path: &Path, metrics: Arc<Metrics>, ranges: bool) -> Result<MmdbFile, MmdbError> {
         let seen = signature(path).ok();
+        let maxmind = MaxMind::open(path)?;
         Ok(MmdbFile {
             path: path.to_owned(),
             seen,
-            maxmind: MaxMind::open(path)?,
+            maxmind: if ranges { maxmind.with_ranges() } else { maxmind },
             metrics,
         })
     }

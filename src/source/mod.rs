@@ -88,12 +88,19 @@ pub async fn open(
     };
     let maxmind = match mmdb {
         Some(FileSource::Path(path)) => {
-            let file = MmdbFile::open(&path, metrics.clone())?;
+            let file = MmdbFile::open(&path, metrics.clone(), settings.mmdb_ranges)?;
             let maxmind = file.maxmind().clone();
             refreshing.push(keep_fresh(file, every, wake, stop));
             Some(maxmind)
         }
-        Some(FileSource::Builtin(bytes)) => Some(builtin_mmdb(bytes)?),
+        Some(FileSource::Builtin(bytes)) => {
+            let maxmind = builtin_mmdb(bytes)?;
+            Some(if settings.mmdb_ranges {
+                maxmind.with_ranges()
+            } else {
+                maxmind
+            })
+        }
         None => None,
     };
     Ok(Opened {

