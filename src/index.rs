@@ -349,7 +349,7 @@ pub enum IndexError {
 /// Collects ranges in address order into a [`RangeIndex`], storing each
 /// distinct place once however many ranges share it.
 pub struct Builder<K> {
-    entries: Vec<Entry<K>>,
+    entries: Growing<Entry<K>>,
     places: Vec<Place>,
     distinct: HashTable<u32>,
     hasher: RandomState,
@@ -359,7 +359,7 @@ pub struct Builder<K> {
 impl<K: Key> Builder<K> {
     pub fn new(source: Source) -> Builder<K> {
         Builder {
-            entries: Vec::new(),
+            entries: Growing::new(),
             places: Vec::new(),
             distinct: HashTable::new(),
             hasher: RandomState::new(),
@@ -367,10 +367,11 @@ impl<K: Key> Builder<K> {
         }
     }
 
-    /// Appends a range with `place`'s values; its text is copied only if
-    /// no range before had the same.
+    /// Appends a range with `place`'s values; a place no range before had
+    /// is shared, not copied.
     pub fn push_place(&mut self, start: K, end: K, place: &Place) -> Result<(), IndexError> {
-        self.push_fields(start, end, place.fields())
+        let id = self.intern(place)?;
+        self.push_id(start, end, id)
     }
 
     /// Appends a range whose place is given field by field; the text is
@@ -407,7 +408,7 @@ impl<K: Key> Builder<K> {
     }
 
     fn push_id(&mut self, start: K, end: K, id: u32) -> Result<(), IndexError> {
-        let last = self.entries.last();
+        let last = self.entries.as_slice().last();
         match range_fault(last.map(|l| (l.start.into(), l.end.into())), start.into(), end.into()) {
             None => {}
             Some(RangeFault::Reversed) => {
@@ -425,7 +426,7 @@ impl<K: Key> Builder<K> {
                 });
             }
         }
-        if self.entries.len() == u32::MAX as usize {
+        if self.entries.len == u32::MAX as usize {
             return Err(IndexError::TooMany);
         }
         self.entries.push(Entry { start, end, place: id });
@@ -434,7 +435,7 @@ impl<K: Key> Builder<K> {
 
     pub fn finish(mut self) -> RangeIndex<K> {
         self.places.shrink_to_fit();
-        let entries = HugePages::copy_of(&self.entries);
+        let entries = self.entries.finish();
         RangeIndex {
             directory: Directory::new(&entries),
             entries,
@@ -458,30 +459,81 @@ fn prefetch<T>(at: *const T) {
 /// to back with 2 MB pages: lookups jump about tables of tens of megabytes,
 /// and with 4 KB pages nearly every one would also miss the TLB (doubly so
 /// in a VM). A fresh mapping, unlike a heap allocation, is not yet backed,
-/// so the advice takes effect as the copy first touches it.
+/// so the advice takes effect as the entries are first written.
 struct HugePages<T> {
     map: Option<memmap2::Mmap>,
     len: usize,
     items: PhantomData<T>,
 }
 
-impl<T: Copy> HugePages<T> {
-    fn copy_of(items: &[T]) -> HugePages<T> {
-        let bytes = std::mem::size_of_val(items);
-        let map = (bytes > 0).then(|| {
-            // Failing to map is running out of memory, which a Vec would abort on too.
-            let mut map = memmap2::MmapMut::map_anon(bytes).expect("out of memory for an index");
-            #[cfg(target_os = "linux")]
-            let _ = map.advise(memmap2::Advice::HugePage);
-            // SAFETY: the mapping is `bytes` long and page-aligned, so aligned
-            // for `T`; `T: Copy` values are copied whole.
-            unsafe { std::ptr::copy_nonoverlapping(items.as_ptr().cast::<u8>(), map.as_mut_ptr(), bytes) };
-            map.make_read_only()
-                .expect("an anonymous mapping can be made read-only")
-        });
+/// A growing array in a mapping of its own that becomes a [`HugePages`]
+/// in place: an index is built without a second copy of its entries, and
+/// each mapping it outgrows goes back to the kernel whole instead of
+/// leaving a hole in the heap.
+struct Growing<T> {
+    map: Option<memmap2::MmapMut>,
+    len: usize,
+    items: PhantomData<T>,
+}
+
+impl<T: Copy> Growing<T> {
+    fn new() -> Growing<T> {
+        Growing {
+            map: None,
+            len: 0,
+            items: PhantomData,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.map.as_ref().map_or(0, |map| map.len() / std::mem::size_of::<T>())
+    }
+
+    /// Room for `additional` more, at least doubling when it grows.
+    fn reserve(&mut self, additional: usize) {
+        let needed = self.len + additional;
+        if needed <= self.capacity() {
+            return;
+        }
+        let items = needed.max(2 * self.capacity()).max(4096);
+        // Failing to map is running out of memory, which a Vec would abort on too.
+        let mut map = memmap2::MmapMut::map_anon(items * std::mem::size_of::<T>()).expect("out of memory for an index");
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        // SAFETY: both mappings are page-aligned, so aligned for `T`; the
+        // new one holds at least `len` values; `T: Copy` values copy whole.
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr(), map.as_mut_ptr().cast::<T>(), self.len) };
+        self.map = Some(map);
+    }
+
+    fn push(&mut self, item: T) {
+        self.reserve(1);
+        let map = self.map.as_mut().expect("reserved");
+        // SAFETY: `reserve` left room for one more `T` at `len`.
+        unsafe { map.as_mut_ptr().cast::<T>().add(self.len).write(item) };
+        self.len += 1;
+    }
+
+    fn as_ptr(&self) -> *const T {
+        self.map
+            .as_ref()
+            .map_or(std::ptr::NonNull::dangling().as_ptr(), |map| map.as_ptr().cast::<T>())
+    }
+
+    fn as_slice(&self) -> &[T] {
+        // SAFETY: the first `len` values were written by `push`; an empty
+        // array reads from a dangling, aligned pointer, as `&[]` does.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
+    }
+
+    /// The array, read-only from now on.
+    fn finish(self) -> HugePages<T> {
         HugePages {
-            map,
-            len: items.len(),
+            map: self.map.map(|map| {
+                map.make_read_only()
+                    .expect("an anonymous mapping can be made read-only")
+            }),
+            len: self.len,
             items: PhantomData,
         }
     }
@@ -493,7 +545,7 @@ impl<T> std::ops::Deref for HugePages<T> {
     fn deref(&self) -> &[T] {
         match &self.map {
             // SAFETY: the mapping holds `len` values of `T`, written by
-            // `copy_of`, aligned, and never written again.
+            // `Growing::push`, aligned, and never written again.
             Some(map) => unsafe { std::slice::from_raw_parts(map.as_ptr().cast::<T>(), self.len) },
             None => &[],
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::{Codes, Family, Origin, Range, RangeBuilder, SourceError};
+use super::{Codes, Family, Origin, Range, RangeBuilder, RangeSink, SourceError};
 use crate::domain::{Place, PlaceBuf};
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +103,20 @@ impl<'a> Ipdb<'a> {
 
     /// Every range of `family`, adjacent leaves with equal values merged.
     pub fn ranges(&self, family: Family, language: Option<&str>, codes: &Codes) -> Result<RangeBuilder, SourceError> {
+        let mut out = RangeBuilder::default();
+        self.ranges_into(family, language, codes, &mut out)?;
+        Ok(out)
+    }
+
+    /// The ranges of `family`, in address order, given to `sink` as the
+    /// trie is walked, so that no list of them is ever held whole.
+    pub fn ranges_into(
+        &self,
+        family: Family,
+        language: Option<&str>,
+        codes: &Codes,
+        sink: &mut impl RangeSink,
+    ) -> Result<(), SourceError> {
         let offset = self.language_offset(language)?;
         let field = |name: &str| self.meta.fields.iter().position(|f| f == name);
         let columns = [
@@ -114,26 +128,7 @@ impl<'a> Ipdb<'a> {
             field("country_code"),
         ];
         let mut places: HashMap<u32, Place> = HashMap::new();
-        let mut out = RangeBuilder::default();
-        let (root, bits) = match family {
-            Family::V4 => (self.v4_root(), 32),
-            Family::V6 => (0, 128),
-        };
-        let mut walker = Walker {
-            ipdb: self,
-            bits,
-            family,
-            leaves: Vec::new(),
-            // A valid trie reaches each node once; a looping one never ends.
-            budget: 2 * u64::from(self.meta.node_count) + 2,
-        };
-        match root.cmp(&self.meta.node_count) {
-            std::cmp::Ordering::Less => walker.walk(root, 0, 0)?,
-            // The whole family is one record, or none.
-            std::cmp::Ordering::Greater => walker.leaves.push((0, u128::MAX >> (128 - bits), root)),
-            std::cmp::Ordering::Equal => {}
-        }
-        for (start, end, pointer) in walker.leaves {
+        let mut leaf = |start: u128, end: u128, pointer: u32| -> Result<(), SourceError> {
             let place = match places.get(&pointer) {
                 Some(place) => place.clone(),
                 None => {
@@ -155,16 +150,33 @@ impl<'a> Ipdb<'a> {
                 }
             };
             if place.is_blank() {
-                continue;
+                return Ok(());
             }
-            out.push_merging(Range {
+            sink.push(Range {
                 start,
                 end,
                 place,
                 origin: Origin::Offset(u64::from(pointer)),
-            });
+            })
+        };
+        let (root, bits) = match family {
+            Family::V4 => (self.v4_root(), 32),
+            Family::V6 => (0, 128),
+        };
+        match root.cmp(&self.meta.node_count) {
+            std::cmp::Ordering::Less => Walker {
+                ipdb: self,
+                bits,
+                family,
+                leaf: &mut leaf,
+                // A valid trie reaches each node once; a looping one never ends.
+                budget: 2 * u64::from(self.meta.node_count) + 2,
+            }
+            .walk(root, 0, 0),
+            // The whole family is one record, or none.
+            std::cmp::Ordering::Greater => leaf(0, u128::MAX >> (128 - bits), root),
+            std::cmp::Ordering::Equal => Ok(()),
         }
-        Ok(out)
     }
 
     /// The node where IPv4 begins: `::ffff:0:0/96`.
@@ -186,8 +198,8 @@ struct Walker<'w, 'a> {
     /// 32 for IPv4 (walked from the IPv4 root), 128 for IPv6.
     bits: u32,
     family: Family,
-    /// `(start, end, record pointer)` of every leaf.
-    leaves: Vec<(u128, u128, u32)>,
+    /// Given `(start, end, record pointer)` of each leaf, in address order.
+    leaf: &'w mut dyn FnMut(u128, u128, u32) -> Result<(), SourceError>,
     /// Nodes it may still visit.
     budget: u64,
 }
@@ -212,7 +224,7 @@ impl Walker<'_, '_> {
                 } else {
                     (u128::MAX >> (128 - bits)) >> child_depth
                 };
-                self.leaves.push((child_prefix, child_prefix | span, child));
+                (self.leaf)(child_prefix, child_prefix | span, child)?;
             } else if child < count && child_depth < bits {
                 self.walk(child, child_prefix, child_depth)?;
             }

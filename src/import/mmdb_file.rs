@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use maxminddb::{Reader, WithinOptions};
 
-use super::{Codes, Family, Origin, Range, RangeBuilder, SourceError};
+use super::{Codes, Family, Origin, Range, RangeBuilder, RangeSink, SourceError};
 use crate::domain::{Lang, Place, PlaceBuf};
 use crate::mmdb::decode_place;
 
@@ -15,6 +15,20 @@ use crate::mmdb::decode_place;
 /// networks whose stored values match merge, whatever else their records
 /// hold (postal codes, coordinates).
 pub fn ranges(bytes: &[u8], family: Family, lang: Lang, codes: &Codes) -> Result<RangeBuilder, SourceError> {
+    let mut out = RangeBuilder::default();
+    ranges_into(bytes, family, lang, codes, &mut out)?;
+    Ok(out)
+}
+
+/// The ranges of [`ranges`], in address order, given to `sink` as the
+/// networks are read.
+pub fn ranges_into(
+    bytes: &[u8],
+    family: Family,
+    lang: Lang,
+    codes: &Codes,
+    sink: &mut impl RangeSink,
+) -> Result<(), SourceError> {
     let reader = Reader::from_source(bytes).map_err(|e| SourceError::NotFormat(e.to_string()))?;
     let all: IpNetwork = match (family, reader.metadata().ip_version) {
         (Family::V4, _) => "0.0.0.0/0".parse().expect("valid network"),
@@ -25,7 +39,6 @@ pub fn ranges(bytes: &[u8], family: Family, lang: Lang, codes: &Codes) -> Result
         .within(all, WithinOptions::default())
         .map_err(|e| SourceError::NotFormat(e.to_string()))?;
     let mut places: HashMap<usize, Option<Place>> = HashMap::new();
-    let mut out = RangeBuilder::default();
     for found in networks {
         let found = found.map_err(|e| SourceError::NotFormat(e.to_string()))?;
         let network = found.network().map_err(|e| SourceError::NotFormat(e.to_string()))?;
@@ -60,13 +73,13 @@ pub fn ranges(bytes: &[u8], family: Family, lang: Lang, codes: &Codes) -> Result
             }
         };
         if let Some(place) = place {
-            out.push_merging(Range {
+            sink.push(Range {
                 start,
                 end,
                 place,
                 origin: Origin::Network(network),
-            });
+            })?;
         }
     }
-    Ok(out)
+    Ok(())
 }

@@ -80,6 +80,19 @@ impl RangeBuilder {
     }
 }
 
+/// Where a source's ranges go as it reads them: collected for an import
+/// ([`RangeBuilder`]), or straight into an index for file mode.
+pub trait RangeSink {
+    fn push(&mut self, range: Range) -> Result<(), SourceError>;
+}
+
+impl RangeSink for RangeBuilder {
+    fn push(&mut self, range: Range) -> Result<(), SourceError> {
+        self.push_merging(range);
+        Ok(())
+    }
+}
+
 /// What is wrong with a source file.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -152,17 +165,7 @@ pub fn validate(ranges: &mut [Range], family: Family, limits: &ColumnLimits) -> 
     }
     let describe = |r: &Range| format!("{}-{} ({})", family.text(r.start), family.text(r.end), r.origin);
     for range in ranges.iter() {
-        if range_fault(None, range.start, range.end) == Some(RangeFault::Reversed) {
-            return Err(SourceError::Row {
-                at: range.origin.clone(),
-                reason: format!(
-                    "start {} is after end {}",
-                    family.text(range.start),
-                    family.text(range.end)
-                ),
-            });
-        }
-        check_lengths(range, limits)?;
+        check_range(range, family, limits)?;
     }
     ranges.sort_by_key(|r| r.start);
     for pair in ranges.windows(2) {
@@ -174,6 +177,22 @@ pub fn validate(ranges: &mut [Range], family: Family, limits: &ColumnLimits) -> 
         }
     }
     Ok(())
+}
+
+/// Refuses a range whose start is after its end, or whose text is longer
+/// than its column.
+pub fn check_range(range: &Range, family: Family, limits: &ColumnLimits) -> Result<(), SourceError> {
+    if range_fault(None, range.start, range.end) == Some(RangeFault::Reversed) {
+        return Err(SourceError::Row {
+            at: range.origin.clone(),
+            reason: format!(
+                "start {} is after end {}",
+                family.text(range.start),
+                family.text(range.end)
+            ),
+        });
+    }
+    check_lengths(range, limits)
 }
 
 fn check_lengths(range: &Range, limits: &ColumnLimits) -> Result<(), SourceError> {
@@ -209,6 +228,67 @@ pub fn read_ranges(
     };
     validate(&mut built.ranges, family, limits)?;
     Ok(built)
+}
+
+/// Reads an ipdb or mmdb as `format` and gives `emit` each range as
+/// [`read_ranges`] would hold it (merged with equal neighbours, checked
+/// against `limits`), in address order, as the file is walked: no list of
+/// its ranges is ever held, so memory stays that of what `emit` keeps.
+/// A CSV, whose rows may come in any order, goes through [`read_ranges`].
+pub fn read_streaming(
+    bytes: &[u8],
+    format: Format,
+    family: Family,
+    lang: Lang,
+    limits: &ColumnLimits,
+    emit: &mut dyn FnMut(Range) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
+    let mut merged = Merged {
+        pending: None,
+        family,
+        limits,
+        emit,
+    };
+    let codes = Codes::get();
+    match format {
+        Format::Ipdb => ipdb::Ipdb::parse(bytes)?.ranges_into(family, None, codes, &mut merged)?,
+        Format::Mmdb => mmdb_file::ranges_into(bytes, family, lang, codes, &mut merged)?,
+        Format::Csv => {
+            for range in read_ranges(bytes, format, family, lang, None, limits)?.ranges {
+                (merged.emit)(range)?;
+            }
+            return Ok(());
+        }
+    }
+    match merged.pending.take() {
+        Some(last) => (merged.emit)(last),
+        None => Ok(()),
+    }
+}
+
+/// Merges ranges arriving in address order as [`RangeBuilder`] does,
+/// checking each, and gives each merged range on once the next one starts.
+struct Merged<'a> {
+    pending: Option<Range>,
+    family: Family,
+    limits: &'a ColumnLimits,
+    emit: &'a mut dyn FnMut(Range) -> Result<(), SourceError>,
+}
+
+impl RangeSink for Merged<'_> {
+    fn push(&mut self, range: Range) -> Result<(), SourceError> {
+        check_range(&range, self.family, self.limits)?;
+        match &mut self.pending {
+            Some(last) if last.end.checked_add(1) == Some(range.start) && last.place == range.place => {
+                last.end = range.end;
+                Ok(())
+            }
+            pending => match pending.replace(range) {
+                Some(done) => (self.emit)(done),
+                None => Ok(()),
+            },
+        }
+    }
 }
 
 /// The file name recorded in the import history.

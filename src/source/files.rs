@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::refresh::{signature, Refresh, Which};
 use crate::domain::{Family, Lang, Table};
-use crate::import::{read_ranges, schema_limits, Format, ImportError, Range, SourceError};
+use crate::import::{read_streaming, schema_limits, Format, ImportError, Range, SourceError};
 use crate::index::{Builder, Key, RangeIndex, Snapshot, Standing, TableIndex, Tables, Version};
 use crate::metrics::{Metrics, Reload};
 
@@ -386,7 +386,8 @@ impl Refresh for FileWatch {
     }
 }
 
-/// One table from one file, parsed and validated as `import` does.
+/// One table from one file, parsed and validated as `import` does, each
+/// range going into the index as it is read.
 fn load_table(table: Table, file: &DataFile, bytes: &[u8]) -> Result<TableIndex, ImportError> {
     let format = file.format().expect("only files of a known format are planned");
     let source_error = |source| ImportError::Source {
@@ -394,36 +395,36 @@ fn load_table(table: Table, file: &DataFile, bytes: &[u8]) -> Result<TableIndex,
         format,
         source,
     };
-    let ranges = match read_ranges(
+    // An ipdb or mmdb without one family gives that table nothing; a CSV
+    // without rows is refused, as `import` refuses it.
+    match table.family() {
+        Family::V4 => read_index(bytes, format, table, |n| n as u32).map(TableIndex::V4),
+        Family::V6 => read_index(bytes, format, table, |n| n).map(TableIndex::V6),
+    }
+    .map_err(source_error)
+}
+
+/// `bytes` read as `format` straight into an index of `table`.
+fn read_index<K: Key>(
+    bytes: &[u8],
+    format: Format,
+    table: Table,
+    key: impl Fn(u128) -> K,
+) -> Result<RangeIndex<K>, SourceError> {
+    let mut builder = Builder::new(table.source());
+    let mut emit = |range: Range| {
+        builder
+            .push_place(key(range.start), key(range.end), &range.place)
+            .map_err(SourceError::Index)
+    };
+    read_streaming(
         bytes,
         format,
         table.family(),
         Lang::of_table(table),
-        None,
         &schema_limits(),
-    ) {
-        Ok(built) => built.ranges,
-        // An ipdb or mmdb without one family gives that table nothing.
-        Err(SourceError::Empty) if format != Format::Csv => Vec::new(),
-        Err(err) => return Err(source_error(err)),
-    };
-    let invalid = |err| source_error(SourceError::Index(err));
-    Ok(match table.family() {
-        Family::V4 => TableIndex::V4(index_of(&ranges, table, |n| n as u32).map_err(invalid)?),
-        Family::V6 => TableIndex::V6(index_of(&ranges, table, |n| n).map_err(invalid)?),
-    })
-}
-
-/// Validated ranges (sorted, disjoint) into an index.
-fn index_of<K: Key>(
-    ranges: &[Range],
-    table: Table,
-    key: impl Fn(u128) -> K,
-) -> Result<RangeIndex<K>, crate::index::IndexError> {
-    let mut builder = Builder::new(table.source());
-    for range in ranges {
-        builder.push_place(key(range.start), key(range.end), &range.place)?;
-    }
+        &mut emit,
+    )?;
     Ok(builder.finish())
 }
 
