@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Memory mode against postgres mode on the real data: loads the files from
-# scripts/fetch-data.sh into a scratch database, starts one server of each
-# mode on it, sends both the same sampled addresses (COUNT per method,
-# default 1,000,000; queryGeoInfoByIP and queryGeoInfo in English) and
-# prints the count of answers that differ. Exits 1 if any do.
+# Memory mode and file mode against postgres mode on the real data: loads
+# the files from scripts/fetch-data.sh into a scratch database, starts a
+# server of each database mode on it and one serving the same files
+# (--data data), sends each pair the same sampled addresses (COUNT per
+# method, default 1,000,000; queryGeoInfoByIP and queryGeoInfo in English)
+# and prints the count of answers that differ. Exits 1 if any do.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 count=${COUNT:-1000000}
@@ -21,6 +22,10 @@ for mode in postgres memory; do
   xm_serve "$mode" --addr "127.0.0.1:${ports[$mode]}" --http-addr off --database-url "$url" --lookup "$mode" \
     --mmdb data/GeoLite2-City.mmdb
 done
-echo "compare-modes: $count addresses per method, postgres mode (left) against memory mode" >&2
-"$bin" compare --addr "127.0.0.1:${ports[postgres]}" --against "127.0.0.1:${ports[memory]}" --count "$count" \
-  --sample-database-url "$url"
+ports[files]=$(xm_free_port)
+xm_serve files --addr "127.0.0.1:${ports[files]}" --http-addr off --data data
+for other in memory files; do
+  echo "compare-modes: $count addresses per method, postgres mode (left) against $other mode" >&2
+  "$bin" compare --addr "127.0.0.1:${ports[postgres]}" --against "127.0.0.1:${ports[$other]}" --count "$count" \
+    --sample-database-url "$url"
+done
