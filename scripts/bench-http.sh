@@ -31,14 +31,7 @@ psql "$url" -qAtc "
      FROM ip_service_cn ORDER BY random() LIMIT 18000)
   UNION ALL
   (SELECT host(start_ip) FROM ip_service_v6 ORDER BY random() LIMIT 2000)" >"$out/addresses"
-cat >"$out/query.lua" <<LUA
-local addresses = {}
-for line in io.lines("$out/addresses") do addresses[#addresses + 1] = line end
-math.randomseed(os.time())
-request = function()
-  return wrk.format("GET", "/api/ip_query?ip=" .. addresses[math.random(#addresses)])
-end
-LUA
+xm_wrk_script "$out/addresses"
 
 xm_serve server --addr "127.0.0.1:$(xm_free_port)" --http-addr "127.0.0.1:$port" --database-url "$url" \
   --lookup memory --mmdb data/GeoLite2-City.mmdb

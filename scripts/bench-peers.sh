@@ -41,14 +41,7 @@ while n < 20000:
         print(ip)
         n += 1
 PY
-cat >"$out/query.lua" <<LUA
-local addresses = {}
-for line in io.lines("$out/addresses") do addresses[#addresses + 1] = line end
-math.randomseed(os.time())
-request = function()
-  return wrk.format("GET", "/api/ip_query?ip=" .. addresses[math.random(#addresses)])
-end
-LUA
+xm_wrk_script "$out/addresses"
 
 ours=$(xm_free_port)
 xm_serve server --addr "127.0.0.1:$(xm_free_port)" --http-addr "127.0.0.1:$ours" --data data --mmdb "$mmdb"

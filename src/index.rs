@@ -641,6 +641,16 @@ pub enum Version {
     Builtin,
 }
 
+impl Version {
+    /// The import behind a PostgreSQL table's data, if any.
+    pub fn import_id(self) -> Option<i64> {
+        match self {
+            Version::Postgres { import_id, .. } => import_id,
+            _ => None,
+        }
+    }
+}
+
 /// What identifies one version of a file: replacing it by a rename changes
 /// the inode, rewriting it changes the size or time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

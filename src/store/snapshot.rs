@@ -72,10 +72,7 @@ pub async fn load_changes(
         .start()
         .await?;
     let version = version(&tx, table).await?;
-    let Version::Postgres {
-        import_id: Some(id), ..
-    } = version
-    else {
+    let Some(id) = version.import_id() else {
         return Ok(None);
     };
     let row = tx
@@ -224,10 +221,7 @@ pub async fn version(client: &impl GenericClient, table: Table) -> Result<Versio
 
 /// The summary line of the change report of the import behind `version`.
 pub async fn change_summary(client: &impl GenericClient, version: Version) -> Result<Option<String>, StoreError> {
-    let Version::Postgres {
-        import_id: Some(id), ..
-    } = version
-    else {
+    let Some(id) = version.import_id() else {
         return Ok(None);
     };
     let row = client
