@@ -59,3 +59,4 @@ pub mod startup;
 pub mod store;
 pub mod thrift;
 pub mod throttle;
+pub mod workers;

@@ -12,13 +12,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{DataSource, Settings, DEFAULT_HTTP_MAX_CONNECTIONS};
+use crate::config::{DataSource, Http, Settings, DEFAULT_HTTP_MAX_CONNECTIONS};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::server;
 use crate::service::Locator;
 use crate::source;
 use crate::thrift::Handler;
+use crate::workers::Workers;
 
 /// Descriptors kept for everything but client connections: the database
 /// pool, the mmdb, data files, the listeners, logs.
@@ -93,10 +94,10 @@ impl ReloadHandle {
 pub struct Application {
     listener: TcpListener,
     handler: Handler,
-    /// The HTTP listener, unless it is off.
-    http: Option<TcpListener>,
-    /// The HTTP connection cap, fitted to the open-file limit.
-    http_max_connections: usize,
+    /// The HTTP listener and the runtimes that serve its connections,
+    /// unless HTTP is off.
+    http: Option<(TcpListener, Workers)>,
+    /// As given, with the HTTP connection cap fitted to the open-file limit.
     settings: Settings,
     locator: Locator,
     metrics: Arc<Metrics>,
@@ -127,7 +128,8 @@ impl Application {
                     .await
                     .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
                 info!(addr = %http_listener.local_addr()?, "HTTP API, /metrics and /readyz listening");
-                Some(http_listener)
+                let workers = Workers::start().context("cannot start the HTTP workers")?;
+                Some((http_listener, workers))
             }
         };
         let data = &opened.described;
@@ -151,8 +153,13 @@ impl Application {
             listener,
             handler: Handler::new(opened.locator.clone(), metrics.clone()),
             http,
-            http_max_connections,
-            settings: settings.clone(),
+            settings: Settings {
+                http: Http {
+                    max_connections: Some(http_max_connections),
+                    ..settings.http.clone()
+                },
+                ..settings.clone()
+            },
             locator: opened.locator,
             metrics,
             reload: ReloadHandle(Arc::new(reload)),
@@ -170,7 +177,7 @@ impl Application {
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http
             .as_ref()
-            .map(|listener| listener.local_addr().expect("a bound listener has an address"))
+            .map(|(listener, _)| listener.local_addr().expect("a bound listener has an address"))
     }
 
     /// What SIGHUP uses to ask for a check for new data.
@@ -192,16 +199,16 @@ impl Application {
             requests.clone(),
             stopping.cancelled(),
         );
+        let (http_listener, workers) = self.http.unzip();
         let http = async {
-            if let Some(listener) = self.http {
-                let max_connections = self.http_max_connections;
+            if let (Some(listener), Some(workers)) = (http_listener, &workers) {
                 http::run(
                     listener,
                     self.locator,
                     self.metrics.clone(),
                     http,
-                    max_connections,
                     requests.clone(),
+                    workers,
                     stopping.cancelled(),
                 )
                 .await;
@@ -224,6 +231,8 @@ impl Application {
             let _ = task.await;
         }
         self.handler.close();
+        // Only now: nothing runs on the HTTP workers any more.
+        drop(workers);
         info!("stopped");
     }
 }

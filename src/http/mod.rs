@@ -24,11 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::budget::{self, Budget, Order};
-use crate::config::{Http, Requests};
+use crate::config::{Http, Requests, DEFAULT_HTTP_MAX_CONNECTIONS};
 use crate::metrics::{Api, Metrics};
 use crate::server::cap_reached;
 use crate::service::Locator;
 use crate::throttle::Throttle;
+use crate::workers::Workers;
 
 /// The most bytes hyper buffers for one connection, headers included (so
 /// larger headers get 431). Its default, about 400 KiB, would let the
@@ -37,17 +38,18 @@ const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 
 /// Serves the HTTP API on `listener` until `shutdown` completes, then lets
 /// open requests finish (up to `requests.shutdown_timeout`). At most
-/// `max_connections` are served at once: `limits.max_connections` as
-/// fitted to the open-file limit.
+/// `limits.max_connections` are served at once (start-up fits it to the
+/// open-file limit).
 pub async fn run(
     listener: TcpListener,
     locator: Locator,
     metrics: Arc<Metrics>,
     limits: Http,
-    max_connections: usize,
     requests: Requests,
+    workers: &Workers,
     shutdown: impl Future,
 ) {
+    let max_connections = limits.max_connections.unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
     let bodies = Budget::new(limits.max_buffered_bytes, Order::SmallestFirst);
     let trimmer = tokio::spawn(budget::return_freed_memory(vec![bodies.clone()]));
     let router = api::router(locator, metrics.clone(), &limits, requests.max_batch, bodies);
@@ -82,12 +84,16 @@ pub async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // Served on the next worker's reactor from here on.
+        let Ok(stream) = stream.into_std() else { continue };
         let open = metrics.connection_opened(Api::Http);
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        let abandon = abandon.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
+        let (http, watcher, abandon, metrics) = (http.clone(), graceful.watcher(), abandon.clone(), metrics.clone());
+        workers.next().spawn(async move {
+            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                return;
+            };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             let reason = tokio::select! {
                 ended = connection => match ended {
                     Ok(()) => "completed",
