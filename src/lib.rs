@@ -31,6 +31,7 @@
 //! - [`http`]: the JSON API, `/metrics` and the health checks.
 //! - [`budget`]: the byte budgets connections share, and giving memory back.
 //! - [`throttle`]: one warning line per reason per interval.
+//! - [`workers`]: one runtime per core for the HTTP connections.
 //! - [`startup`]: `Application`: build from [`config::Settings`], ports, run
 //!   until stopped.
 //! - [`cli`], [`client`], [`loadgen`] (`bench`, `compare`), [`resolve`]
