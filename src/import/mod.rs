@@ -58,6 +58,12 @@ pub struct Range {
     pub origin: Origin,
 }
 
+/// Whether `next` starts right after `last` with the same values, so that
+/// the two are stored as one range.
+fn extends(last: &Range, next: &Range) -> bool {
+    last.end.checked_add(1) == Some(next.start) && last.place == next.place
+}
+
 /// Ranges as a source yields them, with a count of merged neighbours.
 #[derive(Debug, Default)]
 pub struct RangeBuilder {
@@ -70,7 +76,7 @@ impl RangeBuilder {
     /// right before `range` and stores the same values.
     pub fn push_merging(&mut self, range: Range) {
         if let Some(last) = self.ranges.last_mut() {
-            if last.end.checked_add(1) == Some(range.start) && last.place == range.place {
+            if extends(last, &range) {
                 last.end = range.end;
                 self.merged += 1;
                 return;
@@ -279,7 +285,7 @@ impl RangeSink for Merged<'_> {
     fn push(&mut self, range: Range) -> Result<(), SourceError> {
         check_range(&range, self.family, self.limits)?;
         match &mut self.pending {
-            Some(last) if last.end.checked_add(1) == Some(range.start) && last.place == range.place => {
+            Some(last) if extends(last, &range) => {
                 last.end = range.end;
                 Ok(())
             }
@@ -331,6 +337,26 @@ mod tests {
                     let _ = read_ranges(&bytes, format, family, Lang::En, None, &limits);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn streaming_gives_the_ranges_an_import_holds() {
+        let sample = include_bytes!("../../data/sample/GeoLite2-City-sample.mmdb");
+        let limits = schema_limits();
+        for family in [Family::V4, Family::V6] {
+            let held = read_ranges(sample, Format::Mmdb, family, Lang::En, None, &limits).unwrap();
+            let mut streamed = Vec::new();
+            read_streaming(sample, Format::Mmdb, family, Lang::En, &limits, &mut |range| {
+                streamed.push(range);
+                Ok(())
+            })
+            .unwrap();
+            let bounds = |ranges: &[Range]| -> Vec<(u128, u128, Place)> {
+                ranges.iter().map(|r| (r.start, r.end, r.place.clone())).collect()
+            };
+            assert!(held.merged > 0, "the sample has neighbours to merge");
+            assert_eq!(bounds(&streamed), bounds(&held.ranges), "{family:?}");
         }
     }
 
