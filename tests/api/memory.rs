@@ -497,3 +497,24 @@ async fn until_snapshots_are_written(dir: &std::path::Path) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_edited_by_hand_since_an_instance_loaded_send_it_back_to_the_whole_table() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    import_csv(&db, &dir, "旧").await;
+    let app = TestApp::spawn_on(db, Options::memory()).await;
+    assert!(carriers(app.addr).await.iter().all(|c| c == "旧"));
+    // By hand, the first /24 already says what the next import will: the
+    // table's version does not change, and the import's changed rows do
+    // not name that row, so applying them would leave it old here.
+    app.db()
+        .client()
+        .await
+        .batch_execute("UPDATE ip_service_cn SET carrier_name = '新' WHERE start_ip = 335544320")
+        .await
+        .unwrap();
+    import_csv(app.db(), &dir, "新").await;
+    // The probe batch includes 20.0.0.7, in the row edited by hand.
+    until_carrier(&app, "新", Duration::from_secs(10)).await;
+}
