@@ -242,7 +242,7 @@ impl<K: Key> RangeIndex<K> {
         places: Vec<Place>,
         ranges: impl Iterator<Item = (K, K, u32)>,
     ) -> Result<RangeIndex<K>, IndexError> {
-        let mut builder = Builder::new(source);
+        let mut builder = Builder::with_capacity(source, ranges.size_hint().0);
         builder.places = places;
         for (start, end, place) in ranges {
             if place as usize >= builder.places.len() {
@@ -365,6 +365,14 @@ impl<K: Key> Builder<K> {
             hasher: RandomState::new(),
             source,
         }
+    }
+
+    /// A builder with room for `ranges` ranges, when their number is known
+    /// (more still fit): the entries then never move as they arrive.
+    pub fn with_capacity(source: Source, ranges: usize) -> Builder<K> {
+        let mut builder = Builder::new(source);
+        builder.entries.reserve(ranges);
+        builder
     }
 
     /// Appends a range with `place`'s values; a place no range before had

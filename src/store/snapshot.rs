@@ -17,6 +17,10 @@ use super::StoreError;
 use crate::domain::{Family, Place, PlaceFields, Table};
 use crate::index::{Builder, Snapshot, TableIndex, Version};
 
+/// The most ranges reserved up front from the import history's count;
+/// ten times the real cn table.
+const MAX_RESERVED_RANGES: usize = 16 << 20;
+
 /// Reads `table` into an index, with the version it was read at.
 pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot, StoreError> {
     let tx = client
@@ -26,10 +30,16 @@ pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot
         .start()
         .await?;
     let version = version(&tx, table).await?;
-    let data_time = live_import(&tx, table).await?.and_then(|live| live.finished);
+    let live = live_import(&tx, table).await?;
+    let data_time = live.and_then(|live| live.finished);
+    // The rows the live import wrote: room for them at once (a hint only;
+    // rows written by hand since still fit).
+    let expected = live
+        .and_then(|live| live.rows)
+        .map_or(0, |rows| usize::try_from(rows).unwrap_or(0).min(MAX_RESERVED_RANGES));
     let index = match table.family() {
         Family::V4 => {
-            let mut builder = Builder::new(table.source());
+            let mut builder = Builder::with_capacity(table.source(), expected);
             visit_rows(
                 tx.copy_out(&copy_rows_sql(table)).await?,
                 table,
@@ -39,7 +49,7 @@ pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot
             TableIndex::V4(builder.finish())
         }
         Family::V6 => {
-            let mut builder = Builder::new(table.source());
+            let mut builder = Builder::with_capacity(table.source(), expected);
             let copy = tx.copy_out(&copy_rows_sql(table)).await?;
             visit_rows(copy, table, |start, end, fields| {
                 builder.push_fields(start, end, fields)
