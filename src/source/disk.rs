@@ -13,8 +13,9 @@ use crate::domain::{Family, Place, Table};
 use crate::index::{IndexError, Key, RangeIndex, Snapshot, TableIndex, Version};
 
 const MAGIC: &[u8; 8] = b"XMIPSNAP";
-/// Bumped whenever the layout below changes: an older file is refused.
-const FORMAT: u32 = 1;
+/// Bumped whenever the layout below or the checksum changes: an older
+/// file is refused. 2: the checksum reads eight bytes at a time.
+const FORMAT: u32 = 2;
 
 /// Why a snapshot file cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +39,21 @@ pub fn path_of(dir: &Path, table: Table) -> PathBuf {
     dir.join(format!("{}.snapshot", table.name()))
 }
 
-/// FNV-1a, 64 bits: enough to catch a corrupt or truncated file.
+/// A 64-bit multiply-and-shift hash of `bytes`, eight at a time: enough to
+/// catch a corrupt or truncated file, at memory speed (a byte-at-a-time
+/// hash was a fifth of a start-up from snapshots).
 fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    let mix = |hash: u64, word: u64| {
+        let hash = (hash ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        hash ^ (hash >> 29)
+    };
+    let words = bytes.chunks_exact(8);
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    let hash = words.fold(0xcbf2_9ce4_8422_2325, |hash, word| {
+        mix(hash, u64::from_le_bytes(word.try_into().expect("eight bytes")))
+    });
+    mix(mix(hash, u64::from_le_bytes(tail)), bytes.len() as u64)
 }
 
 /// Writes `snapshot` of `table` into `dir`: a temporary file, synced, then
@@ -171,10 +182,14 @@ pub fn read(dir: &Path, table: Table) -> Result<Option<Snapshot>, SnapshotError>
     };
     let index = match table.family() {
         Family::V4 => TableIndex::V4(
-            read_index(&mut r, table, |b| u32::from_le_bytes(b.try_into().ok()?).into()).map_err(|e| e.at(&path))?,
+            read_index(&mut r, table, |b| u32::from_le_bytes(b.try_into().expect("four bytes")))
+                .map_err(|e| e.at(&path))?,
         ),
         Family::V6 => TableIndex::V6(
-            read_index(&mut r, table, |b| Some(u128::from_le_bytes(b.try_into().ok()?))).map_err(|e| e.at(&path))?,
+            read_index(&mut r, table, |b| {
+                u128::from_le_bytes(b.try_into().expect("sixteen bytes"))
+            })
+            .map_err(|e| e.at(&path))?,
         ),
     };
     if r.at != body.len() {
@@ -211,11 +226,8 @@ impl ReadError {
     }
 }
 
-fn read_index<K: Key>(
-    r: &mut Cursor<'_>,
-    table: Table,
-    key: impl Fn(&[u8]) -> Option<K>,
-) -> Result<RangeIndex<K>, ReadError> {
+/// Reads an index whose keys `key` decodes from `size_of::<K>()` bytes.
+fn read_index<K: Key>(r: &mut Cursor<'_>, table: Table, key: impl Fn(&[u8]) -> K) -> Result<RangeIndex<K>, ReadError> {
     let width = std::mem::size_of::<K>();
     let places_len = r.u32().ok_or(ReadError::Truncated)? as usize;
     // Every place takes at least its eight lengths: a count the file
@@ -233,17 +245,20 @@ fn read_index<K: Key>(
         places.push(Place::from_columns(values));
     }
     let ranges_len = r.u64().ok_or(ReadError::Truncated)? as usize;
-    if ranges_len > r.left() / (2 * width + 4) {
+    let entry = 2 * width + 4;
+    if ranges_len > r.left() / entry {
         return Err(ReadError::Truncated);
     }
-    let mut ranges = Vec::with_capacity(ranges_len);
-    for _ in 0..ranges_len {
-        let start = key(r.take(width).ok_or(ReadError::Truncated)?).ok_or(ReadError::Truncated)?;
-        let end = key(r.take(width).ok_or(ReadError::Truncated)?).ok_or(ReadError::Truncated)?;
-        let place = r.u32().ok_or(ReadError::Truncated)?;
-        ranges.push((start, end, place));
-    }
-    RangeIndex::from_parts(table.source(), places, ranges.into_iter()).map_err(ReadError::Index)
+    // Decoded as the index takes them: no list of them is held first.
+    let ranges = r
+        .take(ranges_len * entry)
+        .ok_or(ReadError::Truncated)?
+        .chunks_exact(entry)
+        .map(|at| {
+            let place = u32::from_le_bytes(at[2 * width..].try_into().expect("four bytes"));
+            (key(&at[..width]), key(&at[width..2 * width]), place)
+        });
+    RangeIndex::from_parts(table.source(), places, ranges).map_err(ReadError::Index)
 }
 
 /// Reads little-endian values from a byte slice, never past its end.
