@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, CopyOutStream, GenericClient, IsolationLevel, NoTls};
+use tokio_postgres::{Client, CopyOutStream, GenericClient, IsolationLevel, NoTls, Transaction};
 
 use super::StoreError;
 use crate::domain::{Family, Place, PlaceFields, Table};
@@ -23,12 +23,7 @@ const MAX_RESERVED_RANGES: usize = 16 << 20;
 
 /// Reads `table` into an index, with the version it was read at.
 pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot, StoreError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = consistent_read(client).await?;
     let version = version(&tx, table).await?;
     let live = live_import(&tx, table).await?;
     let data_time = live.and_then(|live| live.finished);
@@ -75,12 +70,7 @@ pub async fn load_changes(
     table: Table,
     base: &Snapshot,
 ) -> Result<Option<(Snapshot, usize)>, StoreError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = consistent_read(client).await?;
     let version = version(&tx, table).await?;
     let Some(id) = version.import_id() else {
         return Ok(None);
@@ -164,6 +154,17 @@ fn place_fields(row: &BinaryCopyOutRow, first: usize) -> Result<PlaceFields<'_>,
         *value = row.try_get(first + i)?;
     }
     Ok(PlaceFields::from_columns(values))
+}
+
+/// A read-only transaction that sees one snapshot of the database
+/// throughout, so that a table, its version and its kept changes agree.
+async fn consistent_read(client: &mut Client) -> Result<Transaction<'_>, StoreError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
 }
 
 /// The COPY that [`visit_rows`] reads: every row of `table` in address order.
