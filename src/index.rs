@@ -265,8 +265,7 @@ impl<K: Key> RangeIndex<K> {
         let not_held = |(start, end, _): &(K, K, Place)| {
             IndexError::ChangesDoNotFit(format!("{} - {} is not a range of the table", start.ip(), end.ip()))
         };
-        let mut builder = Builder::new(self.source);
-        builder.entries.reserve(self.len() + added.len());
+        let mut builder = Builder::with_capacity(self.source, self.len() + added.len());
         // Each old place's number in the new index, once it has one.
         let mut renumbered = vec![None; self.places.len()];
         let (mut removed, mut added) = (removed.iter().peekable(), added.iter().peekable());
@@ -385,24 +384,29 @@ impl<K: Key> Builder<K> {
     /// Appends a range whose place is given field by field; the text is
     /// copied only for a place not seen yet.
     pub fn push_fields(&mut self, start: K, end: K, fields: PlaceFields) -> Result<(), IndexError> {
-        let hash = self.hasher.hash_one(fields);
-        let places = &self.places;
-        let id = match self.distinct.find(hash, |&id| places[id as usize].fields() == fields) {
-            Some(&id) => id,
-            None => self.intern_new(hash, Place::new(fields))?,
+        let id = match self.find_place(fields) {
+            (_, Some(id)) => id,
+            (hash, None) => self.intern_new(hash, Place::new(fields))?,
         };
         self.push_id(start, end, id)
     }
 
     /// The number of `place`, which is shared, not copied, if new.
     fn intern(&mut self, place: &Place) -> Result<u32, IndexError> {
-        let fields = place.fields();
-        let hash = self.hasher.hash_one(fields);
-        let places = &self.places;
-        match self.distinct.find(hash, |&id| places[id as usize].fields() == fields) {
-            Some(&id) => Ok(id),
-            None => self.intern_new(hash, place.clone()),
+        match self.find_place(place.fields()) {
+            (_, Some(id)) => Ok(id),
+            (hash, None) => self.intern_new(hash, place.clone()),
         }
+    }
+
+    /// The hash of `fields`, and the number of the place holding them if
+    /// one does already.
+    fn find_place(&self, fields: PlaceFields) -> (u64, Option<u32>) {
+        let hash = self.hasher.hash_one(fields);
+        let found = self
+            .distinct
+            .find(hash, |&id| self.places[id as usize].fields() == fields);
+        (hash, found.copied())
     }
 
     fn intern_new(&mut self, hash: u64, place: Place) -> Result<u32, IndexError> {

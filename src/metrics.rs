@@ -171,9 +171,7 @@ impl Sampled {
                 .collect(),
         }
     }
-}
 
-impl Sampled {
     /// What a reader of `/readyz` should know that does not make it
     /// unready: tables served from snapshot files, or stale because their
     /// source's newer data does not load, and how old their data is.

@@ -123,8 +123,8 @@ impl GeoDb {
         let mut decoded: HashMap<usize, (Option<Place>, Option<Place>)> = HashMap::new();
         for found in self.reader.within(all, WithinOptions::default())? {
             let found = found?;
-            let (IpAddr::V4(start), IpAddr::V4(end)) = (found.network()?.network(), found.network()?.broadcast())
-            else {
+            let network = found.network()?;
+            let (IpAddr::V4(start), IpAddr::V4(end)) = (network.network(), network.broadcast()) else {
                 continue;
             };
             let Some(offset) = found.offset() else { continue };
@@ -489,12 +489,14 @@ impl MaxMind {
         }
     }
 
-    /// Builds the IPv4 range indexes of this database and of each one that
-    /// replaces it, each on a thread of its own; lookups walk the tree
-    /// until they are ready.
-    pub fn with_ranges(mut self) -> MaxMind {
-        self.ranges = true;
-        build_ranges_aside(self.current());
+    /// When `wanted`, builds the IPv4 range indexes of this database and
+    /// of each one that replaces it, each on a thread of its own; lookups
+    /// walk the tree until they are ready.
+    pub fn with_ranges(mut self, wanted: bool) -> MaxMind {
+        self.ranges = wanted;
+        if wanted {
+            build_ranges_aside(self.current());
+        }
         self
     }
 

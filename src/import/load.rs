@@ -14,6 +14,7 @@ use super::change::{self, ChangeReport};
 use super::swap::{keep_changes, swap_in, KeptChanges};
 use super::{file_name, history, read_ranges, ColumnLimits, Format, ImportError, RangeBuilder};
 use crate::domain::{Lang, Table, TableDigest};
+use crate::index::Snapshot;
 use crate::store;
 
 /// Changed rows are kept for instances to apply up to a quarter of the
@@ -161,8 +162,9 @@ async fn parse_and_swap(
     id: i64,
 ) -> Result<(RangeBuilder, ChangeReport), ImportError> {
     let built = parse(client, options, format, bytes).await?;
-    let (report, changes) = compare_with_live(client, options.table, &built).await?;
+    let (report, live) = compare_with_live(client, options.table, &built).await?;
     let report = within_limit(options, report)?;
+    let changes = changes_to_keep(&live, &built);
     let tx = client.transaction().await?;
     swap_in(&tx, options.table, &built.ranges).await?;
     keep_changes(&tx, options.table, id, changes.as_ref()).await?;
@@ -211,24 +213,33 @@ async fn parse(
     Ok(built)
 }
 
-/// Reads the live table and reports what `built` would change in it,
-/// with the changed rows themselves unless they are many.
+/// Reads the live table and reports what `built` would change in it; the
+/// live data comes back too, for [`changes_to_keep`].
 async fn compare_with_live(
     client: &mut Client,
     table: Table,
     built: &RangeBuilder,
-) -> Result<(ChangeReport, Option<KeptChanges>), ImportError> {
+) -> Result<(ChangeReport, Snapshot), ImportError> {
     let live = store::load_snapshot(client, table).await.map_err(ImportError::Live)?;
-    let new = || built.ranges.iter().map(|r| (r.start, r.end, &r.place));
-    let report = change::compare(table.name(), live.index.ranges(), new());
+    let report = change::compare(table.name(), live.index.ranges(), new_ranges(built));
     info!(table = table.name(), "{}", report.summary);
+    Ok((report, live))
+}
+
+/// The rows `built` changes in `live`, with what memory-mode instances
+/// need to apply them, unless they are many.
+fn changes_to_keep(live: &Snapshot, built: &RangeBuilder) -> Option<KeptChanges> {
     let limit = (built.ranges.len() / 4).max(MIN_KEPT_CHANGES);
-    let changes = change::row_changes(live.index.ranges(), new(), limit).map(|rows| KeptChanges {
+    let rows = change::row_changes(live.index.ranges(), new_ranges(built), limit)?;
+    Some(KeptChanges {
         base: live.version,
         rows,
-        digest: TableDigest::of(new()),
-    });
-    Ok((report, changes))
+        digest: TableDigest::of(new_ranges(built)),
+    })
+}
+
+fn new_ranges(built: &RangeBuilder) -> impl Iterator<Item = change::Entry<'_>> {
+    built.ranges.iter().map(|r| (r.start, r.end, &r.place))
 }
 
 /// `report`, unless it changes more than `--max-change` allows.

@@ -38,7 +38,7 @@ impl MmdbFile {
         Ok(MmdbFile {
             path: path.to_owned(),
             seen,
-            maxmind: if ranges { maxmind.with_ranges() } else { maxmind },
+            maxmind: maxmind.with_ranges(ranges),
             metrics,
         })
     }

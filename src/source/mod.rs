@@ -93,14 +93,7 @@ pub async fn open(
             refreshing.push(keep_fresh(file, every, wake, stop));
             Some(maxmind)
         }
-        Some(FileSource::Builtin(bytes)) => {
-            let maxmind = builtin_mmdb(bytes)?;
-            Some(if settings.mmdb_ranges {
-                maxmind.with_ranges()
-            } else {
-                maxmind
-            })
-        }
+        Some(FileSource::Builtin(bytes)) => Some(builtin_mmdb(bytes)?.with_ranges(settings.mmdb_ranges)),
         None => None,
     };
     Ok(Opened {

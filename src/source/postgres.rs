@@ -280,7 +280,7 @@ impl Refresh for Reloader {
     }
 
     async fn listen(&mut self) -> Option<Which> {
-        if !matches!(self.listening, Listening::Down | Listening::Standby) || Instant::now() < self.reconnect_at {
+        if matches!(self.listening, Listening::Up(_)) || Instant::now() < self.reconnect_at {
             return None;
         }
         let was_standby = matches!(self.listening, Listening::Standby);
