@@ -199,7 +199,8 @@ impl<V: View> serde::Serialize for Json<'_, V> {
                 self.entry(field, &value);
             }
             fn ip(&mut self, field: Field, value: IpAddr) {
-                self.entry(field, &value.to_string());
+                // Serialised as its text, from a buffer on the stack.
+                self.entry(field, &value);
             }
         }
         let mut map = Map {

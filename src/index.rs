@@ -756,6 +756,22 @@ impl Tables {
         self.set_standing(table, Standing::Current);
     }
 
+    /// One IPv4 address's row in `table` (cn or en).
+    pub fn lookup_one_v4(&self, table: V4Table, ip: Ipv4Addr) -> Option<Located> {
+        match &self.slots[slot_of(table.into())].load().index {
+            TableIndex::V4(index) => index.locate(u32::from(ip)),
+            TableIndex::V6(_) => None,
+        }
+    }
+
+    /// One IPv6 address's row in the v6 table.
+    pub fn lookup_one_v6(&self, ip: Ipv6Addr) -> Option<Located> {
+        match &self.slots[slot_of(Table::V6)].load().index {
+            TableIndex::V6(index) => index.locate(u128::from(ip)),
+            TableIndex::V4(_) => None,
+        }
+    }
+
     /// Each IPv4 address's row in `table` (cn or en), all from one snapshot.
     pub fn lookup_v4(&self, table: V4Table, ips: &[Ipv4Addr]) -> Vec<Option<Located>> {
         let snapshot = self.slots[slot_of(table.into())].load();

@@ -36,6 +36,23 @@ impl Ranges {
         }
     }
 
+    /// The row holding one IPv4 address: a batch of one, without the
+    /// batch's allocations in memory mode.
+    pub async fn lookup_one_v4(&self, table: V4Table, ip: Ipv4Addr) -> Result<Option<Located>, Unavailable> {
+        match self {
+            Ranges::Postgres(store) => Ok(store.lookup_v4(table, &[ip]).await?.pop().flatten()),
+            Ranges::Memory(tables) => Ok(tables.lookup_one_v4(table, ip)),
+        }
+    }
+
+    /// The row holding one IPv6 address in the v6 table.
+    pub async fn lookup_one_v6(&self, ip: Ipv6Addr) -> Result<Option<Located>, Unavailable> {
+        match self {
+            Ranges::Postgres(store) => Ok(store.lookup_v6(&[ip]).await?.pop().flatten()),
+            Ranges::Memory(tables) => Ok(tables.lookup_one_v6(ip)),
+        }
+    }
+
     /// Each table as served now: from the snapshots in memory, or from the
     /// database (an error if it does not answer).
     pub async fn table_states(&self) -> Result<Vec<TableState>, String> {

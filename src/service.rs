@@ -123,6 +123,9 @@ impl Locator {
 
     /// Answers every input, in order, one outcome each.
     pub async fn locate(&self, inputs: &[String], route: Route) -> Vec<Outcome> {
+        if let [input] = inputs {
+            return vec![self.locate_one(input, route).await];
+        }
         let parsed: Vec<Result<Addr, LookupError>> = inputs.iter().map(|s| Addr::parse(s)).collect();
         let tables = self.ask_tables(&parsed, route).await;
         let geo = self.maxmind.as_ref().map(MaxMind::current);
@@ -134,6 +137,24 @@ impl Locator {
             outcomes.push(addr.and_then(|addr| decide(addr, table, geo.as_deref(), route.lang())));
         }
         outcomes
+    }
+
+    /// One input's answer: what [`Locator::locate`] gives for a batch of
+    /// one, without the batch's allocations (the common HTTP and Thrift
+    /// call).
+    pub async fn locate_one(&self, input: &str, route: Route) -> Outcome {
+        let addr = Addr::parse(input)?;
+        let row = match addr {
+            Addr::V4(ip) => match route.v4_table() {
+                Some(table) => Some(self.ranges.lookup_one_v4(table, ip).await),
+                None => None,
+            },
+            Addr::V6(ip) if route.asks_v6() => Some(self.ranges.lookup_one_v6(ip).await),
+            Addr::V6(_) => None,
+        };
+        let table = row.map_or(TableAnswer::NotAsked, TableAnswer::of);
+        let geo = self.maxmind.as_ref().map(MaxMind::current);
+        decide(addr, table, geo.as_deref(), route.lang())
     }
 
     /// One lookup per table the batch touches, both families at once.
@@ -176,15 +197,23 @@ impl Locator {
     }
 }
 
+impl TableAnswer {
+    /// What one table lookup says; a row with no names is no row.
+    fn of(row: Result<Option<Located>, Unavailable>) -> TableAnswer {
+        match row {
+            Ok(Some(row)) if !row.place.is_blank() => TableAnswer::Row(row),
+            Ok(_) => TableAnswer::NoRow,
+            Err(reason) => TableAnswer::Failed(reason),
+        }
+    }
+}
+
 /// Puts one table's batch result back at the inputs' positions.
 fn scatter(answers: &mut [TableAnswer], positions: &[usize], rows: Result<Vec<Option<Located>>, Unavailable>) {
     match rows {
         Ok(rows) => {
             for (&i, row) in positions.iter().zip(rows) {
-                answers[i] = match row {
-                    Some(row) if !row.place.is_blank() => TableAnswer::Row(row),
-                    _ => TableAnswer::NoRow,
-                };
+                answers[i] = TableAnswer::of(Ok(row));
             }
         }
         Err(reason) => {

@@ -2,18 +2,22 @@
 //! address or a batch), the OpenAPI description, `/metrics`, `/healthz`
 //! and `/readyz`.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures_util::StreamExt;
+use hyper::body::Incoming;
+use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -44,56 +48,104 @@ struct AppState {
 #[derive(Clone, Copy)]
 struct Endpoint(&'static str);
 
-pub(super) fn router(
-    locator: Locator,
-    metrics: Arc<Metrics>,
-    limits: &Http,
-    max_batch: usize,
-    bodies: Budget,
-) -> Router {
-    let state = Arc::new(AppState {
-        locator,
-        metrics,
-        max_batch,
-        in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
-        timeout: limits.timeout,
-        max_body: limits.max_body,
-        bodies,
-    });
-    Router::new()
-        .route("/api/ip_query", get(query_get).post(query_post))
-        .route("/api/openapi.json", get(openapi))
-        .route("/metrics", get(metrics_text))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
-        .method_not_allowed_fallback(|| async {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into())
-        })
-        .layer(DefaultBodyLimit::max(limits.max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .with_state(state)
+/// The HTTP API: the single-address `GET /api/ip_query`, most of the
+/// traffic, answered on a short path; every other request through the
+/// router. Both paths answer and count a request the same way.
+pub(super) struct HttpApi {
+    state: Shared,
+    router: TowerToHyperService<Router>,
+}
+
+impl HttpApi {
+    pub(super) fn new(
+        locator: Locator,
+        metrics: Arc<Metrics>,
+        limits: &Http,
+        max_batch: usize,
+        bodies: Budget,
+    ) -> HttpApi {
+        let state = Arc::new(AppState {
+            locator,
+            metrics,
+            max_batch,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            timeout: limits.timeout,
+            max_body: limits.max_body,
+            bodies,
+        });
+        let router = Router::new()
+            .route("/api/ip_query", get(query_get).post(query_post))
+            .route("/api/openapi.json", get(openapi))
+            .route("/metrics", get(metrics_text))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+            .method_not_allowed_fallback(|| async {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into())
+            })
+            .layer(DefaultBodyLimit::max(limits.max_body))
+            .layer(middleware::from_fn_with_state(state.clone(), guard))
+            .with_state(state.clone());
+        HttpApi {
+            state,
+            router: TowerToHyperService::new(router),
+        }
+    }
+
+    /// Answers one request.
+    pub(super) async fn serve(&self, request: axum::http::Request<Incoming>) -> Result<Response, Infallible> {
+        match SingleGet::of(&request) {
+            Some(query) => Ok(self.state.single_get(query).await),
+            None => hyper::service::Service::call(&self.router, request).await,
+        }
+    }
+}
+
+/// A `GET /api/ip_query` the short path answers: no body, and a query
+/// string that needs no decoding, with `ip` once and `lang` at most once.
+/// Anything else goes through the router, whose answers (errors included)
+/// are the reference.
+struct SingleGet<'a> {
+    ip: &'a str,
+    lang: Option<&'a str>,
+}
+
+impl SingleGet<'_> {
+    fn of(request: &axum::http::Request<Incoming>) -> Option<SingleGet<'_>> {
+        if request.method() != Method::GET
+            || request.uri().path() != "/api/ip_query"
+            || request.body().size_hint().upper() != Some(0)
+        {
+            return None;
+        }
+        let query = request.uri().query()?;
+        if query.bytes().any(|b| b == b'%' || b == b'+') {
+            return None;
+        }
+        let (mut ip, mut lang) = (None, None);
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match key {
+                "ip" => &mut ip,
+                "lang" => &mut lang,
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return None;
+            }
+        }
+        Some(SingleGet { ip: ip?, lang })
+    }
 }
 
 /// Bounds each request's time, reads its body within the body budget,
 /// sheds load over the in-flight cap, and counts the request.
 async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let response = match tokio::time::timeout(state.timeout, state.admit(request, next)).await {
-        Ok(response) => response,
-        Err(_) => {
-            state.metrics.rejected(Api::Http, Rejection::Timeout);
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the request did not complete within {:?}", state.timeout),
-            )
-        }
-    };
-    let endpoint = response.extensions().get::<Endpoint>().map_or("other", |e| e.0);
     state
-        .metrics
-        .request(Api::Http, endpoint, status_label(response.status()), started.elapsed());
-    response
+        .bounded(state.admit(request, next), |response| {
+            response.extensions().get::<Endpoint>().map_or("other", |e| e.0)
+        })
+        .await
 }
 
 /// A bounded set of status labels: the codes this API sends.
@@ -146,7 +198,7 @@ async fn query_get(State(state): State<Shared>, query: Result<Query<SingleQuery>
     let response = match query {
         Err(rejection) => state.bad_request(format!("bad query string: {}", rejection.body_text())),
         Ok(Query(SingleQuery { ip: None, .. })) => state.bad_request("missing the \"ip\" parameter".into()),
-        Ok(Query(SingleQuery { ip: Some(ip), lang })) => state.single(ip, lang.as_deref()).await,
+        Ok(Query(SingleQuery { ip: Some(ip), lang })) => state.single(&ip, lang.as_deref()).await,
     };
     tagged(response, "ip_query")
 }
@@ -194,7 +246,7 @@ async fn query_post(State(state): State<Shared>, body: Result<Bytes, BytesReject
             ip: Some(ip),
             ips: None,
             lang,
-        } => tagged(state.single(ip, lang.as_deref()).await, "ip_query"),
+        } => tagged(state.single(&ip, lang.as_deref()).await, "ip_query"),
         QueryBody {
             ip: None,
             ips: Some(ips),
@@ -215,6 +267,53 @@ async fn query_post(State(state): State<Shared>, body: Result<Bytes, BytesReject
 }
 
 impl AppState {
+    /// Runs a request within its deadline (503 past it) and counts it
+    /// under the endpoint `endpoint` names.
+    async fn bounded(
+        &self,
+        request: impl Future<Output = Response>,
+        endpoint: impl FnOnce(&Response) -> &'static str,
+    ) -> Response {
+        let started = Instant::now();
+        let response = match tokio::time::timeout(self.timeout, request).await {
+            Ok(response) => response,
+            Err(_) => {
+                self.metrics.rejected(Api::Http, Rejection::Timeout);
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the request did not complete within {:?}", self.timeout),
+                )
+            }
+        };
+        self.metrics.request(
+            Api::Http,
+            endpoint(&response),
+            status_label(response.status()),
+            started.elapsed(),
+        );
+        response
+    }
+
+    /// The short path's request: what the guard and `query_get` do for it,
+    /// with nothing to read.
+    async fn single_get(&self, query: SingleGet<'_>) -> Response {
+        let answer = async {
+            match self.in_flight.try_acquire() {
+                Ok(_permit) => self.single(query.ip, query.lang).await,
+                Err(_) => self.overloaded(),
+            }
+        };
+        self.bounded(answer, |_| "ip_query").await
+    }
+
+    fn overloaded(&self) -> Response {
+        self.metrics.rejected(Api::Http, Rejection::Overloaded);
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight; retry shortly".into(),
+        )
+    }
+
     /// Reads the body, then runs the request if there is room in flight. A
     /// body still arriving takes no place in flight, so slow senders cannot
     /// crowd out the requests that have arrived.
@@ -224,11 +323,7 @@ impl AppState {
             Err(response) => return response,
         };
         let Ok(_permit) = self.in_flight.try_acquire() else {
-            self.metrics.rejected(Api::Http, Rejection::Overloaded);
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests in flight; retry shortly".into(),
-            );
+            return self.overloaded();
         };
         let response = next.run(request).await;
         body_held.release();
@@ -281,17 +376,19 @@ impl AppState {
     }
 
     /// One address: its `GeoInfo`, with the old service's status codes.
-    async fn single(&self, ip: String, lang: Option<&str>) -> Response {
-        let inputs = [ip];
-        let outcomes = self.locate(&inputs, lang).await;
-        let outcome = &outcomes[0];
+    async fn single(&self, ip: &str, lang: Option<&str>) -> Response {
+        let outcome = match route(lang) {
+            Ok(route) => self.locator.locate_one(ip, route).await,
+            Err(err) => Err(err),
+        };
+        self.metrics.answered_items(Api::Http, std::slice::from_ref(&outcome));
         let status = match outcome {
             Ok(_) => StatusCode::OK,
             Err(LookupError::InvalidIp(_) | LookupError::UnsupportedLang(_)) => StatusCode::BAD_REQUEST,
             Err(LookupError::NotFound) => StatusCode::NOT_IMPLEMENTED,
             Err(LookupError::Backend(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let mut response = json_body(&Json(&Answer::new(&inputs[0], outcome)));
+        let mut response = json_body(&Json(&Answer::new(ip, &outcome)));
         *response.status_mut() = status;
         response
     }
@@ -322,16 +419,21 @@ impl AppState {
     /// The answers `queryGeoInfo` gives for `lang`; without one, those of
     /// `queryGeoInfoByIP`.
     async fn locate(&self, inputs: &[String], lang: Option<&str>) -> Vec<Outcome> {
-        let route = match lang.map(Lang::parse) {
-            None => Ok(Route::Tables(TableLang::ZhCn)),
-            Some(parsed) => parsed.map(Route::for_lang),
-        };
-        let outcomes = match route {
+        let outcomes = match route(lang) {
             Ok(route) => self.locator.locate(inputs, route).await,
             Err(err) => vec![Err(err); inputs.len()],
         };
         self.metrics.answered_items(Api::Http, &outcomes);
         outcomes
+    }
+}
+
+/// The route of `queryGeoInfo` for `lang`; without one, that of
+/// `queryGeoInfoByIP`.
+fn route(lang: Option<&str>) -> Result<Route, LookupError> {
+    match lang {
+        None => Ok(Route::Tables(TableLang::ZhCn)),
+        Some(lang) => Lang::parse(lang).map(Route::for_lang),
     }
 }
 

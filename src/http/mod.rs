@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -52,7 +51,13 @@ pub async fn run(
     let max_connections = limits.max_connections.unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
     let bodies = Budget::new(limits.max_buffered_bytes, Order::SmallestFirst);
     let trimmer = tokio::spawn(budget::return_freed_memory(vec![bodies.clone()]));
-    let router = api::router(locator, metrics.clone(), &limits, requests.max_batch, bodies);
+    let api = Arc::new(api::HttpApi::new(
+        locator,
+        metrics.clone(),
+        &limits,
+        requests.max_batch,
+        bodies,
+    ));
     let permits = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let warnings = Throttle::default();
@@ -87,7 +92,11 @@ pub async fn run(
         // Served on the next worker's reactor from here on.
         let Ok(stream) = stream.into_std() else { continue };
         let open = metrics.connection_opened(Api::Http);
-        let service = TowerToHyperService::new(router.clone());
+        let api = api.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let api = api.clone();
+            async move { api.serve(request).await }
+        });
         let (http, watcher, abandon, metrics) = (http.clone(), graceful.watcher(), abandon.clone(), metrics.clone());
         workers.next().spawn(async move {
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {

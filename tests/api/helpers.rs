@@ -230,6 +230,7 @@ pub struct Options {
     pub shutdown_timeout: Duration,
     pub http_timeout: Duration,
     pub http_max_buffered_bytes: usize,
+    pub http_max_in_flight: usize,
 }
 
 impl Default for Options {
@@ -251,6 +252,7 @@ impl Default for Options {
             shutdown_timeout: Duration::from_secs(5),
             http_timeout: Duration::from_secs(10),
             http_max_buffered_bytes: 128 << 20,
+            http_max_in_flight: 1024,
         }
     }
 }
@@ -321,6 +323,7 @@ impl TestApp {
         http.max_connections = Some(256);
         http.timeout = options.http_timeout;
         http.max_buffered_bytes = options.http_max_buffered_bytes;
+        http.max_in_flight = options.http_max_in_flight;
         Self::start(settings, db, mmdb).await
     }
 

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use xm_ip_service::client::{Protocol, Transport};
 use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 
-use crate::helpers::{strings, Options, TestApp};
+use crate::helpers::{black_hole_database, strings, Options, TestApp};
 
 /// A status code and a body, from one request on its own connection.
 struct Answer {
@@ -651,4 +651,78 @@ async fn a_table_whose_new_data_does_not_load_is_reported_stale_while_its_old_da
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(metric(&get(http(&app), "/metrics").await.body).as_deref(), Some("0"));
+}
+
+/// The same query with its key percent-encoded, which the short path
+/// leaves to the router.
+fn the_long_way(path: &str) -> String {
+    path.replacen("ip=", "i%70=", 1)
+}
+
+#[tokio::test]
+async fn the_short_path_for_a_single_get_answers_exactly_as_the_router_does() {
+    let app = TestApp::spawn().await;
+    let addr = http(&app);
+    for path in [
+        "/api/ip_query?ip=183.62.57.1",
+        "/api/ip_query?ip=183.62.57.1&lang=en",
+        "/api/ip_query?lang=ja&ip=1.1.1.1",
+        "/api/ip_query?ip=240e:1::1",
+        "/api/ip_query?ip=100.64.0.1",
+        "/api/ip_query?ip=not-an-ip",
+        "/api/ip_query?ip=",
+        "/api/ip_query?ip=8.8.8.8&lang=xx",
+        "/api/ip_query?other=1&ip=1.1.1.1&&",
+    ] {
+        let (short, long) = (get(addr, path).await, get(addr, &the_long_way(path)).await);
+        assert_eq!((short.status, &short.body), (long.status, &long.body), "{path}");
+    }
+    // What the short path leaves to the router gets the router's errors.
+    let twice = get(addr, "/api/ip_query?ip=1.1.1.1&ip=8.8.8.8").await;
+    assert_eq!(twice.status, 400);
+    assert!(twice.json()["error"].as_str().unwrap().contains("duplicate field"));
+
+    let m = scrape(&app).await;
+    assert_eq!(
+        m[r#"xm_ip_requests_total{api="http",method="ip_query",outcome="200"}"#], 10.0,
+        "both paths count their requests: {m:#?}"
+    );
+    assert_eq!(m[r#"xm_ip_answers_total{api="http",error_no="1"}"#], 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_get_keeps_the_deadline_and_the_in_flight_cap() {
+    // The only lookup waits on a database that never answers (for longer
+    // than the request may take).
+    let (url, held) = black_hole_database().await;
+    let app = TestApp::spawn_with(Options {
+        database_url: Some(url),
+        db_timeout: Duration::from_secs(4),
+        http_timeout: Duration::from_secs(1),
+        http_max_in_flight: 1,
+        ..Options::default()
+    })
+    .await;
+    let addr = http(&app);
+    let started = Instant::now();
+    let stuck = tokio::spawn(get(addr, "/api/ip_query?ip=9.9.9.9"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for path in ["/api/ip_query?ip=9.9.9.9", &the_long_way("/api/ip_query?ip=9.9.9.9")] {
+        let shed = get(addr, path).await;
+        assert_eq!(shed.status, 503, "{path}: {}", shed.body);
+        assert!(
+            shed.json()["error"].as_str().unwrap().contains("in flight"),
+            "{}",
+            shed.body
+        );
+    }
+    let stuck = stuck.await.unwrap();
+    assert_eq!(stuck.status, 503, "{}", stuck.body);
+    assert!(
+        stuck.json()["error"].as_str().unwrap().contains("within 1s"),
+        "{}",
+        stuck.body
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    held.abort();
 }
