@@ -24,6 +24,8 @@ pub enum Api {
 }
 
 impl Api {
+    const ALL: [Api; 2] = [Api::Thrift, Api::Http];
+
     fn as_str(self) -> &'static str {
         match self {
             Api::Thrift => "thrift",
@@ -253,6 +255,36 @@ pub struct Metrics {
     last_reload: Family<KindLabel, FloatGauge>,
     mmdb_built: Gauge,
     draining: Gauge,
+    /// The series every answer touches, by [`Api`] and by source.
+    items: [ItemSeries; 2],
+    by_source: [Counter; 5],
+}
+
+/// The per-address series of one API, resolved once: a family lookup
+/// hashes the labels under a lock, on the path of every request.
+struct ItemSeries {
+    batch_size: Histogram,
+    /// By error number.
+    answers: [Counter; 5],
+}
+
+/// The labels of `xm_ip_lookups_total`, in the order [`Metrics::by_source`] holds them.
+const SOURCES: [&str; 5] = ["cn", "en", "v6", "maxmind", "not_found"];
+const ERRORS: [&str; 5] = ["0", "1", "2", "3", "4"];
+
+/// One method's requests with one outcome, resolved once for a caller
+/// that counts many of them.
+#[derive(Clone)]
+pub struct RequestSeries {
+    count: Counter,
+    latency: Histogram,
+}
+
+impl RequestSeries {
+    pub fn record(&self, took: Duration) {
+        self.count.inc();
+        self.latency.observe(took.as_secs_f64());
+    }
 }
 
 impl Default for Metrics {
@@ -264,12 +296,23 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("xm_ip");
+        let answers = Family::<AnswerLabels, Counter>::default();
+        let batch_size = Family::<ApiLabel, Histogram, fn() -> Histogram>::new_with_constructor(batch_histogram);
+        let lookups = Family::<SourceLabel, Counter>::default();
+        let items = Api::ALL.map(|api| {
+            let api = api.as_str();
+            ItemSeries {
+                batch_size: batch_size.get_or_create(&ApiLabel { api }).clone(),
+                answers: ERRORS.map(|error_no| answers.get_or_create(&AnswerLabels { api, error_no }).clone()),
+            }
+        });
+        let by_source = SOURCES.map(|source| lookups.get_or_create(&SourceLabel { source }).clone());
         let metrics = Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
-            answers: Family::default(),
-            batch_size: Family::new_with_constructor(batch_histogram),
-            lookups: Family::default(),
+            answers,
+            batch_size,
+            lookups,
             connections_open: Family::default(),
             connections_accepted: Family::default(),
             connections_refused: Family::default(),
@@ -287,6 +330,8 @@ impl Metrics {
             last_reload: Family::default(),
             mmdb_built: Gauge::default(),
             draining: Gauge::default(),
+            items,
+            by_source,
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -407,9 +452,8 @@ impl Metrics {
     /// The per-address outcomes of one request: its size, each answer's
     /// error number and source.
     pub fn answered_items(&self, api: Api, outcomes: &[Outcome]) {
-        self.batch_size
-            .get_or_create(&ApiLabel { api: api.as_str() })
-            .observe(outcomes.len() as f64);
+        let series = &self.items[api as usize];
+        series.batch_size.observe(outcomes.len() as f64);
         // Counted locally first: one shared increment per label, not per address.
         let mut by_error = [0u64; 5];
         let mut by_source = [0u64; 5];
@@ -433,21 +477,10 @@ impl Metrics {
                 }
             }
         }
-        const ERRORS: [&str; 5] = ["0", "1", "2", "3", "4"];
-        for (error_no, count) in ERRORS.into_iter().zip(by_error) {
+        let counts = series.answers.iter().zip(by_error);
+        for (counter, count) in counts.chain(self.by_source.iter().zip(by_source)) {
             if count > 0 {
-                self.answers
-                    .get_or_create(&AnswerLabels {
-                        api: api.as_str(),
-                        error_no,
-                    })
-                    .inc_by(count);
-            }
-        }
-        const SOURCES: [&str; 5] = ["cn", "en", "v6", "maxmind", "not_found"];
-        for (source, count) in SOURCES.into_iter().zip(by_source) {
-            if count > 0 {
-                self.lookups.get_or_create(&SourceLabel { source }).inc_by(count);
+                counter.inc_by(count);
             }
         }
     }
@@ -462,6 +495,19 @@ impl Metrics {
         self.latency
             .get_or_create(&MethodLabels { api, method })
             .observe(took.as_secs_f64());
+    }
+
+    /// The series [`Metrics::request`] counts `method`'s requests with
+    /// `outcome` in.
+    pub fn request_series(&self, api: Api, method: &'static str, outcome: &'static str) -> RequestSeries {
+        let api = api.as_str();
+        RequestSeries {
+            count: self
+                .requests
+                .get_or_create(&RequestLabels { api, method, outcome })
+                .clone(),
+            latency: self.latency.get_or_create(&MethodLabels { api, method }).clone(),
+        }
     }
 
     pub fn rejected(&self, api: Api, reason: Rejection) {

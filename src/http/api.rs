@@ -25,7 +25,7 @@ use crate::answer::{Answer, Json};
 use crate::budget::{Budget, Held};
 use crate::config::Http;
 use crate::domain::{Lang, LookupError, Outcome};
-use crate::metrics::{Api, Metrics, Rejection};
+use crate::metrics::{Api, Metrics, Rejection, RequestSeries};
 use crate::service::{Locator, Route, TableLang};
 
 const OPENAPI: &str = include_str!("openapi.json");
@@ -42,6 +42,8 @@ struct AppState {
     max_body: usize,
     /// Request bodies being read or answered.
     bodies: Budget,
+    /// Where most requests are counted.
+    single_ok: RequestSeries,
 }
 
 /// The metrics label of the endpoint that produced a response.
@@ -66,6 +68,7 @@ impl HttpApi {
     ) -> HttpApi {
         let state = Arc::new(AppState {
             locator,
+            single_ok: metrics.request_series(Api::Http, "ip_query", "200"),
             metrics,
             max_batch,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
@@ -285,12 +288,11 @@ impl AppState {
                 )
             }
         };
-        self.metrics.request(
-            Api::Http,
-            endpoint(&response),
-            status_label(response.status()),
-            started.elapsed(),
-        );
+        let took = started.elapsed();
+        match (endpoint(&response), response.status()) {
+            ("ip_query", StatusCode::OK) => self.single_ok.record(took),
+            (endpoint, status) => self.metrics.request(Api::Http, endpoint, status_label(status), took),
+        }
         response
     }
 
