@@ -157,12 +157,12 @@ fn maxmind(c: &mut Criterion) {
             std::hint::black_box(geo.lookup(ips[i], Lang::ZhCn).unwrap())
         })
     });
-    // The same database with its IPv4 answers held as ranges (IPv6
+    // The same database with its IPv4 networks held as a table (IPv6
     // addresses still walk the tree).
     let ranged = open_mmdb(&data.mmdb);
-    ranged.build_ranges().unwrap();
+    ranged.build_networks().unwrap();
     c.bench_function(
-        &format!("maxmind/one lookup, zh-CN, as ranges, {}", geo.describe()),
+        &format!("maxmind/one lookup, zh-CN, network table, {}", geo.describe()),
         |b| {
             b.iter(|| {
                 i = (i + 1) & (ips.len() - 1);

@@ -30,8 +30,8 @@ enum Found {
 
 impl MmdbFile {
     /// Opens `path`, remembering its version so that a replacement is
-    /// noticed; with `ranges`, each version's IPv4 answers are also held
-    /// as ranges ([`MaxMind::with_ranges`]).
+    /// noticed; with `ranges`, each version's IPv4 networks are also held
+    /// as a table ([`MaxMind::with_ranges`]).
     pub fn open(path: &Path, metrics: Arc<Metrics>, ranges: bool) -> Result<MmdbFile, MmdbError> {
         let seen = signature(path).ok();
         let maxmind = MaxMind::open(path)?;

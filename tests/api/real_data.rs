@@ -74,22 +74,22 @@ async fn real_qqwry_over_an_edited_copy_reports_exactly_the_edits() {
 
 #[test]
 #[ignore = "needs data/ from scripts/fetch-data.sh"]
-fn geolite2_ipv4_answers_held_as_ranges_are_the_tree_walks_answers() {
+fn geolite2_answers_from_the_network_table_are_the_tree_walks_answers() {
     use std::net::{IpAddr, Ipv4Addr};
     use xm_ip_service::domain::Lang;
     use xm_ip_service::mmdb::GeoDb;
 
     let path = data("GeoLite2-City.mmdb");
     let tree = GeoDb::open(&path).unwrap();
-    let ranges = GeoDb::open(&path).unwrap();
-    ranges.build_ranges().unwrap();
+    let table = GeoDb::open(&path).unwrap();
+    table.build_networks().unwrap();
     let mut x = 7u32;
     for _ in 0..500_000 {
         x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
         let ip = IpAddr::V4(Ipv4Addr::from(x));
-        for lang in [Lang::ZhCn, Lang::En] {
+        for lang in [Lang::ZhCn, Lang::En, Lang::Ja] {
             assert_eq!(
-                ranges.lookup(ip, lang).unwrap(),
+                table.lookup(ip, lang).unwrap(),
                 tree.lookup(ip, lang).unwrap(),
                 "{ip} {lang:?}"
             );
