@@ -10,6 +10,7 @@
 //! deadline.
 
 mod api;
+mod gathered;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -105,7 +106,8 @@ pub async fn run(
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;
             };
-            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+            let stream = TokioIo::new(gathered::Gathered::new(stream));
+            let connection = watcher.watch(http.serve_connection(stream, service));
             let reason = tokio::select! {
                 ended = connection => match ended {
                     Ok(()) => "completed",

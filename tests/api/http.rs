@@ -726,3 +726,84 @@ async fn a_single_get_keeps_the_deadline_and_the_in_flight_cap() {
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     held.abort();
 }
+
+/// Every response in `raw`, in order: status and body, by Content-Length.
+fn responses(raw: &[u8]) -> Vec<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let mut rest: &str = &text;
+    let mut out = Vec::new();
+    while let Some((head, after)) = rest.split_once("\r\n\r\n") {
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                line.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_owned)
+            })
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((status, after[..length].to_owned()));
+        rest = &after[length..];
+    }
+    out
+}
+
+async fn pipelined(addr: SocketAddr, requests: &str) -> Vec<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("every answer within 10 s")
+        .expect("read the answers");
+    responses(&raw)
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_both_paths_and_before_an_error_closes() {
+    let app = TestApp::spawn().await;
+    let addr = http(&app);
+    let body = r#"{"ip": "1.1.1.1"}"#;
+    let requests = [
+        "GET /api/ip_query?ip=183.62.57.1 HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
+        format!(
+            "POST /api/ip_query HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
+        "GET /api/ip_query?ip=bad HTTP/1.1\r\nHost: t\r\n\r\n".to_owned(),
+        "GET /api/ip_query?i%70=240e:1::1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_owned(),
+    ];
+    let answers = pipelined(addr, &requests.concat()).await;
+    let summary: Vec<(u16, Value)> = answers
+        .iter()
+        .map(|(status, body)| {
+            let json: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+            (*status, json.get("ip").or(json.get("status")).cloned().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (200, json!("183.62.57.1")),
+            (200, json!("1.1.1.1")),
+            (200, json!("ok")),
+            (400, json!("bad")),
+            (200, json!("240e:1::1")),
+        ]
+    );
+
+    // Answers given before a request that does not parse still arrive.
+    let answers = pipelined(
+        addr,
+        "GET /api/ip_query?ip=183.62.57.1 HTTP/1.1\r\nHost: t\r\n\r\nGARBAGE \x01\x02\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answers.first().map(|a| a.0), Some(200), "{answers:?}");
+    assert!(answers[0].1.contains("广州"), "{answers:?}");
+}
