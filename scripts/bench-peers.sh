@@ -5,8 +5,8 @@
 # makes itself, and a release server in file mode on data/ (the qqwry ipdb
 # and the same mmdb), answering every field. The same wrk script (20,000
 # random public IPv4 addresses) runs against each at 64, 1,000 and 5,000
-# connections, the two alternating, DURATION (10s) per run, ROUNDS (1)
-# times. It prints one table: requests/s, latency, errors, and each
+# connections, then 8 requests pipelined on 64, the two alternating,
+# DURATION (10s) per run, ROUNDS (1) times. It prints one table: requests/s, latency, errors, and each
 # server's own CPU per request (wrk shares the 2 cores).
 # Installs nginx, its geoip2 module and wrk when missing. Loopback only;
 # everything stops by itself.
@@ -71,15 +71,18 @@ cpu_ticks() {
   echo "$total"
 }
 
-# run NAME PORT PID CONNECTIONS: one wrk run; prints a table row.
+# run NAME PORT PID CONNECTIONS [DEPTH]: one wrk run, DEPTH requests
+# pipelined on each connection (default 1); prints a table row.
 run() {
-  local name=$1 port=$2 pid=$3 connections=$4 before after report threads=2
-  report="$out/wrk-$name-$connections.txt"
+  local name=$1 port=$2 pid=$3 connections=$4 depth=${5:-1} before after report threads=2 label
+  report="$out/wrk-$name-$connections-$depth.txt"
+  label=$connections
+  [ "$depth" = 1 ] || label="$connections, $depth pipelined"
   before=$(cpu_ticks "$pid")
   wrk -t"$threads" -c"$connections" -d"$duration" --timeout 5s --latency -s "$out/query.lua" \
-    "http://127.0.0.1:$port" >"$report"
+    "http://127.0.0.1:$port" -- "$depth" >"$report"
   after=$(cpu_ticks "$pid")
-  python3 - "$report" "$((after - before))" "$(getconf CLK_TCK)" "$name" "$connections" <<'PY'
+  python3 - "$report" "$((after - before))" "$(getconf CLK_TCK)" "$name" "$label" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 ticks, hz, name, conns = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
@@ -104,6 +107,8 @@ for round in $(seq 1 "$rounds"); do
     run "xm-ip-service" "$ours" "$server" "$connections"
     run "nginx + geoip2" "$theirs" "$nginx_pid" "$connections"
   done
+  run "xm-ip-service" "$ours" "$server" 64 8
+  run "nginx + geoip2" "$theirs" "$nginx_pid" 64 8
 done
 echo "bench-peers: xm-ip-service answered, e.g.: $(curl -fsS "http://127.0.0.1:$ours/api/ip_query?ip=$(head -1 "$out/addresses")")" >&2
 echo "bench-peers: nginx answered, e.g.:        $(curl -fsS "http://127.0.0.1:$theirs/api/ip_query?ip=$(head -1 "$out/addresses")")" >&2

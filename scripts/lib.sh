@@ -10,7 +10,7 @@
 #   xm_rss_mb "$server"            # resident MB now
 #   peak=$(xm_peak_rss_mb "$server" "$pid")   # highest RSS while $pid runs
 #   xm_stop "$server"
-#   xm_wrk_script ADDRESSES        # $XM_WORK/query.lua: GET /api/ip_query for random lines of ADDRESSES
+#   xm_wrk_script ADDRESSES        # $XM_WORK/query.lua: GET /api/ip_query for random lines of ADDRESSES (-- N: N pipelined)
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 xm_admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -43,14 +43,23 @@ xm_need_data() {
 }
 
 # xm_wrk_script ADDRESSES: writes $XM_WORK/query.lua, which asks
-# GET /api/ip_query?ip= for a random line of the file ADDRESSES each time.
+# GET /api/ip_query?ip= for a random line of the file ADDRESSES each time;
+# with a script argument N (`wrk ... -- N`), N such requests pipelined.
 xm_wrk_script() {
   cat >"$XM_WORK/query.lua" <<LUA
 local addresses = {}
 for line in io.lines("$1") do addresses[#addresses + 1] = line end
 math.randomseed(os.time())
-request = function()
+local depth = 1
+init = function(args) depth = tonumber(args[1]) or 1 end
+local function one()
   return wrk.format("GET", "/api/ip_query?ip=" .. addresses[math.random(#addresses)])
+end
+request = function()
+  if depth == 1 then return one() end
+  local pipelined = {}
+  for i = 1, depth do pipelined[i] = one() end
+  return table.concat(pipelined)
 end
 LUA
 }
