@@ -4,7 +4,8 @@
 //! - one index lookup in the full cn table, at a random address of a random
 //!   range, and 1,000 such lookups as one batch;
 //! - one MaxMind lookup with names in Chinese;
-//! - one request of 1,000 addresses in memory mode: decode, look up, encode.
+//! - one request of 1,000 addresses in memory mode: decode, look up, encode;
+//! - one answer written as JSON, and 1,000 as a Thrift reply.
 //!
 //! `cargo bench --bench lookup`
 
@@ -14,14 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use xm_ip_service::answer::{self, Answer};
 use xm_ip_service::domain::{Lang, PlaceFields, Source, Table, V4Table};
 use xm_ip_service::index::{Builder, RangeIndex, TableIndex, Tables};
 use xm_ip_service::loadgen::{SampleOptions, Sampler};
 use xm_ip_service::mmdb::{GeoDb, MaxMind};
 use xm_ip_service::ranges::Ranges;
 use xm_ip_service::service::Locator;
+use xm_ip_service::service::TableLang;
 use xm_ip_service::source::{DataFiles, FileSource};
-use xm_ip_service::thrift::codec::{self, Call, Framing, Protocol, Wire};
+use xm_ip_service::thrift::codec::{self, Call, Framing, Protocol, Reply, Wire};
 use xm_ip_service::thrift::Handler;
 
 struct Data {
@@ -201,6 +204,42 @@ fn request(c: &mut Criterion) {
     group.finish();
 }
 
+/// Writing one found answer: the JSON the HTTP API sends, and a Thrift
+/// reply of 1,000 such answers (per answer). The most that encoding each
+/// place's constant fields once could save.
+fn encode(c: &mut Criterion) {
+    let data = load();
+    let ips = addresses(&data.tables, 1000);
+    let locator = Locator::new(Ranges::Memory(data.tables.clone()), Some(data.maxmind.clone()));
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let outcomes = runtime.block_on(locator.locate(&ips, xm_ip_service::service::Route::Tables(TableLang::ZhCn)));
+    let found = ips
+        .iter()
+        .zip(&outcomes)
+        .find(|(_, o)| o.is_ok())
+        .expect("a found answer");
+    let mut group = c.benchmark_group("encode");
+    group.bench_function(format!("one answer as JSON, {}", data.what), |b| {
+        b.iter(|| std::hint::black_box(answer::json(&Answer::new(found.0, found.1))))
+    });
+    let wire = Wire {
+        framing: Framing::Framed,
+        protocol: Protocol::Binary { strict: true },
+    };
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function(format!("1,000 answers as a Thrift binary reply, {}", data.what), |b| {
+        b.iter_batched(
+            || outcomes.clone(),
+            |outcomes| {
+                let reply = Reply::Answers { inputs: &ips, outcomes };
+                std::hint::black_box(codec::encode(wire, "queryGeoInfoByIP", 1, &reply))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 /// A 16 MB unframed message found and decoded whole, against the same
 /// message arriving in 1,460-byte TCP segments, checked after each.
 fn unframed(c: &mut Criterion) {
@@ -242,6 +281,6 @@ fn unframed(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5));
-    targets = index, maxmind, request, unframed
+    targets = index, maxmind, request, encode, unframed
 }
 criterion_main!(benches);

@@ -131,5 +131,5 @@ pub fn protocols(
 /// A `GeoInfo` as JSON, keyed by the IDL's field names, with the fields
 /// the server set: the object the HTTP API gives for the same answer.
 pub fn to_json(g: &GeoInfo) -> serde_json::Value {
-    serde_json::to_value(crate::answer::Json(g)).expect("a GeoInfo is valid JSON")
+    serde_json::from_slice(&crate::answer::json(g)).expect("a GeoInfo is valid JSON")
 }

@@ -14,7 +14,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{ResolveArgs, ResolveFormat};
-use crate::answer::{csv_record, Json, FIELDS};
+use crate::answer::{self, csv_record, FIELDS};
 use crate::client::{self, Protocol, Transport};
 use crate::config::LookupMode;
 use crate::domain::{Lang, LookupError, Outcome};
@@ -336,8 +336,9 @@ impl<W: Write> Rows<W> {
     fn write(&mut self, g: &GeoInfo) -> anyhow::Result<()> {
         match self {
             Rows::Json(out) => {
-                serde_json::to_writer(&mut *out, &Json(g))?;
-                out.write_all(b"\n")?;
+                let mut line = answer::json(g);
+                line.push(b'\n');
+                out.write_all(&line)?;
             }
             Rows::Csv(csv) => {
                 csv.write_record(csv_record(g))?;

@@ -21,7 +21,7 @@ use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::answer::{Answer, Json};
+use crate::answer::{self, Answer};
 use crate::budget::{Budget, Held};
 use crate::config::Http;
 use crate::domain::{Lang, LookupError, Outcome};
@@ -177,7 +177,10 @@ fn error(status: StatusCode, message: String) -> Response {
 }
 
 fn json_body<T: Serialize>(value: &T) -> Response {
-    let body = serde_json::to_vec(value).expect("answers serialise");
+    json_response(serde_json::to_vec(value).expect("plain structs serialise"))
+}
+
+fn json_response(body: Vec<u8>) -> Response {
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         body,
@@ -390,7 +393,7 @@ impl AppState {
             Err(LookupError::NotFound) => StatusCode::NOT_IMPLEMENTED,
             Err(LookupError::Backend(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let mut response = json_body(&Json(&Answer::new(ip, &outcome)));
+        let mut response = json_response(answer::json(&Answer::new(ip, &outcome)));
         *response.status_mut() = status;
         response
     }
@@ -409,13 +412,16 @@ impl AppState {
             );
         }
         let outcomes = self.locate(&ips, lang).await;
-        let answers: Vec<_> = ips
-            .iter()
-            .zip(&outcomes)
-            .map(|(ip, outcome)| Answer::new(ip, outcome))
-            .collect();
-        let answers: Vec<_> = answers.iter().map(Json).collect();
-        json_body(&answers)
+        let mut body = Vec::with_capacity(512 * ips.len() + 2);
+        body.push(b'[');
+        for (i, (ip, outcome)) in ips.iter().zip(&outcomes).enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            answer::write_json(&Answer::new(ip, outcome), &mut body);
+        }
+        body.push(b']');
+        json_response(body)
     }
 
     /// The answers `queryGeoInfo` gives for `lang`; without one, those of

@@ -6,11 +6,11 @@
 //! `GeoInfo` as a view, and a view as a `GeoInfo`.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use super::codec::Protocol;
 use super::GeoInfo;
-use crate::answer::{self, Answer, Field, FieldSink, View};
+use crate::answer::{self, push_ipv4, Answer, Field, FieldSink, View};
 use crate::domain::Outcome;
 
 /// Field types, by protocol.
@@ -152,37 +152,6 @@ impl std::fmt::Write for V6Text {
         self.len = end;
         Ok(())
     }
-}
-
-/// Appends an IPv4 address's dotted text, without `fmt`: each octet's
-/// digits come from a table, and the whole text is copied once.
-fn push_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
-    const DIGITS: [([u8; 3], u8); 256] = {
-        let mut table = [([0u8; 3], 0u8); 256];
-        let mut n = 0;
-        while n < 256 {
-            let (h, t, o) = ((n / 100) as u8, (n / 10 % 10) as u8, (n % 10) as u8);
-            table[n] = match n {
-                0..=9 => ([b'0' + o, 0, 0], 1),
-                10..=99 => ([b'0' + t, b'0' + o, 0], 2),
-                _ => ([b'0' + h, b'0' + t, b'0' + o], 3),
-            };
-            n += 1;
-        }
-        table
-    };
-    let mut text = [0u8; 15];
-    let mut len = 0;
-    for (i, octet) in ip.octets().into_iter().enumerate() {
-        if i > 0 {
-            text[len] = b'.';
-            len += 1;
-        }
-        let (digits, count) = DIGITS[usize::from(octet)];
-        text[len..len + 3].copy_from_slice(&digits);
-        len += usize::from(count);
-    }
-    out.extend_from_slice(&text[..len]);
 }
 
 fn zigzag(n: i64) -> u64 {
