@@ -255,7 +255,8 @@ pub struct Metrics {
     last_reload: Family<KindLabel, FloatGauge>,
     mmdb_built: Gauge,
     draining: Gauge,
-    /// The series every answer touches, by [`Api`] and by source.
+    /// The series every answer touches: by [`Api`] (`api as usize`, the
+    /// order of [`Api::ALL`]) and by source.
     items: [ItemSeries; 2],
     by_source: [Counter; 5],
 }
@@ -270,6 +271,7 @@ struct ItemSeries {
 
 /// The labels of `xm_ip_lookups_total`, in the order [`Metrics::by_source`] holds them.
 const SOURCES: [&str; 5] = ["cn", "en", "v6", "maxmind", "not_found"];
+/// The `error_no` labels of `xm_ip_answers_total`, by number.
 const ERRORS: [&str; 5] = ["0", "1", "2", "3", "4"];
 
 /// One method's requests with one outcome, resolved once for a caller
