@@ -7,13 +7,20 @@
 //! that waits for the next request. hyper's own `pipeline_flush` was
 //! measured and not used: it keeps reading and answering while the client
 //! reads nothing, holding gigabytes for a thousand such clients.
+//!
+//! A client that stops taking its replies holds its connection for at
+//! most `stall_limit` (the HTTP timeout) without progress: then the
+//! socket fails with `TimedOut` and the connection closes as a slow reader.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// The most reply bytes held back: a write's worth, so that a client that
 /// pipelines and never reads holds no more here than in its socket buffer.
@@ -24,21 +31,27 @@ pub struct Gathered {
     /// Replies written and not yet sent; `sent` bytes of them are gone.
     out: Vec<u8>,
     sent: usize,
+    stall: Stall,
 }
 
 impl Gathered {
-    pub fn new(stream: TcpStream) -> Gathered {
+    pub fn new(stream: TcpStream, stall_limit: Duration) -> Gathered {
         Gathered {
             stream,
             out: Vec::new(),
             sent: 0,
+            stall: Stall {
+                limit: stall_limit,
+                since: None,
+            },
         }
     }
 
     /// Sends every reply held.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.out.len() {
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.out[self.sent..]))?;
+            let written = Pin::new(&mut self.stream).poll_write(cx, &self.out[self.sent..]);
+            let n = ready!(self.stall.check(cx, written))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -47,6 +60,33 @@ impl Gathered {
         self.out.clear();
         self.sent = 0;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// How long the socket's writes have waited for the client.
+struct Stall {
+    limit: Duration,
+    /// Armed while a write waits for the client to take bytes.
+    since: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stall {
+    /// Passes a socket write's result on; one that has waited `limit` in
+    /// all without the client taking a byte becomes `TimedOut`.
+    fn check<T>(&mut self, cx: &mut Context<'_>, written: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if written.is_ready() {
+            self.since = None;
+            return written;
+        }
+        let limit = self.limit;
+        let since = self
+            .since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + limit)));
+        ready!(since.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client took no reply bytes for {limit:?}"),
+        )))
     }
 }
 
@@ -64,7 +104,8 @@ impl AsyncWrite for Gathered {
         if this.out.len() + bytes.len() > MAX_GATHERED {
             ready!(this.poll_send(cx))?;
             if bytes.len() > MAX_GATHERED {
-                return Pin::new(&mut this.stream).poll_write(cx, bytes);
+                let written = Pin::new(&mut this.stream).poll_write(cx, bytes);
+                return this.stall.check(cx, written);
             }
         }
         this.out.extend_from_slice(bytes);
@@ -91,4 +132,12 @@ impl Drop for Gathered {
             let _ = self.stream.try_write(&self.out[self.sent..]);
         }
     }
+}
+
+/// Whether hyper ended a connection because its client stopped taking
+/// replies (the `TimedOut` above).
+pub fn is_stalled(err: &hyper::Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<io::Error>())
+        .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
 }

@@ -70,6 +70,7 @@ pub async fn run(
         // the body costs less than the vectored write (BENCHMARKS.md).
         .writev(false);
 
+    let timeout = limits.timeout;
     // Ends the connections still open when the shutdown timeout expires.
     let abandon = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -106,12 +107,13 @@ pub async fn run(
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;
             };
-            let stream = TokioIo::new(gathered::Gathered::new(stream));
+            let stream = TokioIo::new(gathered::Gathered::new(stream, timeout));
             let connection = watcher.watch(http.serve_connection(stream, service));
             let reason = tokio::select! {
                 ended = connection => match ended {
                     Ok(()) => "completed",
                     Err(err) if err.is_timeout() => "slow_message",
+                    Err(err) if gathered::is_stalled(&err) => "slow_reader",
                     Err(err) if err.is_parse() || err.is_parse_too_large() => "malformed",
                     Err(_) => "io_error",
                 },

@@ -807,3 +807,40 @@ async fn pipelined_requests_are_answered_in_order_on_both_paths_and_before_an_er
     assert_eq!(answers.first().map(|a| a.0), Some(200), "{answers:?}");
     assert!(answers[0].1.contains("广州"), "{answers:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_taking_replies_is_closed_after_the_request_timeout() {
+    let app = TestApp::spawn_with(Options {
+        http_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let addr = http(&app);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    // Pipelined requests, and never a read: the replies back up.
+    let requests = "GET /api/ip_query?ip=183.62.57.1 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(2_000);
+    let writer = tokio::spawn(async move {
+        for _ in 0..100 {
+            let write = stream.write_all(requests.as_bytes());
+            if !matches!(
+                tokio::time::timeout(Duration::from_millis(500), write).await,
+                Ok(Ok(()))
+            ) {
+                break;
+            }
+        }
+        stream
+    });
+    let started = Instant::now();
+    let closed = r#"xm_ip_connections_closed_total{api="http",reason="slow_reader"}"#;
+    while scrape(&app).await.get(closed) != Some(&1.0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the stuck connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(writer.await.unwrap());
+}
