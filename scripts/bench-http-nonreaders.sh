@@ -24,24 +24,12 @@ sleep 1
 echo "server RSS idle: $(xm_rss_mb "$server") MB"
 
 python3 - "$http" "$clients" "$duration" <<'PY' &
-import socket, sys, time
+import sys
+sys.path.insert(0, "scripts")
+from slow_peers import never_read
 port, clients, duration = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 requests = b"GET /api/ip_query?ip=183.62.57.1 HTTP/1.1\r\nHost: x\r\n\r\n" * 300
-socks = []
-for _ in range(clients):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.setblocking(False)
-    socks.append(s)
-end = time.time() + duration
-while time.time() < end:
-    for s in socks:
-        try:
-            s.send(requests)
-        except (BlockingIOError, OSError):
-            pass
-    time.sleep(0.01)
-for s in socks:
-    s.close()
+never_read(port, requests, clients, duration)
 PY
 hostile=$!
 python3 - "$http" "$duration" <<'PY' &

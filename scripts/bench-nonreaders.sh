@@ -16,28 +16,15 @@ RUST_LOG=error xm_serve nonreaders --addr "127.0.0.1:$port" --http-addr off --wr
 echo "server RSS idle: $(xm_rss_mb "$server") MB"
 
 python3 - "$port" "$clients" "$duration" <<'PY' &
-import socket, struct, sys, time
+import struct, sys
+sys.path.insert(0, "scripts")
+from slow_peers import never_read
 port, clients, duration = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 name = b"queryGeoInfoByIP"
 ips = b"".join(struct.pack(">I", 11) + b"183.62.57.1" for _ in range(1000))
 args = bytes([15]) + struct.pack(">h", 1) + bytes([11]) + struct.pack(">i", 1000) + ips + b"\x00"
 body = struct.pack(">I", 0x80010001) + struct.pack(">I", len(name)) + name + struct.pack(">i", 1) + args
-frame = struct.pack(">I", len(body)) + body
-socks = []
-for _ in range(clients):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.setblocking(False)
-    socks.append(s)
-end = time.time() + duration
-while time.time() < end:
-    for s in socks:
-        try:
-            s.send(frame)
-        except (BlockingIOError, OSError):
-            pass
-    time.sleep(0.01)
-for s in socks:
-    s.close()
+never_read(port, struct.pack(">I", len(body)) + body, clients, duration)
 PY
 hostile=$!
 sleep 2

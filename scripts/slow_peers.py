@@ -1,8 +1,10 @@
-"""Slow peers for the hostile-load scripts (bench-slow-senders.sh, soak.sh):
-connections that send the first part of a large message, then nothing, and
-are opened again when the server closes them. Loopback only."""
+"""Slow peers for the hostile-load scripts (bench-slow-senders.sh, soak.sh,
+bench-nonreaders.sh, bench-http-nonreaders.sh): connections that send the
+first part of a large message, then nothing, and are opened again when the
+server closes them; and connections that send and never read. Loopback only."""
 import socket
 import struct
+import time
 
 
 def partial_frame(strings, size=1_600, share=0.9):
@@ -60,3 +62,23 @@ class Holders:
         for conn in self.conns:
             if conn:
                 conn[0].close()
+
+
+def never_read(port, payload, clients, duration):
+    """`clients` connections to `port` that send `payload` again and again
+    for `duration` seconds, as fast as the server takes it, and never read."""
+    socks = []
+    for _ in range(clients):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setblocking(False)
+        socks.append(s)
+    end = time.time() + duration
+    while time.time() < end:
+        for s in socks:
+            try:
+                s.send(payload)
+            except (BlockingIOError, OSError):
+                pass
+        time.sleep(0.01)
+    for s in socks:
+        s.close()

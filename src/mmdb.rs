@@ -523,7 +523,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
 pub struct MaxMind {
     current: Arc<ArcSwap<GeoDb>>,
     /// Whether each database served gets its table of IPv4 networks.
-    ranges: bool,
+    networks: bool,
 }
 
 impl MaxMind {
@@ -535,15 +535,15 @@ impl MaxMind {
     pub fn new(db: GeoDb) -> MaxMind {
         MaxMind {
             current: Arc::new(ArcSwap::from_pointee(db)),
-            ranges: false,
+            networks: false,
         }
     }
 
     /// When `wanted`, builds the table of IPv4 networks of this database
     /// and of each one that replaces it, each on a thread of its own;
     /// lookups walk the tree until it is ready.
-    pub fn with_ranges(mut self, wanted: bool) -> MaxMind {
-        self.ranges = wanted;
+    pub fn with_networks(mut self, wanted: bool) -> MaxMind {
+        self.networks = wanted;
         if wanted {
             build_networks_aside(self.current());
         }
@@ -559,7 +559,7 @@ impl MaxMind {
     pub fn replace(&self, db: GeoDb) {
         let db = Arc::new(db);
         self.current.store(db.clone());
-        if self.ranges {
+        if self.networks {
             build_networks_aside(db);
         }
     }
@@ -590,7 +590,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_answer_every_ipv4_address_as_the_tree_walk_does() {
+    fn the_network_table_answers_every_ipv4_address_as_the_tree_walk_does() {
         let sample = include_bytes!("../data/sample/GeoLite2-City-sample.mmdb");
         let db = GeoDb::from_static(sample, "sample").unwrap();
         // Every network's edges and their neighbours, and addresses spread

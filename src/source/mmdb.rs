@@ -30,15 +30,15 @@ enum Found {
 
 impl MmdbFile {
     /// Opens `path`, remembering its version so that a replacement is
-    /// noticed; with `ranges`, each version's IPv4 networks are also held
-    /// as a table ([`MaxMind::with_ranges`]).
-    pub fn open(path: &Path, metrics: Arc<Metrics>, ranges: bool) -> Result<MmdbFile, MmdbError> {
+    /// noticed; with `networks`, each version's IPv4 networks are also
+    /// held as a table ([`MaxMind::with_networks`]).
+    pub fn open(path: &Path, metrics: Arc<Metrics>, networks: bool) -> Result<MmdbFile, MmdbError> {
         let seen = signature(path).ok();
         let maxmind = MaxMind::open(path)?;
         Ok(MmdbFile {
             path: path.to_owned(),
             seen,
-            maxmind: maxmind.with_ranges(ranges),
+            maxmind: maxmind.with_networks(networks),
             metrics,
         })
     }

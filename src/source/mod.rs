@@ -93,7 +93,7 @@ pub async fn open(
             refreshing.push(keep_fresh(file, every, wake, stop));
             Some(maxmind)
         }
-        Some(FileSource::Builtin(bytes)) => Some(builtin_mmdb(bytes)?.with_ranges(settings.mmdb_ranges)),
+        Some(FileSource::Builtin(bytes)) => Some(builtin_mmdb(bytes)?.with_networks(settings.mmdb_ranges)),
         None => None,
     };
     Ok(Opened {
