@@ -31,6 +31,33 @@ pub enum Order {
     Arrival,
 }
 
+/// Replies estimated larger than this take room in a reply budget before
+/// their answers are built; smaller ones (up to about thirty addresses)
+/// never wait, and hold at most this much each however long their peer
+/// takes. Thrift and HTTP replies follow the same rules.
+pub const SMALL_REPLY: usize = 16 * 1024;
+
+/// What answering one address may hold at once, besides its input's
+/// text: its encoded answer (about 300 bytes of Thrift, 350 of JSON), the
+/// answer itself and the input's `String`.
+const ANSWER_COST: usize = 512;
+
+/// An upper bound on what answering `addresses` from a request of
+/// `request_len` bytes holds at once, for a reply budget: each input's
+/// text is held at most three times (decoded, in an invalid input's error,
+/// echoed in the reply).
+pub fn reply_cost(addresses: usize, request_len: usize) -> usize {
+    addresses
+        .saturating_mul(ANSWER_COST)
+        .saturating_add(request_len.saturating_mul(3))
+}
+
+/// How long a reply holding reply budget may make no progress, its peer
+/// reading nothing, before it gives way to connections waiting for that
+/// budget. Long enough that a reader its scheduler kept waiting is not
+/// taken for one that stopped reading.
+pub const STALL_GRACE: Duration = Duration::from_millis(250);
+
 /// A budget counts bytes in units of this many.
 const UNIT: usize = 1024;
 
@@ -166,12 +193,13 @@ impl Budget {
         }
     }
 
-    /// Grows `held` to cover `bytes`, waiting while others hold the rest.
-    /// Cancel-safe: a wait that is dropped takes nothing.
-    pub async fn grow(&self, held: &mut Held, bytes: usize) {
+    /// Grows `held` to cover `bytes`, waiting while others hold the rest;
+    /// returns whether it had to wait. Cancel-safe: a wait that is dropped
+    /// takes nothing.
+    pub async fn grow(&self, held: &mut Held, bytes: usize) -> bool {
         let needed = bytes.div_ceil(UNIT).min(self.inner.capacity);
         let Some(missing) = needed.checked_sub(held.units).filter(|&n| n > 0) else {
-            return;
+            return false;
         };
         let (key, granted) = {
             let mut state = self.inner.lock();
@@ -186,7 +214,7 @@ impl Budget {
                 state.note_peak(self.inner.capacity);
                 drop(state);
                 held.add(&self.inner, missing);
-                return;
+                return false;
             }
             let rank = match self.inner.order {
                 Order::SmallestFirst => missing,
@@ -208,6 +236,7 @@ impl Budget {
         let _ = granted.await;
         wait.done = true;
         held.add(&self.inner, missing);
+        true
     }
 
     /// Whether some connection is waiting for room.

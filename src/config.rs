@@ -322,9 +322,20 @@ pub struct Http {
         id = "http_max_buffered_bytes",
         value_name = "HTTP_MAX_BUFFERED_BYTES",
         env = "XM_IP_HTTP_MAX_BUFFERED_BYTES",
-        default_value_t = 128 << 20
+        default_value_t = 64 << 20
     )]
     pub max_buffered_bytes: usize,
+    /// Bytes all HTTP connections together may hold for large replies
+    /// (answers being built, replies being written); a large batch waits
+    /// for room, and gets 503 after --http-timeout.
+    #[arg(
+        long = "http-max-reply-bytes",
+        id = "http_max_reply_bytes",
+        value_name = "HTTP_MAX_REPLY_BYTES",
+        env = "XM_IP_HTTP_MAX_REPLY_BYTES",
+        default_value_t = 64 << 20
+    )]
+    pub max_reply_bytes: usize,
     /// How long an HTTP request may take, headers, body and answer.
     #[arg(long = "http-timeout", id = "http_timeout",
         value_name = "HTTP_TIMEOUT", env = "XM_IP_HTTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -65,6 +65,29 @@ impl Rejection {
     }
 }
 
+/// What happened to a large reply's request for room in a reply budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyRoom {
+    /// Others held the room, so the request waited for it.
+    Waited,
+    /// No room came before the request's deadline: refused (503, or a
+    /// Thrift exception).
+    Refused,
+    /// Its peer stopped reading while others waited, so the reply gave its
+    /// room up and the connection closed.
+    GaveWay,
+}
+
+impl ReplyRoom {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReplyRoom::Waited => "waited",
+            ReplyRoom::Refused => "refused",
+            ReplyRoom::GaveWay => "gave_way",
+        }
+    }
+}
+
 /// What is reloaded in the background.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reload {
@@ -116,6 +139,12 @@ struct SourceLabel {
 struct RejectLabels {
     api: &'static str,
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReplyRoomLabels {
+    api: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -243,6 +272,7 @@ pub struct Metrics {
     connections_refused: Family<ApiLabel, Counter>,
     connections_closed: Family<RejectLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
+    reply_room: Family<ReplyRoomLabels, Counter>,
     pool_max: Gauge,
     pool_open: Gauge,
     pool_in_use: Gauge,
@@ -320,6 +350,7 @@ impl Metrics {
             connections_refused: Family::default(),
             connections_closed: Family::default(),
             rejected: Family::default(),
+            reply_room: Family::default(),
             pool_max: Gauge::default(),
             pool_open: Gauge::default(),
             pool_in_use: Gauge::default(),
@@ -379,6 +410,12 @@ impl Metrics {
             "rejected",
             "Requests and frames rejected, by reason",
             m.rejected.clone(),
+        );
+        r.register(
+            "reply_budget",
+            "Large replies that waited for room in the reply budget, were refused for want of it, or gave it up \
+             because their peer stopped reading",
+            m.reply_room.clone(),
         );
         r.register(
             "db_pool_max_connections",
@@ -517,6 +554,15 @@ impl Metrics {
             .get_or_create(&RejectLabels {
                 api: api.as_str(),
                 reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn reply_room(&self, api: Api, outcome: ReplyRoom) {
+        self.reply_room
+            .get_or_create(&ReplyRoomLabels {
+                api: api.as_str(),
+                outcome: outcome.as_str(),
             })
             .inc();
     }

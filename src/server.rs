@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
+use thrift::ApplicationErrorKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -16,44 +17,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
-use crate::budget::{self, Budget, Held, Order};
+use crate::budget::{self, reply_cost, Budget, Held, Order, SMALL_REPLY, STALL_GRACE};
 use crate::config::{Requests, Thrift};
-use crate::metrics::{Api, OpenConnection, Rejection};
-use crate::thrift::codec::{self, BadArgs, Found, Framing, MessageCheck, Request, Wire, WireError};
+use crate::metrics::{Api, OpenConnection, Rejection, ReplyRoom};
+use crate::thrift::codec::{
+    self, exception, BadArgs, Found, Framing, MessageCheck, MessageType, Method, Request, Wire, WireError,
+};
 use crate::thrift::Handler;
 use crate::throttle::Throttle;
-
-/// How long a reply holding reply budget may make no progress, its peer
-/// reading nothing, before it gives way to connections waiting for that
-/// budget. Long enough that a reader its scheduler kept waiting is not
-/// taken for one that stopped reading.
-const STALL_GRACE: Duration = Duration::from_millis(250);
 
 /// How long a message that holds request budget may receive nothing
 /// before it gives way to connections waiting for that budget. Longer than
 /// the reply rule's grace: TCP retransmission alone can pause a healthy
 /// sender for a few hundred milliseconds.
 const SENDER_STALL_GRACE: Duration = Duration::from_secs(1);
-
-/// Replies estimated larger than this take room in the reply budget before
-/// they are built; smaller ones (up to about thirty addresses) never wait,
-/// and hold at most this much each however long their peer takes.
-const SMALL_REPLY: usize = 16 * 1024;
-
-/// What answering one address may hold at once, besides its input's
-/// text: its encoded answer (about 300 bytes), the answer itself and the
-/// input's `String`.
-const ANSWER_COST: usize = 512;
-
-/// An upper bound on what answering `addresses` from a message of
-/// `message_len` bytes holds at once, for the reply budget: each input's
-/// text is held at most three times (decoded, in an invalid input's error,
-/// echoed in the reply).
-fn reply_cost(addresses: usize, message_len: usize) -> usize {
-    addresses
-        .saturating_mul(ANSWER_COST)
-        .saturating_add(message_len.saturating_mul(3))
-}
 
 /// A frame's first bytes that are read for whether it will be refused.
 const EARLY_PREFIX: usize = 4096;
@@ -208,6 +185,13 @@ struct Connection {
     _open: OpenConnection,
 }
 
+/// Whether a message's reply got its room in the reply budget.
+enum Room {
+    Made,
+    /// None came within this long.
+    Refused(Duration),
+}
+
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 enum Closed {
@@ -318,34 +302,81 @@ impl Connection {
                 }
                 Err(err) => return Err(err.into()),
             };
-            self.make_room_for_reply(wire, &found).await?;
+            let room = self.make_room_for_reply(wire, &found).await?;
             // Requests already buffered are not started once shutdown has begun.
             if self.shared.stop.is_cancelled() {
                 return Err(Closed::Shutdown);
             }
-            let request = codec::decode(&self.buf[found.body..found.end], wire.protocol, self.shared.max_batch)?;
-            self.answer(wire, request).await?;
+            let message = &self.buf[found.body..found.end];
+            match room {
+                Room::Made => {
+                    let request = codec::decode(message, wire.protocol, self.shared.max_batch)?;
+                    self.answer(wire, request).await?;
+                }
+                Room::Refused(waited) => {
+                    let header = codec::decode_header(message, wire.protocol)?;
+                    self.refuse_for_want_of_room(wire, header, waited).await?;
+                }
+            }
             self.buf.advance(found.end);
             self.message_done();
         }
     }
 
     /// Waits for room in the reply budget for answering the message
-    /// `found`, unless its reply will be small.
-    async fn make_room_for_reply(&mut self, wire: Wire, found: &Found) -> Result<(), Closed> {
+    /// `found`, unless its reply will be small, for at most the write
+    /// timeout: the time a reply may take to leave.
+    async fn make_room_for_reply(&mut self, wire: Wire, found: &Found) -> Result<Room, Closed> {
         let message = &self.buf[found.body..found.end];
         let cost = codec::announced_batch(message, wire.protocol, message.len())
             .filter(|&n| n <= self.shared.max_batch)
             .map_or(0, |n| reply_cost(n, message.len()));
-        if cost > SMALL_REPLY {
-            let stop = self.shared.stop.clone();
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => return Err(Closed::Shutdown),
-                () = self.shared.replies.grow(&mut self.reply_held, cost) => {}
+        if cost <= SMALL_REPLY {
+            return Ok(Room::Made);
+        }
+        let stop = self.shared.stop.clone();
+        let limit = self.shared.limits.write_timeout;
+        let metrics = self.shared.handler.metrics();
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => Err(Closed::Shutdown),
+            waited = self.shared.replies.grow(&mut self.reply_held, cost) => {
+                if waited {
+                    metrics.reply_room(Api::Thrift, ReplyRoom::Waited);
+                }
+                Ok(Room::Made)
+            }
+            () = tokio::time::sleep(limit) => {
+                metrics.reply_room(Api::Thrift, ReplyRoom::Refused);
+                Ok(Room::Refused(limit))
             }
         }
-        Ok(())
+    }
+
+    /// Tells the caller of a message that no reply room came within
+    /// `waited`: a `TApplicationException`, so that it retries elsewhere.
+    async fn refuse_for_want_of_room(
+        &mut self,
+        wire: Wire,
+        header: (String, u8, i32),
+        waited: Duration,
+    ) -> Result<(), Closed> {
+        let (name, message_type, seq) = header;
+        let metrics = self.shared.handler.metrics();
+        metrics.rejected(Api::Thrift, Rejection::Overloaded);
+        let method = Method::parse(&name).map_or("unknown", Method::name);
+        metrics.request(Api::Thrift, method, "exception", waited);
+        if MessageType::from(message_type) == MessageType::Oneway {
+            return Ok(());
+        }
+        let message = format!("the server had no room for this reply within {waited:?}; retry shortly");
+        let bytes = codec::encode(
+            wire,
+            &name,
+            seq,
+            &exception(ApplicationErrorKind::InternalError, message),
+        );
+        self.write_reply(&bytes).await
     }
 
     /// Readies the buffer for the next message.
@@ -471,6 +502,7 @@ impl Connection {
                 n = self.stream.write(&bytes[written..]) => written += n?,
                 () = tokio::time::sleep_until(next_check), if holds_budget => {
                     if written == written_at_check && self.shared.replies.contended() {
+                        self.shared.handler.metrics().reply_room(Api::Thrift, ReplyRoom::GaveWay);
                         return Err(Closed::GaveWay(bytes.len()));
                     }
                     written_at_check = written;
@@ -527,7 +559,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return Err(Closed::Shutdown),
-                () = self.shared.requests.grow(&mut self.request_held, needed) => {}
+                _ = self.shared.requests.grow(&mut self.request_held, needed) => {}
                 idle = &mut expired => return Err(timed_out(idle)),
             }
             let room = want.saturating_add(READ_AHEAD);

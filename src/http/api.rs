@@ -5,11 +5,11 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,13 +20,16 @@ use hyper::body::Incoming;
 use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
+use super::reply::{Charge, ReplyRoom};
 use crate::answer::{self, Answer};
-use crate::budget::{Budget, Held};
+use crate::budget::{reply_cost, Budget, Held};
 use crate::config::Http;
-use crate::domain::{Lang, LookupError, Outcome};
+use crate::domain::{Lang, LookupError};
 use crate::metrics::{Api, Metrics, Rejection, RequestSeries};
 use crate::service::{Locator, Route, TableLang};
+use crate::workers::BatchLane;
 
 const OPENAPI: &str = include_str!("openapi.json");
 
@@ -44,11 +47,18 @@ struct AppState {
     bodies: Budget,
     /// Where most requests are counted.
     single_ok: RequestSeries,
+    /// Where large batches do their work.
+    lane: BatchLane,
 }
 
 /// The metrics label of the endpoint that produced a response.
 #[derive(Clone, Copy)]
 struct Endpoint(&'static str);
+
+/// When a request on the router's path began: its deadline is this plus
+/// the HTTP timeout.
+#[derive(Clone, Copy)]
+struct Started(Instant);
 
 /// The HTTP API: the single-address `GET /api/ip_query`, most of the
 /// traffic, answered on a short path; every other request through the
@@ -65,6 +75,7 @@ impl HttpApi {
         limits: &Http,
         max_batch: usize,
         bodies: Budget,
+        lane: BatchLane,
     ) -> HttpApi {
         let state = Arc::new(AppState {
             locator,
@@ -75,6 +86,7 @@ impl HttpApi {
             timeout: limits.timeout,
             max_body: limits.max_body,
             bodies,
+            lane,
         });
         let router = Router::new()
             .route("/api/ip_query", get(query_get).post(query_post))
@@ -95,12 +107,17 @@ impl HttpApi {
         }
     }
 
-    /// Answers one request.
-    pub(super) async fn serve(&self, request: axum::http::Request<Incoming>) -> Result<Response, Infallible> {
-        match SingleGet::of(&request) {
-            Some(query) => Ok(self.state.single_get(query).await),
-            None => hyper::service::Service::call(&self.router, request).await,
+    /// Answers one request on a connection whose replies take `room`.
+    pub(super) async fn serve(
+        &self,
+        mut request: axum::http::Request<Incoming>,
+        room: &ReplyRoom,
+    ) -> Result<Response, Infallible> {
+        if let Some(query) = SingleGet::of(&request) {
+            return Ok(self.state.single_get(query).await);
         }
+        request.extensions_mut().insert(room.clone());
+        hyper::service::Service::call(&self.router, request).await
     }
 }
 
@@ -143,9 +160,11 @@ impl SingleGet<'_> {
 
 /// Bounds each request's time, reads its body within the body budget,
 /// sheds load over the in-flight cap, and counts the request.
-async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Response {
+async fn guard(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    request.extensions_mut().insert(Started(started));
     state
-        .bounded(state.admit(request, next), |response| {
+        .bounded(started, state.admit(request, next), |response| {
             response.extensions().get::<Endpoint>().map_or("other", |e| e.0)
         })
         .await
@@ -219,8 +238,15 @@ struct QueryBody {
 }
 
 /// `POST /api/ip_query`. The body is read as JSON whatever its content
-/// type, as old clients send it.
-async fn query_post(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+/// type, as old clients send it. A large reply's room is taken before the
+/// body is parsed, so that a request waiting for it holds only its body,
+/// which the body budget counts.
+async fn query_post(
+    State(state): State<Shared>,
+    Extension(room): Extension<ReplyRoom>,
+    Extension(Started(started)): Extension<Started>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -233,6 +259,9 @@ async fn query_post(State(state): State<Shared>, body: Result<Bytes, BytesReject
             state.metrics.rejected(Api::Http, reason);
             return tagged(error(status, rejection.body_text()), "ip_query");
         }
+    };
+    let Some(charge) = room.take(state.reply_cost(&body), started + state.timeout).await else {
+        return tagged(state.no_room_for_reply(), "ip_query_batch");
     };
     let parsed: QueryBody = match serde_json::from_slice(&body) {
         Ok(parsed) => parsed,
@@ -257,7 +286,7 @@ async fn query_post(State(state): State<Shared>, body: Result<Bytes, BytesReject
             ip: None,
             ips: Some(ips),
             lang,
-        } => tagged(state.batch(ips, lang.as_deref()).await, "ip_query_batch"),
+        } => tagged(state.batch(ips, lang.as_deref(), charge).await, "ip_query_batch"),
         QueryBody {
             ip: Some(_),
             ips: Some(_),
@@ -273,15 +302,15 @@ async fn query_post(State(state): State<Shared>, body: Result<Bytes, BytesReject
 }
 
 impl AppState {
-    /// Runs a request within its deadline (503 past it) and counts it
-    /// under the endpoint `endpoint` names.
+    /// Runs a request `started` then within its deadline (503 past it) and
+    /// counts it under the endpoint `endpoint` names.
     async fn bounded(
         &self,
+        started: Instant,
         request: impl Future<Output = Response>,
         endpoint: impl FnOnce(&Response) -> &'static str,
     ) -> Response {
-        let started = Instant::now();
-        let response = match tokio::time::timeout(self.timeout, request).await {
+        let response = match tokio::time::timeout_at(started + self.timeout, request).await {
             Ok(response) => response,
             Err(_) => {
                 self.metrics.rejected(Api::Http, Rejection::Timeout);
@@ -308,7 +337,7 @@ impl AppState {
                 Err(_) => self.overloaded(),
             }
         };
-        self.bounded(answer, |_| "ip_query").await
+        self.bounded(Instant::now(), answer, |_| "ip_query").await
     }
 
     fn overloaded(&self) -> Response {
@@ -370,6 +399,26 @@ impl AppState {
         Ok((Request::from_parts(parts, Body::from(buffer)), held))
     }
 
+    /// An upper bound on what answering `body` holds, for the reply
+    /// budget, before it is parsed: each address is a JSON string, so there
+    /// are at most half as many as the body has quotes (and at most the
+    /// batch limit: more is refused unanswered).
+    fn reply_cost(&self, body: &[u8]) -> usize {
+        let quotes = body.iter().filter(|&&b| b == b'"').count();
+        reply_cost((quotes / 2).min(self.max_batch), body.len())
+    }
+
+    fn no_room_for_reply(&self) -> Response {
+        self.metrics.rejected(Api::Http, Rejection::Overloaded);
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no room for the reply within {:?}: other large replies hold it; retry shortly",
+                self.timeout
+            ),
+        )
+    }
+
     fn body_too_large(&self, message: String) -> Response {
         self.metrics.rejected(Api::Http, Rejection::Oversized);
         error(StatusCode::PAYLOAD_TOO_LARGE, message)
@@ -398,8 +447,10 @@ impl AppState {
         response
     }
 
-    /// A batch: one `GeoInfo` per input, in order, errors per item.
-    async fn batch(&self, ips: Vec<String>, lang: Option<&str>) -> Response {
+    /// A batch: one `GeoInfo` per input, in order, errors per item; its
+    /// reply holds `charge` until it has left. A batch large enough to
+    /// hold room does its work on the batch lane.
+    async fn batch(&self, ips: Vec<String>, lang: Option<&str>, charge: Charge) -> Response {
         if ips.len() > self.max_batch {
             self.metrics.rejected(Api::Http, Rejection::BatchOverLimit);
             return error(
@@ -411,29 +462,48 @@ impl AppState {
                 ),
             );
         }
-        let outcomes = self.locate(&ips, lang).await;
-        let mut body = Vec::with_capacity(512 * ips.len() + 2);
-        body.push(b'[');
-        for (i, (ip, outcome)) in ips.iter().zip(&outcomes).enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            answer::write_json(&Answer::new(ip, outcome), &mut body);
-        }
-        body.push(b']');
-        json_response(body)
-    }
-
-    /// The answers `queryGeoInfo` gives for `lang`; without one, those of
-    /// `queryGeoInfoByIP`.
-    async fn locate(&self, inputs: &[String], lang: Option<&str>) -> Vec<Outcome> {
-        let outcomes = match route(lang) {
-            Ok(route) => self.locator.locate(inputs, route).await,
-            Err(err) => vec![Err(err); inputs.len()],
+        let on_lane = charge.holds_room();
+        let work = answer_batch(self.locator.clone(), self.metrics.clone(), ips, route(lang), charge);
+        let answered = match on_lane {
+            true => self.lane.run(work).await,
+            false => Some(work.await),
         };
-        self.metrics.answered_items(Api::Http, &outcomes);
-        outcomes
+        let Some((body, charge)) = answered else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down".into());
+        };
+        (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            charge.into_body(body),
+        )
+            .into_response()
     }
+}
+
+/// A batch's reply body: the answers `queryGeoInfo` gives on `route`
+/// (without a `lang`, those of `queryGeoInfoByIP`), in input order. The
+/// charge is passed through, so that it is held while the work runs.
+async fn answer_batch(
+    locator: Locator,
+    metrics: Arc<Metrics>,
+    ips: Vec<String>,
+    route: Result<Route, LookupError>,
+    charge: Charge,
+) -> (Vec<u8>, Charge) {
+    let outcomes = match route {
+        Ok(route) => locator.locate(&ips, route).await,
+        Err(err) => vec![Err(err); ips.len()],
+    };
+    metrics.answered_items(Api::Http, &outcomes);
+    let mut body = Vec::with_capacity(512 * ips.len() + 2);
+    body.push(b'[');
+    for (i, (ip, outcome)) in ips.iter().zip(&outcomes).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        answer::write_json(&Answer::new(ip, outcome), &mut body);
+    }
+    body.push(b']');
+    (body, charge)
 }
 
 /// The route of `queryGeoInfo` for `lang`; without one, that of

@@ -9,8 +9,10 @@
 //! reads nothing, holding gigabytes for a thousand such clients.
 //!
 //! A client that stops taking its replies holds its connection for at
-//! most `stall_limit` (the HTTP timeout) without progress: then the
-//! socket fails with `TimedOut` and the connection closes as a slow reader.
+//! most `stall_limit` (the HTTP timeout) without progress, and for at most
+//! [`STALL_GRACE`] while its reply holds room in the reply budget that
+//! others wait for: then the socket fails with `TimedOut` and the
+//! connection closes as a slow reader.
 
 use std::future::Future;
 use std::io;
@@ -21,6 +23,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+
+use super::reply::ReplyRoom;
+use crate::budget::STALL_GRACE;
 
 /// The most reply bytes held back: a write's worth, so that a client that
 /// pipelines and never reads holds no more here than in its socket buffer.
@@ -35,14 +40,15 @@ pub struct Gathered {
 }
 
 impl Gathered {
-    pub fn new(stream: TcpStream, stall_limit: Duration) -> Gathered {
+    pub(super) fn new(stream: TcpStream, stall_limit: Duration, room: ReplyRoom) -> Gathered {
         Gathered {
             stream,
             out: Vec::new(),
             sent: 0,
             stall: Stall {
                 limit: stall_limit,
-                since: None,
+                room,
+                waiting: None,
             },
         }
     }
@@ -66,28 +72,50 @@ impl Gathered {
 /// How long the socket's writes have waited for the client.
 struct Stall {
     limit: Duration,
-    /// Armed while a write waits for the client to take bytes.
-    since: Option<Pin<Box<Sleep>>>,
+    room: ReplyRoom,
+    /// While a write waits for the client to take bytes: since when, and
+    /// the timer for the next look.
+    waiting: Option<(Instant, Pin<Box<Sleep>>)>,
 }
 
 impl Stall {
     /// Passes a socket write's result on; one that has waited `limit` in
-    /// all without the client taking a byte becomes `TimedOut`.
+    /// all without the client taking a byte, or that gives its reply room
+    /// up, becomes `TimedOut`.
     fn check<T>(&mut self, cx: &mut Context<'_>, written: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if written.is_ready() {
-            self.since = None;
+            self.waiting = None;
             return written;
         }
-        let limit = self.limit;
-        let since = self
-            .since
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + limit)));
-        ready!(since.as_mut().poll(cx));
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the client took no reply bytes for {limit:?}"),
-        )))
+        let (since, timer) = self.waiting.get_or_insert_with(|| {
+            let now = Instant::now();
+            (now, Box::pin(tokio::time::sleep_until(now)))
+        });
+        let since = *since;
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            let now = Instant::now();
+            if now >= since + self.limit {
+                let limit = self.limit;
+                return Poll::Ready(Err(stalled(format!("the client took no reply bytes for {limit:?}"))));
+            }
+            if self.room.gives_way(since) {
+                return Poll::Ready(Err(stalled(format!(
+                    "the client took no reply bytes for {STALL_GRACE:?} while other replies waited for its room"
+                ))));
+            }
+            // Holding room, look again after a grace; else at the limit.
+            let next = match self.room.holding() {
+                true => now + STALL_GRACE,
+                false => since + self.limit,
+            };
+            timer.as_mut().reset(next.min(since + self.limit));
+        }
     }
+}
+
+fn stalled(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, why)
 }
 
 impl AsyncRead for Gathered {

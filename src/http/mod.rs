@@ -11,6 +11,7 @@
 
 mod api;
 mod gathered;
+mod reply;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +37,31 @@ use crate::workers::Workers;
 /// bodies being read take several times their budget in read buffers.
 const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 
+/// The most reply bytes the kernel holds unsent for one connection
+/// (`TCP_NOTSENT_LOWAT`): without it, the send buffer grows to 4 MiB for a
+/// peer that reads nothing, and a thousand such peers drive the kernel's
+/// TCP memory into pressure, where every connection's packets are dropped
+/// and wait for retransmission (seen: 200–600 ms stalls for the others).
+/// A reading peer keeps it drained, so it does not slow large replies.
+const MAX_UNSENT: libc::c_int = 128 * 1024;
+
+fn limit_unsent(stream: &tokio::net::TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setsockopt reads an int option of a socket this process owns.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&MAX_UNSENT as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 /// Serves the HTTP API on `listener` until `shutdown` completes, then lets
 /// open requests finish (up to `requests.shutdown_timeout`). At most
 /// `limits.max_connections` are served at once (start-up fits it to the
@@ -51,13 +77,15 @@ pub async fn run(
 ) {
     let max_connections = limits.max_connections.unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
     let bodies = Budget::new(limits.max_buffered_bytes, Order::SmallestFirst);
-    let trimmer = tokio::spawn(budget::return_freed_memory(vec![bodies.clone()]));
+    let replies = Budget::new(limits.max_reply_bytes, Order::Arrival);
+    let trimmer = tokio::spawn(budget::return_freed_memory(vec![bodies.clone(), replies.clone()]));
     let api = Arc::new(api::HttpApi::new(
         locator,
         metrics.clone(),
         &limits,
         requests.max_batch,
         bodies,
+        workers.batch_lane(),
     ));
     let permits = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
@@ -94,20 +122,22 @@ pub async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        limit_unsent(&stream);
         // Served on the next worker's reactor from here on.
         let Ok(stream) = stream.into_std() else { continue };
         let open = metrics.connection_opened(Api::Http);
-        let api = api.clone();
+        let room = reply::ReplyRoom::new(replies.clone(), metrics.clone());
+        let (api, requests_room) = (api.clone(), room.clone());
         let service = hyper::service::service_fn(move |request| {
-            let api = api.clone();
-            async move { api.serve(request).await }
+            let (api, room) = (api.clone(), requests_room.clone());
+            async move { api.serve(request, &room).await }
         });
         let (http, watcher, abandon, metrics) = (http.clone(), graceful.watcher(), abandon.clone(), metrics.clone());
         workers.next().spawn(async move {
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;
             };
-            let stream = TokioIo::new(gathered::Gathered::new(stream, timeout));
+            let stream = TokioIo::new(gathered::Gathered::new(stream, timeout, room));
             let connection = watcher.watch(http.serve_connection(stream, service));
             let reason = tokio::select! {
                 ended = connection => match ended {

@@ -679,12 +679,13 @@ async fn memory_taken_by_a_burst_of_slow_http_bodies_is_given_back_after_it() {
     use tokio::io::AsyncWriteExt;
 
     let cwd = tempfile::tempdir().unwrap();
-    let server = Served::start(cwd.path(), &[], &[]).await;
+    let args = ["--http-max-buffered-bytes".as_ref(), "134217728".as_ref()];
+    let server = Served::start(cwd.path(), &args, &[]).await;
     let http = server.http_addr();
     let idle = server.resident_mb();
 
-    // 150 bodies of 1 MiB, each sent up to 95% and then held: the default
-    // 128 MiB body budget lets about 128 of them be read.
+    // 150 bodies of 1 MiB, each sent up to 95% and then held: a 128 MiB
+    // body budget lets about 128 of them be read.
     let part = std::sync::Arc::new(vec![b' '; (1 << 20) * 95 / 100]);
     let senders: Vec<_> = (0..150)
         .map(|_| {
@@ -720,6 +721,97 @@ async fn memory_taken_by_a_burst_of_slow_http_bodies_is_given_back_after_it() {
         after <= idle + 50,
         "idle {idle} MB, {peak} MB during the burst, still {after} MB 10 s after it"
     );
+}
+
+/// A connection that POSTs `body` to `/api/ip_query`, to be closed after
+/// its reply, and has read nothing yet.
+async fn post_and_never_read(http: std::net::SocketAddr, body: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    let head = format!(
+        "POST /api/ip_query HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    stream
+}
+
+/// A metric's value in a `/metrics` text, 0 if absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_replies_to_clients_that_never_read_hold_no_more_than_the_reply_budget() {
+    let cwd = tempfile::tempdir().unwrap();
+    let args = ["--http-max-reply-bytes".as_ref(), "16777216".as_ref()];
+    let server = Served::start(cwd.path(), &args, &[]).await;
+    let http = server.http_addr();
+    let idle = server.resident_mb();
+
+    // 120 clients each ask for 5,000 answers (a 1.7 MB reply) and never
+    // read: about 200 MB of replies if each were held until its client read.
+    let body =
+        std::sync::Arc::new(serde_json::to_vec(&serde_json::json!({ "ips": vec!["183.62.57.1"; 5_000] })).unwrap());
+    let clients: Vec<_> = (0..120)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move { post_and_never_read(http, &body).await })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for client in clients {
+        held.push(client.await.unwrap());
+    }
+
+    // Until every one was answered or refused, the server's peak memory,
+    // and a single address asked meanwhile: small replies never wait.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut peak, gave_way);
+    peak = server.resident_mb();
+    loop {
+        let asked = std::time::Instant::now();
+        let (status, _) = http_get(http, "/api/ip_query?ip=183.62.57.1").await;
+        assert_eq!(status, 200);
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "a single address took {:?}",
+            asked.elapsed()
+        );
+        peak = peak.max(server.resident_mb());
+        let (_, text) = http_get(http, "/metrics").await;
+        let ended = metric(
+            &text,
+            r#"xm_ip_requests_total{api="http",method="ip_query_batch",outcome="200"}"#,
+        ) + metric(&text, r#"xm_ip_reply_budget_total{api="http",outcome="refused"}"#);
+        if ended >= 120.0 {
+            gave_way = metric(&text, r#"xm_ip_reply_budget_total{api="http",outcome="gave_way"}"#);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batches were not all answered: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        peak < idle + 100,
+        "idle {idle} MB, {peak} MB while 120 replies of 1.7 MB went unread"
+    );
+    assert!(gave_way > 0.0, "no stalled reply gave its room up");
+
+    // A client that reads still gets its batch.
+    let mut reader = post_and_never_read(http, &body).await;
+    let mut reply = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut reader, &mut reply)
+        .await
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{}", &reply[..reply.len().min(300)]);
+    assert_eq!(reply.matches(r#""error_no":0"#).count(), 5_000);
+    drop(held);
 }
 
 /// The status and body of `GET path` on `addr`, on a connection of its own.

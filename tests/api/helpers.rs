@@ -251,7 +251,7 @@ impl Default for Options {
             max_reply_bytes: 64 << 20,
             shutdown_timeout: Duration::from_secs(5),
             http_timeout: Duration::from_secs(10),
-            http_max_buffered_bytes: 128 << 20,
+            http_max_buffered_bytes: 64 << 20,
             http_max_in_flight: 1024,
         }
     }

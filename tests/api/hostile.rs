@@ -9,6 +9,8 @@ use xm_ip_service::thrift::calls;
 use xm_ip_service::thrift::codec::{Call, Framing, Protocol, Wire};
 use xm_ip_service::thrift::TIPServiceSyncClient;
 
+use xm_ip_service::client::{self, Transport};
+
 use crate::helpers::{black_hole_database, summary, Options, TestApp};
 
 const FRAMED_BINARY: Wire = Wire {
@@ -107,6 +109,48 @@ async fn a_peer_that_stopped_reading_gives_way_to_a_reader_waiting_for_the_reply
         .unwrap();
     assert!(closed, "the stalled peer kept its budget while a reader waited");
     pipelining.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_call_that_gets_no_reply_room_within_the_write_timeout_is_refused_with_an_exception() {
+    // A database that never answers keeps the first call, and the reply
+    // room it holds, for the whole 4 s database timeout: it writes nothing
+    // meanwhile, so it has nothing to give way for.
+    let (url, _held) = black_hole_database().await;
+    let app = TestApp::spawn_with(Options {
+        database_url: Some(url),
+        db_timeout: Duration::from_secs(4),
+        write_timeout: Duration::from_millis(500),
+        // Room for one 1,000-address reply, not for two.
+        max_reply_bytes: 600 << 10,
+        ..Options::default()
+    })
+    .await;
+    let (_first, _) = pipeline(&app, 1_000, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let refused = app
+        .with_client(Transport::Framed, client::Protocol::Binary, |client| {
+            client.query_geo_info_by_i_p(vec!["9.9.9.9".to_owned(); 1_000])
+        })
+        .await;
+    match refused {
+        Err(thrift::Error::Application(e)) => {
+            assert_eq!(e.kind, thrift::ApplicationErrorKind::InternalError);
+            assert!(
+                e.message.contains("no room for this reply within 500ms"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected an exception, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
