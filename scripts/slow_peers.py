@@ -64,21 +64,56 @@ class Holders:
                 conn[0].close()
 
 
-def never_read(port, payload, clients, duration):
-    """`clients` connections to `port` that send `payload` again and again
-    for `duration` seconds, as fast as the server takes it, and never read."""
+def never_read(port, payload, clients, duration, repeat=True):
+    """`clients` connections to `port` that send `payload` (again and again,
+    or once if not `repeat`) for `duration` seconds, as fast as the server
+    takes it, and never read."""
     socks = []
     for _ in range(clients):
         s = socket.create_connection(("127.0.0.1", port))
         s.setblocking(False)
-        socks.append(s)
+        socks.append([s, 0])
+    payload = memoryview(payload)
     end = time.time() + duration
     while time.time() < end:
-        for s in socks:
+        for conn in socks:
+            s, sent = conn
+            if sent == len(payload):
+                if not repeat:
+                    continue
+                sent = 0
             try:
-                s.send(payload)
+                conn[1] = sent + s.send(payload[sent:])
             except (BlockingIOError, OSError):
                 pass
         time.sleep(0.01)
-    for s in socks:
+    for s, _ in socks:
         s.close()
+
+
+def polite_gets(port, duration, every=0.05):
+    """Single-address GETs on fresh connections every `every` seconds for
+    `duration` seconds, as a well-behaved client beside hostile ones;
+    prints how they fared."""
+    import urllib.request
+    took, failed = [], 0
+    end = time.time() + duration
+    while time.time() < end:
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ip_query?ip=183.62.57.1", timeout=20) as r:
+                r.read()
+                ok = r.status == 200
+        except OSError as e:
+            ok = False
+            if failed < 3:
+                print("well-behaved client failed:", e)
+        if ok:
+            took.append((time.perf_counter() - started) * 1000)
+        else:
+            failed += 1
+        time.sleep(every)
+    took.sort()
+    at = lambda q: took[min(len(took) - 1, int(q * len(took)))] if took else float("nan")
+    print(f"well-behaved client: {len(took)} answers, {failed} failed; "
+          f"p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms, slowest {took[-1] if took else float('nan'):.0f} ms")

@@ -263,45 +263,61 @@ async fn query_post(
     let Some(charge) = room.take(state.reply_cost(&body), started + state.timeout).await else {
         return tagged(state.no_room_for_reply(), "ip_query_batch");
     };
-    let parsed: QueryBody = match serde_json::from_slice(&body) {
-        Ok(parsed) => parsed,
-        Err(err) => {
-            state.metrics.rejected(Api::Http, Rejection::Garbage);
-            return tagged(
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!("the body is not the JSON expected: {err}"),
-                ),
-                "ip_query",
-            );
-        }
-    };
-    match parsed {
-        QueryBody {
-            ip: Some(ip),
-            ips: None,
-            lang,
-        } => tagged(state.single(&ip, lang.as_deref()).await, "ip_query"),
-        QueryBody {
-            ip: None,
-            ips: Some(ips),
-            lang,
-        } => tagged(state.batch(ips, lang.as_deref(), charge).await, "ip_query_batch"),
-        QueryBody {
-            ip: Some(_),
-            ips: Some(_),
-            ..
-        } => tagged(state.bad_request("give \"ip\" or \"ips\", not both".into()), "ip_query"),
-        QueryBody {
-            ip: None, ips: None, ..
-        } => tagged(
-            state.bad_request("missing \"ip\" (one address) or \"ips\" (a list)".into()),
-            "ip_query",
-        ),
+    if !charge.holds_room() {
+        return state.answer_post(&body, charge).await;
     }
+    // Large: parsed and answered on the batch lane.
+    let lane = state.lane.clone();
+    let answered = lane.run(async move { state.answer_post(&body, charge).await }).await;
+    answered.unwrap_or_else(|| {
+        tagged(
+            error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down".into()),
+            "ip_query_batch",
+        )
+    })
 }
 
 impl AppState {
+    /// The answer to a `POST /api/ip_query` body, whose reply holds `charge`.
+    async fn answer_post(&self, body: &[u8], charge: Charge) -> Response {
+        let parsed: QueryBody = match serde_json::from_slice(body) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                self.metrics.rejected(Api::Http, Rejection::Garbage);
+                return tagged(
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        format!("the body is not the JSON expected: {err}"),
+                    ),
+                    "ip_query",
+                );
+            }
+        };
+        match parsed {
+            QueryBody {
+                ip: Some(ip),
+                ips: None,
+                lang,
+            } => tagged(self.single(&ip, lang.as_deref()).await, "ip_query"),
+            QueryBody {
+                ip: None,
+                ips: Some(ips),
+                lang,
+            } => tagged(self.batch(ips, lang.as_deref(), charge).await, "ip_query_batch"),
+            QueryBody {
+                ip: Some(_),
+                ips: Some(_),
+                ..
+            } => tagged(self.bad_request("give \"ip\" or \"ips\", not both".into()), "ip_query"),
+            QueryBody {
+                ip: None, ips: None, ..
+            } => tagged(
+                self.bad_request("missing \"ip\" (one address) or \"ips\" (a list)".into()),
+                "ip_query",
+            ),
+        }
+    }
+
     /// Runs a request `started` then within its deadline (503 past it) and
     /// counts it under the endpoint `endpoint` names.
     async fn bounded(
@@ -448,8 +464,7 @@ impl AppState {
     }
 
     /// A batch: one `GeoInfo` per input, in order, errors per item; its
-    /// reply holds `charge` until it has left. A batch large enough to
-    /// hold room does its work on the batch lane.
+    /// reply holds `charge` until it has left.
     async fn batch(&self, ips: Vec<String>, lang: Option<&str>, charge: Charge) -> Response {
         if ips.len() > self.max_batch {
             self.metrics.rejected(Api::Http, Rejection::BatchOverLimit);
@@ -462,48 +477,26 @@ impl AppState {
                 ),
             );
         }
-        let on_lane = charge.holds_room();
-        let work = answer_batch(self.locator.clone(), self.metrics.clone(), ips, route(lang), charge);
-        let answered = match on_lane {
-            true => self.lane.run(work).await,
-            false => Some(work.await),
+        let outcomes = match route(lang) {
+            Ok(route) => self.locator.locate(&ips, route).await,
+            Err(err) => vec![Err(err); ips.len()],
         };
-        let Some((body, charge)) = answered else {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down".into());
-        };
+        self.metrics.answered_items(Api::Http, &outcomes);
+        let mut body = Vec::with_capacity(512 * ips.len() + 2);
+        body.push(b'[');
+        for (i, (ip, outcome)) in ips.iter().zip(&outcomes).enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            answer::write_json(&Answer::new(ip, outcome), &mut body);
+        }
+        body.push(b']');
         (
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
             charge.into_body(body),
         )
             .into_response()
     }
-}
-
-/// A batch's reply body: the answers `queryGeoInfo` gives on `route`
-/// (without a `lang`, those of `queryGeoInfoByIP`), in input order. The
-/// charge is passed through, so that it is held while the work runs.
-async fn answer_batch(
-    locator: Locator,
-    metrics: Arc<Metrics>,
-    ips: Vec<String>,
-    route: Result<Route, LookupError>,
-    charge: Charge,
-) -> (Vec<u8>, Charge) {
-    let outcomes = match route {
-        Ok(route) => locator.locate(&ips, route).await,
-        Err(err) => vec![Err(err); ips.len()],
-    };
-    metrics.answered_items(Api::Http, &outcomes);
-    let mut body = Vec::with_capacity(512 * ips.len() + 2);
-    body.push(b'[');
-    for (i, (ip, outcome)) in ips.iter().zip(&outcomes).enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        answer::write_json(&Answer::new(ip, outcome), &mut body);
-    }
-    body.push(b']');
-    (body, charge)
 }
 
 /// The route of `queryGeoInfo` for `lang`; without one, that of
