@@ -4,7 +4,8 @@
 # memory mode on the real data, ROUNDS rounds (default 4) alternating which
 # runs first. Each round starts each server and runs `bench` for DURATION
 # (8s) with single-address calls on 64 connections and batches of 1,000 on
-# 4, printing one line per run; compare medians, not single runs.
+# 4, then wrk POSTing HTTP batches of 1,000 on 4 connections, printing one
+# line per run; compare medians, not single runs.
 # OLD_TARGET keeps REV's build between runs.
 #   scripts/bench-ab.sh 159c601
 set -euo pipefail
@@ -24,14 +25,17 @@ new=$bin
 xm_scratch_db ab
 url=$scratch_url
 DATABASE_URL=$url RUST_LOG=warn scripts/load-real-data.sh >/dev/null
+xm_need_wrk
+xm_wrk_batch_script 1000 "$XM_WORK/batch.lua"
 for round in $(seq "$rounds"); do
   order="old new"
   [ $((round % 2)) = 0 ] && order="new old"
   for which in $order; do
     bin=${!which}
     port=$(xm_free_port)
-    xm_serve "$which-$round" --addr "127.0.0.1:$port" --http-addr off --database-url "$url" --lookup memory \
-      --mmdb data/GeoLite2-City.mmdb
+    http=$(xm_free_port)
+    xm_serve "$which-$round" --addr "127.0.0.1:$port" --http-addr "127.0.0.1:$http" --database-url "$url" \
+      --lookup memory --mmdb data/GeoLite2-City.mmdb
     for shape in "single --connections 64 --batch 1" "batch --connections 4 --batch 1000"; do
       set -- $shape
       name=$1
@@ -40,6 +44,8 @@ for round in $(seq "$rounds"); do
       "$new" bench --addr "127.0.0.1:$port" --duration "$duration" --server-pid "$server" \
         --sample-database-url "$url" "$@"
     done
+    printf '%s %s http-batch: ' "$round" "$which"
+    xm_wrk_cpu "$server" 1000 -t2 -c4 -d"$duration" -s "$XM_WORK/batch.lua" "http://127.0.0.1:$http/api/ip_query"
     xm_stop "$server"
   done
 done

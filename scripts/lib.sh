@@ -11,6 +11,8 @@
 #   peak=$(xm_peak_rss_mb "$server" "$pid")   # highest RSS while $pid runs
 #   xm_stop "$server"
 #   xm_wrk_script ADDRESSES        # $XM_WORK/query.lua: GET /api/ip_query for random lines of ADDRESSES (-- N: N pipelined)
+#   xm_wrk_batch_script N FILE     # FILE: a wrk script POSTing batches of N random addresses
+#   xm_wrk_cpu SERVER N WRK_ARGS   # wrk, and the server's CPU per address of N-address requests
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 xm_admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -62,6 +64,46 @@ request = function()
   return table.concat(pipelined)
 end
 LUA
+}
+
+# xm_wrk_batch_script N FILE: writes FILE, a wrk script that POSTs
+# /api/ip_query batches of N random public IPv4 addresses, one of 16
+# different bodies each time.
+xm_wrk_batch_script() {
+  python3 - "$1" >"$2" <<'PY'
+import json, random, sys
+random.seed(7)
+n = int(sys.argv[1])
+bodies = [json.dumps({"ips": ["%d.%d.%d.%d" % (random.randint(1, 223), random.randint(0, 255),
+          random.randint(0, 255), random.randint(1, 254)) for _ in range(n)]}) for _ in range(16)]
+print("local bodies = {" + ",".join("[[%s]]" % b for b in bodies) + "}")
+print("""local i = 0
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[i])
+end""")
+PY
+}
+
+# The CPU seconds PID has used so far (user and system).
+xm_cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
+}
+
+# xm_wrk_cpu SERVER ADDRESSES_PER_REQUEST WRK_ARGS...: runs wrk and prints
+# one line: requests/s, addresses/s, and the server's CPU per address.
+xm_wrk_cpu() {
+  local server=$1 per=$2 before after out
+  shift 2
+  before=$(xm_cpu_seconds "$server")
+  out=$(wrk "$@")
+  after=$(xm_cpu_seconds "$server")
+  awk -v b="$before" -v a="$after" -v per="$per" '
+    /Requests\/sec/ {rps = $2}
+    /requests in/ {n = $1}
+    /Non-2xx/ {bad = $NF}
+    END {printf "%.0f requests/s, %.0f addresses/s, server %.0f ns CPU an address%s\n",
+      rps, rps * per, (a - b) * 1e9 / (n * per), (bad ? ", " bad " non-2xx" : "")}' <<<"$out"
 }
 
 # wrk, installed if missing.

@@ -1,7 +1,9 @@
 """Slow peers for the hostile-load scripts (bench-slow-senders.sh, soak.sh,
 bench-nonreaders.sh, bench-http-nonreaders.sh): connections that send the
 first part of a large message, then nothing, and are opened again when the
-server closes them; and connections that send and never read. Loopback only."""
+server closes them; connections that send and never read; and a
+well-behaved client to measure beside them. Loopback only."""
+import select
 import socket
 import struct
 import time
@@ -26,11 +28,33 @@ def partial_body(length=1 << 20, share=0.95):
     return memoryview(head + body)[: len(head) + int(length * share)]
 
 
-class Holders:
-    """`count` connections to `addr` that each send `part`, then hold."""
+def closed_by_peer(s):
+    """Whether the server closed `s`, without reading what it sent."""
+    poller = select.poll()
+    poller.register(s, select.POLLRDHUP)
+    return any(events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
-    def __init__(self, addr, part, count):
-        self.addr, self.part, self.opened = addr, part, 0
+
+def batch_post(addresses, seed=5):
+    """An HTTP POST of a batch of `addresses` random public IPv4 addresses."""
+    import json
+    import random
+    rng = random.Random(seed)
+    ips = ["%d.%d.%d.%d" % (rng.randint(1, 223), rng.randint(0, 255), rng.randint(0, 255), rng.randint(1, 254))
+           for _ in range(addresses)]
+    body = json.dumps({"ips": ips}).encode()
+    head = (f"POST /api/ip_query HTTP/1.1\r\nHost: slow-peers\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return memoryview(head + body)
+
+
+class Holders:
+    """`count` connections to `addr` that each send `part`, then hold:
+    reading what the server sends a little at a time, or, with `read`
+    false, never reading it."""
+
+    def __init__(self, addr, part, count, read=True):
+        self.addr, self.part, self.read, self.opened = addr, part, read, 0
         self.conns = [None] * count
 
     def step(self):
@@ -50,7 +74,9 @@ class Holders:
             try:
                 if sent < len(self.part):
                     conn[1] += s.send(self.part[sent:sent + 262144])
-                elif s.recv(4096) == b"":
+                elif self.read and s.recv(4096) == b"":
+                    raise ConnectionResetError
+                elif not self.read and closed_by_peer(s):
                     raise ConnectionResetError
             except (BlockingIOError, InterruptedError):
                 pass

@@ -7,14 +7,16 @@
 # through the server and checks every answer against the files), it runs:
 # pipelining clients that never read, slow senders (a byte at a time, and
 # 90% of a 16 MB frame then nothing), HTTP clients that send 95% of a 1 MiB
-# body then nothing, garbage, connection churn up to the cap, an import swap
+# body then nothing, HTTP clients that POST a batch of 10,000 addresses and
+# never read the reply, garbage, connection churn up to the cap, an import swap
 # of the cn table every minute, and a PostgreSQL restart half-way
 # (pg_ctlcluster; skipped where it is missing). Connections the server
 # closes are opened again.
 #
 # Environment: DURATION (600), LOOKUP (postgres|memory, default postgres),
 # CAP (server --max-connections, 1000), NONREADERS (200), SLOW (50),
-# BIGSENDERS (150), BODIES (1000), PORT and HTTP_PORT (free ones),
+# BIGSENDERS (150), BODIES (1000), BATCHERS (HTTP batch non-readers, 1000),
+# PORT and HTTP_PORT (free ones),
 # DATABASE_URL (the admin database, postgres://postgres@127.0.0.1:5432/postgres),
 # BIN (another build to soak, for comparisons; default: this checkout's
 # release build, built first).
@@ -27,6 +29,7 @@ nonreaders=${NONREADERS:-200}
 slow=${SLOW:-50}
 bigsenders=${BIGSENDERS:-150}
 bodies=${BODIES:-1000}
+batchers=${BATCHERS:-1000}
 port=${PORT:-$(xm_free_port)}
 hport=${HTTP_PORT:-$(xm_free_port)}
 
@@ -54,11 +57,11 @@ echo "server up ($lookup mode, cap $cap): RSS $(xm_rss_mb "$server") MB"
 end=$((SECONDS + duration))
 
 # Hostile peers, all in one process.
-python3 - "$port" "$duration" "$cap" "$nonreaders" "$slow" "$bigsenders" "$bodies" "$hport" <<'PY' >"$work/hostile.txt" 2>&1 &
+python3 - "$port" "$duration" "$cap" "$nonreaders" "$slow" "$bigsenders" "$bodies" "$hport" "$batchers" <<'PY' >"$work/hostile.txt" 2>&1 &
 import os, random, socket, struct, sys, time
 sys.path.insert(0, "scripts")
-from slow_peers import Holders, partial_body, partial_frame
-port, duration, cap, nonreaders, slow, bigsenders, bodies, hport = map(int, sys.argv[1:])
+from slow_peers import Holders, batch_post, partial_body, partial_frame
+port, duration, cap, nonreaders, slow, bigsenders, bodies, hport, batchers = map(int, sys.argv[1:])
 addr = ("127.0.0.1", port)
 name = b"queryGeoInfoByIP"
 ips = b"".join(struct.pack(">I", 11) + b"183.62.57.1" for _ in range(1000))
@@ -70,6 +73,8 @@ stats = dict(nonreader_connects=0, slow_connects=0, garbage=0, churned=0, connec
 # of an HTTP request with a 1 MiB body.
 big_senders = Holders(addr, partial_frame(10_000), bigsenders)
 http_bodies = Holders(("127.0.0.1", hport), partial_body(), bodies)
+# Whole 10,000-address batches (a 3.5 MB reply each) whose replies are never read.
+http_batchers = Holders(("127.0.0.1", hport), batch_post(10_000), batchers, read=False)
 
 def connect():
     try:
@@ -94,6 +99,7 @@ while time.time() < end:
     keep(slow_pool, slow, "slow_connects")
     big_senders.step()
     http_bodies.step()
+    http_batchers.step()
     for pool, data in ((readers_pool, frame), (slow_pool, None)):
         for i, s in enumerate(pool):
             if s is None:
@@ -134,9 +140,10 @@ for pool in (readers_pool, slow_pool):
     for s in pool:
         if s:
             s.close()
-for holders in (big_senders, http_bodies):
+for holders in (big_senders, http_bodies, http_batchers):
     holders.close()
-stats.update(big_sender_connects=big_senders.opened, http_body_connects=http_bodies.opened)
+stats.update(big_sender_connects=big_senders.opened, http_body_connects=http_bodies.opened,
+             http_batcher_connects=http_batchers.opened)
 print(" ".join(f"{k}={v}" for k, v in stats.items()))
 PY
 xm_pids+=($!)
@@ -222,5 +229,5 @@ echo "imports: $(sort "$work/imports.txt" | uniq -c | tr '\n' ' ')"
 echo "postgres restart: $(cat "$work/restart.txt" 2>/dev/null || echo 'did not happen')"
 echo "hostile peers: $(cat "$work/hostile.txt")"
 echo "server warnings: $(grep -c WARN "$work/server.log" || true); errors: $(grep -c ERROR "$work/server.log" || true)"
-echo "connections closed, by reason (/metrics):"
-curl -fsS "http://127.0.0.1:$hport/metrics" | grep '^xm_ip_connections_closed_total' | sed 's/^/  /' || true
+echo "connections closed, by reason, and large replies by what the reply budget did (/metrics):"
+curl -fsS "http://127.0.0.1:$hport/metrics" | grep -E '^xm_ip_(connections_closed|reply_budget)_total' | sed 's/^/  /' || true

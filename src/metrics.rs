@@ -67,7 +67,7 @@ impl Rejection {
 
 /// What happened to a large reply's request for room in a reply budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyRoom {
+pub enum ReplyBudgetEvent {
     /// Others held the room, so the request waited for it.
     Waited,
     /// No room came before the request's deadline: refused (503, or a
@@ -78,12 +78,12 @@ pub enum ReplyRoom {
     GaveWay,
 }
 
-impl ReplyRoom {
+impl ReplyBudgetEvent {
     fn as_str(self) -> &'static str {
         match self {
-            ReplyRoom::Waited => "waited",
-            ReplyRoom::Refused => "refused",
-            ReplyRoom::GaveWay => "gave_way",
+            ReplyBudgetEvent::Waited => "waited",
+            ReplyBudgetEvent::Refused => "refused",
+            ReplyBudgetEvent::GaveWay => "gave_way",
         }
     }
 }
@@ -142,7 +142,7 @@ struct RejectLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReplyRoomLabels {
+struct ReplyBudgetLabels {
     api: &'static str,
     outcome: &'static str,
 }
@@ -272,7 +272,7 @@ pub struct Metrics {
     connections_refused: Family<ApiLabel, Counter>,
     connections_closed: Family<RejectLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
-    reply_room: Family<ReplyRoomLabels, Counter>,
+    reply_budget: Family<ReplyBudgetLabels, Counter>,
     pool_max: Gauge,
     pool_open: Gauge,
     pool_in_use: Gauge,
@@ -350,7 +350,7 @@ impl Metrics {
             connections_refused: Family::default(),
             connections_closed: Family::default(),
             rejected: Family::default(),
-            reply_room: Family::default(),
+            reply_budget: Family::default(),
             pool_max: Gauge::default(),
             pool_open: Gauge::default(),
             pool_in_use: Gauge::default(),
@@ -415,7 +415,7 @@ impl Metrics {
             "reply_budget",
             "Large replies that waited for room in the reply budget, were refused for want of it, or gave it up \
              because their peer stopped reading",
-            m.reply_room.clone(),
+            m.reply_budget.clone(),
         );
         r.register(
             "db_pool_max_connections",
@@ -558,11 +558,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn reply_room(&self, api: Api, outcome: ReplyRoom) {
-        self.reply_room
-            .get_or_create(&ReplyRoomLabels {
+    pub fn reply_budget(&self, api: Api, event: ReplyBudgetEvent) {
+        self.reply_budget
+            .get_or_create(&ReplyBudgetLabels {
                 api: api.as_str(),
-                outcome: outcome.as_str(),
+                outcome: event.as_str(),
             })
             .inc();
     }

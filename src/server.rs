@@ -19,7 +19,7 @@ use tracing::{debug, instrument, warn};
 
 use crate::budget::{self, reply_cost, Budget, Held, Order, SMALL_REPLY, STALL_GRACE};
 use crate::config::{Requests, Thrift};
-use crate::metrics::{Api, OpenConnection, Rejection, ReplyRoom};
+use crate::metrics::{Api, OpenConnection, Rejection, ReplyBudgetEvent};
 use crate::thrift::codec::{
     self, exception, BadArgs, Found, Framing, MessageCheck, MessageType, Method, Request, Wire, WireError,
 };
@@ -342,12 +342,12 @@ impl Connection {
             () = stop.cancelled() => Err(Closed::Shutdown),
             waited = self.shared.replies.grow(&mut self.reply_held, cost) => {
                 if waited {
-                    metrics.reply_room(Api::Thrift, ReplyRoom::Waited);
+                    metrics.reply_budget(Api::Thrift, ReplyBudgetEvent::Waited);
                 }
                 Ok(Room::Made)
             }
             () = tokio::time::sleep(limit) => {
-                metrics.reply_room(Api::Thrift, ReplyRoom::Refused);
+                metrics.reply_budget(Api::Thrift, ReplyBudgetEvent::Refused);
                 Ok(Room::Refused(limit))
             }
         }
@@ -502,7 +502,7 @@ impl Connection {
                 n = self.stream.write(&bytes[written..]) => written += n?,
                 () = tokio::time::sleep_until(next_check), if holds_budget => {
                     if written == written_at_check && self.shared.replies.contended() {
-                        self.shared.handler.metrics().reply_room(Api::Thrift, ReplyRoom::GaveWay);
+                        self.shared.handler.metrics().reply_budget(Api::Thrift, ReplyBudgetEvent::GaveWay);
                         return Err(Closed::GaveWay(bytes.len()));
                     }
                     written_at_check = written;

@@ -20,7 +20,7 @@ use hyper::body::{Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::budget::{Budget, Held, SMALL_REPLY, STALL_GRACE};
-use crate::metrics::{Api, Metrics, ReplyRoom as Event};
+use crate::metrics::{Api, Metrics, ReplyBudgetEvent};
 
 /// How much of a charged reply hyper is handed at a time.
 const SLICE: usize = 16 * 1024;
@@ -52,9 +52,9 @@ impl ReplyRoom {
         if cost > SMALL_REPLY {
             match tokio::time::timeout_at(deadline, self.budget.grow(&mut held, cost)).await {
                 Ok(false) => {}
-                Ok(true) => self.metrics.reply_room(Api::Http, Event::Waited),
+                Ok(true) => self.metrics.reply_budget(Api::Http, ReplyBudgetEvent::Waited),
                 Err(_) => {
-                    self.metrics.reply_room(Api::Http, Event::Refused);
+                    self.metrics.reply_budget(Api::Http, ReplyBudgetEvent::Refused);
                     return None;
                 }
             }
@@ -73,7 +73,7 @@ impl ReplyRoom {
         let gives_way =
             self.holding.load(Ordering::Relaxed) && since.elapsed() >= STALL_GRACE && self.budget.contended();
         if gives_way {
-            self.metrics.reply_room(Api::Http, Event::GaveWay);
+            self.metrics.reply_budget(Api::Http, ReplyBudgetEvent::GaveWay);
         }
         gives_way
     }
