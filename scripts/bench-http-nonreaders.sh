@@ -29,7 +29,7 @@ RUST_LOG=error xm_serve http-nonreaders --addr "127.0.0.1:$(xm_free_port)" --htt
   --http-timeout "$http_timeout" "${data[@]}" ${SERVE_ARGS:-}
 xm_wait_port "$http" "$server" "$XM_WORK/http-nonreaders.log"
 sleep 1
-echo "server RSS idle: $(xm_rss_mb "$server") MB"
+echo "server RSS idle: $(xm_rss_mb "$server") MB ($(xm_rss_split "$server"))"
 
 python3 - "$http" "$clients" "$duration" "$batch" <<'PY' &
 import json, random, sys
@@ -54,6 +54,6 @@ polite=$!
 peak=$(xm_peak_rss_mb "$server" "$hostile")
 wait "$polite"
 sleep 10
-echo "server RSS peak during the load: $peak MB; 10 s after the clients closed: $(xm_rss_mb "$server") MB"
+echo "server RSS peak during the load: $peak MB; 10 s after the clients closed: $(xm_rss_mb "$server") MB ($(xm_rss_split "$server"))"
 curl -fsS "http://127.0.0.1:$http/metrics" |
   grep -E '^xm_ip_(connections_closed_total\{api="http"|reply_budget_total\{api="http"|rejected_total\{api="http")' || true

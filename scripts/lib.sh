@@ -8,6 +8,7 @@
 #   port=$(xm_free_port)
 #   xm_serve NAME ARGS...          # serve in the background, wait until it listens; $server
 #   xm_rss_mb "$server"            # resident MB now
+#   xm_rss_split "$server"         # the same, split: "anonymous A, file-backed F MB"
 #   peak=$(xm_peak_rss_mb "$server" "$pid")   # highest RSS while $pid runs
 #   xm_stop "$server"
 #   xm_wrk_script ADDRESSES        # $XM_WORK/query.lua: GET /api/ip_query for random lines of ADDRESSES (-- N: N pipelined)
@@ -162,6 +163,11 @@ xm_stop() {
 # PID's resident memory now, in MB.
 xm_rss_mb() {
   awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"
+}
+
+xm_rss_split() {
+  awk '/RssAnon/ {a = int($2 / 1024)} /RssFile/ {f = int($2 / 1024)} END {printf "anonymous %d, file-backed %d MB", a, f}' \
+    "/proc/$1/status"
 }
 
 # The highest resident memory of SERVER, sampled every 0.2 s while WHILE

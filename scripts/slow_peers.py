@@ -122,7 +122,8 @@ def polite_gets(port, duration, every=0.05):
     `duration` seconds, as a well-behaved client beside hostile ones;
     prints how they fared."""
     import urllib.request
-    took, failed = [], 0
+    took, failed, slow_at = [], 0, []
+    begun = time.perf_counter()
     end = time.time() + duration
     while time.time() < end:
         started = time.perf_counter()
@@ -136,10 +137,13 @@ def polite_gets(port, duration, every=0.05):
                 print("well-behaved client failed:", e)
         if ok:
             took.append((time.perf_counter() - started) * 1000)
+            if took[-1] > 10:
+                slow_at.append(started - begun)
         else:
             failed += 1
         time.sleep(every)
     took.sort()
     at = lambda q: took[min(len(took) - 1, int(q * len(took)))] if took else float("nan")
     print(f"well-behaved client: {len(took)} answers, {failed} failed; "
-          f"p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms, slowest {took[-1] if took else float('nan'):.0f} ms")
+          f"p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms, slowest {took[-1] if took else float('nan'):.0f} ms; "
+          f"{len(slow_at)} over 10 ms, asked at {', '.join('%.1f' % t for t in slow_at) or '-'} s")

@@ -316,22 +316,34 @@ const TRIMS_AFTER_RELEASE: u32 = 3;
 /// The least time between two trims for abandoned holdings.
 const ABANDONED_TRIM_GAP: Duration = Duration::from_millis(200);
 
+/// How many connections must have closed for their buffers (up to 64 KiB
+/// each) to be worth giving back: as many as fill [`TRIM_WORTH`].
+const CLOSED_WORTH: usize = TRIM_WORTH / (64 << 10);
+
 /// Gives freed heap pages back to the system after a burst that held much
-/// of any of `budgets` is over: glibc's allocator would otherwise keep the
+/// of any of `budgets`, or that opened many connections (`open_connections`
+/// counts them), is over: glibc's allocator would otherwise keep the
 /// burst's peak resident for good. A large holding dropped unused is
 /// trimmed for at once (at most every [`ABANDONED_TRIM_GAP`]).
-pub async fn return_freed_memory(budgets: Vec<Budget>) {
+pub async fn return_freed_memory(budgets: Vec<Budget>, open_connections: impl Fn() -> usize) {
     if budgets.is_empty() {
         return; // nothing to watch, and select_all needs something
     }
     let mut every = tokio::time::interval(TRIM_EVERY);
     let mut trims_left = 0;
+    let mut most_open = 0;
     loop {
         let abandoned =
             futures_util::future::select_all(budgets.iter().map(|budget| Box::pin(budget.inner.abandoned.notified())));
         tokio::select! {
             _ = every.tick() => {
-                if budgets.iter().fold(false, |any, budget| budget.shrank_much() | any) {
+                let open = open_connections();
+                most_open = most_open.max(open);
+                let closed_many = most_open >= open + CLOSED_WORTH;
+                if closed_many {
+                    most_open = open;
+                }
+                if budgets.iter().fold(closed_many, |any, budget| budget.shrank_much() | any) {
                     trims_left = TRIMS_AFTER_RELEASE;
                 }
                 if trims_left == 0 {

@@ -58,10 +58,11 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Thrift, reques
         replies: Budget::new(limits.max_reply_bytes, Order::Arrival),
         warnings: Arc::new(Throttle::default()),
     };
-    let trimmer = tokio::spawn(budget::return_freed_memory(vec![
-        shared.requests.clone(),
-        shared.replies.clone(),
-    ]));
+    let cap = (permits.clone(), limits.max_connections);
+    let trimmer = tokio::spawn(budget::return_freed_memory(
+        vec![shared.requests.clone(), shared.replies.clone()],
+        move || cap.1 - cap.0.available_permits(),
+    ));
 
     tokio::select! {
         () = accept_loop(&listener, &shared, &permits, &abort, &tracker) => {}

@@ -266,9 +266,14 @@ async fn query_post(
     if !charge.holds_room() {
         return state.answer_post(&body, charge).await;
     }
-    // Large: parsed and answered on the batch lane.
+    // Large: parsed and answered on the batch lane, yielding the CPU to
+    // small requests while other large replies wait for room (a flood).
     let lane = state.lane.clone();
-    let answered = lane.run(async move { state.answer_post(&body, charge).await }).await;
+    let answered = lane
+        .run(move || room.contended(), async move {
+            state.answer_post(&body, charge).await
+        })
+        .await;
     answered.unwrap_or_else(|| {
         tagged(
             error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down".into()),

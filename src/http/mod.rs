@@ -78,7 +78,12 @@ pub async fn run(
     let max_connections = limits.max_connections.unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
     let bodies = Budget::new(limits.max_buffered_bytes, Order::SmallestFirst);
     let replies = Budget::new(limits.max_reply_bytes, Order::Arrival);
-    let trimmer = tokio::spawn(budget::return_freed_memory(vec![bodies.clone(), replies.clone()]));
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let cap = permits.clone();
+    let trimmer = tokio::spawn(budget::return_freed_memory(
+        vec![bodies.clone(), replies.clone()],
+        move || max_connections - cap.available_permits(),
+    ));
     let api = Arc::new(api::HttpApi::new(
         locator,
         metrics.clone(),
@@ -87,7 +92,6 @@ pub async fn run(
         bodies,
         workers.batch_lane(),
     ));
-    let permits = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let warnings = Throttle::default();
     let mut http = hyper::server::conn::http1::Builder::new();

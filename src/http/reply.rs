@@ -78,6 +78,11 @@ impl ReplyRoom {
         gives_way
     }
 
+    /// Whether other replies wait for room now.
+    pub(super) fn contended(&self) -> bool {
+        self.budget.contended()
+    }
+
     /// Whether a reply of this connection holds room now.
     pub(super) fn holding(&self) -> bool {
         self.holding.load(Ordering::Relaxed)
