@@ -6,6 +6,7 @@
 # (8s) with single-address calls on 64 connections and batches of 1,000 on
 # 4, then wrk POSTing HTTP batches of 1,000 on 4 connections, printing one
 # line per run; compare medians, not single runs.
+# SHAPES (default "single batch http-batch") picks which of the three run.
 # OLD_TARGET keeps REV's build between runs.
 #   scripts/bench-ab.sh 159c601
 set -euo pipefail
@@ -13,6 +14,7 @@ rev=${1:?usage: scripts/bench-ab.sh REV}
 . "$(dirname "$0")/lib.sh"
 rounds=${ROUNDS:-4}
 duration=${DURATION:-8s}
+shapes=" ${SHAPES:-single batch http-batch} "
 old_tree=$XM_WORK/old
 old_target=${OLD_TARGET:-$XM_WORK/old-target}
 git worktree add -q --detach "$old_tree" "$rev"
@@ -40,12 +42,15 @@ for round in $(seq "$rounds"); do
       set -- $shape
       name=$1
       shift
+      [[ $shapes == *" $name "* ]] || continue
       printf '%s %s %s: ' "$round" "$which" "$name"
       "$new" bench --addr "127.0.0.1:$port" --duration "$duration" --server-pid "$server" \
         --sample-database-url "$url" "$@"
     done
-    printf '%s %s http-batch: ' "$round" "$which"
-    xm_wrk_cpu "$server" 1000 -t2 -c4 -d"$duration" -s "$XM_WORK/batch.lua" "http://127.0.0.1:$http/api/ip_query"
+    if [[ $shapes == *" http-batch "* ]]; then
+      printf '%s %s http-batch: ' "$round" "$which"
+      xm_wrk_cpu "$server" 1000 -t2 -c4 -d"$duration" -s "$XM_WORK/batch.lua" "http://127.0.0.1:$http/api/ip_query"
+    fi
     xm_stop "$server"
   done
 done

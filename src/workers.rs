@@ -7,14 +7,12 @@
 //! (BENCHMARKS.md). The listener, the connection cap and the body budget
 //! stay where they are, shared by all.
 //!
-//! Beside them, a lane does the work of large batches (parsing, looking
-//! up and encoding). While they come as a flood, its threads drop to a
-//! lower CPU priority, so that the flood cannot keep the connection
-//! threads from answering small requests: the kernel gives those threads
-//! the CPU as soon as they have work. Otherwise they run at the normal
-//! priority, so that batches lose no CPU to other processes on the box.
+//! Beside them, a lane of lower CPU priority does the work of large
+//! batches (parsing, looking up and encoding) while they come as a flood,
+//! so that the flood cannot keep the connection threads from answering
+//! small requests: the kernel gives those threads the CPU as soon as they
+//! have work.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,8 +37,8 @@ struct Runtimes {
 }
 
 impl Runtimes {
-    /// One for each of the machine's cores, named `name-N`.
-    fn start(name: &str) -> io::Result<Runtimes> {
+    /// One for each of the machine's cores, named `name-N`, at `nice`.
+    fn start(name: &str, nice: libc::c_int) -> io::Result<Runtimes> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (mut handles, mut stops) = (Vec::new(), Vec::new());
         for i in 0..cores {
@@ -49,6 +47,7 @@ impl Runtimes {
             handles.push(runtime.handle().clone());
             stops.push(stop);
             std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
+                set_nice(nice);
                 let _ = runtime.block_on(stopped);
             })?;
         }
@@ -65,24 +64,15 @@ impl Runtimes {
     }
 }
 
-/// The batch lane's nice value in a flood: while both have work, its
-/// threads get about a tenth of the CPU share of the connection threads
-/// (nice 0). A fixed 10 cost readers' batches 12% of their throughput
-/// against a load generator on the same cores (BENCHMARKS.md).
-const FLOOD_NICE: libc::c_int = 10;
+/// The batch lane's nice value: while both have work, its threads get
+/// about a tenth of the CPU share of the connection threads (nice 0).
+const BATCH_NICE: libc::c_int = 10;
 
-thread_local! {
-    /// The calling thread's nice value, as last set here.
-    static NICE: Cell<libc::c_int> = const { Cell::new(0) };
-}
-
-/// Sets the calling thread's nice value (on Linux it is the thread's
-/// own), with a system call only when it changes.
+/// Sets the calling thread's nice value; on Linux it is the thread's own.
 fn set_nice(nice: libc::c_int) {
-    if NICE.get() == nice {
+    if nice == 0 {
         return;
     }
-    NICE.set(nice);
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority only changes the calling thread's nice value.
     unsafe {
@@ -94,8 +84,8 @@ impl Workers {
     /// The connection runtimes and the batch lane, a thread per core each.
     pub fn start() -> io::Result<Workers> {
         Ok(Workers {
-            connections: Runtimes::start("xm-worker")?,
-            batches: Arc::new(Runtimes::start("xm-batch")?),
+            connections: Runtimes::start("xm-worker", 0)?,
+            batches: Arc::new(Runtimes::start("xm-batch", BATCH_NICE)?),
         })
     }
 
@@ -110,27 +100,14 @@ impl Workers {
     }
 }
 
-/// Threads for the CPU work of large batches.
+/// Threads at [`BATCH_NICE`] for the CPU work of large batches.
 #[derive(Clone)]
 pub struct BatchLane(Arc<Runtimes>);
 
 impl BatchLane {
     /// Runs `work` on the lane, and `None` if the lane has shut down;
-    /// dropping the returned future stops it. Each step of it runs at
-    /// [`FLOOD_NICE`] if `flooded` says so then, else at the normal priority.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        flooded: impl Fn() -> bool + Send + 'static,
-        work: impl Future<Output = T> + Send + 'static,
-    ) -> Option<T> {
-        let work = async move {
-            let mut work = std::pin::pin!(work);
-            std::future::poll_fn(move |cx| {
-                set_nice(if flooded() { FLOOD_NICE } else { 0 });
-                work.as_mut().poll(cx)
-            })
-            .await
-        };
+    /// dropping the returned future stops it.
+    pub async fn run<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> Option<T> {
         match AbortOnDropHandle::new(self.0.next().spawn(work)).await {
             Ok(done) => Some(done),
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),

@@ -263,17 +263,14 @@ async fn query_post(
     let Some(charge) = room.take(state.reply_cost(&body), started + state.timeout).await else {
         return tagged(state.no_room_for_reply(), "ip_query_batch");
     };
-    if !charge.holds_room() {
+    if !(charge.holds_room() && room.contended()) {
         return state.answer_post(&body, charge).await;
     }
-    // Large: parsed and answered on the batch lane, yielding the CPU to
-    // small requests while other large replies wait for room (a flood).
+    // A flood (other large replies wait for room): parsed and answered on
+    // the batch lane, which yields the CPU to small requests. Otherwise
+    // the hop to the lane costs more than it saves (BENCHMARKS.md).
     let lane = state.lane.clone();
-    let answered = lane
-        .run(move || room.contended(), async move {
-            state.answer_post(&body, charge).await
-        })
-        .await;
+    let answered = lane.run(async move { state.answer_post(&body, charge).await }).await;
     answered.unwrap_or_else(|| {
         tagged(
             error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down".into()),
