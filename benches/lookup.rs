@@ -16,16 +16,16 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use xm_ip_service::answer::{self, Answer};
+use xm_ip_service::data::index::{Builder, RangeIndex, TableIndex, Tables};
+use xm_ip_service::data::mmdb::{GeoDb, MaxMind};
+use xm_ip_service::data::ranges::Ranges;
+use xm_ip_service::data::source::{DataFiles, FileSource};
 use xm_ip_service::domain::{Lang, PlaceFields, Source, Table, V4Table};
-use xm_ip_service::index::{Builder, RangeIndex, TableIndex, Tables};
-use xm_ip_service::loadgen::{SampleOptions, Sampler};
-use xm_ip_service::mmdb::{GeoDb, MaxMind};
-use xm_ip_service::ranges::Ranges;
 use xm_ip_service::service::Locator;
 use xm_ip_service::service::TableLang;
-use xm_ip_service::source::{DataFiles, FileSource};
 use xm_ip_service::thrift::codec::{self, Call, Framing, Protocol, Reply, Wire};
 use xm_ip_service::thrift::Handler;
+use xm_ip_service::tools::loadgen::{SampleOptions, Sampler};
 
 struct Data {
     tables: Arc<Tables>,
@@ -49,9 +49,9 @@ fn load() -> Data {
     if !fetched {
         tables.replace(
             Table::Cn,
-            xm_ip_service::index::Snapshot {
+            xm_ip_service::data::index::Snapshot {
                 index: TableIndex::V4(generated(1_400_000, 43_000)),
-                version: xm_ip_service::index::Version::Absent,
+                version: xm_ip_service::data::index::Version::Absent,
                 data_time: None,
             },
         );

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use maxminddb::Reader;
+use xm_ip_service::data::import::{read_ranges, schema_limits, Format, Range, CSV_COLUMNS};
 use xm_ip_service::domain::{Family, Lang};
-use xm_ip_service::import::{read_ranges, schema_limits, Format, Range, CSV_COLUMNS};
 
 #[path = "../tests/api/writers.rs"]
 #[allow(dead_code)]

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use xm_ip_service::cli::{self, Cli, Command, LogFormat};
-use xm_ip_service::startup::{Application, ReloadHandle};
+use xm_ip_service::serve::startup::{Application, ReloadHandle};
 
 fn main() {
     let cli = Cli::parse();

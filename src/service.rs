@@ -6,10 +6,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use tracing::warn;
 
+use crate::data::mmdb::{GeoDb, MaxMind};
+use crate::data::ranges::Ranges;
 use crate::domain::{Addr, Lang, Located, LookupError, Outcome, Table, Unavailable, V4Table};
-use crate::metrics::Sampled;
-use crate::mmdb::{GeoDb, MaxMind};
-use crate::ranges::Ranges;
+use crate::health::Sampled;
 
 /// How many answers are decided between yields to the runtime, so that a
 /// 10,000-address batch of MaxMind lookups does not hold a worker thread

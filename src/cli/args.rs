@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::client::{Protocol, Transport};
 use crate::config::Settings;
-use crate::import::Format;
-use crate::loadgen::{CompareOptions, LoadOptions};
-use crate::store::Table;
+use crate::data::import::Format;
+use crate::data::store::Table;
+use crate::tools::client::{Protocol, Transport};
+use crate::tools::loadgen::{CompareOptions, LoadOptions};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,7 +1,7 @@
 //! `bench` and `compare`: drive running servers.
 
-use crate::client::to_json;
-use crate::loadgen::{self, CompareOptions, LoadOptions};
+use crate::tools::client::to_json;
+use crate::tools::loadgen::{self, CompareOptions, LoadOptions};
 
 /// Runs `bench` and prints one summary line.
 pub fn bench(options: LoadOptions) -> anyhow::Result<()> {

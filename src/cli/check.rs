@@ -2,8 +2,8 @@
 
 use std::convert::Infallible;
 
-use crate::check::Checker;
-use crate::store::{self, Table};
+use crate::data::store::{self, Table};
+use crate::tools::check::Checker;
 
 /// Runs `check`: one line per problem on standard output, a count per
 /// table on standard error. Whether every table was clean.

@@ -1,7 +1,7 @@
 //! `export`: a range table as interchange CSV on standard output.
 
-use crate::import;
-use crate::store::{self, Table};
+use crate::data::import;
+use crate::data::store::{self, Table};
 
 /// Runs `export` to standard output.
 pub async fn export(database_url: &str, table: Table) -> anyhow::Result<()> {

@@ -8,9 +8,9 @@ use serde_json::json;
 use tokio_postgres::Client;
 
 use super::ImportArgs;
-use crate::import::{self, ChangeReport, Format, ImportError, ImportOptions, Outcome, SourceError};
-use crate::source::DataFiles;
-use crate::store::{self, Table};
+use crate::data::import::{self, ChangeReport, Format, ImportError, ImportOptions, Outcome, SourceError};
+use crate::data::source::DataFiles;
+use crate::data::store::{self, Table};
 
 /// Runs `import`: migrates, then loads (or only compares, for
 /// `--dry-run`) one file, or each table a `--data` directory gives,

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 
-use crate::store;
+use crate::data::store;
 
 /// Runs `migrate`.
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {

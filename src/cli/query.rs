@@ -4,8 +4,8 @@ use anyhow::Context;
 use unicode_width::UnicodeWidthStr;
 
 use super::QueryArgs;
-use crate::client::{self, to_json};
 use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
+use crate::tools::client::{self, to_json};
 
 /// Runs `query`: a blocking client, so it stays out of the async runtime.
 /// Whether every address was answered (`error_no` 0).

@@ -15,13 +15,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{ResolveArgs, ResolveFormat};
 use crate::answer::{self, csv_record, FIELDS};
-use crate::client::{self, Protocol, Transport};
 use crate::config::LookupMode;
+use crate::data::source;
 use crate::domain::{Lang, LookupError, Outcome};
-use crate::resolve::{address_in, Summary};
 use crate::service::{Locator, Route, TableLang};
-use crate::source;
 use crate::thrift::{geo_info, GeoInfo, GeoRequest, TIPServiceSyncClient};
+use crate::tools::client::{self, Protocol, Transport};
+use crate::tools::resolve::{address_in, Summary};
 
 /// Longest line read; the rest of a longer one is skipped and the line
 /// reported as invalid.
@@ -251,7 +251,8 @@ impl Source {
             LookupMode::Postgres,
             args.timeout,
         );
-        let locator = source::open_locator(&source, args.mmdb.as_deref(), route).await?;
+        let (ranges, maxmind) = source::open_offline(&source, args.mmdb.as_deref(), route.tables()).await?;
+        let locator = Locator::new(ranges, maxmind);
         Ok(Source::Local { locator, route })
     }
 

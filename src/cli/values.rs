@@ -4,10 +4,10 @@
 use clap::builder::PossibleValue;
 use clap::ValueEnum;
 
-use crate::client::{Protocol, Transport};
+use crate::data::import::Format;
 use crate::domain::Table;
-use crate::import::Format;
-use crate::loadgen::Method;
+use crate::tools::client::{Protocol, Transport};
+use crate::tools::loadgen::Method;
 
 /// `impl ValueEnum` for an enum: each variant, its name on the command
 /// line and an optional help line.

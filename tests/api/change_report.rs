@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use xm_ip_service::import::{self, ImportError, ImportOptions, Outcome};
-use xm_ip_service::store::{self, Table};
+use xm_ip_service::data::import::{self, ImportError, ImportOptions, Outcome};
+use xm_ip_service::data::store::{self, Table};
 
 use crate::cli::{output, run};
 use crate::helpers::TestDb;
@@ -421,7 +421,7 @@ async fn reloading_the_sample_after_an_edited_copy_reports_exactly_the_edits() {
 }
 
 /// A snapshot's ranges, to compare two whole.
-fn ranges(snapshot: &xm_ip_service::index::Snapshot) -> Vec<(u128, u128, xm_ip_service::domain::Place)> {
+fn ranges(snapshot: &xm_ip_service::data::index::Snapshot) -> Vec<(u128, u128, xm_ip_service::domain::Place)> {
     snapshot
         .index
         .ranges()

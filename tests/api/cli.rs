@@ -931,8 +931,8 @@ async fn bench_reconnects_and_resends_through_a_server_restart_without_a_failure
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reconnecting_client_answers_across_a_server_restart() {
-    use xm_ip_service::client::{Protocol, Reconnecting, Transport};
     use xm_ip_service::thrift::TIPServiceSyncClient;
+    use xm_ip_service::tools::client::{Protocol, Reconnecting, Transport};
     let (first, settings) = sample_server_on_a_port_of_its_own().await;
     let port = settings.thrift.addr.port();
     let addr = format!("127.0.0.1:{port}");

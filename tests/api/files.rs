@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use xm_ip_service::config::{DataSource, Postgres, Settings};
-use xm_ip_service::import::{self, ImportOptions};
-use xm_ip_service::store::{self, Table};
+use xm_ip_service::data::import::{self, ImportOptions};
+use xm_ip_service::data::store::{self, Table};
 
 use xm_ip_service::thrift::GeoInfo;
 
@@ -188,10 +188,10 @@ async fn a_replaced_mmdb_is_picked_up_under_load_without_a_failed_lookup() {
             let stopped = stopped.clone();
             tokio::task::spawn_blocking(move || {
                 use xm_ip_service::thrift::TIPServiceSyncClient;
-                let mut client = xm_ip_service::client::connect(
+                let mut client = xm_ip_service::tools::client::connect(
                     &addr,
-                    xm_ip_service::client::Transport::Framed,
-                    xm_ip_service::client::Protocol::Binary,
+                    xm_ip_service::tools::client::Transport::Framed,
+                    xm_ip_service::tools::client::Protocol::Binary,
                     Duration::from_secs(10),
                 )
                 .unwrap();

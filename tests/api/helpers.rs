@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
-use xm_ip_service::client::{self, Client, Protocol, Transport};
 use xm_ip_service::config::{DataSource, LookupMode, Postgres, Settings};
-use xm_ip_service::startup::Application;
+use xm_ip_service::serve::startup::Application;
 use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
+use xm_ip_service::tools::client::{self, Client, Protocol, Transport};
 
 use crate::writers::{s, Value, Writer};
 
@@ -60,7 +60,7 @@ impl TestDb {
             .await
             .expect("create test database");
         let url = url_for(&name);
-        xm_ip_service::store::migrate(&url)
+        xm_ip_service::data::store::migrate(&url)
             .await
             .expect("migrate test database");
         TestDb { name, url }

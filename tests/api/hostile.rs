@@ -9,7 +9,7 @@ use xm_ip_service::thrift::calls;
 use xm_ip_service::thrift::codec::{Call, Framing, Protocol, Wire};
 use xm_ip_service::thrift::TIPServiceSyncClient;
 
-use xm_ip_service::client::{self, Transport};
+use xm_ip_service::tools::client::{self, Transport};
 
 use crate::helpers::{black_hole_database, summary, Options, TestApp};
 
@@ -163,8 +163,8 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_n
     let idle = TcpStream::connect(app.addr).unwrap();
     let busy = app
         .with_client(
-            xm_ip_service::client::Transport::Framed,
-            xm_ip_service::client::Protocol::Binary,
+            xm_ip_service::tools::client::Transport::Framed,
+            xm_ip_service::tools::client::Protocol::Binary,
             |client| {
                 let mut answered = 0;
                 for _ in 0..8 {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use xm_ip_service::client::{Protocol, Transport};
 use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
+use xm_ip_service::tools::client::{Protocol, Transport};
 
 use crate::helpers::{black_hole_database, strings, Options, TestApp};
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_postgres::AsyncMessage;
-use xm_ip_service::import::{self, Format, ImportError, ImportOptions, Outcome};
-use xm_ip_service::store::{self, Table};
+use xm_ip_service::data::import::{self, Format, ImportError, ImportOptions, Outcome};
+use xm_ip_service::data::store::{self, Table};
 
 use crate::helpers::{summary, TestApp, TestDb};
 use crate::writers::{s, IpdbWriter, Value, Writer};
@@ -456,7 +456,7 @@ async fn a_successful_swap_notifies_the_reload_channel() {
         }
     });
     client
-        .batch_execute(&format!("LISTEN {}", xm_ip_service::store::RELOAD_CHANNEL))
+        .batch_execute(&format!("LISTEN {}", xm_ip_service::data::store::RELOAD_CHANNEL))
         .await
         .unwrap();
 
@@ -502,10 +502,10 @@ async fn readers_during_an_import_see_the_old_or_the_new_data_never_nothing() {
         while !*stopped.borrow() {
             let answers = tokio::task::spawn_blocking(move || {
                 use xm_ip_service::thrift::TIPServiceSyncClient;
-                let mut c = xm_ip_service::client::connect(
+                let mut c = xm_ip_service::tools::client::connect(
                     &addr.to_string(),
-                    xm_ip_service::client::Transport::Framed,
-                    xm_ip_service::client::Protocol::Binary,
+                    xm_ip_service::tools::client::Transport::Framed,
+                    xm_ip_service::tools::client::Protocol::Binary,
                     Duration::from_secs(10),
                 )
                 .unwrap();

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use xm_ip_service::store::Table;
+use xm_ip_service::data::store::Table;
 use xm_ip_service::thrift::GeoInfo;
 
 use crate::helpers::{by_ip_at, strings, Options, TestApp, TestDb};
@@ -202,13 +202,13 @@ fn csv_of(carrier: &str) -> String {
 }
 
 async fn import_csv(db: &TestDb, dir: &tempfile::TempDir, carrier: &str) {
-    use xm_ip_service::import::{self, ImportOptions};
+    use xm_ip_service::data::import::{self, ImportOptions};
     let path = dir.path().join(format!("{carrier}.csv"));
     std::fs::write(&path, csv_of(carrier)).unwrap();
-    let mut client = xm_ip_service::store::connect(&db.url).await.unwrap();
+    let mut client = xm_ip_service::data::store::connect(&db.url).await.unwrap();
     let options = ImportOptions {
         force: true,
-        ..ImportOptions::new(xm_ip_service::store::Table::Cn, path)
+        ..ImportOptions::new(xm_ip_service::data::store::Table::Cn, path)
     };
     import::import(&mut client, &options).await.unwrap();
 }
@@ -455,7 +455,7 @@ async fn memory_mode_starts_from_its_snapshots_while_the_database_is_away() {
     if let xm_ip_service::config::DataSource::Postgres(pg) = &mut none.source {
         pg.snapshot_dir = None;
     }
-    assert!(xm_ip_service::startup::Application::build(&none).await.is_err());
+    assert!(xm_ip_service::serve::startup::Application::build(&none).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -467,7 +467,7 @@ async fn a_corrupt_snapshot_is_refused_and_the_tables_load_from_the_database() {
     until_snapshots_are_written(dir.path()).await;
     first.shutdown().await;
 
-    let path = xm_ip_service::source::disk::path_of(dir.path(), Table::Cn);
+    let path = xm_ip_service::data::source::disk::path_of(dir.path(), Table::Cn);
     let mut bytes = std::fs::read(&path).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
@@ -477,7 +477,7 @@ async fn a_corrupt_snapshot_is_refused_and_the_tables_load_from_the_database() {
     assert_eq!(second.by_ip(&["183.62.57.1"]).await, expected);
     // Loaded from the database, the snapshot is whole again.
     until_snapshots_are_written(dir.path()).await;
-    assert!(xm_ip_service::source::disk::read(dir.path(), Table::Cn)
+    assert!(xm_ip_service::data::source::disk::read(dir.path(), Table::Cn)
         .unwrap()
         .is_some());
 }
@@ -488,7 +488,7 @@ async fn until_snapshots_are_written(dir: &std::path::Path) {
     let started = Instant::now();
     while !Table::ALL
         .into_iter()
-        .all(|table| matches!(xm_ip_service::source::disk::read(dir, table), Ok(Some(_))))
+        .all(|table| matches!(xm_ip_service::data::source::disk::read(dir, table), Ok(Some(_))))
     {
         assert!(
             started.elapsed() < Duration::from_secs(10),

@@ -4,8 +4,8 @@
 
 use serde_json::{json, Value};
 use tokio::process::Command;
-use xm_ip_service::client::{to_json, Protocol, Transport};
 use xm_ip_service::thrift::{GeoRequest, TIPServiceSyncClient};
+use xm_ip_service::tools::client::{to_json, Protocol, Transport};
 
 use crate::helpers::{strings, TestApp};
 

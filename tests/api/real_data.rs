@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use xm_ip_service::import::{self, ImportOptions, Outcome};
-use xm_ip_service::store::{self, Table};
+use xm_ip_service::data::import::{self, ImportOptions, Outcome};
+use xm_ip_service::data::store::{self, Table};
 
 use crate::helpers::{expect, summary, TestApp};
 
@@ -76,8 +76,8 @@ async fn real_qqwry_over_an_edited_copy_reports_exactly_the_edits() {
 #[ignore = "needs data/ from scripts/fetch-data.sh"]
 fn geolite2_answers_from_the_network_table_are_the_tree_walks_answers() {
     use std::net::{IpAddr, Ipv4Addr};
+    use xm_ip_service::data::mmdb::GeoDb;
     use xm_ip_service::domain::Lang;
-    use xm_ip_service::mmdb::GeoDb;
 
     let path = data("GeoLite2-City.mmdb");
     let tree = GeoDb::open(&path).unwrap();

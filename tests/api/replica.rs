@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use xm_ip_service::import::{self, ImportOptions};
-use xm_ip_service::store::{self, Table};
+use xm_ip_service::data::import::{self, ImportOptions};
+use xm_ip_service::data::store::{self, Table};
 
 use crate::cli::Served;
 use crate::helpers::by_ip_at;

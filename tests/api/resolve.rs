@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use xm_ip_service::import::{self, ImportOptions};
-use xm_ip_service::store::Table;
+use xm_ip_service::data::import::{self, ImportOptions};
+use xm_ip_service::data::store::Table;
 
 use crate::cli::run;
 use crate::helpers::{fixture_mmdb, Options, TestApp, TestDb};

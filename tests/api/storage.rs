@@ -1,6 +1,6 @@
 //! The schema: migrations, constraints and the shape of the lookup plan.
 
-use xm_ip_service::store::{self, Table};
+use xm_ip_service::data::store::{self, Table};
 
 use crate::helpers::TestDb;
 

@@ -11,8 +11,8 @@ use thrift::protocol::{
 };
 use thrift::transport::{TFramedReadTransport, TFramedWriteTransport, TIoChannel, TTcpChannel};
 use thrift::{ApplicationErrorKind, Error};
-use xm_ip_service::client::{self, Protocol, Transport};
 use xm_ip_service::thrift::{GeoInfo, IPServiceSyncClient, TIPServiceSyncClient};
+use xm_ip_service::tools::client::{self, Protocol, Transport};
 
 use crate::helpers::{strings, summary, Options, TestApp};
 

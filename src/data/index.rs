@@ -1,0 +1,934 @@
+//! The in-memory range index: each table's ranges as sorted start and end
+//! arrays searched through a first-level table on the top 16 bits, each
+//! range pointing at one of the table's distinct places, stored once. An
+//! index is immutable; [`Tables`] swaps whole indexes in atomically, so a
+//! lookup never takes a lock and a batch reads one snapshot. No I/O here:
+//! `store` fills indexes from PostgreSQL and `import` from files.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use hashbrown::HashTable;
+
+use crate::domain::{
+    range_fault, Family, Located, Place, PlaceFields, RangeFault, Source, Table, TableDigest, V4Table,
+};
+use crate::health::Standing;
+use crate::memory::{Growing, HugePages};
+
+/// A range bound: `u32` for IPv4, `u128` for IPv6.
+pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
+    /// How many bits a crowded slot's second-level table splits on.
+    const SUB_BITS: u32;
+    /// The first-level slot: the key's top 16 bits.
+    fn slot(self) -> usize;
+    /// The second-level slot: the `SUB_BITS` after the top 16.
+    fn sub_slot(self) -> usize;
+    fn ip(self) -> IpAddr;
+}
+
+impl Key for u32 {
+    /// /24s: a /16 of many small ranges splits by its /24s.
+    const SUB_BITS: u32 = 8;
+
+    fn slot(self) -> usize {
+        (self >> 16) as usize
+    }
+
+    fn sub_slot(self) -> usize {
+        (self >> 8) as usize & 0xff
+    }
+
+    fn ip(self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(self))
+    }
+}
+
+impl Key for u128 {
+    /// /28s: allocated IPv6 space crowds into a few /16s (2a01::/16 holds a
+    /// quarter of qqwry's ranges), which registries hand out by /29 to /32.
+    const SUB_BITS: u32 = 12;
+
+    fn slot(self) -> usize {
+        (self >> 112) as usize
+    }
+
+    fn sub_slot(self) -> usize {
+        (self >> 100) as usize & 0xfff
+    }
+
+    fn ip(self) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(self))
+    }
+}
+
+const SLOTS: usize = 1 << 16;
+/// A slot holding more ranges than this gets a second-level table.
+const CROWDED: u32 = 48;
+const NOT_CROWDED: u32 = u32::MAX;
+
+/// Where a key's search begins and ends in the sorted entries: a table on
+/// the top 16 bits, and for crowded slots a second table on the next bits,
+/// so that a search is a few steps within a cache line or two.
+struct Directory {
+    /// Per slot: how many ranges start below it; `SLOTS + 1` entries.
+    slots: Box<[u32]>,
+    /// Per slot: where its second-level table starts in `subs`, if it has one.
+    crowded: Box<[u32]>,
+    /// Second-level tables of `2^SUB_BITS + 1` entries: how many ranges
+    /// start below each sub-slot.
+    subs: Box<[u32]>,
+}
+
+impl Directory {
+    fn new<K: Key>(entries: &[Entry<K>]) -> Directory {
+        let mut slots = vec![0u32; SLOTS + 1];
+        for entry in entries {
+            slots[entry.start.slot() + 1] += 1;
+        }
+        for s in 1..=SLOTS {
+            slots[s] += slots[s - 1];
+        }
+        let subs_per_table = (1usize << K::SUB_BITS) + 1;
+        let mut crowded = vec![NOT_CROWDED; SLOTS];
+        let mut subs = Vec::new();
+        for slot in 0..SLOTS {
+            let (lo, hi) = (slots[slot], slots[slot + 1]);
+            if hi - lo <= CROWDED {
+                continue;
+            }
+            crowded[slot] = subs.len() as u32;
+            let table = subs.len();
+            subs.resize(table + subs_per_table, 0);
+            for entry in &entries[lo as usize..hi as usize] {
+                subs[table + entry.start.sub_slot() + 1] += 1;
+            }
+            subs[table] = lo;
+            for sub in 1..subs_per_table {
+                subs[table + sub] += subs[table + sub - 1];
+            }
+        }
+        Directory {
+            slots: slots.into_boxed_slice(),
+            crowded: crowded.into_boxed_slice(),
+            subs: subs.into_boxed_slice(),
+        }
+    }
+
+    /// The entries whose starts share `key`'s slot (or sub-slot); every
+    /// entry before them starts below `key`.
+    #[inline]
+    fn bounds<K: Key>(&self, key: K) -> (usize, usize) {
+        let slot = key.slot();
+        match self.crowded[slot] {
+            NOT_CROWDED => (self.slots[slot] as usize, self.slots[slot + 1] as usize),
+            table => {
+                let at = table as usize + key.sub_slot();
+                (self.subs[at] as usize, self.subs[at + 1] as usize)
+            }
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        (self.slots.len() + self.crowded.len() + self.subs.len()) * 4
+    }
+}
+
+/// One table's ranges. Lookups answer exactly as the PostgreSQL probe
+/// does: the range with the greatest start at or below the address, if its
+/// end reaches the address.
+pub struct RangeIndex<K> {
+    /// In address order. A range's start, end and place sit together, so
+    /// the search and the end check read the same few cache lines.
+    entries: HugePages<Entry<K>>,
+    /// Each distinct place once; entries point into it.
+    places: Vec<Place>,
+    directory: Directory,
+    source: Source,
+}
+
+#[derive(Clone, Copy)]
+struct Entry<K> {
+    start: K,
+    end: K,
+    place: u32,
+}
+
+impl<K: Key> RangeIndex<K> {
+    /// The range holding `key`, as `(start, end, place)`.
+    #[inline]
+    pub fn get(&self, key: K) -> Option<(K, K, &Place)> {
+        let entry = &self.entries[self.find(key)?];
+        Some((entry.start, entry.end, &self.places[entry.place as usize]))
+    }
+
+    /// The answer for `key`, sharing the range's place.
+    #[inline]
+    pub fn locate(&self, key: K) -> Option<Located> {
+        self.find(key).map(|i| self.answer(i))
+    }
+
+    /// The answer for each of `keys`. Lookups are memory-bound, so a batch
+    /// goes in chunks: first every key's search is started by prefetching
+    /// the middle of its slot, then each search runs on lines already on
+    /// their way and prefetches its place, then the answers are made.
+    pub fn locate_all(&self, keys: &[K]) -> Vec<Option<Located>> {
+        const CHUNK: usize = 32;
+        let mut out = Vec::with_capacity(keys.len());
+        let mut found = [None; CHUNK];
+        for chunk in keys.chunks(CHUNK) {
+            for &key in chunk {
+                let (lo, hi) = self.directory.bounds(key);
+                prefetch(self.entries.as_ptr().wrapping_add((lo + hi) / 2));
+            }
+            for (found, &key) in found.iter_mut().zip(chunk) {
+                *found = self.find(key);
+                if let Some(i) = *found {
+                    prefetch(self.places[self.entries[i].place as usize].country_code().as_ptr());
+                }
+            }
+            out.extend(found[..chunk.len()].iter().map(|found| found.map(|i| self.answer(i))));
+        }
+        out
+    }
+
+    /// The entry holding `key`.
+    #[inline]
+    fn find(&self, key: K) -> Option<usize> {
+        let (lo, hi) = self.directory.bounds(key);
+        // Ranges starting in earlier slots all start below `key`.
+        let i = (lo + self.entries[lo..hi].partition_point(|e| e.start <= key)).checked_sub(1)?;
+        (self.entries[i].end >= key).then_some(i)
+    }
+
+    fn answer(&self, i: usize) -> Located {
+        let entry = &self.entries[i];
+        Located {
+            place: self.places[entry.place as usize].clone(),
+            start: entry.start.ip(),
+            end: entry.end.ip(),
+            source: self.source,
+        }
+    }
+
+    /// Ranges held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Distinct places held.
+    pub fn places(&self) -> usize {
+        self.places.len()
+    }
+
+    /// The index as its parts: each distinct place once, and each range
+    /// as (start, end, the place's number): what a snapshot file holds.
+    pub fn parts(&self) -> (&[Place], impl Iterator<Item = (K, K, u32)> + '_) {
+        (&self.places, self.entries.iter().map(|e| (e.start, e.end, e.place)))
+    }
+
+    /// An index from [`RangeIndex::parts`], each range checked as
+    /// [`Builder`] checks it.
+    pub fn from_parts(
+        source: Source,
+        places: Vec<Place>,
+        ranges: impl Iterator<Item = (K, K, u32)>,
+    ) -> Result<RangeIndex<K>, IndexError> {
+        let mut builder = Builder::with_capacity(source, ranges.size_hint().0);
+        builder.places = places;
+        for (start, end, place) in ranges {
+            if place as usize >= builder.places.len() {
+                return Err(IndexError::NoSuchPlace(place));
+            }
+            builder.push_id(start, end, place)?;
+        }
+        Ok(builder.finish())
+    }
+
+    /// This index with `removed` taken out and `added` put in, each in
+    /// address order: what building the changed table from scratch gives,
+    /// places numbered alike, without reading the unchanged ranges again.
+    /// Refuses a removed range this index does not hold as it is.
+    pub fn with_changes(
+        &self,
+        removed: &[(K, K, Place)],
+        added: &[(K, K, Place)],
+    ) -> Result<RangeIndex<K>, IndexError> {
+        let not_held = |(start, end, _): &(K, K, Place)| {
+            IndexError::ChangesDoNotFit(format!("{} - {} is not a range of the table", start.ip(), end.ip()))
+        };
+        let mut builder = Builder::with_capacity(self.source, self.len() + added.len());
+        // Each old place's number in the new index, once it has one.
+        let mut renumbered = vec![None; self.places.len()];
+        let (mut removed, mut added) = (removed.iter().peekable(), added.iter().peekable());
+        for entry in self.entries.iter() {
+            while let Some((start, end, place)) = added.next_if(|(start, ..)| *start < entry.start) {
+                builder.push_place(*start, *end, place)?;
+            }
+            let place = &self.places[entry.place as usize];
+            match removed.next_if(|(start, ..)| *start <= entry.start) {
+                Some(gone) if (gone.0, gone.1, &gone.2) == (entry.start, entry.end, place) => continue,
+                Some(gone) => return Err(not_held(gone)),
+                None => {}
+            }
+            let id = match renumbered[entry.place as usize] {
+                Some(id) => id,
+                None => *renumbered[entry.place as usize].insert(builder.intern(place)?),
+            };
+            builder.push_id(entry.start, entry.end, id)?;
+        }
+        for (start, end, place) in added {
+            builder.push_place(*start, *end, place)?;
+        }
+        match removed.next() {
+            Some(gone) => Err(not_held(gone)),
+            None => Ok(builder.finish()),
+        }
+    }
+
+    /// [`TableDigest::of`] the ranges, each place's text hashed once.
+    pub fn digest(&self) -> TableDigest {
+        let places: Vec<u64> = self.places.iter().map(Place::digest).collect();
+        let mut digest = TableDigest::default();
+        for entry in self.entries.iter() {
+            digest.add(entry.start.into(), entry.end.into(), places[entry.place as usize]);
+        }
+        digest
+    }
+
+    /// Every range in address order, for sampling and comparison.
+    pub fn ranges(&self) -> impl Iterator<Item = (K, K, &Place)> + '_ {
+        self.entries
+            .iter()
+            .map(|e| (e.start, e.end, &self.places[e.place as usize]))
+    }
+
+    /// Bytes held by the arrays and the places, for the start-up log.
+    pub fn heap_bytes(&self) -> usize {
+        // Each place's text is one allocation, two counts before it.
+        let text: usize = self
+            .places
+            .iter()
+            .map(|p| p.fields().columns().concat().len() + 16)
+            .sum();
+        self.entries.len() * std::mem::size_of::<Entry<K>>()
+            + self.directory.heap_bytes()
+            + self.places.capacity() * std::mem::size_of::<Place>()
+            + text
+    }
+}
+
+/// Why ranges cannot become an index.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IndexError {
+    #[error("range {start} - {end} starts after it ends")]
+    Reversed { start: String, end: String },
+    #[error("ranges are not in address order, or two start at {0}")]
+    Unordered(String),
+    /// The backward probe would answer such rows wrongly, so an index
+    /// refuses them and the server keeps its previous snapshot.
+    #[error("ranges overlap: {first} and {second}")]
+    Overlap { first: String, second: String },
+    #[error("more than {} ranges", u32::MAX)]
+    TooMany,
+    #[error("a range points at place {0}, which does not exist")]
+    NoSuchPlace(u32),
+    #[error("the changes do not fit the data they were made against: {0}")]
+    ChangesDoNotFit(String),
+}
+
+/// Collects ranges in address order into a [`RangeIndex`], storing each
+/// distinct place once however many ranges share it.
+pub struct Builder<K> {
+    entries: Growing<Entry<K>>,
+    places: Vec<Place>,
+    distinct: HashTable<u32>,
+    hasher: RandomState,
+    source: Source,
+}
+
+impl<K: Key> Builder<K> {
+    pub fn new(source: Source) -> Builder<K> {
+        Builder {
+            entries: Growing::default(),
+            places: Vec::new(),
+            distinct: HashTable::new(),
+            hasher: RandomState::new(),
+            source,
+        }
+    }
+
+    /// A builder with room for `ranges` ranges, when their number is known
+    /// (more still fit): the entries then never move as they arrive.
+    pub fn with_capacity(source: Source, ranges: usize) -> Builder<K> {
+        let mut builder = Builder::new(source);
+        builder.entries.reserve(ranges);
+        builder
+    }
+
+    /// Appends a range with `place`'s values; a place no range before had
+    /// is shared, not copied.
+    pub fn push_place(&mut self, start: K, end: K, place: &Place) -> Result<(), IndexError> {
+        let id = self.intern(place)?;
+        self.push_id(start, end, id)
+    }
+
+    /// Appends a range whose place is given field by field; the text is
+    /// copied only for a place not seen yet.
+    pub fn push_fields(&mut self, start: K, end: K, fields: PlaceFields) -> Result<(), IndexError> {
+        let id = match self.find_place(fields) {
+            (_, Some(id)) => id,
+            (hash, None) => self.intern_new(hash, Place::new(fields))?,
+        };
+        self.push_id(start, end, id)
+    }
+
+    /// The number of `place`, which is shared, not copied, if new.
+    fn intern(&mut self, place: &Place) -> Result<u32, IndexError> {
+        match self.find_place(place.fields()) {
+            (_, Some(id)) => Ok(id),
+            (hash, None) => self.intern_new(hash, place.clone()),
+        }
+    }
+
+    /// The hash of `fields`, and the number of the place holding them if
+    /// one does already.
+    fn find_place(&self, fields: PlaceFields) -> (u64, Option<u32>) {
+        let hash = self.hasher.hash_one(fields);
+        let found = self
+            .distinct
+            .find(hash, |&id| self.places[id as usize].fields() == fields);
+        (hash, found.copied())
+    }
+
+    fn intern_new(&mut self, hash: u64, place: Place) -> Result<u32, IndexError> {
+        let id = u32::try_from(self.places.len()).map_err(|_| IndexError::TooMany)?;
+        self.places.push(place);
+        let places = &self.places;
+        let hasher = &self.hasher;
+        self.distinct
+            .insert_unique(hash, id, |&id| hasher.hash_one(places[id as usize].fields()));
+        Ok(id)
+    }
+
+    fn push_id(&mut self, start: K, end: K, id: u32) -> Result<(), IndexError> {
+        let last = self.entries.as_slice().last();
+        match range_fault(last.map(|l| (l.start.into(), l.end.into())), start.into(), end.into()) {
+            None => {}
+            Some(RangeFault::Reversed) => {
+                return Err(IndexError::Reversed {
+                    start: start.ip().to_string(),
+                    end: end.ip().to_string(),
+                })
+            }
+            Some(RangeFault::Unordered) => return Err(IndexError::Unordered(start.ip().to_string())),
+            Some(RangeFault::Overlaps) => {
+                let last = last.expect("an overlap has a range before it");
+                return Err(IndexError::Overlap {
+                    first: format!("{} - {}", last.start.ip(), last.end.ip()),
+                    second: format!("{} - {}", start.ip(), end.ip()),
+                });
+            }
+        }
+        if self.entries.len() == u32::MAX as usize {
+            return Err(IndexError::TooMany);
+        }
+        self.entries.push(Entry { start, end, place: id });
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> RangeIndex<K> {
+        self.places.shrink_to_fit();
+        let entries = self.entries.finish();
+        RangeIndex {
+            directory: Directory::new(&entries),
+            entries,
+            places: self.places,
+            source: self.source,
+        }
+    }
+}
+
+/// Asks for the cache line at `at` to be loaded; a hint, never a fault.
+#[inline(always)]
+fn prefetch<T>(at: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching reads nothing architecturally and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+    }
+}
+
+/// One table's index, of the table's family.
+pub enum TableIndex {
+    V4(RangeIndex<u32>),
+    V6(RangeIndex<u128>),
+}
+
+impl TableIndex {
+    /// An index with no ranges for `table`.
+    pub fn empty(table: Table) -> TableIndex {
+        match table.family() {
+            Family::V4 => TableIndex::V4(Builder::new(table.source()).finish()),
+            Family::V6 => TableIndex::V6(Builder::new(table.source()).finish()),
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        match self {
+            TableIndex::V4(_) => Family::V4,
+            TableIndex::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            TableIndex::V4(index) => index.len(),
+            TableIndex::V6(index) => index.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn places(&self) -> usize {
+        match self {
+            TableIndex::V4(index) => index.places(),
+            TableIndex::V6(index) => index.places(),
+        }
+    }
+
+    /// Every range in address order, bounds widened (IPv4 in the low 32
+    /// bits), for comparing with other range lists.
+    pub fn ranges(&self) -> Box<dyn Iterator<Item = (u128, u128, &Place)> + '_> {
+        match self {
+            TableIndex::V4(index) => Box::new(index.ranges().map(|(s, e, p)| (s.into(), e.into(), p))),
+            TableIndex::V6(index) => Box::new(index.ranges()),
+        }
+    }
+
+    pub fn digest(&self) -> TableDigest {
+        match self {
+            TableIndex::V4(index) => index.digest(),
+            TableIndex::V6(index) => index.digest(),
+        }
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            TableIndex::V4(index) => index.heap_bytes(),
+            TableIndex::V6(index) => index.heap_bytes(),
+        }
+    }
+}
+
+/// What a [`Tables`] slot holds: the index and what it was built from,
+/// so that a reload can tell whether the source has changed since.
+pub struct Snapshot {
+    pub index: TableIndex,
+    pub version: Version,
+    /// When the data was produced: the live import's finish, or the data
+    /// file's modification time; unknown for rows loaded outside both.
+    pub data_time: Option<SystemTime>,
+}
+
+/// Identifies the data an index was built from, so that a refresh can
+/// tell whether its source has changed since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Nothing loaded: a table no source gives.
+    Absent,
+    /// A PostgreSQL table: its relation (a new one after every import's
+    /// swap) and its latest successful import.
+    Postgres { relation: u32, import_id: Option<i64> },
+    /// A data file, as it was when it was read.
+    File(FileSignature),
+    /// The sample compiled into the binary, which never changes.
+    Builtin,
+}
+
+impl Version {
+    /// The import behind a PostgreSQL table's data, if any.
+    pub fn import_id(self) -> Option<i64> {
+        match self {
+            Version::Postgres { import_id, .. } => import_id,
+            _ => None,
+        }
+    }
+}
+
+/// What identifies one version of a file: replacing it by a rename changes
+/// the inode, rewriting it changes the size or time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSignature {
+    pub device: u64,
+    pub inode: u64,
+    pub len: u64,
+    pub modified: i64,
+    pub modified_nanos: i64,
+}
+
+/// The three live indexes. Readers load a table's current snapshot without
+/// a lock; a reload builds a new index aside and swaps it in whole.
+pub struct Tables {
+    slots: [ArcSwap<Snapshot>; 3],
+    /// Per table: how what it serves stands against its source.
+    standing: [Mutex<Standing>; 3],
+}
+
+fn slot_of(table: Table) -> usize {
+    match table {
+        Table::Cn => 0,
+        Table::En => 1,
+        Table::V6 => 2,
+    }
+}
+
+impl Tables {
+    /// Tables holding `snapshots`, one per table; a missing one is empty.
+    pub fn new(mut snapshots: Vec<(Table, Snapshot)>) -> Tables {
+        let mut take = |table: Table| {
+            let at = snapshots.iter().position(|(t, _)| *t == table);
+            let snapshot = at.map(|i| snapshots.swap_remove(i).1).unwrap_or_else(|| Snapshot {
+                index: TableIndex::empty(table),
+                version: Version::Absent,
+                data_time: None,
+            });
+            assert_eq!(
+                snapshot.index.family(),
+                table.family(),
+                "{table:?} index of the wrong family"
+            );
+            ArcSwap::from_pointee(snapshot)
+        };
+        Tables {
+            slots: [take(Table::Cn), take(Table::En), take(Table::V6)],
+            standing: Default::default(),
+        }
+    }
+
+    /// The current snapshot of `table`.
+    pub fn snapshot(&self, table: Table) -> Arc<Snapshot> {
+        self.slots[slot_of(table)].load_full()
+    }
+
+    /// Says how `table` stands against its source; [`Tables::replace`]
+    /// makes it current.
+    pub fn set_standing(&self, table: Table, standing: Standing) {
+        *self.standing[slot_of(table)].lock().unwrap_or_else(|e| e.into_inner()) = standing;
+    }
+
+    pub fn standing(&self, table: Table) -> Standing {
+        self.standing[slot_of(table)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Makes `snapshot` the one lookups of `table` see from now on;
+    /// lookups already running finish on the old one.
+    pub fn replace(&self, table: Table, snapshot: Snapshot) {
+        assert_eq!(
+            snapshot.index.family(),
+            table.family(),
+            "{table:?} index of the wrong family"
+        );
+        self.slots[slot_of(table)].store(Arc::new(snapshot));
+        self.set_standing(table, Standing::Current);
+    }
+
+    /// One IPv4 address's row in `table` (cn or en).
+    pub fn lookup_one_v4(&self, table: V4Table, ip: Ipv4Addr) -> Option<Located> {
+        match &self.slots[slot_of(table.into())].load().index {
+            TableIndex::V4(index) => index.locate(u32::from(ip)),
+            TableIndex::V6(_) => None,
+        }
+    }
+
+    /// One IPv6 address's row in the v6 table.
+    pub fn lookup_one_v6(&self, ip: Ipv6Addr) -> Option<Located> {
+        match &self.slots[slot_of(Table::V6)].load().index {
+            TableIndex::V6(index) => index.locate(u128::from(ip)),
+            TableIndex::V4(_) => None,
+        }
+    }
+
+    /// Each IPv4 address's row in `table` (cn or en), all from one snapshot.
+    pub fn lookup_v4(&self, table: V4Table, ips: &[Ipv4Addr]) -> Vec<Option<Located>> {
+        let snapshot = self.slots[slot_of(table.into())].load();
+        match &snapshot.index {
+            TableIndex::V4(index) => index.locate_all(&ips.iter().map(|&ip| u32::from(ip)).collect::<Vec<_>>()),
+            TableIndex::V6(_) => vec![None; ips.len()],
+        }
+    }
+
+    /// Each IPv6 address's row in the v6 table, all from one snapshot.
+    pub fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Vec<Option<Located>> {
+        let snapshot = self.slots[slot_of(Table::V6)].load();
+        match &snapshot.index {
+            TableIndex::V6(index) => index.locate_all(&ips.iter().map(|&ip| u128::from(ip)).collect::<Vec<_>>()),
+            TableIndex::V4(_) => vec![None; ips.len()],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(name: &str) -> PlaceFields<'_> {
+        PlaceFields {
+            country_name: name,
+            ..PlaceFields::default()
+        }
+    }
+
+    fn index(ranges: &[(u32, u32, &str)]) -> RangeIndex<u32> {
+        let mut builder = Builder::new(Source::Cn);
+        for &(start, end, name) in ranges {
+            builder.push_fields(start, end, fields(name)).unwrap();
+        }
+        builder.finish()
+    }
+
+    fn name_at(index: &RangeIndex<u32>, key: u32) -> Option<&str> {
+        index.get(key).map(|(_, _, p)| p.country_name())
+    }
+
+    #[test]
+    fn finds_the_range_holding_an_address_and_nothing_in_gaps() {
+        let index = index(&[
+            (0, 9, "a"),
+            (20, 0x0001_0005, "b"),
+            (0x0003_0000, 0x0003_0000, "c"),
+            (u32::MAX - 1, u32::MAX, "d"),
+        ]);
+        for (key, want) in [
+            (0, Some("a")),
+            (9, Some("a")),
+            (10, None),
+            (19, None),
+            (20, Some("b")),
+            // Across a slot boundary: the range started in an earlier slot.
+            (0x0001_0000, Some("b")),
+            (0x0001_0005, Some("b")),
+            (0x0001_0006, None),
+            (0x0002_ffff, None),
+            (0x0003_0000, Some("c")),
+            (0x0003_0001, None),
+            (u32::MAX - 2, None),
+            (u32::MAX, Some("d")),
+        ] {
+            assert_eq!(name_at(&index, key), want, "key {key:#x}");
+        }
+        assert_eq!(index.get(0x0001_0000).map(|(s, e, _)| (s, e)), Some((20, 0x0001_0005)));
+    }
+
+    /// `index`'s places and ranges, to compare two indexes whole.
+    fn contents(index: &RangeIndex<u32>) -> (Vec<Place>, Vec<(u32, u32, u32)>) {
+        let (places, ranges) = index.parts();
+        (places.to_vec(), ranges.collect())
+    }
+
+    #[test]
+    fn applying_changes_gives_the_index_built_from_scratch() {
+        let names = ["a", "b", "c", "d", "e"];
+        let mut x = 7u64;
+        let mut next = |n: u64| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        for round in 0..50 {
+            // Ranges of 10 addresses every 20, then some dropped, split,
+            // renamed or added in the gaps.
+            let old: Vec<(u32, u32, &str)> = (0..200)
+                .map(|i| (i * 20, i * 20 + 9, names[next(5) as usize]))
+                .collect();
+            let mut new = Vec::new();
+            for &(start, end, name) in &old {
+                match next(10) {
+                    0 => {}
+                    1 => new.extend([(start, start + 4, name), (start + 5, end, names[next(5) as usize])]),
+                    2 => new.push((start, end, names[next(5) as usize])),
+                    3 => new.extend([(start, end, name), (end + 3, end + 5, names[next(5) as usize])]),
+                    _ => new.push((start, end, name)),
+                }
+            }
+            let built = |list: &[(u32, u32, &str)]| -> Vec<(u32, u32, Place)> {
+                list.iter().map(|&(s, e, n)| (s, e, Place::new(fields(n)))).collect()
+            };
+            let (old_rows, new_rows) = (built(&old), built(&new));
+            let removed: Vec<_> = old_rows.iter().filter(|r| !new_rows.contains(r)).cloned().collect();
+            let added: Vec<_> = new_rows.iter().filter(|r| !old_rows.contains(r)).cloned().collect();
+            let changed = index(&old).with_changes(&removed, &added).unwrap();
+            assert_eq!(contents(&changed), contents(&index(&new)), "round {round}");
+        }
+    }
+
+    #[test]
+    fn changes_that_do_not_fit_are_refused() {
+        let old = index(&[(0, 9, "a"), (20, 29, "b")]);
+        let row = |s, e, n| (s, e, Place::new(fields(n)));
+        let not_fitting = [
+            // Removing a range not held, or held with another place or end.
+            (vec![row(10, 15, "a")], vec![]),
+            (vec![row(20, 29, "a")], vec![]),
+            (vec![row(20, 25, "b")], vec![]),
+            (vec![row(40, 49, "a")], vec![]),
+            // Adding over a range that stays.
+            (vec![], vec![row(5, 12, "c")]),
+            (vec![], vec![row(20, 29, "c")]),
+        ];
+        for (removed, added) in not_fitting {
+            assert!(old.with_changes(&removed, &added).is_err(), "{removed:?} {added:?}");
+        }
+        let replaced = old.with_changes(&[row(20, 29, "b")], &[row(20, 29, "c")]).unwrap();
+        assert_eq!(name_at(&replaced, 25), Some("c"));
+    }
+
+    #[test]
+    fn a_batch_answers_as_lookups_one_by_one() {
+        let index = index(&[(0, 9, "a"), (20, 0x0001_0005, "b"), (0x0003_0000, 0x0003_0000, "c")]);
+        let keys: Vec<u32> = (0..100u32).map(|i| i.wrapping_mul(0x0000_9e37) % 0x0004_0000).collect();
+        let one_by_one: Vec<_> = keys.iter().map(|&k| index.locate(k)).collect();
+        assert_eq!(index.locate_all(&keys), one_by_one);
+        assert!(one_by_one.iter().any(Option::is_some) && one_by_one.iter().any(Option::is_none));
+    }
+
+    /// The greatest start at or below `key`, if its end reaches `key`,
+    /// found the slow way.
+    fn naive<K: Key>(ranges: &[(K, K)], key: K) -> Option<(K, K)> {
+        ranges.iter().rev().find(|r| r.0 <= key).filter(|r| r.1 >= key).copied()
+    }
+
+    /// `n` ranges, each followed by a gap, with bounds `at(0)`, `at(1)`, …
+    fn crowded_ranges<K: Key>(at: impl Fn(u64) -> K, n: u64) -> Vec<(K, K)> {
+        (0..n).map(|i| (at(2 * i), at(2 * i + 1))).collect()
+    }
+
+    #[test]
+    fn crowded_slots_answer_as_a_plain_search() {
+        // 3,000 ranges in one /16, and 3,000 in one v6 /16, with gaps.
+        let v4 = crowded_ranges(|i| 0x0a0b_0000 + (i as u32) * 7, 3000);
+        let v6 = crowded_ranges(|i| (0x2a01_u128 << 112) + u128::from(i) * (1 << 99), 3000);
+        let mut b4 = Builder::new(Source::Cn);
+        for &(start, end) in &v4 {
+            b4.push_fields(start, end, fields("x")).unwrap();
+        }
+        let mut b6 = Builder::new(Source::V6);
+        for &(start, end) in &v6 {
+            b6.push_fields(start, end, fields("x")).unwrap();
+        }
+        let (i4, i6) = (b4.finish(), b6.finish());
+        assert!(!i4.directory.subs.is_empty() && !i6.directory.subs.is_empty());
+        let mut x = 0x1234_5678_9abc_def0_u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k4 = 0x0a0a_0000 + (x as u32 % 0x0003_0000);
+            assert_eq!(i4.get(k4).map(|(s, e, _)| (s, e)), naive(&v4, k4), "{k4:#x}");
+            let k6 = (0x2a00_u128 << 112) + (u128::from(x) << 64 | u128::from(x.rotate_left(7))) % (3 << 112);
+            assert_eq!(i6.get(k6).map(|(s, e, _)| (s, e)), naive(&v6, k6), "{k6:#x}");
+        }
+        for &(start, end) in v4.iter().step_by(97) {
+            assert_eq!(i4.get(start).map(|(s, e, _)| (s, e)), Some((start, end)));
+            assert_eq!(i4.get(end + 1), None);
+        }
+    }
+
+    #[test]
+    fn an_empty_index_finds_nothing() {
+        let index = index(&[]);
+        assert_eq!(name_at(&index, 0), None);
+        assert_eq!(name_at(&index, u32::MAX), None);
+        let v6: RangeIndex<u128> = Builder::new(Source::V6).finish();
+        assert!(v6.get(u128::MAX).is_none());
+    }
+
+    #[test]
+    fn equal_places_are_stored_once() {
+        let index = index(&[(0, 1, "a"), (5, 6, "b"), (8, 9, "a")]);
+        assert_eq!((index.len(), index.places()), (3, 2));
+        assert_eq!(index.get(0).unwrap().2, index.get(9).unwrap().2);
+    }
+
+    #[test]
+    fn unordered_duplicate_and_reversed_ranges_are_refused() {
+        let mut builder = Builder::new(Source::Cn);
+        builder.push_fields(10u32, 20, fields("a")).unwrap();
+        assert_eq!(
+            builder.push_fields(10, 30, fields("b")),
+            Err(IndexError::Unordered("0.0.0.10".into()))
+        );
+        assert_eq!(
+            builder.push_fields(5, 6, fields("b")),
+            Err(IndexError::Unordered("0.0.0.5".into()))
+        );
+        assert!(matches!(
+            builder.push_fields(40, 30, fields("b")),
+            Err(IndexError::Reversed { .. })
+        ));
+        assert_eq!(
+            builder.push_fields(20, 25, fields("b")),
+            Err(IndexError::Overlap {
+                first: "0.0.0.10 - 0.0.0.20".into(),
+                second: "0.0.0.20 - 0.0.0.25".into()
+            })
+        );
+        builder.push_fields(21, 25, fields("b")).unwrap();
+    }
+
+    #[test]
+    fn ipv6_keys_use_their_top_bits() {
+        let mut builder = Builder::new(Source::V6);
+        let start = u128::from("240e::".parse::<Ipv6Addr>().unwrap());
+        let end = u128::from("240e:fff:ffff:ffff:ffff:ffff:ffff:ffff".parse::<Ipv6Addr>().unwrap());
+        builder.push_fields(start, end, fields("cn")).unwrap();
+        builder.push_fields(u128::MAX, u128::MAX, fields("last")).unwrap();
+        let index = builder.finish();
+        let found = index.locate(start + 12345).unwrap();
+        assert_eq!(found.place.country_name(), "cn");
+        assert_eq!(found.start.to_string(), "240e::");
+        assert!(index.get(end + 1).is_none());
+        assert!(index.get(0).is_none());
+        assert_eq!(index.get(u128::MAX).unwrap().2.country_name(), "last");
+    }
+
+    #[test]
+    fn a_batch_reads_one_snapshot_and_a_replacement_is_seen_next() {
+        let snapshot = |name: &str| Snapshot {
+            index: TableIndex::V4(index(&[(0, u32::MAX, name)])),
+            version: Version::Absent,
+            data_time: None,
+        };
+        let tables = Tables::new(vec![(Table::Cn, snapshot("old"))]);
+        let ip = Ipv4Addr::new(1, 2, 3, 4);
+        let name = |tables: &Tables| {
+            tables.lookup_v4(V4Table::Cn, &[ip])[0]
+                .as_ref()
+                .unwrap()
+                .place
+                .country_name()
+                .to_owned()
+        };
+        assert_eq!(name(&tables), "old");
+        let held = tables.snapshot(Table::Cn);
+        tables.replace(Table::Cn, snapshot("new"));
+        assert_eq!(name(&tables), "new");
+        // A reader holding the old snapshot still sees it whole.
+        assert!(matches!(&held.index, TableIndex::V4(i) if i.get(7).unwrap().2.country_name() == "old"));
+        assert!(tables.lookup_v4(V4Table::En, &[ip])[0].is_none());
+        assert!(tables.lookup_v6(&[Ipv6Addr::LOCALHOST])[0].is_none());
+    }
+}

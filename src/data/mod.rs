@@ -1,0 +1,19 @@
+//! Where answers come from, and how the tables get there.
+//!
+//! - [`source`]: where the tables and the MaxMind database come from
+//!   (PostgreSQL, files, the built-in sample, the mmdb file) and the one
+//!   refresh loop that keeps them fresh.
+//! - [`store`]: PostgreSQL: pool, coalesced lookups, reading whole tables,
+//!   migrations, the reload channel.
+//! - [`import`]: parsing ipdb, mmdb and CSV files, validating, COPY into a
+//!   table, the import history and the change report; export.
+//! - [`index`]: the in-memory range index and the live snapshots; no I/O.
+//! - [`ranges`]: the seam the lookup rules see: PostgreSQL or the index.
+//! - [`mmdb`]: the MaxMind City reader.
+
+pub mod import;
+pub mod index;
+pub mod mmdb;
+pub mod ranges;
+pub mod source;
+pub mod store;

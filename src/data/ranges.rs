@@ -1,0 +1,90 @@
+//! Where table rows come from: PostgreSQL on every call, or the in-memory
+//! index. The lookup rules in `service` see only this seam.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use crate::data::index::Tables;
+use crate::data::store::Store;
+use crate::domain::{Located, Table, Unavailable, V4Table};
+use crate::health::{PoolState, TableState};
+
+/// The source of range-table rows.
+#[derive(Clone)]
+pub enum Ranges {
+    /// Each lookup is a query; concurrent callers' addresses share queries.
+    Postgres(Store),
+    /// The tables held in memory, filled from PostgreSQL or from files.
+    Memory(Arc<Tables>),
+}
+
+impl Ranges {
+    /// The row holding each IPv4 address in `table` (cn or en), in input
+    /// order, all read from one version of the table.
+    pub async fn lookup_v4(&self, table: V4Table, ips: &[Ipv4Addr]) -> Result<Vec<Option<Located>>, Unavailable> {
+        match self {
+            Ranges::Postgres(store) => store.lookup_v4(table, ips).await,
+            Ranges::Memory(tables) => Ok(tables.lookup_v4(table, ips)),
+        }
+    }
+
+    /// The row holding each IPv6 address in the v6 table, in input order.
+    pub async fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Result<Vec<Option<Located>>, Unavailable> {
+        match self {
+            Ranges::Postgres(store) => store.lookup_v6(ips).await,
+            Ranges::Memory(tables) => Ok(tables.lookup_v6(ips)),
+        }
+    }
+
+    /// The row holding one IPv4 address: a batch of one, without the
+    /// batch's allocations in memory mode.
+    pub async fn lookup_one_v4(&self, table: V4Table, ip: Ipv4Addr) -> Result<Option<Located>, Unavailable> {
+        match self {
+            Ranges::Postgres(store) => Ok(store.lookup_v4(table, &[ip]).await?.pop().flatten()),
+            Ranges::Memory(tables) => Ok(tables.lookup_one_v4(table, ip)),
+        }
+    }
+
+    /// The row holding one IPv6 address in the v6 table.
+    pub async fn lookup_one_v6(&self, ip: Ipv6Addr) -> Result<Option<Located>, Unavailable> {
+        match self {
+            Ranges::Postgres(store) => Ok(store.lookup_v6(&[ip]).await?.pop().flatten()),
+            Ranges::Memory(tables) => Ok(tables.lookup_one_v6(ip)),
+        }
+    }
+
+    /// Each table as served now: from the snapshots in memory, or from the
+    /// database (an error if it does not answer).
+    pub async fn table_states(&self) -> Result<Vec<TableState>, String> {
+        match self {
+            Ranges::Postgres(store) => store.table_states().await.map_err(|err| err.to_string()),
+            Ranges::Memory(tables) => Ok(Table::ALL
+                .into_iter()
+                .map(|table| {
+                    let snapshot = tables.snapshot(table);
+                    TableState {
+                        table,
+                        rows: snapshot.index.len() as u64,
+                        data_time: snapshot.data_time,
+                        standing: tables.standing(table),
+                    }
+                })
+                .collect()),
+        }
+    }
+
+    /// The database pool, in postgres mode.
+    pub fn pool_state(&self) -> Option<PoolState> {
+        match self {
+            Ranges::Postgres(store) => Some(store.pool_state()),
+            Ranges::Memory(_) => None,
+        }
+    }
+
+    /// Releases database connections once the server has drained.
+    pub fn close(&self) {
+        if let Ranges::Postgres(store) = self {
+            store.close();
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! What `/readyz` and the sampled metrics report: how each table and the
+//! pool stand now, and the rules for when that keeps the service from
+//! answering as configured.
+
+use std::time::{Duration, SystemTime};
+
+use crate::domain::Table;
+
+/// The state sampled when `/metrics` is scraped rather than counted as it
+/// happens.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    /// The tables, or why they cannot be read (the database is down).
+    pub tables: Result<Vec<TableState>, String>,
+    pub pool: Option<PoolState>,
+    /// The MaxMind database's build time, if one is open.
+    pub mmdb_built: Option<SystemTime>,
+}
+
+impl Sampled {
+    /// What keeps the service from answering as configured: a table that
+    /// cannot be read (the database is down) or is empty.
+    pub fn missing(&self) -> Vec<String> {
+        match &self.tables {
+            Err(err) => vec![format!("the tables cannot be read: {err}")],
+            Ok(states) => states
+                .iter()
+                .filter(|state| state.rows == 0)
+                .map(|state| format!("table {} is empty", state.table.name()))
+                .collect(),
+        }
+    }
+
+    /// What a reader of `/readyz` should know that does not make it
+    /// unready: tables served from snapshot files, or stale because their
+    /// source's newer data does not load, and how old their data is.
+    pub fn notes(&self) -> Vec<String> {
+        let Ok(states) = &self.tables else { return Vec::new() };
+        states
+            .iter()
+            .filter_map(|state| {
+                let age = match state.age() {
+                    Some(age) => humantime::format_duration(Duration::from_secs(age.as_secs())).to_string(),
+                    None => "unknown".to_owned(),
+                };
+                let table = state.table.name();
+                match &state.standing {
+                    Standing::Current => None,
+                    Standing::FromSnapshotFile => Some(format!(
+                        "table {table} is served from its snapshot file until the database is checked; its data is {age} old"
+                    )),
+                    Standing::Stale(why) => Some(format!(
+                        "table {table} is stale: its source holds other data, which does not load ({why}); \
+                         still serving data {age} old"
+                    )),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One range table as it is served now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableState {
+    pub table: Table,
+    pub rows: u64,
+    /// When its data was produced: the live import's finish, or the data
+    /// file's modification time; unknown for rows loaded outside both.
+    pub data_time: Option<SystemTime>,
+    /// How what is served stands against the source.
+    pub standing: Standing,
+}
+
+impl TableState {
+    pub fn age(&self) -> Option<Duration> {
+        self.data_time
+            .map(|at| SystemTime::now().duration_since(at).unwrap_or_default())
+    }
+}
+
+/// The PostgreSQL connection pool.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolState {
+    pub max_size: usize,
+    pub open: usize,
+    pub in_use: usize,
+    pub waiting: usize,
+}
+
+/// How a table's snapshot stands against its source, for `/readyz` and
+/// the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Standing {
+    /// What the source held when last asked.
+    #[default]
+    Current,
+    /// Read from a snapshot file; the source not asked yet.
+    FromSnapshotFile,
+    /// The source holds other data, which could not be loaded: why.
+    Stale(String),
+}

@@ -1,0 +1,11 @@
+//! What the binary's commands other than `serve` are built from.
+//!
+//! - [`client`]: a Thrift client over either transport and protocol.
+//! - [`loadgen`]: `bench` and `compare`.
+//! - [`resolve`]: log-line parsing and the summary of `resolve`.
+//! - [`check`]: a table's consistency.
+
+pub mod check;
+pub mod client;
+pub mod loadgen;
+pub mod resolve;
