@@ -220,6 +220,9 @@ pub enum Source {
 }
 
 impl Source {
+    /// Every source, in the order metrics count them (`source as usize`).
+    pub const ALL: [Source; 4] = [Source::Cn, Source::En, Source::V6, Source::MaxMind];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Cn => "cn",
@@ -628,18 +631,6 @@ pub enum LookupError {
     UnsupportedLang(String),
 }
 
-impl LookupError {
-    /// The wire `error_no` documented in the IDL.
-    pub fn error_no(&self) -> i32 {
-        match self {
-            LookupError::InvalidIp(_) => 1,
-            LookupError::NotFound => 2,
-            LookupError::Backend(_) => 3,
-            LookupError::UnsupportedLang(_) => 4,
-        }
-    }
-}
-
 /// The answer for one input.
 pub type Outcome = Result<Located, LookupError>;
 
@@ -703,9 +694,17 @@ impl std::fmt::Display for Format {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::answer::ErrorNo;
 
     fn v4(s: &str) -> Addr {
         Addr::V4(s.parse().unwrap())
+    }
+
+    #[test]
+    fn sources_are_listed_in_their_counting_order() {
+        for (i, source) in Source::ALL.into_iter().enumerate() {
+            assert_eq!(source as usize, i, "{source:?}");
+        }
     }
 
     #[test]
@@ -745,7 +744,7 @@ mod tests {
             &long,
         ] {
             let err = Addr::parse(text).unwrap_err();
-            assert_eq!(err.error_no(), 1, "{text:?}");
+            assert_eq!(ErrorNo::of(&err).wire(), 1, "{text:?}");
         }
     }
 
@@ -777,7 +776,7 @@ mod tests {
         assert_eq!(Lang::parse("PT-br").unwrap(), Lang::PtBr);
         assert_eq!(Lang::parse("ja").unwrap().mmdb_key(), "ja");
         let err = Lang::parse("klingon").unwrap_err();
-        assert_eq!(err.error_no(), 4);
+        assert_eq!(ErrorNo::of(&err).wire(), 4);
         assert!(err.to_string().contains("zh-CN, en, de"), "{err}");
     }
 }

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::answer::ErrorNo;
 use crate::domain::{Outcome, Source, Table};
 use crate::health::{Sampled, Standing};
 
@@ -207,7 +208,7 @@ pub struct Metrics {
     /// The series every answer touches: by [`Api`] (`api as usize`, the
     /// order of [`Api::ALL`]) and by source.
     items: [ItemSeries; 2],
-    by_source: [Counter; 5],
+    by_source: [Counter; NOT_FOUND + 1],
 }
 
 /// The per-address series of one API, resolved once: a family lookup
@@ -215,13 +216,14 @@ pub struct Metrics {
 struct ItemSeries {
     batch_size: Histogram,
     /// By error number.
-    answers: [Counter; 5],
+    answers: [Counter; ErrorNo::ALL.len()],
 }
 
-/// The labels of `xm_ip_lookups_total`, in the order [`Metrics::by_source`] holds them.
-const SOURCES: [&str; 5] = ["cn", "en", "v6", "maxmind", "not_found"];
+/// Where [`Metrics::by_source`] counts the addresses no source knew; each
+/// source counts at `source as usize`.
+const NOT_FOUND: usize = Source::ALL.len();
 /// The `error_no` labels of `xm_ip_answers_total`, by number.
-const ERRORS: [&str; 5] = ["0", "1", "2", "3", "4"];
+const ERRORS: [&str; ErrorNo::ALL.len()] = ["0", "1", "2", "3", "4"];
 
 /// One method's requests with one outcome, resolved once for a caller
 /// that counts many of them.
@@ -257,7 +259,10 @@ impl Metrics {
                 answers: ERRORS.map(|error_no| answers.get_or_create(&AnswerLabels { api, error_no }).clone()),
             }
         });
-        let by_source = SOURCES.map(|source| lookups.get_or_create(&SourceLabel { source }).clone());
+        let by_source = std::array::from_fn(|i| {
+            let source = Source::ALL.get(i).map_or("not_found", |source| source.as_str());
+            lookups.get_or_create(&SourceLabel { source }).clone()
+        });
         let metrics = Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
@@ -413,24 +418,19 @@ impl Metrics {
         let series = &self.items[api as usize];
         series.batch_size.observe(outcomes.len() as f64);
         // Counted locally first: one shared increment per label, not per address.
-        let mut by_error = [0u64; 5];
-        let mut by_source = [0u64; 5];
+        let mut by_error = [0u64; ErrorNo::ALL.len()];
+        let mut by_source = [0u64; NOT_FOUND + 1];
         for outcome in outcomes {
             match outcome {
                 Ok(located) => {
-                    by_error[0] += 1;
-                    by_source[match located.source {
-                        Source::Cn => 0,
-                        Source::En => 1,
-                        Source::V6 => 2,
-                        Source::MaxMind => 3,
-                    }] += 1;
+                    by_error[ErrorNo::Answered as usize] += 1;
+                    by_source[located.source as usize] += 1;
                 }
                 Err(err) => {
-                    let no = err.error_no() as usize;
-                    by_error[no.min(4)] += 1;
-                    if no == 2 {
-                        by_source[4] += 1;
+                    let no = ErrorNo::of(err);
+                    by_error[no as usize] += 1;
+                    if no == ErrorNo::NotFound {
+                        by_source[NOT_FOUND] += 1;
                     }
                 }
             }

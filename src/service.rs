@@ -33,8 +33,17 @@ pub enum Route {
 }
 
 impl Route {
-    /// The route for `queryGeoInfo`'s `lang`.
-    pub fn for_lang(lang: Lang) -> Route {
+    /// The route for a request's language: `queryGeoInfo`'s for `lang`, or
+    /// without one `queryGeoInfoByIP`'s (zh-CN tables). Thrift, HTTP and
+    /// `resolve` all take it from here.
+    pub fn for_request(lang: Option<&str>) -> Result<Route, LookupError> {
+        match lang {
+            None => Ok(Route::Tables(TableLang::ZhCn)),
+            Some(lang) => Lang::parse(lang).map(Route::for_lang),
+        }
+    }
+
+    fn for_lang(lang: Lang) -> Route {
         match lang {
             Lang::ZhCn => Route::Tables(TableLang::ZhCn),
             Lang::En => Route::Tables(TableLang::En),

@@ -17,8 +17,8 @@ use super::{ResolveArgs, ResolveFormat};
 use crate::answer::{self, csv_record, FIELDS};
 use crate::config::LookupMode;
 use crate::data::source;
-use crate::domain::{Lang, LookupError, Outcome};
-use crate::service::{Locator, Route, TableLang};
+use crate::domain::{LookupError, Outcome};
+use crate::service::{Locator, Route};
 use crate::thrift::{geo_info, GeoInfo, GeoRequest, TIPServiceSyncClient};
 use crate::tools::client::{self, Protocol, Transport};
 use crate::tools::resolve::{address_in, Summary};
@@ -241,10 +241,7 @@ impl Source {
                 lang: args.lang.clone(),
             });
         }
-        let route = match args.lang.as_deref() {
-            None => Route::Tables(TableLang::ZhCn),
-            Some(lang) => Route::for_lang(Lang::parse(lang).map_err(|err| anyhow::anyhow!("--lang: {err}"))?),
-        };
+        let route = Route::for_request(args.lang.as_deref()).map_err(|err| anyhow::anyhow!("--lang: {err}"))?;
         let source = source::offline(
             args.database_url.as_deref(),
             args.data.as_deref(),

@@ -9,17 +9,10 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::codec::Protocol;
+use super::reader::Kind;
 use super::GeoInfo;
 use crate::answer::{self, push_ipv4, Answer, Field, FieldSink, View};
 use crate::domain::Outcome;
-
-/// Field types, by protocol.
-#[derive(Clone, Copy)]
-enum Kind {
-    String,
-    I32,
-    I64,
-}
 
 /// Appends the fields of one struct, in the compact protocol or the binary.
 struct Fields<'a, const COMPACT: bool> {
@@ -32,11 +25,7 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
     #[inline]
     fn header(&mut self, kind: Kind, id: i16) {
         if COMPACT {
-            let code = match kind {
-                Kind::String => 8,
-                Kind::I32 => 5,
-                Kind::I64 => 6,
-            };
+            let code = kind.codes().1;
             let delta = id - self.last_id;
             if (1..=15).contains(&delta) {
                 self.out.push((delta as u8) << 4 | code);
@@ -46,12 +35,7 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
             }
             self.last_id = id;
         } else {
-            let code = match kind {
-                Kind::String => 11,
-                Kind::I32 => 8,
-                Kind::I64 => 10,
-            };
-            self.out.push(code);
+            self.out.push(kind.codes().0);
             self.out.extend_from_slice(&id.to_be_bytes());
         }
     }

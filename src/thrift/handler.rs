@@ -78,8 +78,8 @@ impl Handler {
         let route = match call {
             Call::QueryGeoInfoByIp { .. } => Route::Tables(TableLang::ZhCn),
             Call::QueryI18nGeoInfoByIp { .. } => Route::MaxMindOnly(Lang::En),
-            Call::QueryGeoInfo { lang, .. } => match Lang::parse(lang) {
-                Ok(lang) => Route::for_lang(lang),
+            Call::QueryGeoInfo { lang, .. } => match Route::for_request(Some(lang)) {
+                Ok(route) => route,
                 Err(err) => {
                     let outcomes: Vec<Outcome> = vec![Err(err); ips.len()];
                     self.metrics.answered(Api::Thrift, method, &outcomes, started.elapsed());

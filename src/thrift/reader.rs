@@ -40,40 +40,59 @@ impl Kind {
         }
     }
 
+    const ALL: [Kind; 12] = [
+        Kind::Bool,
+        Kind::Byte,
+        Kind::I16,
+        Kind::I32,
+        Kind::I64,
+        Kind::Double,
+        Kind::String,
+        Kind::Struct,
+        Kind::Map,
+        Kind::Set,
+        Kind::List,
+        Kind::Uuid,
+    ];
+
+    /// The kind's type id in the binary protocol and in the compact one:
+    /// the one table both the reader and the answer writer use.
+    #[inline]
+    pub const fn codes(self) -> (u8, u8) {
+        match self {
+            Kind::Bool => (2, 1),
+            Kind::Byte => (3, 3),
+            Kind::Double => (4, 7),
+            Kind::I16 => (6, 4),
+            Kind::I32 => (8, 5),
+            Kind::I64 => (10, 6),
+            Kind::String => (11, 8),
+            Kind::Struct => (12, 12),
+            Kind::Map => (13, 11),
+            Kind::Set => (14, 10),
+            Kind::List => (15, 9),
+            Kind::Uuid => (16, 13),
+        }
+    }
+
     pub fn from_binary(code: u8) -> Result<Kind, WireError> {
-        Ok(match code {
-            2 => Kind::Bool,
-            3 => Kind::Byte,
-            4 => Kind::Double,
-            6 => Kind::I16,
-            8 => Kind::I32,
-            10 => Kind::I64,
-            11 => Kind::String,
-            12 => Kind::Struct,
-            13 => Kind::Map,
-            14 => Kind::Set,
-            15 => Kind::List,
-            16 => Kind::Uuid,
-            other => return Err(bad(format!("unknown binary type id {other}"))),
-        })
+        Kind::of_code(code, "binary", |(binary, _)| binary)
     }
 
     pub fn from_compact(code: u8) -> Result<Kind, WireError> {
-        Ok(match code {
-            1 | 2 => Kind::Bool,
-            3 => Kind::Byte,
-            4 => Kind::I16,
-            5 => Kind::I32,
-            6 => Kind::I64,
-            7 => Kind::Double,
-            8 => Kind::String,
-            9 => Kind::List,
-            10 => Kind::Set,
-            11 => Kind::Map,
-            12 => Kind::Struct,
-            13 => Kind::Uuid,
-            other => return Err(bad(format!("unknown compact type id {other}"))),
-        })
+        // A compact bool field carries its value in its type id: 1 true, 2 false.
+        if code == 2 {
+            return Ok(Kind::Bool);
+        }
+        Kind::of_code(code, "compact", |(_, compact)| compact)
+    }
+
+    /// The kind whose `protocol` type id (`pick` of [`Kind::codes`]) is `code`.
+    fn of_code(code: u8, protocol: &str, pick: fn((u8, u8)) -> u8) -> Result<Kind, WireError> {
+        Kind::ALL
+            .into_iter()
+            .find(|kind| pick(kind.codes()) == code)
+            .ok_or_else(|| bad(format!("unknown {protocol} type id {code}")))
     }
 }
 

@@ -25,11 +25,11 @@ use tokio::time::Instant;
 use super::reply::{Charge, ReplyRoom};
 use crate::answer::{self, Answer};
 use crate::config::Http;
-use crate::domain::{Lang, LookupError};
+use crate::domain::LookupError;
 use crate::metrics::{Api, Metrics, Rejection, RequestSeries};
 use crate::serve::budget::{reply_cost, Budget, Held};
 use crate::serve::workers::BatchLane;
-use crate::service::{Locator, Route, TableLang};
+use crate::service::{Locator, Route};
 
 const OPENAPI: &str = include_str!("openapi.json");
 
@@ -449,7 +449,7 @@ impl AppState {
 
     /// One address: its `GeoInfo`, with the old service's status codes.
     async fn single(&self, ip: &str, lang: Option<&str>) -> Response {
-        let outcome = match route(lang) {
+        let outcome = match Route::for_request(lang) {
             Ok(route) => self.locator.locate_one(ip, route).await,
             Err(err) => Err(err),
         };
@@ -479,7 +479,7 @@ impl AppState {
                 ),
             );
         }
-        let outcomes = match route(lang) {
+        let outcomes = match Route::for_request(lang) {
             Ok(route) => self.locator.locate(&ips, route).await,
             Err(err) => vec![Err(err); ips.len()],
         };
@@ -498,15 +498,6 @@ impl AppState {
             charge.into_body(body),
         )
             .into_response()
-    }
-}
-
-/// The route of `queryGeoInfo` for `lang`; without one, that of
-/// `queryGeoInfoByIP`.
-fn route(lang: Option<&str>) -> Result<Route, LookupError> {
-    match lang {
-        None => Ok(Route::Tables(TableLang::ZhCn)),
-        Some(lang) => Lang::parse(lang).map(Route::for_lang),
     }
 }
 
