@@ -19,7 +19,7 @@ for round in $(seq 1 "${ROUNDS:-3}"); do
   done
   ready=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$started" "$(date +%s.%N)")
   sleep 10
-  peak=$(awk '$1 == "VmHWM:" {printf "%.0f", $2 / 1024}' "/proc/$server/status")
+  peak=$(xm_hwm_mb "$server")
   steady=$(xm_rss_mb "$server")
   echo "round $round: listening after $ready s; peak RSS $peak MB; steady RSS $steady MB; peak/steady $(python3 -c "print(f'{$peak / $steady:.2f}')")"
   xm_stop "$server"

@@ -39,7 +39,6 @@ xm_wait_port "$port" "$server" "$out/server.log"
 curl -fsS "http://127.0.0.1:$port/api/ip_query?ip=183.62.57.1" >/dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
-rss_mib() { awk -v k="$1" '$1 == k":" {printf "%.0f", $2 / 1024}' "/proc/$server/status"; }
 
 # run THREADS CONNECTIONS: one wrk run; prints a table row.
 run() {
@@ -49,7 +48,7 @@ run() {
   wrk -t"$threads" -c"$connections" -d"$duration" --latency -s "$out/query.lua" \
     "http://127.0.0.1:$port" >"$report"
   after=$(cpu_ticks)
-  python3 - "$report" "$((after - before))" "$(getconf CLK_TCK)" "$(rss_mib VmRSS)" "$threads" "$connections" <<'PY'
+  python3 - "$report" "$((after - before))" "$(getconf CLK_TCK)" "$(xm_rss_mb "$server")" "$threads" "$connections" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 ticks, hz, rss, threads, conns = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
@@ -71,4 +70,4 @@ echo "| wrk | requests/s | p50 | p90 | p99 | socket errors | non-2xx (501: not f
 echo "|---|---:|---:|---:|---:|---|---:|---:|---:|"
 run 10 5000
 run 2 64
-echo "bench-http: peak RSS $(rss_mib VmHWM) MB" >&2
+echo "bench-http: peak RSS $(xm_hwm_mb "$server") MB" >&2

@@ -16,8 +16,7 @@ ulimit -n 65536 2>/dev/null || true
 RUST_LOG=error xm_serve idle --addr "127.0.0.1:$port" --http-addr off --max-connections "$connections"
 "$bin" query --addr "127.0.0.1:$port" 183.62.57.1 >/dev/null   # warm up
 sleep 1
-rss() { awk '/VmRSS/ {print $2}' "/proc/$server/status"; }
-before=$(rss)
+before=$(xm_status_kb "$server" VmRSS)
 after=$(python3 - "$port" "$connections" "$hold" "$server" <<'PY'
 import socket, struct, sys, time
 port, n, hold, server = map(int, sys.argv[1:])

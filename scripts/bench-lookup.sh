@@ -52,7 +52,7 @@ load() {
     >"$out/$name.json"
 }
 
-rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$server/status" >"$out/$1.rss"; }
+rss() { echo $(($(xm_status_kb "$server" VmRSS) * 1024)) >"$out/$1.rss"; }
 
 serve memory --database-url "$url" --lookup memory --mmdb data/GeoLite2-City.mmdb
 load memory-single --connections 64 --batch 1

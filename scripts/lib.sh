@@ -9,6 +9,8 @@
 #   xm_serve NAME ARGS...          # serve in the background, wait until it listens; $server
 #   xm_rss_mb "$server"            # resident MB now
 #   xm_rss_split "$server"         # the same, split: "anonymous A, file-backed F MB"
+#   xm_hwm_mb "$server"            # the highest resident MB so far (VmHWM)
+#   xm_status_kb "$server" FIELD   # any /proc/PID/status field in kB (VmRSS, VmHWM, ...)
 #   peak=$(xm_peak_rss_mb "$server" "$pid")   # highest RSS while $pid runs
 #   xm_stop "$server"
 #   xm_wrk_script ADDRESSES        # $XM_WORK/query.lua: GET /api/ip_query for random lines of ADDRESSES (-- N: N pipelined)
@@ -162,12 +164,28 @@ xm_stop() {
 
 # PID's resident memory now, in MB.
 xm_rss_mb() {
-  awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"
+  xm_status_mb "$1" VmRSS
+}
+
+# A field of /proc/PID/status in kB: VmRSS (resident now), VmHWM (the
+# kernel's high-water mark of it), RssAnon, RssFile.
+xm_status_kb() { # PID FIELD
+  awk -v field="$2:" '$1 == field {print $2}' "/proc/$1/status"
+}
+
+# The same in MB; fails if PID is gone.
+xm_status_mb() { # PID FIELD
+  local kb
+  kb=$(xm_status_kb "$1" "$2") && [ -n "$kb" ] && echo $((kb / 1024))
+}
+
+# The kernel's record of SERVER's highest resident memory, in MB.
+xm_hwm_mb() {
+  xm_status_mb "$1" VmHWM
 }
 
 xm_rss_split() {
-  awk '/RssAnon/ {a = int($2 / 1024)} /RssFile/ {f = int($2 / 1024)} END {printf "anonymous %d, file-backed %d MB", a, f}' \
-    "/proc/$1/status"
+  echo "anonymous $(xm_status_mb "$1" RssAnon), file-backed $(xm_status_mb "$1" RssFile) MB"
 }
 
 # The highest resident memory of SERVER, sampled every 0.2 s while WHILE

@@ -219,7 +219,7 @@ sleep 2
 
 echo "== soak: $duration s, $lookup mode =="
 if kill -0 "$server" 2>/dev/null; then echo "server: still up"; else echo "server: DIED"; tail -20 "$work/server.log"; fi
-echo "server peak RSS: $(awk '/VmHWM/ {print int($2/1024)}' /proc/$server/status 2>/dev/null || echo '?') MB"
+echo "server peak RSS: $(xm_hwm_mb "$server" 2>/dev/null || echo '?') MB"
 echo "normal clients (bench, 8 connections, 10 addresses a call):"
 sed 's/^/  /' "$work/bench.txt"
 awk '{r+=$1; w+=$2; u+=$3; m+=$4; d+=$5; if ($2+$3+$4+$5 > 0) bad++; n++}

@@ -1,5 +1,6 @@
 //! The running service.
 //!
+//! - [`accept`]: the accept loop both listeners share, and the connection cap.
 //! - [`startup`]: `Application`: build from [`crate::config::Settings`],
 //!   ports, run until stopped.
 //! - [`thrift_server`]: the Thrift accept loop, connections, limits, drain.
@@ -9,6 +10,7 @@
 //! - [`budget`]: the byte budgets connections share.
 //! - [`throttle`]: one warning line per reason per interval.
 
+pub mod accept;
 pub mod budget;
 pub mod http;
 pub mod startup;

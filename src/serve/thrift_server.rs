@@ -11,14 +11,14 @@ use bytes::{Buf, BufMut, BytesMut};
 use thrift::ApplicationErrorKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
 use crate::config::{Requests, Thrift};
-use crate::metrics::{Api, OpenConnection, Rejection, ReplyBudgetEvent};
+use crate::metrics::{Api, Rejection, ReplyBudgetEvent};
+use crate::serve::accept::{Acceptor, Admitted};
 use crate::serve::budget::{self, reply_cost, Budget, Held, Order, SMALL_REPLY, STALL_GRACE};
 use crate::serve::throttle::Throttle;
 use crate::thrift::codec::{
@@ -47,7 +47,6 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Thrift, reques
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let limits = Arc::new(limits);
     let shared = Shared {
         handler,
@@ -58,17 +57,24 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Thrift, reques
         replies: Budget::new(limits.max_reply_bytes, Order::Arrival),
         warnings: Arc::new(Throttle::default()),
     };
-    let cap = (permits.clone(), limits.max_connections);
+    let metrics = shared.handler.metrics().clone();
+    let acceptor = Acceptor::new(
+        listener,
+        Api::Thrift,
+        limits.max_connections,
+        metrics,
+        shared.warnings.clone(),
+    );
     let trimmer = tokio::spawn(budget::return_freed_memory(
         vec![shared.requests.clone(), shared.replies.clone()],
-        move || cap.1 - cap.0.available_permits(),
+        acceptor.open_connections(),
     ));
 
     tokio::select! {
-        () = accept_loop(&listener, &shared, &permits, &abort, &tracker) => {}
+        () = accept_loop(&acceptor, &shared, &abort, &tracker) => {}
         _ = shutdown => {}
     }
-    drop(listener);
+    drop(acceptor);
     stop.cancel();
     tracker.close();
     if tokio::time::timeout(requests.shutdown_timeout, tracker.wait())
@@ -102,35 +108,9 @@ struct Shared {
     warnings: Arc<Throttle>,
 }
 
-async fn accept_loop(
-    listener: &TcpListener,
-    shared: &Shared,
-    permits: &Arc<Semaphore>,
-    abort: &CancellationToken,
-    tracker: &TaskTracker,
-) {
-    let metrics = shared.handler.metrics().clone();
+async fn accept_loop(acceptor: &Acceptor, shared: &Shared, abort: &CancellationToken, tracker: &TaskTracker) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Usually running out of file descriptors: back off, keep serving.
-                if let Some(left_out) = shared.warnings.admit("accept failed") {
-                    warn!(error = %err, left_out, "accept failed");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        // Over the cap, close at once: a client (or its balancer) fails
-        // over now instead of waiting in the kernel's backlog.
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics.connection_refused(Api::Thrift);
-            cap_reached(&shared.warnings, Api::Thrift, shared.limits.max_connections);
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+        let (stream, peer, admitted) = acceptor.accept().await;
         let connection = Connection {
             stream,
             peer,
@@ -140,7 +120,7 @@ async fn accept_loop(
             reply_held: Held::default(),
             message_started: None,
             early_checked: false,
-            _open: metrics.connection_opened(Api::Thrift),
+            _admitted: admitted,
         };
         let abort = abort.clone();
         tracker.spawn(async move {
@@ -148,21 +128,7 @@ async fn accept_loop(
                 () = connection.serve() => {}
                 () = abort.cancelled() => {}
             }
-            drop(permit);
         });
-    }
-}
-
-/// Warns, at most once per interval, that connections are being refused
-/// at the cap.
-pub fn cap_reached(warnings: &Throttle, api: Api, cap: usize) {
-    if let Some(left_out) = warnings.admit("connection cap reached") {
-        warn!(
-            ?api,
-            cap,
-            refused = left_out + 1,
-            "connection cap reached; refusing new connections"
-        );
     }
 }
 
@@ -183,7 +149,8 @@ struct Connection {
     message_started: Option<Instant>,
     /// Whether the message being received was read for an early refusal.
     early_checked: bool,
-    _open: OpenConnection,
+    /// Its place under the connection cap, until it ends.
+    _admitted: Admitted,
 }
 
 /// Whether a message's reply got its room in the reply budget.

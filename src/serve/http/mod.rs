@@ -15,19 +15,17 @@ mod reply;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Http, Requests, DEFAULT_HTTP_MAX_CONNECTIONS};
 use crate::metrics::{Api, Metrics};
+use crate::serve::accept::Acceptor;
 use crate::serve::budget::{self, Budget, Order};
-use crate::serve::thrift_server::cap_reached;
 use crate::serve::throttle::Throttle;
 use crate::serve::workers::Workers;
 use crate::service::Locator;
@@ -78,11 +76,11 @@ pub async fn run(
     let max_connections = limits.max_connections.unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
     let bodies = Budget::new(limits.max_buffered_bytes, Order::SmallestFirst);
     let replies = Budget::new(limits.max_reply_bytes, Order::Arrival);
-    let permits = Arc::new(Semaphore::new(max_connections));
-    let cap = permits.clone();
+    let warnings = Arc::new(Throttle::default());
+    let acceptor = Acceptor::new(listener, Api::Http, max_connections, metrics.clone(), warnings);
     let trimmer = tokio::spawn(budget::return_freed_memory(
         vec![bodies.clone(), replies.clone()],
-        move || max_connections - cap.available_permits(),
+        acceptor.open_connections(),
     ));
     let api = Arc::new(api::HttpApi::new(
         locator,
@@ -93,7 +91,6 @@ pub async fn run(
         workers.batch_lane(),
     ));
     let graceful = GracefulShutdown::new();
-    let warnings = Throttle::default();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.timeout)
@@ -107,29 +104,13 @@ pub async fn run(
     let abandon = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    if let Some(left_out) = warnings.admit("accept failed") {
-                        warn!(error = %err, left_out, "HTTP accept failed");
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let (stream, _peer, admitted) = tokio::select! {
+            accepted = acceptor.accept() => accepted,
             _ = &mut shutdown => break,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics.connection_refused(Api::Http);
-            cap_reached(&warnings, Api::Http, max_connections);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
         limit_unsent(&stream);
         // Served on the next worker's reactor from here on.
         let Ok(stream) = stream.into_std() else { continue };
-        let open = metrics.connection_opened(Api::Http);
         let room = reply::ReplyRoom::new(replies.clone(), metrics.clone());
         let (api, requests_room) = (api.clone(), room.clone());
         let service = hyper::service::service_fn(move |request| {
@@ -154,10 +135,10 @@ pub async fn run(
                 () = abandon.cancelled() => "shutdown",
             };
             metrics.connection_closed(Api::Http, reason);
-            drop((permit, open));
+            drop(admitted);
         });
     }
-    drop(listener);
+    drop(acceptor);
     info!("HTTP: draining connections");
     if tokio::time::timeout(requests.shutdown_timeout, graceful.shutdown())
         .await
