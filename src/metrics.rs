@@ -89,6 +89,50 @@ impl ReplyBudgetEvent {
     }
 }
 
+/// Why a connection ended, as `xm_ip_connections_closed_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// HTTP: the peer or the keep-alive timeout ended it between requests.
+    Completed,
+    PeerClosed,
+    Shutdown,
+    IoError,
+    Oversized,
+    NotThrift,
+    Malformed,
+    /// A message did not arrive whole within its timeout.
+    SlowMessage,
+    Idle,
+    /// A reply was not taken within its timeout, or gave its room up (HTTP).
+    SlowReader,
+    /// Thrift: the reply gave its room in the reply budget to others.
+    GaveWayReply,
+    /// Thrift: a stalled message gave its room in the request budget to others.
+    GaveWayRequest,
+    /// An unframed message did not walk; the stream was lost.
+    Unsynchronised,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Completed => "completed",
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::IoError => "io_error",
+            CloseReason::Oversized => "oversized",
+            CloseReason::NotThrift => "not_thrift",
+            CloseReason::Malformed => "malformed",
+            CloseReason::SlowMessage => "slow_message",
+            CloseReason::Idle => "idle",
+            CloseReason::SlowReader => "slow_reader",
+            CloseReason::GaveWayReply => "gave_way_reply",
+            CloseReason::GaveWayRequest => "gave_way_request",
+            CloseReason::Unsynchronised => "unsynchronised",
+        }
+    }
+}
+
 /// What is reloaded in the background.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reload {
@@ -495,12 +539,12 @@ impl Metrics {
         OpenConnection(open)
     }
 
-    /// A connection ended, for `reason` (a short fixed label).
-    pub fn connection_closed(&self, api: Api, reason: &'static str) {
+    /// A connection ended, for `reason`.
+    pub fn connection_closed(&self, api: Api, reason: CloseReason) {
         self.connections_closed
             .get_or_create(&RejectLabels {
                 api: api.as_str(),
-                reason,
+                reason: reason.as_str(),
             })
             .inc();
     }

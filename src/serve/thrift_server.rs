@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
 use crate::config::{Requests, Thrift};
-use crate::metrics::{Api, Rejection, ReplyBudgetEvent};
+use crate::metrics::{Api, CloseReason, Rejection, ReplyBudgetEvent};
 use crate::serve::accept::{Acceptor, Admitted};
 use crate::serve::budget::{self, reply_cost, Budget, Held, Order, SMALL_REPLY, STALL_GRACE};
 use crate::serve::throttle::Throttle;
@@ -199,20 +199,20 @@ impl Closed {
     }
 
     /// Why, as the metrics and the log's rate limit name it.
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> CloseReason {
         match self {
-            Closed::Eof => "peer_closed",
-            Closed::Shutdown => "shutdown",
-            Closed::Io(_) => "io_error",
-            Closed::Wire(WireError::FrameTooLarge { .. }) => "oversized",
-            Closed::Wire(WireError::NotThrift(_)) => "not_thrift",
-            Closed::Wire(_) => "malformed",
-            Closed::SlowMessage(_) => "slow_message",
-            Closed::Idle(_) => "idle",
-            Closed::SlowReader(_) => "slow_reader",
-            Closed::GaveWay(_) => "gave_way_reply",
-            Closed::StalledSender(_) => "gave_way_request",
-            Closed::Unsynchronised => "unsynchronised",
+            Closed::Eof => CloseReason::PeerClosed,
+            Closed::Shutdown => CloseReason::Shutdown,
+            Closed::Io(_) => CloseReason::IoError,
+            Closed::Wire(WireError::FrameTooLarge { .. }) => CloseReason::Oversized,
+            Closed::Wire(WireError::NotThrift(_)) => CloseReason::NotThrift,
+            Closed::Wire(_) => CloseReason::Malformed,
+            Closed::SlowMessage(_) => CloseReason::SlowMessage,
+            Closed::Idle(_) => CloseReason::Idle,
+            Closed::SlowReader(_) => CloseReason::SlowReader,
+            Closed::GaveWay(_) => CloseReason::GaveWayReply,
+            Closed::StalledSender(_) => CloseReason::GaveWayRequest,
+            Closed::Unsynchronised => CloseReason::Unsynchronised,
         }
     }
 }
@@ -232,7 +232,7 @@ impl Connection {
                 if let Some(rejection) = err.rejection() {
                     metrics.rejected(Api::Thrift, rejection);
                 }
-                if let Some(left_out) = self.shared.warnings.admit(err.reason()) {
+                if let Some(left_out) = self.shared.warnings.admit(err.reason().as_str()) {
                     warn!(peer = %self.peer, error = %err, left_out, "closing connection");
                 }
             }

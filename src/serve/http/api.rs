@@ -51,9 +51,34 @@ struct AppState {
     lane: BatchLane,
 }
 
-/// The metrics label of the endpoint that produced a response.
-#[derive(Clone, Copy)]
-struct Endpoint(&'static str);
+/// The endpoint that produced a response, as the metrics label it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// One address: a GET, or a POST of `{"ip": …}`.
+    IpQuery,
+    /// A POST of `{"ips": […]}`.
+    IpQueryBatch,
+    Openapi,
+    Metrics,
+    Healthz,
+    Readyz,
+    /// No endpoint: the router's fallback.
+    Other,
+}
+
+impl Endpoint {
+    fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::IpQuery => "ip_query",
+            Endpoint::IpQueryBatch => "ip_query_batch",
+            Endpoint::Openapi => "openapi",
+            Endpoint::Metrics => "metrics",
+            Endpoint::Healthz => "healthz",
+            Endpoint::Readyz => "readyz",
+            Endpoint::Other => "other",
+        }
+    }
+}
 
 /// When a request on the router's path began: its deadline is this plus
 /// the HTTP timeout.
@@ -79,7 +104,7 @@ impl HttpApi {
     ) -> HttpApi {
         let state = Arc::new(AppState {
             locator,
-            single_ok: metrics.request_series(Api::Http, "ip_query", "200"),
+            single_ok: metrics.request_series(Api::Http, Endpoint::IpQuery.as_str(), "200"),
             metrics,
             max_batch,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
@@ -165,7 +190,11 @@ async fn guard(State(state): State<Shared>, mut request: Request, next: Next) ->
     request.extensions_mut().insert(Started(started));
     state
         .bounded(started, state.admit(request, next), |response| {
-            response.extensions().get::<Endpoint>().map_or("other", |e| e.0)
+            response
+                .extensions()
+                .get::<Endpoint>()
+                .copied()
+                .unwrap_or(Endpoint::Other)
         })
         .await
 }
@@ -207,8 +236,8 @@ fn json_response(body: Vec<u8>) -> Response {
         .into_response()
 }
 
-fn tagged(mut response: Response, endpoint: &'static str) -> Response {
-    response.extensions_mut().insert(Endpoint(endpoint));
+fn tagged(mut response: Response, endpoint: Endpoint) -> Response {
+    response.extensions_mut().insert(endpoint);
     response
 }
 
@@ -225,7 +254,7 @@ async fn query_get(State(state): State<Shared>, query: Result<Query<SingleQuery>
         Ok(Query(SingleQuery { ip: None, .. })) => state.bad_request("missing the \"ip\" parameter".into()),
         Ok(Query(SingleQuery { ip: Some(ip), lang })) => state.single(&ip, lang.as_deref()).await,
     };
-    tagged(response, "ip_query")
+    tagged(response, Endpoint::IpQuery)
 }
 
 /// The POST body: `{"ip": "IP"}` as the old service took it, or
@@ -257,11 +286,11 @@ async fn query_post(
                 Rejection::Garbage
             };
             state.metrics.rejected(Api::Http, reason);
-            return tagged(error(status, rejection.body_text()), "ip_query");
+            return tagged(error(status, rejection.body_text()), Endpoint::IpQuery);
         }
     };
     let Some(charge) = room.take(state.reply_cost(&body), started + state.timeout).await else {
-        return tagged(state.no_room_for_reply(), "ip_query_batch");
+        return tagged(state.no_room_for_reply(), Endpoint::IpQueryBatch);
     };
     if !(charge.holds_room() && room.contended()) {
         return state.answer_post(&body, charge).await;
@@ -274,7 +303,7 @@ async fn query_post(
     answered.unwrap_or_else(|| {
         tagged(
             error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down".into()),
-            "ip_query_batch",
+            Endpoint::IpQueryBatch,
         )
     })
 }
@@ -291,7 +320,7 @@ impl AppState {
                         StatusCode::BAD_REQUEST,
                         format!("the body is not the JSON expected: {err}"),
                     ),
-                    "ip_query",
+                    Endpoint::IpQuery,
                 );
             }
         };
@@ -300,22 +329,25 @@ impl AppState {
                 ip: Some(ip),
                 ips: None,
                 lang,
-            } => tagged(self.single(&ip, lang.as_deref()).await, "ip_query"),
+            } => tagged(self.single(&ip, lang.as_deref()).await, Endpoint::IpQuery),
             QueryBody {
                 ip: None,
                 ips: Some(ips),
                 lang,
-            } => tagged(self.batch(ips, lang.as_deref(), charge).await, "ip_query_batch"),
+            } => tagged(self.batch(ips, lang.as_deref(), charge).await, Endpoint::IpQueryBatch),
             QueryBody {
                 ip: Some(_),
                 ips: Some(_),
                 ..
-            } => tagged(self.bad_request("give \"ip\" or \"ips\", not both".into()), "ip_query"),
+            } => tagged(
+                self.bad_request("give \"ip\" or \"ips\", not both".into()),
+                Endpoint::IpQuery,
+            ),
             QueryBody {
                 ip: None, ips: None, ..
             } => tagged(
                 self.bad_request("missing \"ip\" (one address) or \"ips\" (a list)".into()),
-                "ip_query",
+                Endpoint::IpQuery,
             ),
         }
     }
@@ -326,7 +358,7 @@ impl AppState {
         &self,
         started: Instant,
         request: impl Future<Output = Response>,
-        endpoint: impl FnOnce(&Response) -> &'static str,
+        endpoint: impl FnOnce(&Response) -> Endpoint,
     ) -> Response {
         let response = match tokio::time::timeout_at(started + self.timeout, request).await {
             Ok(response) => response,
@@ -340,8 +372,10 @@ impl AppState {
         };
         let took = started.elapsed();
         match (endpoint(&response), response.status()) {
-            ("ip_query", StatusCode::OK) => self.single_ok.record(took),
-            (endpoint, status) => self.metrics.request(Api::Http, endpoint, status_label(status), took),
+            (Endpoint::IpQuery, StatusCode::OK) => self.single_ok.record(took),
+            (endpoint, status) => self
+                .metrics
+                .request(Api::Http, endpoint.as_str(), status_label(status), took),
         }
         response
     }
@@ -355,7 +389,7 @@ impl AppState {
                 Err(_) => self.overloaded(),
             }
         };
-        self.bounded(Instant::now(), answer, |_| "ip_query").await
+        self.bounded(Instant::now(), answer, |_| Endpoint::IpQuery).await
     }
 
     fn overloaded(&self) -> Response {
@@ -502,7 +536,7 @@ impl AppState {
 }
 
 async fn openapi() -> Response {
-    let mut response = tagged(OPENAPI.into_response(), "openapi");
+    let mut response = tagged(OPENAPI.into_response(), Endpoint::Openapi);
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -515,7 +549,7 @@ async fn metrics_text(State(state): State<Shared>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     tagged(
         ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], text).into_response(),
-        "metrics",
+        Endpoint::Metrics,
     )
 }
 
@@ -538,7 +572,7 @@ async fn healthz() -> Response {
             missing: Vec::new(),
             notes: Vec::new(),
         }),
-        "healthz",
+        Endpoint::Healthz,
     )
 }
 
@@ -552,7 +586,7 @@ async fn readyz(State(state): State<Shared>) -> Response {
             notes: Vec::new(),
         });
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        return tagged(response, "readyz");
+        return tagged(response, Endpoint::Readyz);
     }
     let sampled = state.locator.sample().await;
     let (missing, notes) = (sampled.missing(), sampled.notes());
@@ -571,5 +605,5 @@ async fn readyz(State(state): State<Shared>) -> Response {
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         response
     };
-    tagged(response, "readyz")
+    tagged(response, Endpoint::Readyz)
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Http, Requests, DEFAULT_HTTP_MAX_CONNECTIONS};
-use crate::metrics::{Api, Metrics};
+use crate::metrics::{Api, CloseReason, Metrics};
 use crate::serve::accept::Acceptor;
 use crate::serve::budget::{self, Budget, Order};
 use crate::serve::throttle::Throttle;
@@ -126,13 +126,13 @@ pub async fn run(
             let connection = watcher.watch(http.serve_connection(stream, service));
             let reason = tokio::select! {
                 ended = connection => match ended {
-                    Ok(()) => "completed",
-                    Err(err) if err.is_timeout() => "slow_message",
-                    Err(err) if gathered::is_stalled(&err) => "slow_reader",
-                    Err(err) if err.is_parse() || err.is_parse_too_large() => "malformed",
-                    Err(_) => "io_error",
+                    Ok(()) => CloseReason::Completed,
+                    Err(err) if err.is_timeout() => CloseReason::SlowMessage,
+                    Err(err) if gathered::is_stalled(&err) => CloseReason::SlowReader,
+                    Err(err) if err.is_parse() || err.is_parse_too_large() => CloseReason::Malformed,
+                    Err(_) => CloseReason::IoError,
                 },
-                () = abandon.cancelled() => "shutdown",
+                () = abandon.cancelled() => CloseReason::Shutdown,
             };
             metrics.connection_closed(Api::Http, reason);
             drop(admitted);
