@@ -13,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::thrift_server;
-use crate::config::{DataSource, Http, Settings, DEFAULT_HTTP_MAX_CONNECTIONS};
+use crate::config::{DataSource, Settings, DEFAULT_HTTP_MAX_CONNECTIONS};
 use crate::data::source;
-use crate::metrics::Metrics;
+use crate::metrics::{Api, Metrics};
+use crate::serve::accept::Acceptor;
 use crate::serve::http;
+use crate::serve::throttle::Throttle;
 use crate::serve::workers::Workers;
 use crate::service::Locator;
 use crate::thrift::Handler;
@@ -90,14 +92,20 @@ impl ReloadHandle {
     }
 }
 
+/// The HTTP listener, the runtimes that serve its connections, and its
+/// connection cap as fitted to the open-file limit.
+struct HttpListener {
+    listener: TcpListener,
+    workers: Workers,
+    max_connections: usize,
+}
+
 /// A server that is bound and ready to run.
 pub struct Application {
     listener: TcpListener,
     handler: Handler,
-    /// The HTTP listener and the runtimes that serve its connections,
-    /// unless HTTP is off.
-    http: Option<(TcpListener, Workers)>,
-    /// As given, with the HTTP connection cap fitted to the open-file limit.
+    /// The HTTP listener, unless HTTP is off.
+    http: Option<HttpListener>,
     settings: Settings,
     locator: Locator,
     metrics: Arc<Metrics>,
@@ -129,7 +137,11 @@ impl Application {
                     .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
                 info!(addr = %http_listener.local_addr()?, "HTTP API, /metrics and /readyz listening");
                 let workers = Workers::start().context("cannot start the HTTP workers")?;
-                Some((http_listener, workers))
+                Some(HttpListener {
+                    listener: http_listener,
+                    workers,
+                    max_connections: http_max_connections,
+                })
             }
         };
         let data = &opened.described;
@@ -154,13 +166,7 @@ impl Application {
             listener,
             handler: Handler::new(locator.clone(), metrics.clone()),
             http,
-            settings: Settings {
-                http: Http {
-                    max_connections: Some(http_max_connections),
-                    ..settings.http.clone()
-                },
-                ..settings.clone()
-            },
+            settings: settings.clone(),
             locator,
             metrics,
             reload: ReloadHandle(Arc::new(reload)),
@@ -178,7 +184,7 @@ impl Application {
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http
             .as_ref()
-            .map(|(listener, _)| listener.local_addr().expect("a bound listener has an address"))
+            .map(|http| http.listener.local_addr().expect("a bound listener has an address"))
     }
 
     /// What SIGHUP uses to ask for a check for new data.
@@ -200,11 +206,21 @@ impl Application {
             requests.clone(),
             stopping.cancelled(),
         );
-        let (http_listener, workers) = self.http.unzip();
+        // The workers outlive the HTTP server: they are dropped last.
+        let (http_listener, workers) = match self.http {
+            Some(HttpListener {
+                listener,
+                workers,
+                max_connections,
+            }) => (Some((listener, max_connections)), Some(workers)),
+            None => (None, None),
+        };
         let http = async {
-            if let (Some(listener), Some(workers)) = (http_listener, &workers) {
+            if let (Some((listener, max_connections)), Some(workers)) = (http_listener, &workers) {
+                let warnings = Arc::new(Throttle::default());
+                let acceptor = Acceptor::new(listener, Api::Http, max_connections, self.metrics.clone(), warnings);
                 http::run(
-                    listener,
+                    acceptor,
                     self.locator,
                     self.metrics.clone(),
                     http,

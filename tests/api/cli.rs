@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::helpers::{fixture_mmdb, TestApp, TestDb};
+use crate::helpers::{eventually, fixture_mmdb, TestApp, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_xm-ip-service");
 
@@ -431,18 +431,15 @@ async fn province_of_1_0_0_1(addr: &str) -> String {
 
 /// Waits up to 15 s for 1.0.0.1's province to become `want`.
 async fn until_1_0_0_1_is_in(addr: &str, want: &str) {
-    let started = std::time::Instant::now();
-    loop {
+    eventually(Duration::from_secs(15), "1.0.0.1's province", || async {
         let province = province_of_1_0_0_1(addr).await;
         if province == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!("still {province}, not {want}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "still {province}, not {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -955,14 +952,17 @@ async fn the_reconnecting_client_answers_across_a_server_restart() {
 
 /// Waits up to 15 s for `n` log lines saying `text`.
 async fn until_logged(server: &Served, text: &str, n: usize) {
-    let started = std::time::Instant::now();
-    while server.lines_saying(text).len() < n {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "not logged {n} times: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        &format!("not logged {n} times: {text}"),
+        || async {
+            match server.lines_saying(text).len() {
+                logged if logged >= n => Ok(()),
+                logged => Err(format!("{logged} times")),
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test]

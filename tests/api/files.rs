@@ -11,7 +11,7 @@ use xm_ip_service::data::store::{self, Table};
 
 use xm_ip_service::thrift::GeoInfo;
 
-use crate::helpers::{local_settings, mmdb_with_country, strings, TestApp, TestDb};
+use crate::helpers::{eventually, local_settings, mmdb_with_country, strings, TestApp, TestDb};
 use crate::memory::{answers, Rng};
 use crate::writers::{s, IpdbWriter, Value, Writer};
 
@@ -262,18 +262,18 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = String>,
 {
-    let started = Instant::now();
-    loop {
-        let got = ask().await;
-        if got == want {
-            return;
+    eventually(Duration::from_secs(10), what, || {
+        let asked = ask();
+        async move {
+            let got = asked.await;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("still {got:?}, not {want:?}"))
+            }
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{what}: still {got:?}, not {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -459,3 +459,21 @@ pub async fn black_hole_database() -> (String, JoinHandle<()>) {
     });
     (format!("postgres://postgres@127.0.0.1:{port}/nowhere"), held)
 }
+
+/// Asks `check` every 50 ms until it gives `Ok`, and returns that. If
+/// nothing does within `within`, panics with `what` and the last `Err`:
+/// what was seen instead.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(found) => return found,
+            Err(seen) => assert!(tokio::time::Instant::now() < deadline, "{what}: {seen}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

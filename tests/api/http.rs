@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 use xm_ip_service::tools::client::{Protocol, Transport};
 
-use crate::helpers::{black_hole_database, strings, Options, TestApp};
+use crate::helpers::{black_hole_database, eventually, strings, Options, TestApp};
 
 /// A status code and a body, from one request on its own connection.
 struct Answer {
@@ -383,15 +383,15 @@ async fn readyz_follows_the_database_in_postgres_mode() {
     assert_eq!(get(addr, "/healthz").await.status, 200);
 
     app.db().restore().await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    eventually(Duration::from_secs(15), "not ready again", || async {
         let answer = get(addr, "/readyz").await;
         if answer.status == 200 {
-            break;
+            Ok(())
+        } else {
+            Err(answer.body)
         }
-        assert!(Instant::now() < deadline, "not ready again: {}", answer.body);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -436,11 +436,7 @@ async fn thrift_connections_over_the_cap_are_closed_at_once_and_counted() {
         held.push(TcpStream::connect(app.addr).await.unwrap());
     }
     // Both are accepted (and so counted) before the third arrives.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while scrape(&app).await.get(r#"xm_ip_connections_open{api="thrift"}"#) != Some(&2.0) {
-        assert!(Instant::now() < deadline, "the two connections were not accepted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    open_thrift_connections_reach(&app, 2.0, "the two connections were not accepted").await;
     let mut third = TcpStream::connect(app.addr).await.unwrap();
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut byte))
@@ -452,11 +448,7 @@ async fn thrift_connections_over_the_cap_are_closed_at_once_and_counted() {
 
     // A slot frees when a client leaves.
     drop(held.pop());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while scrape(&app).await.get(r#"xm_ip_connections_open{api="thrift"}"#) != Some(&1.0) {
-        assert!(Instant::now() < deadline, "the closed connection still counts as open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    open_thrift_connections_reach(&app, 1.0, "the closed connection still counts as open").await;
     assert_eq!(app.by_ip(&["183.62.57.1"]).await[0].error_no, Some(0));
 }
 
@@ -645,12 +637,28 @@ async fn a_table_whose_new_data_does_not_load_is_reported_stale_while_its_old_da
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while readyz().await.body.contains("stale") {
-        assert!(Instant::now() < deadline, "still stale");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(10), "still stale", || async {
+        let answer = readyz().await;
+        if answer.body.contains("stale") {
+            Err(answer.body)
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     assert_eq!(metric(&get(http(&app), "/metrics").await.body).as_deref(), Some("0"));
+}
+
+/// Waits, for at most five seconds, until /metrics counts `open` Thrift
+/// connections.
+async fn open_thrift_connections_reach(app: &TestApp, open: f64, what: &str) {
+    eventually(Duration::from_secs(5), what, || async {
+        match scrape(app).await.get(r#"xm_ip_connections_open{api="thrift"}"#) {
+            Some(&now) if now == open => Ok(()),
+            now => Err(format!("{now:?} open")),
+        }
+    })
+    .await
 }
 
 /// The same query with its key percent-encoded, which the short path

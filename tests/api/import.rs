@@ -8,7 +8,7 @@ use tokio_postgres::AsyncMessage;
 use xm_ip_service::data::import::{self, Format, ImportError, ImportOptions, Outcome};
 use xm_ip_service::data::store::{self, Table};
 
-use crate::helpers::{summary, TestApp, TestDb};
+use crate::helpers::{eventually, summary, TestApp, TestDb};
 use crate::writers::{s, IpdbWriter, Value, Writer};
 
 fn options(table: Table, file: &Path) -> ImportOptions {
@@ -569,14 +569,17 @@ async fn an_import_killed_half_way_leaves_the_old_table_answering() {
 
     // The server notices the dead client and rolls its transaction back.
     let gone = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while watcher.query_one(gone, &[]).await.unwrap().get::<_, i64>(0) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the killed import's session is still there"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        "the killed import's session is still there",
+        || async {
+            match watcher.query_one(gone, &[]).await.unwrap().get::<_, i64>(0) {
+                0 => Ok(()),
+                sessions => Err(format!("{sessions} sessions")),
+            }
+        },
+    )
+    .await;
     assert_eq!(rows(&db, Table::Cn).await, before);
     let staging: i64 = watcher
         .query_one("SELECT count(*) FROM pg_tables WHERE tablename LIKE '%staging%'", &[])

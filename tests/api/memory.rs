@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use xm_ip_service::data::store::Table;
 use xm_ip_service::thrift::GeoInfo;
 
-use crate::helpers::{by_ip_at, strings, Options, TestApp, TestDb};
+use crate::helpers::{by_ip_at, eventually, strings, Options, TestApp, TestDb};
 
 /// Deterministic pseudo-random numbers (xorshift).
 pub struct Rng(pub u64);
@@ -485,17 +485,18 @@ async fn a_corrupt_snapshot_is_refused_and_the_tables_load_from_the_database() {
 /// Waits until every table's snapshot in `dir` is valid (they are written
 /// in the background after a load), for at most ten seconds.
 async fn until_snapshots_are_written(dir: &std::path::Path) {
-    let started = Instant::now();
-    while !Table::ALL
-        .into_iter()
-        .all(|table| matches!(xm_ip_service::data::source::disk::read(dir, table), Ok(Some(_))))
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the snapshots were not written"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(10), "the snapshots were not written", || async {
+        let unwritten: Vec<Table> = Table::ALL
+            .into_iter()
+            .filter(|&table| !matches!(xm_ip_service::data::source::disk::read(dir, table), Ok(Some(_))))
+            .collect();
+        if unwritten.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{unwritten:?} not yet"))
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

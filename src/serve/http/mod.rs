@@ -18,15 +18,13 @@ use std::sync::Arc;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Http, Requests, DEFAULT_HTTP_MAX_CONNECTIONS};
+use crate::config::{Http, Requests};
 use crate::metrics::{Api, CloseReason, Metrics};
 use crate::serve::accept::Acceptor;
 use crate::serve::budget::{self, Budget, Order};
-use crate::serve::throttle::Throttle;
 use crate::serve::workers::Workers;
 use crate::service::Locator;
 
@@ -60,12 +58,11 @@ fn limit_unsent(stream: &tokio::net::TcpStream) {
     }
 }
 
-/// Serves the HTTP API on `listener` until `shutdown` completes, then lets
-/// open requests finish (up to `requests.shutdown_timeout`). At most
-/// `limits.max_connections` are served at once (start-up fits it to the
-/// open-file limit).
+/// Serves the HTTP API on what `acceptor` admits until `shutdown`
+/// completes, then lets open requests finish (up to
+/// `requests.shutdown_timeout`).
 pub async fn run(
-    listener: TcpListener,
+    acceptor: Acceptor,
     locator: Locator,
     metrics: Arc<Metrics>,
     limits: Http,
@@ -73,11 +70,8 @@ pub async fn run(
     workers: &Workers,
     shutdown: impl Future,
 ) {
-    let max_connections = limits.max_connections.unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
     let bodies = Budget::new(limits.max_buffered_bytes, Order::SmallestFirst);
     let replies = Budget::new(limits.max_reply_bytes, Order::Arrival);
-    let warnings = Arc::new(Throttle::default());
-    let acceptor = Acceptor::new(listener, Api::Http, max_connections, metrics.clone(), warnings);
     let trimmer = tokio::spawn(budget::return_freed_memory(
         vec![bodies.clone(), replies.clone()],
         acceptor.open_connections(),
