@@ -218,20 +218,12 @@ pub struct Options {
     pub database_url: Option<String>,
     pub lookup: LookupMode,
     pub db_timeout: Duration,
-    pub reload_interval: Duration,
-    pub max_batch: usize,
-    pub max_frame: usize,
-    pub max_connections: usize,
-    pub read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub write_timeout: Duration,
-    pub max_buffered_bytes: usize,
-    pub max_reply_bytes: usize,
-    pub shutdown_timeout: Duration,
-    pub http_timeout: Duration,
-    pub http_max_buffered_bytes: usize,
-    pub http_max_in_flight: usize,
+    /// Changes to the server's settings, made in order (see [`Options::with`]).
+    pub changes: Vec<SettingsChange>,
 }
+
+/// One change to a test server's settings.
+pub type SettingsChange = Box<dyn FnOnce(&mut Settings) + Send>;
 
 impl Default for Options {
     fn default() -> Self {
@@ -240,19 +232,7 @@ impl Default for Options {
             database_url: None,
             lookup: LookupMode::Postgres,
             db_timeout: Duration::from_secs(2),
-            reload_interval: Duration::from_secs(30),
-            max_batch: 10_000,
-            max_frame: 16_384_000,
-            max_connections: 64,
-            read_timeout: Duration::from_millis(500),
-            idle_timeout: Duration::from_secs(600),
-            write_timeout: Duration::from_secs(30),
-            max_buffered_bytes: 256 << 20,
-            max_reply_bytes: 64 << 20,
-            shutdown_timeout: Duration::from_secs(5),
-            http_timeout: Duration::from_secs(10),
-            http_max_buffered_bytes: 64 << 20,
-            http_max_in_flight: 1024,
+            changes: Vec::new(),
         }
     }
 }
@@ -264,6 +244,13 @@ impl Options {
             lookup: LookupMode::Memory,
             ..Options::default()
         }
+    }
+
+    /// These options, with `change` made to the server's settings after
+    /// the test defaults (`spawn_at`).
+    pub fn with(mut self, change: impl FnOnce(&mut Settings) + Send + 'static) -> Options {
+        self.changes.push(Box::new(change));
+        self
     }
 }
 
@@ -307,23 +294,16 @@ impl TestApp {
         pg.pool.timeout = options.db_timeout;
         let mut settings = local_settings(DataSource::Postgres(pg));
         settings.mmdb = mmdb.as_ref().map(|p| p.to_path_buf());
-        settings.reload_interval = options.reload_interval;
-        settings.requests.max_batch = options.max_batch;
-        settings.requests.shutdown_timeout = options.shutdown_timeout;
-        let thrift = &mut settings.thrift;
-        thrift.max_frame = options.max_frame;
-        thrift.max_connections = options.max_connections;
-        thrift.read_timeout = options.read_timeout;
-        thrift.idle_timeout = options.idle_timeout;
-        thrift.write_timeout = options.write_timeout;
-        thrift.max_buffered_bytes = options.max_buffered_bytes;
-        thrift.max_reply_bytes = options.max_reply_bytes;
-        let http = &mut settings.http;
-        http.addr = Some("127.0.0.1:0".parse().unwrap());
-        http.max_connections = Some(256);
-        http.timeout = options.http_timeout;
-        http.max_buffered_bytes = options.http_max_buffered_bytes;
-        http.max_in_flight = options.http_max_in_flight;
+        // What tests expect beyond `serve`'s defaults: small caps, quick
+        // timeouts, and HTTP on a free port.
+        settings.requests.shutdown_timeout = Duration::from_secs(5);
+        settings.thrift.max_connections = 64;
+        settings.thrift.read_timeout = Duration::from_millis(500);
+        settings.http.addr = Some("127.0.0.1:0".parse().unwrap());
+        settings.http.max_connections = Some(256);
+        for change in options.changes {
+            change(&mut settings);
+        }
         Self::start(settings, db, mmdb).await
     }
 

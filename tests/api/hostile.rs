@@ -75,10 +75,9 @@ async fn pipeline_without_reading(app: &TestApp) -> (usize, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_reads_its_replies_is_closed_after_the_write_timeout() {
-    let app = TestApp::spawn_with(Options {
-        write_timeout: Duration::from_millis(300),
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.thrift.write_timeout = Duration::from_millis(300);
+    }))
     .await;
     let (read, closed) = pipeline_without_reading(&app).await;
     assert!(closed, "the server never closed a peer that does not read");
@@ -90,12 +89,11 @@ async fn a_peer_that_never_reads_its_replies_is_closed_after_the_write_timeout()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stopped_reading_gives_way_to_a_reader_waiting_for_the_reply_budget() {
-    let app = TestApp::spawn_with(Options {
-        write_timeout: Duration::from_secs(60),
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.thrift.write_timeout = Duration::from_secs(60);
         // Room for one stalled 1,000-address reply, not for it and a second.
-        max_reply_bytes: 600 << 10,
-        ..Options::default()
-    })
+        s.thrift.max_reply_bytes = 600 << 10;
+    }))
     .await;
     let (socket, pipelining) = pipeline(&app, 1_000, 200);
     // Long enough for the peer's socket to fill and its reply to stall.
@@ -117,14 +115,18 @@ async fn a_large_call_that_gets_no_reply_room_within_the_write_timeout_is_refuse
     // room it holds, for the whole 4 s database timeout: it writes nothing
     // meanwhile, so it has nothing to give way for.
     let (url, _held) = black_hole_database().await;
-    let app = TestApp::spawn_with(Options {
-        database_url: Some(url),
-        db_timeout: Duration::from_secs(4),
-        write_timeout: Duration::from_millis(500),
-        // Room for one 1,000-address reply, not for two.
-        max_reply_bytes: 600 << 10,
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(
+        Options {
+            database_url: Some(url),
+            db_timeout: Duration::from_secs(4),
+            ..Options::default()
+        }
+        .with(|s| {
+            s.thrift.write_timeout = Duration::from_millis(500);
+            // Room for one 1,000-address reply, not for two.
+            s.thrift.max_reply_bytes = 600 << 10;
+        }),
+    )
     .await;
     let (_first, _) = pipeline(&app, 1_000, 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -155,10 +157,9 @@ async fn a_large_call_that_gets_no_reply_room_within_the_write_timeout_is_refuse
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
-    let app = TestApp::spawn_with(Options {
-        idle_timeout: Duration::from_millis(400),
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.thrift.idle_timeout = Duration::from_millis(400);
+    }))
     .await;
     let idle = TcpStream::connect(app.addr).unwrap();
     let busy = app
@@ -189,12 +190,16 @@ async fn shutdown_aborts_a_request_still_running_when_its_timeout_expires() {
     // A database that accepts connections and never answers keeps the
     // request running for the whole 6 s database timeout.
     let (url, held) = black_hole_database().await;
-    let app = TestApp::spawn_with(Options {
-        database_url: Some(url),
-        db_timeout: Duration::from_secs(6),
-        shutdown_timeout: Duration::from_millis(300),
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(
+        Options {
+            database_url: Some(url),
+            db_timeout: Duration::from_secs(6),
+            ..Options::default()
+        }
+        .with(|s| {
+            s.requests.shutdown_timeout = Duration::from_millis(300);
+        }),
+    )
     .await;
     let socket = TcpStream::connect(app.addr).unwrap();
     let request = calls::encode_call(
@@ -231,12 +236,16 @@ async fn shutdown_lets_a_running_request_send_its_whole_reply_then_closes_at_the
     // The request runs for the 1 s database timeout, well inside the
     // shutdown timeout, and is answered with error 3.
     let (url, held) = black_hole_database().await;
-    let app = TestApp::spawn_with(Options {
-        database_url: Some(url),
-        db_timeout: Duration::from_secs(1),
-        shutdown_timeout: Duration::from_secs(10),
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(
+        Options {
+            database_url: Some(url),
+            db_timeout: Duration::from_secs(1),
+            ..Options::default()
+        }
+        .with(|s| {
+            s.requests.shutdown_timeout = Duration::from_secs(10);
+        }),
+    )
     .await;
     let socket = TcpStream::connect(app.addr).unwrap();
     let call = Call::QueryGeoInfoByIp {
@@ -311,11 +320,10 @@ fn slow_senders(app: &TestApp, request: &[u8], count: usize) -> Vec<TcpStream> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_call_is_answered_at_once_while_slow_senders_hold_the_whole_request_budget() {
-    let app = TestApp::spawn_with(Options {
-        max_buffered_bytes: 1 << 20,
-        read_timeout: Duration::from_secs(30),
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.thrift.max_buffered_bytes = 1 << 20;
+        s.thrift.read_timeout = Duration::from_secs(30);
+    }))
     .await;
     // Each announces about 500 KiB: two could not hold the budget at once,
     // so one holds it and five wait.
@@ -336,11 +344,10 @@ async fn a_small_call_is_answered_at_once_while_slow_senders_hold_the_whole_requ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_sender_gives_way_to_a_waiting_call_before_larger_waiters_are_served() {
-    let app = TestApp::spawn_with(Options {
-        max_buffered_bytes: 1 << 20,
-        read_timeout: Duration::from_secs(30),
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.thrift.max_buffered_bytes = 1 << 20;
+        s.thrift.read_timeout = Duration::from_secs(30);
+    }))
     .await;
     // About 999 KiB each: the first holds nearly the whole budget, the
     // other three wait for nearly all of it.

@@ -132,10 +132,9 @@ async fn the_old_endpoints_answer_with_the_old_status_codes() {
 
 #[tokio::test]
 async fn batches_answer_in_order_within_the_limits() {
-    let app = TestApp::spawn_with(Options {
-        max_batch: 3,
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.requests.max_batch = 3;
+    }))
     .await;
     let addr = http(&app);
 
@@ -292,10 +291,9 @@ async fn scrape(app: &TestApp) -> HashMap<String, f64> {
 
 #[tokio::test]
 async fn metrics_parse_and_count_known_calls() {
-    let app = TestApp::spawn_with(Options {
-        max_batch: 5,
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.requests.max_batch = 5;
+    }))
     .await;
     // Two Thrift calls on two connections: 3 table answers, 1 MaxMind, 2 invalid.
     app.by_ip(&["183.62.57.1", "240e:1::1", "bad"]).await;
@@ -426,10 +424,9 @@ async fn the_openapi_description_lists_the_endpoints() {
 
 #[tokio::test]
 async fn thrift_connections_over_the_cap_are_closed_at_once_and_counted() {
-    let app = TestApp::spawn_with(Options {
-        max_connections: 2,
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.thrift.max_connections = 2;
+    }))
     .await;
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -454,10 +451,9 @@ async fn thrift_connections_over_the_cap_are_closed_at_once_and_counted() {
 
 #[tokio::test]
 async fn a_keep_alive_connection_left_idle_is_closed_after_the_request_timeout() {
-    let app = TestApp::spawn_with(Options {
-        http_timeout: Duration::from_secs(1),
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.http.timeout = Duration::from_secs(1);
+    }))
     .await;
     let mut stream = TcpStream::connect(http(&app)).await.unwrap();
     stream
@@ -503,11 +499,10 @@ async fn status_of(mut stream: TcpStream) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_body_budget_wait_then_get_503_while_small_requests_are_answered() {
-    let app = TestApp::spawn_with(Options {
-        http_max_buffered_bytes: 256 << 10,
-        http_timeout: Duration::from_secs(1),
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.http.max_buffered_bytes = 256 << 10;
+        s.http.timeout = Duration::from_secs(1);
+    }))
     .await;
     let addr = http(&app);
     // Two of these hold 200 KiB of the 256 KiB budget; two wait.
@@ -584,10 +579,9 @@ async fn http_echoes_an_over_long_input_as_thrift_does_and_query_json_prints_the
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_table_whose_new_data_does_not_load_is_reported_stale_while_its_old_data_serves() {
-    let app = TestApp::spawn_with(Options {
-        reload_interval: Duration::from_millis(200),
-        ..Options::memory()
-    })
+    let app = TestApp::spawn_with(Options::memory().with(|s| {
+        s.reload_interval = Duration::from_millis(200);
+    }))
     .await;
     let client = app.db().client().await;
     let stale_gauge = r#"xm_ip_table_stale{table="ip_service_cn"} "#;
@@ -703,13 +697,17 @@ async fn a_single_get_keeps_the_deadline_and_the_in_flight_cap() {
     // The only lookup waits on a database that never answers (for longer
     // than the request may take).
     let (url, held) = black_hole_database().await;
-    let app = TestApp::spawn_with(Options {
-        database_url: Some(url),
-        db_timeout: Duration::from_secs(4),
-        http_timeout: Duration::from_secs(1),
-        http_max_in_flight: 1,
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(
+        Options {
+            database_url: Some(url),
+            db_timeout: Duration::from_secs(4),
+            ..Options::default()
+        }
+        .with(|s| {
+            s.http.timeout = Duration::from_secs(1);
+            s.http.max_in_flight = 1;
+        }),
+    )
     .await;
     let addr = http(&app);
     let started = Instant::now();
@@ -818,10 +816,9 @@ async fn pipelined_requests_are_answered_in_order_on_both_paths_and_before_an_er
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_taking_replies_is_closed_after_the_request_timeout() {
-    let app = TestApp::spawn_with(Options {
-        http_timeout: Duration::from_secs(1),
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.http.timeout = Duration::from_secs(1);
+    }))
     .await;
     let addr = http(&app);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

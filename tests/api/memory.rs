@@ -276,10 +276,9 @@ async fn an_import_switches_a_readers_answers_at_one_instant_never_mixing_old_an
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_whose_notification_was_lost_is_caught_by_the_timer() {
-    let app = TestApp::spawn_with(Options {
-        reload_interval: Duration::from_millis(300),
-        ..Options::memory()
-    })
+    let app = TestApp::spawn_with(Options::memory().with(|s| {
+        s.reload_interval = Duration::from_millis(300);
+    }))
     .await;
     assert_eq!(
         app.by_ip(&["183.62.57.1"]).await[0].geoip_city_name.as_deref(),
@@ -318,10 +317,9 @@ async fn an_import_made_while_the_listener_was_disconnected_is_loaded_when_it_re
     // The timer is far off: only the reconnection can notice.
     let app = TestApp::spawn_on(
         db,
-        Options {
-            reload_interval: Duration::from_secs(3600),
-            ..Options::memory()
-        },
+        Options::memory().with(|s| {
+            s.reload_interval = Duration::from_secs(3600);
+        }),
     )
     .await;
     let admin = app.db().client().await;
@@ -339,10 +337,9 @@ async fn an_import_made_while_the_listener_was_disconnected_is_loaded_when_it_re
 /// A memory-mode server that checks for new data every 200 ms, answering
 /// 183.62.57.1 with the fixtures' 广州; and a client on its database.
 async fn reloading_app() -> (TestApp, tokio_postgres::Client) {
-    let app = TestApp::spawn_with(Options {
-        reload_interval: Duration::from_millis(200),
-        ..Options::memory()
-    })
+    let app = TestApp::spawn_with(Options::memory().with(|s| {
+        s.reload_interval = Duration::from_millis(200);
+    }))
     .await;
     assert_eq!(city(&app.by_ip(&["183.62.57.1"]).await[0]), "广州");
     let client = app.db().client().await;

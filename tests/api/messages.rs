@@ -213,10 +213,9 @@ async fn oneway_calls_get_no_reply_and_other_message_types_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_the_batch_limit_is_refused_from_its_first_bytes_and_the_rest_is_dropped() {
-    let app = TestApp::spawn_with(Options {
-        max_batch: 100,
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.requests.max_batch = 100;
+    }))
     .await;
     let ips: Vec<&str> = vec!["10.0.0.1"; 20_000];
     for wire in Wire::EACH {

@@ -284,10 +284,9 @@ async fn garbage_and_http_are_dropped_and_the_server_carries_on() {
 
 #[tokio::test]
 async fn an_oversized_frame_closes_only_that_connection() {
-    let app = TestApp::spawn_with(Options {
-        max_frame: 4096,
-        ..Options::default()
-    })
+    let app = TestApp::spawn_with(Options::default().with(|s| {
+        s.thrift.max_frame = 4096;
+    }))
     .await;
     // Announce 4097 bytes of a strict binary call: refused before reading it.
     let mut frame = 4097u32.to_be_bytes().to_vec();
