@@ -246,6 +246,16 @@ impl Options {
         }
     }
 
+    /// A server on the database at `url` (for example one that never
+    /// answers) rather than its fixtures, waiting `db_timeout` for it.
+    pub fn database(url: String, db_timeout: Duration) -> Options {
+        Options {
+            database_url: Some(url),
+            db_timeout,
+            ..Options::default()
+        }
+    }
+
     /// These options, with `change` made to the server's settings after
     /// the test defaults (`spawn_at`).
     pub fn with(mut self, change: impl FnOnce(&mut Settings) + Send + 'static) -> Options {

@@ -115,18 +115,11 @@ async fn a_large_call_that_gets_no_reply_room_within_the_write_timeout_is_refuse
     // room it holds, for the whole 4 s database timeout: it writes nothing
     // meanwhile, so it has nothing to give way for.
     let (url, _held) = black_hole_database().await;
-    let app = TestApp::spawn_with(
-        Options {
-            database_url: Some(url),
-            db_timeout: Duration::from_secs(4),
-            ..Options::default()
-        }
-        .with(|s| {
-            s.thrift.write_timeout = Duration::from_millis(500);
-            // Room for one 1,000-address reply, not for two.
-            s.thrift.max_reply_bytes = 600 << 10;
-        }),
-    )
+    let app = TestApp::spawn_with(Options::database(url, Duration::from_secs(4)).with(|s| {
+        s.thrift.write_timeout = Duration::from_millis(500);
+        // Room for one 1,000-address reply, not for two.
+        s.thrift.max_reply_bytes = 600 << 10;
+    }))
     .await;
     let (_first, _) = pipeline(&app, 1_000, 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -190,16 +183,9 @@ async fn shutdown_aborts_a_request_still_running_when_its_timeout_expires() {
     // A database that accepts connections and never answers keeps the
     // request running for the whole 6 s database timeout.
     let (url, held) = black_hole_database().await;
-    let app = TestApp::spawn_with(
-        Options {
-            database_url: Some(url),
-            db_timeout: Duration::from_secs(6),
-            ..Options::default()
-        }
-        .with(|s| {
-            s.requests.shutdown_timeout = Duration::from_millis(300);
-        }),
-    )
+    let app = TestApp::spawn_with(Options::database(url, Duration::from_secs(6)).with(|s| {
+        s.requests.shutdown_timeout = Duration::from_millis(300);
+    }))
     .await;
     let socket = TcpStream::connect(app.addr).unwrap();
     let request = calls::encode_call(
@@ -236,16 +222,9 @@ async fn shutdown_lets_a_running_request_send_its_whole_reply_then_closes_at_the
     // The request runs for the 1 s database timeout, well inside the
     // shutdown timeout, and is answered with error 3.
     let (url, held) = black_hole_database().await;
-    let app = TestApp::spawn_with(
-        Options {
-            database_url: Some(url),
-            db_timeout: Duration::from_secs(1),
-            ..Options::default()
-        }
-        .with(|s| {
-            s.requests.shutdown_timeout = Duration::from_secs(10);
-        }),
-    )
+    let app = TestApp::spawn_with(Options::database(url, Duration::from_secs(1)).with(|s| {
+        s.requests.shutdown_timeout = Duration::from_secs(10);
+    }))
     .await;
     let socket = TcpStream::connect(app.addr).unwrap();
     let call = Call::QueryGeoInfoByIp {

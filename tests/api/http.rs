@@ -697,17 +697,10 @@ async fn a_single_get_keeps_the_deadline_and_the_in_flight_cap() {
     // The only lookup waits on a database that never answers (for longer
     // than the request may take).
     let (url, held) = black_hole_database().await;
-    let app = TestApp::spawn_with(
-        Options {
-            database_url: Some(url),
-            db_timeout: Duration::from_secs(4),
-            ..Options::default()
-        }
-        .with(|s| {
-            s.http.timeout = Duration::from_secs(1);
-            s.http.max_in_flight = 1;
-        }),
-    )
+    let app = TestApp::spawn_with(Options::database(url, Duration::from_secs(4)).with(|s| {
+        s.http.timeout = Duration::from_secs(1);
+        s.http.max_in_flight = 1;
+    }))
     .await;
     let addr = http(&app);
     let started = Instant::now();

@@ -37,12 +37,7 @@ async fn a_database_that_goes_away_degrades_to_maxmind_or_error_3_and_recovers()
 async fn a_hung_database_times_out_instead_of_hanging_the_request() {
     // Accepts connections and never says a word, like a partitioned host.
     let (url, held) = black_hole_database().await;
-    let app = TestApp::spawn_with(Options {
-        database_url: Some(url),
-        db_timeout: Duration::from_millis(300),
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::spawn_with(Options::database(url, Duration::from_millis(300))).await;
     let started = Instant::now();
     let answers = app.by_ip(&["9.9.9.9", "8.8.8.8"]).await;
     assert!(
