@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgMatches, Args, FromArgMatches};
 
-use crate::domain::Format;
+use crate::format::Format;
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone, Args)]

@@ -11,6 +11,8 @@
 //!     ([`domain::PLACE_COLUMNS`]) and the rule for a valid range
 //!     ([`domain::range_fault`]); no I/O. **A validation rule** for a range
 //!     or a column goes there.
+//!   - [`format`]: the data files' formats (ipdb, mmdb, CSV), by name and
+//!     by content.
 //!   - [`answer`]: the one view of an answer, its sixteen fields and the
 //!     error numbers, that every output writes from. **An answer field** is
 //!     one line in `FIELDS` and one in `Answer::write`.
@@ -35,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod domain;
+pub mod format;
 pub mod health;
 pub mod memory;
 pub mod metrics;

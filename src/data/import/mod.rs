@@ -28,8 +28,9 @@ pub use csv_file::COLUMNS as CSV_COLUMNS;
 pub use export::export;
 pub use load::{import, ImportOptions, Outcome};
 
+pub use crate::domain::Family;
 use crate::domain::{range_fault, Lang, Place, RangeFault, PLACE_COLUMNS};
-pub use crate::domain::{Family, Format};
+pub use crate::format::Format;
 
 /// Where in the source a range came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
