@@ -9,7 +9,7 @@ use crate::domain::Table;
 /// The state sampled when `/metrics` is scraped rather than counted as it
 /// happens.
 #[derive(Debug, Clone)]
-pub struct Sampled {
+pub struct HealthReport {
     /// The tables, or why they cannot be read (the database is down).
     pub tables: Result<Vec<TableState>, String>,
     pub pool: Option<PoolState>,
@@ -17,7 +17,7 @@ pub struct Sampled {
     pub mmdb_built: Option<SystemTime>,
 }
 
-impl Sampled {
+impl HealthReport {
     /// What keeps the service from answering as configured: a table that
     /// cannot be read (the database is down) or is empty.
     pub fn missing(&self) -> Vec<String> {
@@ -44,12 +44,12 @@ impl Sampled {
                     None => "unknown".to_owned(),
                 };
                 let table = state.table.name();
-                match &state.standing {
-                    Standing::Current => None,
-                    Standing::FromSnapshotFile => Some(format!(
+                match &state.freshness {
+                    Freshness::Current => None,
+                    Freshness::FromSnapshotFile => Some(format!(
                         "table {table} is served from its snapshot file until the database is checked; its data is {age} old"
                     )),
-                    Standing::Stale(why) => Some(format!(
+                    Freshness::Stale(why) => Some(format!(
                         "table {table} is stale: its source holds other data, which does not load ({why}); \
                          still serving data {age} old"
                     )),
@@ -68,7 +68,7 @@ pub struct TableState {
     /// file's modification time; unknown for rows loaded outside both.
     pub data_time: Option<SystemTime>,
     /// How what is served stands against the source.
-    pub standing: Standing,
+    pub freshness: Freshness,
 }
 
 impl TableState {
@@ -90,7 +90,7 @@ pub struct PoolState {
 /// How a table's snapshot stands against its source, for `/readyz` and
 /// the metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Standing {
+pub enum Freshness {
     /// What the source held when last asked.
     #[default]
     Current,

@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 use crate::answer::ErrorNo;
 use crate::domain::{Outcome, Source, Table};
-use crate::health::{Sampled, Standing};
+use crate::health::{Freshness, HealthReport};
 
 /// Which listener a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -574,7 +574,7 @@ impl Metrics {
     }
 
     /// The text exposition, after taking in the sampled state.
-    pub fn render(&self, sampled: &Sampled) -> String {
+    pub fn render(&self, sampled: &HealthReport) -> String {
         for state in sampled.tables.iter().flatten() {
             let label = TableLabel {
                 table: state.table.name(),
@@ -585,7 +585,7 @@ impl Metrics {
             if let Some(age) = state.age() {
                 self.table_age.get_or_create(&label).set(age.as_secs_f64());
             }
-            let stale = matches!(state.standing, Standing::Stale(_));
+            let stale = matches!(state.freshness, Freshness::Stale(_));
             self.table_stale.get_or_create(&label).set(i64::from(stale));
         }
         if let Some(pool) = sampled.pool {

@@ -18,7 +18,7 @@ use hashbrown::HashTable;
 use crate::domain::{
     range_fault, Family, Located, Place, PlaceFields, RangeFault, Source, Table, TableDigest, V4Table,
 };
-use crate::health::Standing;
+use crate::health::Freshness;
 use crate::memory::{Growing, HugePages};
 
 /// A range bound: `u32` for IPv4, `u128` for IPv6.
@@ -583,7 +583,7 @@ pub struct FileSignature {
 pub struct Tables {
     slots: [ArcSwap<Snapshot>; 3],
     /// Per table: how what it serves stands against its source.
-    standing: [Mutex<Standing>; 3],
+    freshness: [Mutex<Freshness>; 3],
 }
 
 fn slot_of(table: Table) -> usize {
@@ -613,7 +613,7 @@ impl Tables {
         };
         Tables {
             slots: [take(Table::Cn), take(Table::En), take(Table::V6)],
-            standing: Default::default(),
+            freshness: Default::default(),
         }
     }
 
@@ -624,12 +624,12 @@ impl Tables {
 
     /// Says how `table` stands against its source; [`Tables::replace`]
     /// makes it current.
-    pub fn set_standing(&self, table: Table, standing: Standing) {
-        *self.standing[slot_of(table)].lock().unwrap_or_else(|e| e.into_inner()) = standing;
+    pub fn set_freshness(&self, table: Table, freshness: Freshness) {
+        *self.freshness[slot_of(table)].lock().unwrap_or_else(|e| e.into_inner()) = freshness;
     }
 
-    pub fn standing(&self, table: Table) -> Standing {
-        self.standing[slot_of(table)]
+    pub fn freshness(&self, table: Table) -> Freshness {
+        self.freshness[slot_of(table)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -644,7 +644,7 @@ impl Tables {
             "{table:?} index of the wrong family"
         );
         self.slots[slot_of(table)].store(Arc::new(snapshot));
-        self.set_standing(table, Standing::Current);
+        self.set_freshness(table, Freshness::Current);
     }
 
     /// One IPv4 address's row in `table` (cn or en).

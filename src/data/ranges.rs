@@ -66,7 +66,7 @@ impl Ranges {
                         table,
                         rows: snapshot.index.len() as u64,
                         data_time: snapshot.data_time,
-                        standing: tables.standing(table),
+                        freshness: tables.freshness(table),
                     }
                 })
                 .collect()),

@@ -16,11 +16,11 @@ use std::time::SystemTime;
 
 use tracing::{info, warn};
 
-use super::refresh::{signature, Refresh, Which};
+use super::refresh::{signature, Refresh, ToCheck};
 use crate::data::import::{read_streaming, schema_limits, Format, ImportError, Range, SourceError};
 use crate::data::index::{Builder, Key, RangeIndex, Snapshot, TableIndex, Tables, Version};
 use crate::domain::{Family, Lang, Table};
-use crate::health::Standing;
+use crate::health::Freshness;
 use crate::metrics::{Metrics, Reload};
 
 /// Where a file's bytes are.
@@ -348,7 +348,7 @@ impl Refresh for FileWatch {
     /// Reads again the tables whose file changed since it was loaded. The
     /// directory is read again each time: a file may have been added,
     /// renamed or removed, so every table is checked whatever `_which` says.
-    async fn check(&mut self, _which: Which) -> bool {
+    async fn check(&mut self, _which: ToCheck) -> bool {
         let (files, changed) = match self.changed_files() {
             Ok((_, changed)) if changed.is_empty() => return false,
             Ok(found) => found,
@@ -378,7 +378,7 @@ impl Refresh for FileWatch {
             Err(err) => {
                 warn!(tables = ?changed, error = %err, "a rewritten data file does not load; its tables keep their data");
                 for &table in &changed {
-                    self.tables.set_standing(table, Standing::Stale(err.to_string()));
+                    self.tables.set_freshness(table, Freshness::Stale(err.to_string()));
                 }
                 self.metrics.reloaded(Reload::Table, false);
                 false

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tracing::{error, info};
 
-use super::refresh::{signature, Refresh, Which};
+use super::refresh::{signature, Refresh, ToCheck};
 use crate::data::index::FileSignature;
 use crate::data::mmdb::{GeoDb, MaxMind, MmdbError};
 use crate::metrics::{Metrics, Reload};
@@ -78,7 +78,7 @@ fn reopen_if_replaced(path: &Path, seen: &mut Option<FileSignature>) -> Found {
 }
 
 impl Refresh for MmdbFile {
-    async fn check(&mut self, _which: Which) -> bool {
+    async fn check(&mut self, _which: ToCheck) -> bool {
         let path = self.path.clone();
         let mut seen = self.seen;
         // Opening maps and checks the file: keep it off the workers.

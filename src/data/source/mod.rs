@@ -30,7 +30,7 @@ use crate::data::mmdb::{GeoDb, MaxMind};
 use crate::data::ranges::Ranges;
 use crate::data::store::{self, Store};
 use crate::domain::Table;
-use crate::health::Standing;
+use crate::health::Freshness;
 use crate::health::TableState;
 use crate::metrics::Metrics;
 use files::FileWatch;
@@ -39,7 +39,7 @@ use postgres::Reloader;
 use refresh::Refresh;
 
 /// The tables and the MaxMind database, open and kept fresh.
-pub struct Opened {
+pub struct Sources {
     /// The range tables, read per call or held in memory.
     pub ranges: Ranges,
     /// The MaxMind database, if there is one.
@@ -58,7 +58,7 @@ pub async fn open(
     metrics: &Arc<Metrics>,
     wake: &watch::Receiver<u64>,
     stop: &CancellationToken,
-) -> anyhow::Result<Opened> {
+) -> anyhow::Result<Sources> {
     let mut refreshing = Vec::new();
     let every = settings.reload_interval;
     let (ranges, file_mmdb, described) = match find(&settings.source)? {
@@ -98,7 +98,7 @@ pub async fn open(
         Some(FileSource::Builtin(bytes)) => Some(builtin_mmdb(bytes)?.with_networks(settings.mmdb_ranges)),
         None => None,
     };
-    Ok(Opened {
+    Ok(Sources {
         ranges,
         maxmind,
         described,
@@ -222,7 +222,7 @@ async fn open_postgres(pg: &Postgres, metrics: &Arc<Metrics>) -> anyhow::Result<
                 if let Some(snapshots) = read_snapshots(dir).await {
                     let tables = Arc::new(Tables::new(snapshots));
                     for table in Table::ALL {
-                        tables.set_standing(table, Standing::FromSnapshotFile);
+                        tables.set_freshness(table, Freshness::FromSnapshotFile);
                     }
                     log_tables(&tables, &Table::ALL, started.elapsed());
                     let described = format!(

@@ -16,12 +16,12 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tracing::{debug, error, info, warn};
 
-use super::refresh::{Refresh, Which};
+use super::refresh::{Refresh, ToCheck};
 use crate::config::Postgres;
 use crate::data::index::{Snapshot, Tables};
 use crate::data::store::{self, StoreError, RELOAD_CHANNEL};
 use crate::domain::Table;
-use crate::health::Standing;
+use crate::health::Freshness;
 use crate::metrics::{Metrics, Reload};
 
 /// Notifications held for the reloader; past this they are dropped and a
@@ -200,7 +200,7 @@ impl Reloader {
                     error = %cause,
                     "reload failed; still serving the previous data"
                 );
-                self.tables.set_standing(table, Standing::Stale(cause));
+                self.tables.set_freshness(table, Freshness::Stale(cause));
                 self.metrics.reloaded(Reload::Table, false);
                 false
             }
@@ -248,7 +248,7 @@ impl Reloader {
 
 impl Refresh for Reloader {
     /// Reloads each table whose version differs from its snapshot's.
-    async fn check(&mut self, which: Which) -> bool {
+    async fn check(&mut self, which: ToCheck) -> bool {
         let changed = match self.changed(&which.tables()).await {
             Ok(changed) => {
                 if self.failing.check.take().is_some() {
@@ -270,7 +270,7 @@ impl Refresh for Reloader {
         // is marked by its replacement, if its rebuild succeeds.
         for table in which.tables() {
             if !changed.iter().any(|(t, _)| *t == table) {
-                self.tables.set_standing(table, Standing::Current);
+                self.tables.set_freshness(table, Freshness::Current);
             }
         }
         let mut swapped = false;
@@ -280,7 +280,7 @@ impl Refresh for Reloader {
         swapped
     }
 
-    async fn listen(&mut self) -> Option<Which> {
+    async fn listen(&mut self) -> Option<ToCheck> {
         if matches!(self.listening, Listening::Up(_)) || Instant::now() < self.reconnect_at {
             return None;
         }
@@ -294,7 +294,7 @@ impl Refresh for Reloader {
                 self.listening = Listening::Up(live);
                 self.backoff = Duration::from_secs(1);
                 // Whatever changed while nobody listened.
-                Some(Which::All)
+                Some(ToCheck::All)
             }
             Err(ListenError::Standby) => {
                 if !self.failing.standby_said {
@@ -322,19 +322,19 @@ impl Refresh for Reloader {
         }
     }
 
-    async fn announced(&mut self) -> Option<Which> {
+    async fn announced(&mut self) -> Option<ToCheck> {
         let awaited = self.awaiting.first().map(|&(table, _)| table);
         let Listening::Up(live) = &mut self.listening else {
             // Still ask about what was announced, until it arrives.
             if let Some(table) = awaited {
                 tokio::time::sleep(REPLAY_POLL).await;
-                return Some(Which::Table(table));
+                return Some(ToCheck::Table(table));
             }
             tokio::time::sleep_until(self.reconnect_at.into()).await;
             return None;
         };
         if live.overflowed.swap(false, Ordering::Relaxed) {
-            return Some(Which::All);
+            return Some(ToCheck::All);
         }
         let replay_poll = async {
             match awaited {
@@ -346,15 +346,15 @@ impl Refresh for Reloader {
             }
         };
         tokio::select! {
-            table = replay_poll => Some(Which::Table(table)),
+            table = replay_poll => Some(ToCheck::Table(table)),
             note = live.notes.recv() => match note {
                 Some(Some(table)) => {
                     if !self.awaiting.iter().any(|(t, _)| *t == table) {
                         self.awaiting.push((table, Instant::now() + AWAIT_REPLAY));
                     }
-                    Some(Which::Table(table))
+                    Some(ToCheck::Table(table))
                 }
-                Some(None) => Some(Which::All),
+                Some(None) => Some(ToCheck::All),
                 None => {
                     if self.failing.listen.is_none() {
                         warn!("lost the connection listening for table reloads; reconnecting");

@@ -15,17 +15,17 @@ use crate::domain::Table;
 
 /// What may have changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Which {
+pub enum ToCheck {
     All,
     Table(Table),
 }
 
-impl Which {
+impl ToCheck {
     /// The tables to check.
     pub fn tables(self) -> Vec<Table> {
         match self {
-            Which::All => Table::ALL.to_vec(),
-            Which::Table(table) => vec![table],
+            ToCheck::All => Table::ALL.to_vec(),
+            ToCheck::Table(table) => vec![table],
         }
     }
 }
@@ -35,18 +35,18 @@ pub trait Refresh: Send {
     /// Compares what `which` names with what is served, and swaps in
     /// whatever changed; a failure is logged and the old data keeps
     /// serving. Returns whether anything was swapped in.
-    fn check(&mut self, which: Which) -> impl Future<Output = bool> + Send;
+    fn check(&mut self, which: ToCheck) -> impl Future<Output = bool> + Send;
 
     /// Gets ready to hear of changes (PostgreSQL: LISTENs again when it is
     /// due). Returns what may have changed while nobody listened.
-    fn listen(&mut self) -> impl Future<Output = Option<Which>> + Send {
+    fn listen(&mut self) -> impl Future<Output = Option<ToCheck>> + Send {
         async { None }
     }
 
     /// Completes when the source announces a change (`Some`), or when it
     /// is time to [`listen`](Refresh::listen) again (`None`); never, for a
     /// source without announcements.
-    fn announced(&mut self) -> impl Future<Output = Option<Which>> + Send {
+    fn announced(&mut self) -> impl Future<Output = Option<ToCheck>> + Send {
         std::future::pending()
     }
 }
@@ -68,9 +68,9 @@ pub async fn run(mut source: impl Refresh, every: Duration, mut wake: watch::Rec
             Some(which) => which,
             None => tokio::select! {
                 () = stop.cancelled() => return,
-                _ = ticks.tick() => Which::All,
+                _ = ticks.tick() => ToCheck::All,
                 changed = wake.changed() => match changed {
-                    Ok(()) => Which::All,
+                    Ok(()) => ToCheck::All,
                     Err(_) => return,
                 },
                 announced = source.announced() => match announced {

@@ -16,7 +16,7 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::config;
 use crate::domain::{Family, Located, Place, Source, Unavailable, V4Table, PLACE_COLUMNS};
-use crate::health::Standing;
+use crate::health::Freshness;
 use crate::health::{PoolState, TableState};
 use crate::metrics::Metrics;
 use coalesce::Coalescer;
@@ -239,7 +239,7 @@ impl Store {
                     table,
                     rows: u64::try_from(rows).unwrap_or(0),
                     data_time: live.and_then(|l| l.finished),
-                    standing: Standing::Current,
+                    freshness: Freshness::Current,
                 });
             }
             Ok(states)
