@@ -252,8 +252,9 @@ fn unframed(c: &mut Criterion) {
     let ips = vec!["x".repeat(1_600); 10_000];
     let message = xm_ip_service::thrift::calls::encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips });
     assert!(message.len() <= limit);
-    let decode =
-        |buf: &[u8], found: codec::Found| codec::decode(&buf[found.body..found.end], wire.protocol, 10_000).unwrap();
+    let decode = |buf: &[u8], found: codec::MessageSpan| {
+        codec::decode(&buf[found.body..found.end], wire.protocol, 10_000).unwrap()
+    };
     let mut group = c.benchmark_group("unframed 16 MB message");
     group.throughput(Throughput::Bytes(message.len() as u64));
     group.sample_size(20);

@@ -22,7 +22,7 @@ use crate::serve::accept::{Acceptor, Admitted};
 use crate::serve::budget::{self, reply_cost, Budget, Held, Order, SMALL_REPLY, STALL_GRACE};
 use crate::serve::throttle::Throttle;
 use crate::thrift::codec::{
-    self, exception, BadArgs, Found, Framing, MessageCheck, MessageType, Method, Request, Wire, WireError,
+    self, exception, BadArgs, Framing, MessageCheck, MessageSpan, MessageType, Method, Request, Wire, WireError,
 };
 use crate::thrift::Handler;
 
@@ -294,7 +294,7 @@ impl Connection {
     /// Waits for room in the reply budget for answering the message
     /// `found`, unless its reply will be small, for at most the write
     /// timeout: the time a reply may take to leave.
-    async fn make_room_for_reply(&mut self, wire: Wire, found: &Found) -> Result<Room, Closed> {
+    async fn make_room_for_reply(&mut self, wire: Wire, found: &MessageSpan) -> Result<Room, Closed> {
         let message = &self.buf[found.body..found.end];
         let cost = codec::announced_batch(message, wire.protocol, message.len())
             .filter(|&n| n <= self.shared.max_batch)

@@ -16,7 +16,7 @@ use thrift::protocol::{
 use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::answer;
-pub use super::framing::{detect, Found, Framing, MessageCheck, Protocol, Wire, WireError};
+pub use super::framing::{detect, Framing, MessageCheck, MessageSpan, Protocol, Wire, WireError};
 use super::reader::{bad, Kind, Reader};
 use crate::domain::Outcome;
 

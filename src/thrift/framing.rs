@@ -136,7 +136,7 @@ pub fn detect(head: &[u8], max_frame: usize) -> Result<Wire, WireError> {
 
 /// Where one message lies in a buffer that starts with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Found {
+pub struct MessageSpan {
     /// Where the message proper starts: after the frame header, if framed.
     pub body: usize,
     /// Where it ends: the bytes to consume.
@@ -197,7 +197,7 @@ impl MessageCheck {
     /// there; `Ok(None)` asks for more bytes. Call again with the same
     /// buffer grown; after a message is found, the next call starts on the
     /// next message (the caller advances the buffer past it).
-    pub fn check(&mut self, buf: &[u8]) -> Result<Option<Found>, WireError> {
+    pub fn check(&mut self, buf: &[u8]) -> Result<Option<MessageSpan>, WireError> {
         if self.wire.framing == Framing::Framed {
             let Some(size) = frame_size(buf) else {
                 return Ok(None);
@@ -208,7 +208,7 @@ impl MessageCheck {
                     limit: self.max_message,
                 });
             }
-            return Ok((buf.len() >= 4 + size).then_some(Found { body: 4, end: 4 + size }));
+            return Ok((buf.len() >= 4 + size).then_some(MessageSpan { body: 4, end: 4 + size }));
         }
         match self.walk(buf) {
             Ok(()) => {
@@ -221,7 +221,7 @@ impl MessageCheck {
                         limit: self.max_message,
                     });
                 }
-                Ok(Some(Found { body: 0, end }))
+                Ok(Some(MessageSpan { body: 0, end }))
             }
             // The message goes on past the end of `buf`.
             Err(WireError::Incomplete) if self.forgotten + buf.len() >= self.max_message => {
@@ -447,7 +447,7 @@ mod tests {
         let found = MessageCheck::new(wire, LIMIT).check(&stream).unwrap();
         assert_eq!(
             found,
-            Some(Found {
+            Some(MessageSpan {
                 body: 0,
                 end: nested.len()
             })

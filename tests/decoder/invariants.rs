@@ -7,7 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use xm_ip_service::thrift::codec::{self, Found, Framing, MessageCheck, Request, Wire};
+use xm_ip_service::thrift::codec::{self, Framing, MessageCheck, MessageSpan, Request, Wire};
 
 pub const WIRES: [Wire; 4] = Wire::EACH;
 
@@ -101,7 +101,7 @@ pub fn check_stream(data: &[u8]) -> Option<Request> {
 
 /// Walks an unframed stream in pieces, dropping what the walk has passed
 /// as it goes: where the message ends, counted from the stream's start.
-fn walked_forgetting(bytes: &[u8], wire: Wire, piece: usize) -> Result<Option<Found>, codec::WireError> {
+fn walked_forgetting(bytes: &[u8], wire: Wire, piece: usize) -> Result<Option<MessageSpan>, codec::WireError> {
     let mut check = MessageCheck::new(wire, LIMIT);
     let (mut dropped, mut end) = (0, 0);
     loop {
@@ -109,7 +109,7 @@ fn walked_forgetting(bytes: &[u8], wire: Wire, piece: usize) -> Result<Option<Fo
         match check.check(&bytes[dropped..end])? {
             // The message began at the stream's start, before what was dropped.
             Some(found) => {
-                return Ok(Some(Found {
+                return Ok(Some(MessageSpan {
                     body: found.body,
                     end: dropped + found.end,
                 }))

@@ -21,7 +21,7 @@ pub struct MmdbFile {
 }
 
 /// What a check for a replaced file found.
-enum Found {
+enum FileCheck {
     Unchanged,
     Replaced(Box<GeoDb>),
     /// The new file could not be used; the old one stays.
@@ -50,7 +50,7 @@ impl MmdbFile {
 }
 
 /// Opens the file at `path` if it is not the version `seen`, updating it.
-fn reopen_if_replaced(path: &Path, seen: &mut Option<FileSignature>) -> Found {
+fn reopen_if_replaced(path: &Path, seen: &mut Option<FileSignature>) -> FileCheck {
     let now = match signature(path) {
         Ok(now) => now,
         Err(err) => {
@@ -58,21 +58,21 @@ fn reopen_if_replaced(path: &Path, seen: &mut Option<FileSignature>) -> Found {
             if seen.take().is_some() {
                 error!(path = %path.display(), error = %err, "MaxMind database is missing; still serving the open one");
             }
-            return Found::Failed;
+            return FileCheck::Failed;
         }
     };
     if *seen == Some(now) {
-        return Found::Unchanged;
+        return FileCheck::Unchanged;
     }
     *seen = Some(now);
     match GeoDb::open(path) {
         Ok(db) => {
             info!(path = %path.display(), build = %db.describe(), "MaxMind database reopened");
-            Found::Replaced(Box::new(db))
+            FileCheck::Replaced(Box::new(db))
         }
         Err(err) => {
             error!(error = %err, "the replaced MaxMind database does not open; still serving the previous one");
-            Found::Failed
+            FileCheck::Failed
         }
     }
 }
@@ -89,16 +89,16 @@ impl Refresh for MmdbFile {
         };
         self.seen = seen;
         match reopened {
-            Found::Replaced(db) => {
+            FileCheck::Replaced(db) => {
                 self.maxmind.replace(*db);
                 self.metrics.reloaded(Reload::Mmdb, true);
                 true
             }
-            Found::Failed => {
+            FileCheck::Failed => {
                 self.metrics.reloaded(Reload::Mmdb, false);
                 false
             }
-            Found::Unchanged => false,
+            FileCheck::Unchanged => false,
         }
     }
 }

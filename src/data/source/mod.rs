@@ -62,7 +62,7 @@ pub async fn open(
     let mut refreshing = Vec::new();
     let every = settings.reload_interval;
     let (ranges, file_mmdb, described) = match find(&settings.source)? {
-        Found::Postgres(pg) => {
+        Resolved::Postgres(pg) => {
             let (ranges, described) = open_postgres(pg, metrics).await?;
             if let Ranges::Memory(tables) = &ranges {
                 let reloader = Reloader::new(pg, tables.clone(), metrics.clone());
@@ -70,7 +70,7 @@ pub async fn open(
             }
             (ranges, None, described)
         }
-        Found::Files(files) => {
+        Resolved::Files(files) => {
             let (tables, mmdb, described) = open_files(files.clone(), &Table::ALL).await?;
             if !files.is_sample() {
                 let watch = FileWatch {
@@ -116,17 +116,17 @@ fn keep_fresh(
 }
 
 /// A source, with a file source's files found.
-enum Found<'a> {
+enum Resolved<'a> {
     Postgres(&'a Postgres),
     /// A directory's files, or the built-in sample.
     Files(DataFiles),
 }
 
-fn find(source: &DataSource) -> anyhow::Result<Found<'_>> {
+fn find(source: &DataSource) -> anyhow::Result<Resolved<'_>> {
     Ok(match source {
-        DataSource::Postgres(pg) => Found::Postgres(pg),
-        DataSource::Files(dir) => Found::Files(DataFiles::in_dir(dir)?),
-        DataSource::Builtin => Found::Files(DataFiles::sample()),
+        DataSource::Postgres(pg) => Resolved::Postgres(pg),
+        DataSource::Files(dir) => Resolved::Files(DataFiles::in_dir(dir)?),
+        DataSource::Builtin => Resolved::Files(DataFiles::sample()),
     })
 }
 
@@ -134,8 +134,8 @@ fn find(source: &DataSource) -> anyhow::Result<Found<'_>> {
 /// samples addresses from.
 pub async fn load_tables(source: &DataSource) -> anyhow::Result<Tables> {
     Ok(match find(source)? {
-        Found::Postgres(pg) => Tables::new(postgres::load_tables(&pg.url, pg.pool.timeout).await?),
-        Found::Files(files) => Tables::new(load_files(files, &Table::ALL).await?.tables),
+        Resolved::Postgres(pg) => Tables::new(postgres::load_tables(&pg.url, pg.pool.timeout).await?),
+        Resolved::Files(files) => Tables::new(load_files(files, &Table::ALL).await?.tables),
     })
 }
 
@@ -148,11 +148,11 @@ pub async fn open_offline(
     tables: &[Table],
 ) -> anyhow::Result<(Ranges, Option<MaxMind>)> {
     let (ranges, file_mmdb) = match find(source)? {
-        Found::Postgres(pg) => (
+        Resolved::Postgres(pg) => (
             Ranges::Postgres(Store::new(&pg.url, pg.pool, Arc::new(Metrics::new()))?),
             None,
         ),
-        Found::Files(files) => {
+        Resolved::Files(files) => {
             let (tables, mmdb, _) = open_files(files, tables).await?;
             (Ranges::Memory(tables), mmdb)
         }
