@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use crate::data::import::Format;
 use crate::domain::Table;
 use crate::tools::client::{Protocol, Transport};
-use crate::tools::loadgen::Method;
+use crate::tools::loadgen::LoadCall;
 
 /// `impl ValueEnum` for an enum: each variant, its name on the command
 /// line and an optional help line.
@@ -49,8 +49,8 @@ value_enum!(Protocol {
     Protocol::Compact => "compact";
 });
 
-value_enum!(Method {
-    Method::ByIp => "by-ip", "queryGeoInfoByIP (zh-CN)";
-    Method::English => "english", "queryGeoInfo with lang \"en\"";
-    Method::I18n => "i18n", "queryI18nGeoInfoByIP (MaxMind only)";
+value_enum!(LoadCall {
+    LoadCall::ByIp => "by-ip", "queryGeoInfoByIP (zh-CN)";
+    LoadCall::English => "english", "queryGeoInfo with lang \"en\"";
+    LoadCall::I18n => "i18n", "queryI18nGeoInfoByIP (MaxMind only)";
 });

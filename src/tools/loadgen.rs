@@ -26,9 +26,9 @@ use crate::thrift::codec::{self, Call, Framing, MessageCheck, Wire};
 use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 use crate::tools::client::{self, Protocol, Transport};
 
-/// Which method the load calls.
+/// The call the load makes: a method, and for queryGeoInfo its language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub enum LoadCall {
     /// queryGeoInfoByIP (zh-CN)
     ByIp,
     /// queryGeoInfo with lang "en"
@@ -37,12 +37,12 @@ pub enum Method {
     I18n,
 }
 
-impl Method {
+impl LoadCall {
     fn call(self, ips: Vec<String>) -> Call {
         match self {
-            Method::ByIp => Call::QueryGeoInfoByIp { ips },
-            Method::English => Call::QueryGeoInfo { ips, lang: "en".into() },
-            Method::I18n => Call::QueryI18nGeoInfoByIp { ips },
+            LoadCall::ByIp => Call::QueryGeoInfoByIp { ips },
+            LoadCall::English => Call::QueryGeoInfo { ips, lang: "en".into() },
+            LoadCall::I18n => Call::QueryI18nGeoInfoByIp { ips },
         }
     }
 }
@@ -88,7 +88,7 @@ pub struct LoadOptions {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     #[arg(long, value_enum, default_value = "by-ip")]
-    pub method: Method,
+    pub method: LoadCall,
     #[arg(long, value_enum, default_value = "framed")]
     pub transport: Transport,
     #[arg(long, value_enum, default_value = "binary")]
@@ -607,8 +607,8 @@ pub struct CompareOptions {
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
     /// Methods to compare (repeatable).
-    #[arg(long, value_enum, default_values_t = [Method::ByIp, Method::English])]
-    pub method: Vec<Method>,
+    #[arg(long, value_enum, default_values_t = [LoadCall::ByIp, LoadCall::English])]
+    pub method: Vec<LoadCall>,
     /// Differences to print in full.
     #[arg(long, default_value_t = 5)]
     pub show: usize,
@@ -621,7 +621,7 @@ pub struct CompareOptions {
 /// One answer that differs.
 #[derive(Debug)]
 pub struct Difference {
-    pub method: Method,
+    pub method: LoadCall,
     pub expected: GeoInfo,
     pub got: GeoInfo,
 }
@@ -660,9 +660,9 @@ pub fn compare(options: &CompareOptions, keep: usize) -> anyhow::Result<(u64, u6
             for (client, target) in clients.iter_mut().zip(&targets) {
                 let ips = ips.clone();
                 let answer = match method {
-                    Method::ByIp => client.query_geo_info_by_i_p(ips),
-                    Method::English => client.query_geo_info(GeoRequest::new(ips, "en".to_owned())),
-                    Method::I18n => client.query_i18n_geo_info_by_i_p(ips),
+                    LoadCall::ByIp => client.query_geo_info_by_i_p(ips),
+                    LoadCall::English => client.query_geo_info(GeoRequest::new(ips, "en".to_owned())),
+                    LoadCall::I18n => client.query_i18n_geo_info_by_i_p(ips),
                 };
                 answers.push(answer.with_context(|| format!("{method:?} to {target} failed"))?);
             }
