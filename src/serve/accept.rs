@@ -90,6 +90,11 @@ impl Acceptor {
         }
     }
 
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
     /// Counts the connections admitted and still open, for whoever
     /// watches them from elsewhere.
     pub fn open_connections(&self) -> impl Fn() -> usize + Send + 'static {

@@ -92,12 +92,11 @@ impl ReloadHandle {
     }
 }
 
-/// The HTTP listener, the runtimes that serve its connections, and its
-/// connection cap as fitted to the open-file limit.
+/// The HTTP listener, with its connection cap fitted to the open-file
+/// limit, and the runtimes that serve its connections.
 struct HttpListener {
-    listener: TcpListener,
+    acceptor: Acceptor,
     workers: Workers,
-    max_connections: usize,
 }
 
 /// A server that is bound and ready to run.
@@ -137,10 +136,16 @@ impl Application {
                     .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
                 info!(addr = %http_listener.local_addr()?, "HTTP API, /metrics and /readyz listening");
                 let workers = Workers::start().context("cannot start the HTTP workers")?;
+                let warnings = Arc::new(Throttle::default());
                 Some(HttpListener {
-                    listener: http_listener,
+                    acceptor: Acceptor::new(
+                        http_listener,
+                        Api::Http,
+                        http_max_connections,
+                        metrics.clone(),
+                        warnings,
+                    ),
                     workers,
-                    max_connections: http_max_connections,
                 })
             }
         };
@@ -182,9 +187,7 @@ impl Application {
 
     /// The HTTP listener's address, unless HTTP is off.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http
-            .as_ref()
-            .map(|http| http.listener.local_addr().expect("a bound listener has an address"))
+        self.http.as_ref().map(|http| http.acceptor.local_addr())
     }
 
     /// What SIGHUP uses to ask for a check for new data.
@@ -207,18 +210,9 @@ impl Application {
             stopping.cancelled(),
         );
         // The workers outlive the HTTP server: they are dropped last.
-        let (http_listener, workers) = match self.http {
-            Some(HttpListener {
-                listener,
-                workers,
-                max_connections,
-            }) => (Some((listener, max_connections)), Some(workers)),
-            None => (None, None),
-        };
+        let (acceptor, workers) = self.http.map(|http| (http.acceptor, http.workers)).unzip();
         let http = async {
-            if let (Some((listener, max_connections)), Some(workers)) = (http_listener, &workers) {
-                let warnings = Arc::new(Throttle::default());
-                let acceptor = Acceptor::new(listener, Api::Http, max_connections, self.metrics.clone(), warnings);
+            if let (Some(acceptor), Some(workers)) = (acceptor, &workers) {
                 http::run(
                     acceptor,
                     self.locator,

@@ -1,6 +1,6 @@
-//! The Thrift TCP server: an accept loop that refuses connections over the
-//! cap at once, one task per connection reading requests in order, and a
-//! graceful drain on shutdown.
+//! The Thrift TCP server: connections admitted by the shared accept loop
+//! ([`crate::serve::accept`]), one task per connection reading requests in
+//! order, and a graceful drain on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -16,8 +16,7 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::config;
 use crate::domain::{Family, Located, Place, Source, Unavailable, V4Table, PLACE_COLUMNS};
-use crate::health::Freshness;
-use crate::health::{PoolState, TableState};
+use crate::health::{Freshness, PoolState, TableState};
 use crate::metrics::Metrics;
 use coalesce::Coalescer;
 
