@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Settings;
 use crate::data::import::Format;
 use crate::data::store::Table;
-use crate::tools::client::{Protocol, Transport};
+use crate::tools::client::{Framing, Protocol};
 use crate::tools::loadgen::{CompareOptions, LoadOptions};
 
 #[derive(Debug, Parser)]
@@ -142,7 +142,7 @@ pub struct QueryArgs {
     #[arg(long, env = "XM_IP_QUERY_ADDR", default_value = "127.0.0.1:9090")]
     pub addr: String,
     #[arg(long, value_enum, default_value = "framed")]
-    pub transport: Transport,
+    pub transport: Framing,
     #[arg(long, value_enum, default_value = "binary")]
     pub protocol: Protocol,
     /// Give up on the server after this long.

@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio_postgres::Client;
 
 use super::ImportArgs;
-use crate::data::import::{self, ChangeReport, Format, ImportError, ImportOptions, Outcome, SourceError};
+use crate::data::import::{self, ChangeReport, Format, ImportError, ImportOptions, ImportOutcome, SourceError};
 use crate::data::source::DataFiles;
 use crate::data::store::{self, Table};
 
@@ -92,7 +92,7 @@ async fn import_one(client: &mut Client, options: &ImportOptions, json: bool) ->
         outcome => outcome?,
     };
     match outcome {
-        Outcome::AlreadyLoaded => {
+        ImportOutcome::AlreadyLoaded => {
             let message = format!(
                 "{table} already holds {} (same SHA-256); nothing to do (--force reloads)",
                 options.file.display()
@@ -106,13 +106,13 @@ async fn import_one(client: &mut Client, options: &ImportOptions, json: bool) ->
                 println!("{message}");
             }
         }
-        Outcome::Checked { rows, merged, report } => {
+        ImportOutcome::Checked { rows, merged, report } => {
             print_report(&report, "dry_run", json);
             if !json {
                 println!("dry run: {rows} rows parsed ({merged} ranges merged); {table} is unchanged");
             }
         }
-        Outcome::Loaded {
+        ImportOutcome::Loaded {
             rows,
             merged,
             elapsed,

@@ -5,12 +5,12 @@ use unicode_width::UnicodeWidthStr;
 
 use super::QueryArgs;
 use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
-use crate::tools::client::{self, to_json};
+use crate::tools::client::{self, to_json, Wire};
 
 /// Runs `query`: a blocking client, so it stays out of the async runtime.
 /// Whether every address was answered (`error_no` 0).
 pub fn query(args: QueryArgs) -> anyhow::Result<bool> {
-    let mut client = client::Reconnecting::connect(&args.addr, args.transport, args.protocol, args.timeout)
+    let mut client = client::Reconnecting::connect(&args.addr, Wire::new(args.transport, args.protocol), args.timeout)
         .with_context(|| format!("cannot connect to {}", args.addr))?;
     let answers = client
         .call(|client| {

@@ -20,7 +20,7 @@ use crate::data::source;
 use crate::domain::{LookupError, Outcome};
 use crate::service::{Locator, Route};
 use crate::thrift::{geo_info, GeoInfo, GeoRequest, TIPServiceSyncClient};
-use crate::tools::client::{self, Protocol, Transport};
+use crate::tools::client::{self, Wire};
 use crate::tools::resolve::{address_in, Summary};
 
 /// Longest line read; the rest of a longer one is skipped and the line
@@ -29,7 +29,7 @@ const MAX_LINE: u64 = 64 * 1024;
 
 pub async fn resolve(args: ResolveArgs) -> anyhow::Result<()> {
     let mut input = Input::open(&args.files, args.field.map(usize::from), args.unique)?;
-    let source = Source::open(&args).await?;
+    let answerer = Answerer::open(&args).await?;
     let mut output: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
         None => Box::new(io::stdout()),
@@ -40,7 +40,7 @@ pub async fn resolve(args: ResolveArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut summary = Summary::default();
     let mut in_flight = FuturesOrdered::new();
-    // A server source has one client per connection, each for one batch.
+    // A server answerer has one client per connection, each for one batch.
     let depth = args.connections.max(1);
     let mut exhausted = false;
     loop {
@@ -49,7 +49,7 @@ pub async fn resolve(args: ResolveArgs) -> anyhow::Result<()> {
             if batch.is_empty() {
                 exhausted = true;
             } else {
-                in_flight.push_back(source.answer(batch));
+                in_flight.push_back(answerer.answer(batch));
             }
         }
         let Some(answers) = in_flight.next().await else { break };
@@ -211,9 +211,9 @@ fn skip_line(reader: &mut dyn BufRead) -> io::Result<()> {
     }
 }
 
-/// Where the answers come from.
+/// What answers the addresses: a running server or the lookups themselves.
 #[derive(Clone)]
-enum Source {
+enum Answerer {
     /// A running server: a pool of blocking Thrift clients, one per
     /// connection, each used by one batch at a time.
     Server {
@@ -225,17 +225,17 @@ enum Source {
     Local { locator: Locator, route: Route },
 }
 
-impl Source {
-    async fn open(args: &ResolveArgs) -> anyhow::Result<Source> {
+impl Answerer {
+    async fn open(args: &ResolveArgs) -> anyhow::Result<Answerer> {
         if let Some(addr) = &args.addr {
             let mut clients = Vec::new();
             for _ in 0..args.connections.max(1) {
                 clients.push(
-                    client::Reconnecting::connect(addr, Transport::Framed, Protocol::Binary, args.timeout)
+                    client::Reconnecting::connect(addr, Wire::FRAMED_BINARY, args.timeout)
                         .with_context(|| format!("cannot connect to {addr}"))?,
                 );
             }
-            return Ok(Source::Server {
+            return Ok(Answerer::Server {
                 addr: addr.clone(),
                 clients: Arc::new(Mutex::new(clients)),
                 lang: args.lang.clone(),
@@ -250,13 +250,13 @@ impl Source {
         );
         let (ranges, maxmind) = source::open_offline(&source, args.mmdb.as_deref(), route.tables()).await?;
         let locator = Locator::new(ranges, maxmind);
-        Ok(Source::Local { locator, route })
+        Ok(Answerer::Local { locator, route })
     }
 
     /// The answers for one batch, in order, run on its own task so that
     /// batches proceed in parallel.
     fn answer(&self, batch: Vec<Item>) -> impl std::future::Future<Output = anyhow::Result<Vec<GeoInfo>>> {
-        let source = self.clone();
+        let answerer = self.clone();
         async move {
             let addresses: Vec<String> = batch
                 .iter()
@@ -265,8 +265,8 @@ impl Source {
                     Item::Invalid { .. } => None,
                 })
                 .collect();
-            let mut answers = match source {
-                Source::Server { addr, clients, lang } => {
+            let mut answers = match answerer {
+                Answerer::Server { addr, clients, lang } => {
                     tokio::task::spawn_blocking(move || {
                         let mut client = clients
                             .lock()
@@ -282,7 +282,7 @@ impl Source {
                     })
                     .await??
                 }
-                Source::Local { locator, route } => {
+                Answerer::Local { locator, route } => {
                     tokio::spawn(async move {
                         let outcomes = locator.locate(&addresses, route).await;
                         addresses

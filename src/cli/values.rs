@@ -6,7 +6,7 @@ use clap::ValueEnum;
 
 use crate::data::import::Format;
 use crate::domain::Table;
-use crate::tools::client::{Protocol, Transport};
+use crate::tools::client::{Framing, Protocol};
 use crate::tools::loadgen::LoadCall;
 
 /// `impl ValueEnum` for an enum: each variant, its name on the command
@@ -39,15 +39,24 @@ value_enum!(Format {
     Format::Csv => "csv";
 });
 
-value_enum!(Transport {
-    Transport::Framed => "framed";
-    Transport::Buffered => "buffered";
+value_enum!(Framing {
+    Framing::Framed => "framed";
+    Framing::Buffered => "buffered";
 });
 
-value_enum!(Protocol {
-    Protocol::Binary => "binary";
-    Protocol::Compact => "compact";
-});
+/// A client sends binary strict, as every current client does.
+impl ValueEnum for Protocol {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Protocol::BINARY, Protocol::Compact]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(match self {
+            Protocol::Binary { .. } => "binary",
+            Protocol::Compact => "compact",
+        }))
+    }
+}
 
 value_enum!(LoadCall {
     LoadCall::ByIp => "by-ip", "queryGeoInfoByIP (zh-CN)";

@@ -97,12 +97,12 @@ type WaitKey = (usize, u64);
 /// holding, it gives them back as abandoned: the connection went away, or
 /// gave up, before it was done with them.
 #[derive(Default)]
-pub struct Held {
+pub struct Reservation {
     budget: Option<Arc<Inner>>,
     units: usize,
 }
 
-impl Held {
+impl Reservation {
     fn add(&mut self, inner: &Arc<Inner>, units: usize) {
         self.budget.get_or_insert_with(|| inner.clone());
         self.units += units;
@@ -127,7 +127,7 @@ impl Held {
     }
 }
 
-impl Drop for Held {
+impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(budget) = &self.budget {
             if self.units >= ABANDONED_TRIM_UNITS {
@@ -196,7 +196,7 @@ impl Budget {
     /// Grows `held` to cover `bytes`, waiting while others hold the rest;
     /// returns whether it had to wait. Cancel-safe: a wait that is dropped
     /// takes nothing.
-    pub async fn grow(&self, held: &mut Held, bytes: usize) -> bool {
+    pub async fn grow(&self, held: &mut Reservation, bytes: usize) -> bool {
         let needed = bytes.div_ceil(UNIT).min(self.inner.capacity);
         let Some(missing) = needed.checked_sub(held.units).filter(|&n| n > 0) else {
             return false;
@@ -340,12 +340,12 @@ mod tests {
 
     use super::*;
 
-    async fn waiter(budget: &Budget, bytes: usize) -> tokio::task::JoinHandle<Held> {
+    async fn waiter(budget: &Budget, bytes: usize) -> tokio::task::JoinHandle<Reservation> {
         let queued = budget.inner.clone();
         let before = queued.lock().waiters.len();
         let budget = budget.clone();
         let task = tokio::spawn(async move {
-            let mut held = Held::default();
+            let mut held = Reservation::default();
             budget.grow(&mut held, bytes).await;
             held
         });
@@ -358,9 +358,9 @@ mod tests {
     #[tokio::test]
     async fn holdings_grow_to_the_budget_and_waiters_are_counted() {
         let budget = Budget::new(10 * UNIT, Order::SmallestFirst);
-        let mut first = Held::default();
+        let mut first = Reservation::default();
         budget.grow(&mut first, 6 * UNIT).await;
-        let mut second = Held::default();
+        let mut second = Reservation::default();
         let room = tokio::time::timeout(Duration::from_secs(5), budget.grow(&mut second, 4 * UNIT));
         room.await.expect("4 units are left");
         assert_eq!(second.units, 4);
@@ -381,7 +381,7 @@ mod tests {
     #[tokio::test]
     async fn a_small_waiter_is_served_before_a_large_one_that_came_first() {
         let budget = Budget::new(10 * UNIT, Order::SmallestFirst);
-        let mut all = Held::default();
+        let mut all = Reservation::default();
         budget.grow(&mut all, 10 * UNIT).await;
         let large = waiter(&budget, 8 * UNIT).await;
         let small = waiter(&budget, UNIT).await;
@@ -397,9 +397,9 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_that_gives_up_takes_nothing() {
         let budget = Budget::new(4 * UNIT, Order::SmallestFirst);
-        let mut all = Held::default();
+        let mut all = Reservation::default();
         budget.grow(&mut all, 4 * UNIT).await;
-        let mut gave_up = Held::default();
+        let mut gave_up = Reservation::default();
         let waited = tokio::time::timeout(Duration::from_millis(20), budget.grow(&mut gave_up, 2 * UNIT)).await;
         assert!(waited.is_err() && gave_up.is_empty());
         assert!(!budget.contended(), "the cancelled wait left the queue");
@@ -409,7 +409,7 @@ mod tests {
         all.release();
         granted.abort();
         let _ = granted.await;
-        let mut again = Held::default();
+        let mut again = Reservation::default();
         let room = tokio::time::timeout(Duration::from_secs(5), budget.grow(&mut again, 4 * UNIT));
         room.await.expect("the whole budget is free again");
     }
@@ -417,7 +417,7 @@ mod tests {
     #[tokio::test]
     async fn in_arrival_order_a_small_waiter_waits_behind_a_large_one() {
         let budget = Budget::new(10 * UNIT, Order::Arrival);
-        let mut all = Held::default();
+        let mut all = Reservation::default();
         budget.grow(&mut all, 10 * UNIT).await;
         let large = waiter(&budget, 8 * UNIT).await;
         let small = waiter(&budget, UNIT).await;

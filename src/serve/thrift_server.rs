@@ -19,7 +19,7 @@ use tracing::{debug, instrument, warn};
 use crate::config::{Requests, Thrift};
 use crate::metrics::{Api, CloseReason, Rejection, ReplyBudgetEvent};
 use crate::serve::accept::{Acceptor, Admitted};
-use crate::serve::budget::{self, reply_cost, Budget, Held, Order, SMALL_REPLY, STALL_GRACE};
+use crate::serve::budget::{self, reply_cost, Budget, Order, Reservation, SMALL_REPLY, STALL_GRACE};
 use crate::serve::throttle::Throttle;
 use crate::thrift::codec::{
     self, exception, BadArgs, Framing, MessageCheck, MessageSpan, MessageType, Method, Request, Wire, WireError,
@@ -48,7 +48,7 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Thrift, reques
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
     let limits = Arc::new(limits);
-    let shared = Shared {
+    let shared = ConnectionContext {
         handler,
         limits: limits.clone(),
         max_batch: requests.max_batch,
@@ -93,7 +93,7 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Thrift, reques
 
 /// What every connection shares.
 #[derive(Clone)]
-struct Shared {
+struct ConnectionContext {
     handler: Handler,
     limits: Arc<Thrift>,
     /// Most addresses in one request; a longer list is refused while it is
@@ -108,7 +108,12 @@ struct Shared {
     warnings: Arc<Throttle>,
 }
 
-async fn accept_loop(acceptor: &Acceptor, shared: &Shared, abort: &CancellationToken, tracker: &TaskTracker) {
+async fn accept_loop(
+    acceptor: &Acceptor,
+    shared: &ConnectionContext,
+    abort: &CancellationToken,
+    tracker: &TaskTracker,
+) {
     loop {
         let (stream, peer, admitted) = acceptor.accept().await;
         let connection = Connection {
@@ -116,8 +121,8 @@ async fn accept_loop(acceptor: &Acceptor, shared: &Shared, abort: &CancellationT
             peer,
             shared: shared.clone(),
             buf: BytesMut::new(),
-            request_held: Held::default(),
-            reply_held: Held::default(),
+            request_held: Reservation::default(),
+            reply_held: Reservation::default(),
             message_started: None,
             early_checked: false,
             _admitted: admitted,
@@ -136,14 +141,14 @@ async fn accept_loop(acceptor: &Acceptor, shared: &Shared, abort: &CancellationT
 struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
-    shared: Shared,
+    shared: ConnectionContext,
     /// Bytes received but not yet answered: at most the message being
     /// decoded and [`READ_AHEAD`] more.
     buf: BytesMut,
     /// Request budget held for `buf` beyond the read-ahead.
-    request_held: Held,
+    request_held: Reservation,
     /// Reply budget held for the request being answered.
-    reply_held: Held,
+    reply_held: Reservation,
     /// When the first byte of the message being received arrived; `None`
     /// between messages.
     message_started: Option<Instant>,

@@ -358,10 +358,6 @@ mod tests {
 
     const LIMIT: usize = 16_384_000;
 
-    fn wire(framing: Framing, protocol: Protocol) -> Wire {
-        Wire { framing, protocol }
-    }
-
     /// The whole message at the start of `stream`, as the server finds it.
     fn first_message(stream: &[u8], wire: Wire) -> &[u8] {
         let found = MessageCheck::new(wire, LIMIT)
@@ -389,7 +385,7 @@ mod tests {
     fn a_list_over_the_batch_limit_is_walked_over_and_refused_whole() {
         let ips: Vec<String> = ["1.1.1.1", "", "2.2.2.2"].map(String::from).to_vec();
         let msg = encode_call(
-            wire(Framing::Buffered, Protocol::Compact),
+            Wire::new(Framing::Buffered, Protocol::Compact),
             9,
             &Call::QueryGeoInfoByIp { ips: ips.clone() },
         );
@@ -443,7 +439,7 @@ mod tests {
         ];
         for framing in [Framing::Framed, Framing::Buffered] {
             for protocol in [Protocol::Binary { strict: true }, Protocol::Compact] {
-                let wire = wire(framing, protocol);
+                let wire = Wire::new(framing, protocol);
                 let call = Call::QueryGeoInfo {
                     ips: ips.clone(),
                     lang: "en".into(),
@@ -473,7 +469,7 @@ mod tests {
 
     #[test]
     fn a_reply_to_long_invalid_inputs_is_smaller_than_the_request() {
-        let wire = wire(Framing::Framed, Protocol::Binary { strict: true });
+        let wire = Wire::FRAMED_BINARY;
         let ips = vec!["x".repeat(1_630); 10_000];
         let request = encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips: ips.clone() });
         assert!(

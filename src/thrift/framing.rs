@@ -21,6 +21,11 @@ pub enum Framing {
     Buffered,
 }
 
+impl Protocol {
+    /// Binary with the version word, as every current client sends it.
+    pub const BINARY: Protocol = Protocol::Binary { strict: true };
+}
+
 /// How one connection speaks, fixed by its first message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wire {
@@ -29,6 +34,13 @@ pub struct Wire {
 }
 
 impl Wire {
+    /// What clients speak unless told otherwise: framed strict binary.
+    pub const FRAMED_BINARY: Wire = Wire::new(Framing::Framed, Protocol::BINARY);
+
+    pub const fn new(framing: Framing, protocol: Protocol) -> Wire {
+        Wire { framing, protocol }
+    }
+
     /// Each transport with each protocol (binary strict when framed, as
     /// new clients send it, and non-strict when not, as old ones do): what
     /// tests and the fuzzer go through.

@@ -12,27 +12,14 @@ use thrift::transport::{
     TTcpChannel,
 };
 
+pub use crate::thrift::codec::{Framing, Protocol, Wire};
 use crate::thrift::{GeoInfo, IPServiceSyncClient};
-
-/// How a client frames its messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Framed,
-    Buffered,
-}
-
-/// How a client encodes its messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Binary,
-    Compact,
-}
 
 pub type Client = IPServiceSyncClient<Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>>;
 
-/// Connects to `addr` speaking `transport` and `protocol`; every read and
-/// write gives up after `timeout`.
-pub fn connect(addr: &str, transport: Transport, protocol: Protocol, timeout: Duration) -> std::io::Result<Client> {
+/// Connects to `addr` speaking `wire`; every read and write gives up after
+/// `timeout`.
+pub fn connect(addr: &str, wire: Wire, timeout: Duration) -> std::io::Result<Client> {
     let socket = addr
         .to_socket_addrs()?
         .next()
@@ -41,7 +28,7 @@ pub fn connect(addr: &str, transport: Transport, protocol: Protocol, timeout: Du
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
-    let (input, output) = protocols(stream, transport, protocol, true)?;
+    let (input, output) = protocols(stream, wire)?;
     Ok(IPServiceSyncClient::new(input, output))
 }
 
@@ -54,19 +41,17 @@ const RECONNECT_FOR: Duration = Duration::from_secs(10);
 /// costs a retry, not an error.
 pub struct Reconnecting {
     addr: String,
-    transport: Transport,
-    protocol: Protocol,
+    wire: Wire,
     timeout: Duration,
     client: Client,
 }
 
 impl Reconnecting {
-    pub fn connect(addr: &str, transport: Transport, protocol: Protocol, timeout: Duration) -> std::io::Result<Self> {
+    pub fn connect(addr: &str, wire: Wire, timeout: Duration) -> std::io::Result<Self> {
         Ok(Reconnecting {
-            client: connect(addr, transport, protocol, timeout)?,
+            client: connect(addr, wire, timeout)?,
             addr: addr.to_owned(),
-            transport,
-            protocol,
+            wire,
             timeout,
         })
     }
@@ -80,7 +65,7 @@ impl Reconnecting {
                 tracing::debug!(error = %err, addr = %self.addr, "the connection failed; reconnecting");
                 let giving_up = std::time::Instant::now() + RECONNECT_FOR;
                 self.client = loop {
-                    match connect(&self.addr, self.transport, self.protocol, self.timeout) {
+                    match connect(&self.addr, self.wire, self.timeout) {
                         Ok(client) => break client,
                         Err(_) if std::time::Instant::now() < giving_up => {
                             std::thread::sleep(Duration::from_millis(50));
@@ -95,29 +80,26 @@ impl Reconnecting {
     }
 }
 
-/// The input and output protocols over `stream`. `strict` chooses the
-/// binary protocol's version word; clients send it unless very old.
+/// The input and output protocols over `stream`, speaking `wire`.
 pub fn protocols(
     stream: TcpStream,
-    transport: Transport,
-    protocol: Protocol,
-    strict: bool,
+    wire: Wire,
 ) -> std::io::Result<(Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>)> {
     let (read, write) = TTcpChannel::with_stream(stream)
         .split()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let (read, write): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Write + Send>) = match transport {
-        Transport::Framed => (
+    let (read, write): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Write + Send>) = match wire.framing {
+        Framing::Framed => (
             Box::new(TFramedReadTransport::new(read)),
             Box::new(TFramedWriteTransport::new(write)),
         ),
-        Transport::Buffered => (
+        Framing::Buffered => (
             Box::new(TBufferedReadTransport::new(read)),
             Box::new(TBufferedWriteTransport::new(write)),
         ),
     };
-    Ok(match protocol {
-        Protocol::Binary => (
+    Ok(match wire.protocol {
+        Protocol::Binary { strict } => (
             Box::new(TBinaryInputProtocol::new(read, strict)),
             Box::new(TBinaryOutputProtocol::new(write, strict)),
         ),

@@ -22,9 +22,9 @@ use crate::config::LookupMode;
 use crate::data::index::{TableIndex, Tables};
 use crate::domain::Table;
 use crate::thrift::calls;
-use crate::thrift::codec::{self, Call, Framing, MessageCheck, Wire};
+use crate::thrift::codec::{Call, Framing, MessageCheck, Protocol, Wire};
 use crate::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
-use crate::tools::client::{self, Protocol, Transport};
+use crate::tools::client;
 
 /// The call the load makes: a method, and for queryGeoInfo its language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +90,7 @@ pub struct LoadOptions {
     #[arg(long, value_enum, default_value = "by-ip")]
     pub method: LoadCall,
     #[arg(long, value_enum, default_value = "framed")]
-    pub transport: Transport,
+    pub transport: Framing,
     #[arg(long, value_enum, default_value = "binary")]
     pub protocol: Protocol,
     /// Read this process's CPU time before and after, and report the
@@ -258,7 +258,7 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<Report> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let mut sampler = Sampler::load(&options.sample).await?;
-        let wire = wire_of(options.transport, options.protocol);
+        let wire = Wire::new(options.transport, options.protocol);
         let requests: Vec<Arc<Vec<Vec<u8>>>> = (0..options.connections)
             .map(|_| {
                 let encoded = (0..REQUESTS_PER_CONNECTION)
@@ -292,19 +292,6 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<Report> {
             own_cpu,
         })
     })
-}
-
-fn wire_of(transport: Transport, protocol: Protocol) -> Wire {
-    Wire {
-        framing: match transport {
-            Transport::Framed => Framing::Framed,
-            Transport::Buffered => Framing::Buffered,
-        },
-        protocol: match protocol {
-            Protocol::Binary => codec::Protocol::Binary { strict: true },
-            Protocol::Compact => codec::Protocol::Compact,
-        },
-    }
 }
 
 /// How long a connection may be refused (a server restarting) before the
@@ -641,13 +628,8 @@ pub fn compare(options: &CompareOptions, keep: usize) -> anyhow::Result<(u64, u6
     let mut clients = targets
         .iter()
         .map(|t| {
-            client::connect(
-                &t.to_string(),
-                Transport::Framed,
-                Protocol::Binary,
-                Duration::from_secs(60),
-            )
-            .with_context(|| format!("cannot connect to {t}"))
+            client::connect(&t.to_string(), Wire::FRAMED_BINARY, Duration::from_secs(60))
+                .with_context(|| format!("cannot connect to {t}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (mut compared, mut differing, mut kept) = (0, 0, Vec::new());

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use xm_ip_service::data::import::{self, ImportError, ImportOptions, Outcome};
+use xm_ip_service::data::import::{self, ImportError, ImportOptions, ImportOutcome};
 use xm_ip_service::data::store::{self, Table};
 
 use crate::cli::{output, run};
@@ -49,7 +49,7 @@ fn options(file: PathBuf) -> ImportOptions {
     ImportOptions::new(Table::Cn, file)
 }
 
-async fn import(db: &TestDb, options: &ImportOptions) -> Result<Outcome, ImportError> {
+async fn import(db: &TestDb, options: &ImportOptions) -> Result<ImportOutcome, ImportError> {
     let mut client = store::connect(&db.url).await.unwrap();
     import::import(&mut client, options).await
 }
@@ -85,7 +85,8 @@ async fn state(db: &TestDb) -> (Vec<(i64, String, String)>, Vec<(String, Option<
 async fn an_update_reports_changes_by_field_cover_and_transitions_and_stores_it() {
     let db = TestDb::new().await;
     let files = Files::new();
-    let Outcome::Loaded { report: first, .. } = import(&db, &options(files.csv("v1.csv", LIVE))).await.unwrap() else {
+    let ImportOutcome::Loaded { report: first, .. } = import(&db, &options(files.csv("v1.csv", LIVE))).await.unwrap()
+    else {
         panic!("not loaded")
     };
     assert_eq!(
@@ -94,7 +95,7 @@ async fn an_update_reports_changes_by_field_cover_and_transitions_and_stores_it(
         "an empty table"
     );
 
-    let Outcome::Loaded { report, .. } = import(&db, &options(files.csv("v2.csv", UPDATE))).await.unwrap() else {
+    let ImportOutcome::Loaded { report, .. } = import(&db, &options(files.csv("v2.csv", UPDATE))).await.unwrap() else {
         panic!("not loaded")
     };
     assert_eq!((report.live.addresses, report.live.ranges), (1024, 3));
@@ -164,7 +165,7 @@ async fn a_dry_run_reports_and_changes_nothing() {
 
     let mut dry = options(files.csv("v2.csv", UPDATE));
     dry.dry_run = true;
-    let Outcome::Checked { rows, report, .. } = import(&db, &dry).await.unwrap() else {
+    let ImportOutcome::Checked { rows, report, .. } = import(&db, &dry).await.unwrap() else {
         panic!("not a dry run")
     };
     assert_eq!((rows, report.changed_percent), (5, 62.5));
@@ -191,7 +192,10 @@ async fn max_change_refuses_a_large_update_and_records_why() {
     assert_eq!(history[1], ("refused".to_owned(), Some(62.5)), "kept with its report");
 
     guarded.max_change = Some(70.0);
-    assert!(matches!(import(&db, &guarded).await.unwrap(), Outcome::Loaded { .. }));
+    assert!(matches!(
+        import(&db, &guarded).await.unwrap(),
+        ImportOutcome::Loaded { .. }
+    ));
     assert_eq!(state(&db).await.0.len(), 5);
 }
 
@@ -356,12 +360,12 @@ pub async fn reloading_after_an_edited_copy_reports_exactly_the_edits(source: &P
     let dir = tempfile::tempdir().unwrap();
     let edited = dir.path().join("edited.csv");
     std::fs::write(&edited, writer.into_inner().unwrap()).unwrap();
-    let Outcome::Loaded { rows: edited_rows, .. } = import(&db, &options(edited)).await.unwrap() else {
+    let ImportOutcome::Loaded { rows: edited_rows, .. } = import(&db, &options(edited)).await.unwrap() else {
         panic!("the edited copy did not load")
     };
 
     loaded.force = true;
-    let Outcome::Loaded { rows, report, .. } = import(&db, &loaded).await.unwrap() else {
+    let ImportOutcome::Loaded { rows, report, .. } = import(&db, &loaded).await.unwrap() else {
         panic!("not loaded")
     };
     assert!(

@@ -929,7 +929,7 @@ async fn bench_reconnects_and_resends_through_a_server_restart_without_a_failure
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reconnecting_client_answers_across_a_server_restart() {
     use xm_ip_service::thrift::TIPServiceSyncClient;
-    use xm_ip_service::tools::client::{Protocol, Reconnecting, Transport};
+    use xm_ip_service::tools::client::{Reconnecting, Wire};
     let (first, settings) = sample_server_on_a_port_of_its_own().await;
     let port = settings.thrift.addr.port();
     let addr = format!("127.0.0.1:{port}");
@@ -940,7 +940,7 @@ async fn the_reconnecting_client_answers_across_a_server_restart() {
             (client, answer)
         })
     };
-    let client = Reconnecting::connect(&addr, Transport::Framed, Protocol::Binary, Duration::from_secs(5)).unwrap();
+    let client = Reconnecting::connect(&addr, Wire::FRAMED_BINARY, Duration::from_secs(5)).unwrap();
     let (client, before) = ask(client).await.unwrap();
     let before = before.unwrap();
 

@@ -190,8 +190,7 @@ async fn a_replaced_mmdb_is_picked_up_under_load_without_a_failed_lookup() {
                 use xm_ip_service::thrift::TIPServiceSyncClient;
                 let mut client = xm_ip_service::tools::client::connect(
                     &addr,
-                    xm_ip_service::tools::client::Transport::Framed,
-                    xm_ip_service::tools::client::Protocol::Binary,
+                    xm_ip_service::tools::client::Wire::FRAMED_BINARY,
                     Duration::from_secs(10),
                 )
                 .unwrap();

@@ -11,7 +11,7 @@ use tokio_postgres::NoTls;
 use xm_ip_service::config::{DataSource, LookupMode, Postgres, Settings};
 use xm_ip_service::serve::startup::Application;
 use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
-use xm_ip_service::tools::client::{self, Client, Protocol, Transport};
+use xm_ip_service::tools::client::{self, Client, Wire};
 
 use crate::writers::{s, Value, Writer};
 
@@ -347,16 +347,15 @@ impl TestApp {
         self.server.take().unwrap().await.unwrap();
     }
 
-    /// Runs `f` with a generated Rust client speaking `transport`/`protocol`.
+    /// Runs `f` with a generated Rust client speaking `wire`.
     pub async fn with_client<T: Send + 'static>(
         &self,
-        transport: Transport,
-        protocol: Protocol,
+        wire: Wire,
         f: impl FnOnce(&mut Client) -> T + Send + 'static,
     ) -> T {
         let addr = self.addr.to_string();
         tokio::task::spawn_blocking(move || {
-            let mut client = client::connect(&addr, transport, protocol, Duration::from_secs(10)).expect("connect");
+            let mut client = client::connect(&addr, wire, Duration::from_secs(10)).expect("connect");
             f(&mut client)
         })
         .await
@@ -369,18 +368,16 @@ impl TestApp {
 
     pub async fn with_lang(&self, lang: &str, ips: &[&str]) -> Vec<GeoInfo> {
         let request = GeoRequest::new(strings(ips), lang.to_owned());
-        self.with_client(Transport::Framed, Protocol::Binary, move |c| c.query_geo_info(request))
+        self.with_client(Wire::FRAMED_BINARY, move |c| c.query_geo_info(request))
             .await
             .expect("queryGeoInfo")
     }
 
     pub async fn i18n(&self, ips: &[&str]) -> Vec<GeoInfo> {
         let ips = strings(ips);
-        self.with_client(Transport::Framed, Protocol::Binary, move |c| {
-            c.query_i18n_geo_info_by_i_p(ips)
-        })
-        .await
-        .expect("queryI18nGeoInfoByIP")
+        self.with_client(Wire::FRAMED_BINARY, move |c| c.query_i18n_geo_info_by_i_p(ips))
+            .await
+            .expect("queryI18nGeoInfoByIP")
     }
 }
 
@@ -396,13 +393,8 @@ impl Drop for TestApp {
 pub async fn by_ip_at(addr: SocketAddr, ips: &[&str]) -> Vec<GeoInfo> {
     let ips = strings(ips);
     tokio::task::spawn_blocking(move || {
-        let mut client = client::connect(
-            &addr.to_string(),
-            Transport::Framed,
-            Protocol::Binary,
-            Duration::from_secs(10),
-        )
-        .expect("connect");
+        let mut client =
+            client::connect(&addr.to_string(), Wire::FRAMED_BINARY, Duration::from_secs(10)).expect("connect");
         client.query_geo_info_by_i_p(ips)
     })
     .await

@@ -6,17 +6,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use xm_ip_service::thrift::calls;
-use xm_ip_service::thrift::codec::{Call, Framing, Protocol, Wire};
+use xm_ip_service::thrift::codec::{Call, Wire};
 use xm_ip_service::thrift::TIPServiceSyncClient;
 
-use xm_ip_service::tools::client::{self, Transport};
-
 use crate::helpers::{black_hole_database, summary, Options, TestApp};
-
-const FRAMED_BINARY: Wire = Wire {
-    framing: Framing::Framed,
-    protocol: Protocol::Binary { strict: true },
-};
 
 /// Reads until the server closes the connection (EOF or reset), giving up
 /// after `within`; returns the bytes read and whether it was closed.
@@ -44,7 +37,7 @@ fn read_until_closed(mut socket: &TcpStream, within: Duration) -> (usize, bool) 
 /// a write blocks for 5 s.
 fn pipeline(app: &TestApp, addresses: usize, requests: usize) -> (TcpStream, std::thread::JoinHandle<()>) {
     let ips = vec!["183.62.57.1".to_owned(); addresses];
-    let request = calls::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
+    let request = calls::encode_call(Wire::FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
     let socket = TcpStream::connect(app.addr).unwrap();
     let writer = socket.try_clone().unwrap();
     let pipelining = std::thread::spawn(move || {
@@ -126,7 +119,7 @@ async fn a_large_call_that_gets_no_reply_room_within_the_write_timeout_is_refuse
 
     let started = Instant::now();
     let refused = app
-        .with_client(Transport::Framed, client::Protocol::Binary, |client| {
+        .with_client(Wire::FRAMED_BINARY, |client| {
             client.query_geo_info_by_i_p(vec!["9.9.9.9".to_owned(); 1_000])
         })
         .await;
@@ -156,20 +149,16 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_n
     .await;
     let idle = TcpStream::connect(app.addr).unwrap();
     let busy = app
-        .with_client(
-            xm_ip_service::tools::client::Transport::Framed,
-            xm_ip_service::tools::client::Protocol::Binary,
-            |client| {
-                let mut answered = 0;
-                for _ in 0..8 {
-                    std::thread::sleep(Duration::from_millis(150));
-                    if client.query_geo_info_by_i_p(vec!["183.62.57.1".into()]).is_ok() {
-                        answered += 1;
-                    }
+        .with_client(Wire::FRAMED_BINARY, |client| {
+            let mut answered = 0;
+            for _ in 0..8 {
+                std::thread::sleep(Duration::from_millis(150));
+                if client.query_geo_info_by_i_p(vec!["183.62.57.1".into()]).is_ok() {
+                    answered += 1;
                 }
-                answered
-            },
-        )
+            }
+            answered
+        })
         .await;
     assert_eq!(busy, 8, "calls 150 ms apart keep a connection open");
     let (_, closed) = tokio::task::spawn_blocking(move || read_until_closed(&idle, Duration::from_secs(5)))
@@ -189,7 +178,7 @@ async fn shutdown_aborts_a_request_still_running_when_its_timeout_expires() {
     .await;
     let socket = TcpStream::connect(app.addr).unwrap();
     let request = calls::encode_call(
-        FRAMED_BINARY,
+        Wire::FRAMED_BINARY,
         1,
         &Call::QueryGeoInfoByIp {
             ips: vec!["9.9.9.9".into()],
@@ -231,7 +220,7 @@ async fn shutdown_lets_a_running_request_send_its_whole_reply_then_closes_at_the
         ips: vec!["9.9.9.9".into()],
     };
     (&socket)
-        .write_all(&calls::encode_call(FRAMED_BINARY, 1, &call))
+        .write_all(&calls::encode_call(Wire::FRAMED_BINARY, 1, &call))
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -248,7 +237,7 @@ async fn shutdown_lets_a_running_request_send_its_whole_reply_then_closes_at_the
     assert!(closed, "the connection closes after the reply");
     let frame = u32::from_be_bytes(reply[..4].try_into().unwrap()) as usize;
     assert_eq!(reply.len(), 4 + frame, "exactly one whole reply, then the close");
-    let summary = calls::scan_reply(&reply[4..], FRAMED_BINARY.protocol).unwrap();
+    let summary = calls::scan_reply(&reply[4..], Wire::FRAMED_BINARY.protocol).unwrap();
     assert_eq!(summary.by_error[3], 1, "answered: the database timed out");
     held.abort();
 }
@@ -274,7 +263,7 @@ async fn an_input_longer_than_any_address_is_echoed_only_in_part() {
 /// A framed `queryGeoInfoByIP` of `strings` inputs of 1,700 bytes each.
 fn large_request(strings: usize) -> Vec<u8> {
     let ips = vec!["x".repeat(1_700); strings];
-    calls::encode_call(FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips })
+    calls::encode_call(Wire::FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips })
 }
 
 /// Connections that each send the first 90% of `request` and then hold,

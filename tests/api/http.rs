@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
-use xm_ip_service::tools::client::{Protocol, Transport};
+use xm_ip_service::tools::client::Wire;
 
 use crate::helpers::{black_hole_database, eventually, strings, Options, TestApp};
 
@@ -240,7 +240,7 @@ async fn http_and_thrift_give_the_same_answers_on_the_fixtures() {
     for lang in ["zh-CN", "en", "de", "ja", "xx"] {
         let request = GeoRequest::new(strings(&ips), lang.to_owned());
         let thrift = app
-            .with_client(Transport::Framed, Protocol::Binary, move |c| c.query_geo_info(request))
+            .with_client(Wire::FRAMED_BINARY, move |c| c.query_geo_info(request))
             .await
             .expect("queryGeoInfo");
         let body = json!({"ips": ips, "lang": lang}).to_string();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_postgres::AsyncMessage;
-use xm_ip_service::data::import::{self, Format, ImportError, ImportOptions, Outcome};
+use xm_ip_service::data::import::{self, Format, ImportError, ImportOptions, ImportOutcome};
 use xm_ip_service::data::store::{self, Table};
 
 use crate::helpers::{eventually, summary, TestApp, TestDb};
@@ -15,7 +15,7 @@ fn options(table: Table, file: &Path) -> ImportOptions {
     ImportOptions::new(table, file)
 }
 
-async fn run(db: &TestDb, options: &ImportOptions) -> Result<Outcome, ImportError> {
+async fn run(db: &TestDb, options: &ImportOptions) -> Result<ImportOutcome, ImportError> {
     let mut client = store::connect(&db.url).await.unwrap();
     import::import(&mut client, options).await
 }
@@ -81,7 +81,7 @@ async fn ipdb_rows_merge_adjacent_leaves_skip_blanks_and_get_codes() {
 
     let outcome = run(&db, &options(Table::Cn, &path)).await.unwrap();
     assert!(
-        matches!(outcome, Outcome::Loaded { rows: 2, merged: 2, .. }),
+        matches!(outcome, ImportOutcome::Loaded { rows: 2, merged: 2, .. }),
         "{outcome:?}"
     );
     assert_eq!(
@@ -178,7 +178,7 @@ async fn mmdb_networks_merge_when_their_stored_values_match() {
     english.lang = Some("en".into());
     let outcome = run(&db, &english).await.unwrap();
     assert!(
-        matches!(outcome, Outcome::Loaded { rows: 2, merged: 1, .. }),
+        matches!(outcome, ImportOutcome::Loaded { rows: 2, merged: 1, .. }),
         "{outcome:?}"
     );
     assert_eq!(
@@ -413,17 +413,17 @@ async fn the_same_file_again_is_a_no_op_unless_forced() {
     let path = file(&dir, "cn.csv", CSV.as_bytes());
     assert!(matches!(
         run(&db, &options(Table::Cn, &path)).await.unwrap(),
-        Outcome::Loaded { rows: 3, .. }
+        ImportOutcome::Loaded { rows: 3, .. }
     ));
     assert_eq!(
         run(&db, &options(Table::Cn, &path)).await.unwrap(),
-        Outcome::AlreadyLoaded
+        ImportOutcome::AlreadyLoaded
     );
     let mut forced = options(Table::Cn, &path);
     forced.force = true;
     assert!(matches!(
         run(&db, &forced).await.unwrap(),
-        Outcome::Loaded { rows: 3, .. }
+        ImportOutcome::Loaded { rows: 3, .. }
     ));
 
     let history: Vec<(String, String, String, i64)> = db
@@ -504,8 +504,7 @@ async fn readers_during_an_import_see_the_old_or_the_new_data_never_nothing() {
                 use xm_ip_service::thrift::TIPServiceSyncClient;
                 let mut c = xm_ip_service::tools::client::connect(
                     &addr.to_string(),
-                    xm_ip_service::tools::client::Transport::Framed,
-                    xm_ip_service::tools::client::Protocol::Binary,
+                    xm_ip_service::tools::client::Wire::FRAMED_BINARY,
                     Duration::from_secs(10),
                 )
                 .unwrap();
@@ -590,7 +589,7 @@ async fn an_import_killed_half_way_leaves_the_old_table_answering() {
 
     // The next import records the dead attempt as interrupted, and loads.
     let outcome = run(&db, &options(Table::Cn, &big)).await.unwrap();
-    assert!(matches!(outcome, Outcome::Loaded { rows: 400_000, .. }));
+    assert!(matches!(outcome, ImportOutcome::Loaded { rows: 400_000, .. }));
     let outcomes: Vec<String> = watcher
         .query("SELECT outcome FROM ip_service_imports ORDER BY id", &[])
         .await

@@ -13,12 +13,6 @@ use xm_ip_service::thrift::codec::{Call, Framing, MessageCheck, Protocol, Wire};
 
 use crate::helpers::{Options, TestApp};
 
-const STRICT: Protocol = Protocol::Binary { strict: true };
-
-fn wire(framing: Framing, protocol: Protocol) -> Wire {
-    Wire { framing, protocol }
-}
-
 /// A connection that writes raw bytes and reads whole replies.
 struct Peer {
     socket: TcpStream,
@@ -105,7 +99,7 @@ fn set_message_type(message: &mut [u8], wire: Wire, message_type: u8) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_lists_that_lie_about_their_size_are_refused_and_the_connection_carries_on() {
     let app = TestApp::spawn().await;
-    let wire = wire(Framing::Framed, Protocol::Compact);
+    let wire = Wire::new(Framing::Framed, Protocol::Compact);
     let mut peer = Peer::connect(&app, wire);
 
     // A list header announcing 2^40 strings, in a 30-byte frame.
@@ -152,14 +146,14 @@ async fn compact_lists_that_lie_about_their_size_are_refused_and_the_connection_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unframed_arguments_of_the_wrong_type_are_refused_and_the_stream_stays_in_step() {
     let app = TestApp::spawn().await;
-    for protocol in [STRICT, Protocol::Compact] {
-        let wire = wire(Framing::Buffered, protocol);
+    for protocol in [Protocol::BINARY, Protocol::Compact] {
+        let wire = Wire::new(Framing::Buffered, protocol);
         let mut peer = Peer::connect(&app, wire);
         // ipList as a list<i32> of 1 and 2: valid Thrift, wrong arguments.
         let mut wrong = call(wire, &[]);
-        let list = args_at(wire) + if protocol == STRICT { 3 } else { 1 };
+        let list = args_at(wire) + if protocol == Protocol::BINARY { 3 } else { 1 };
         wrong.truncate(list);
-        if protocol == STRICT {
+        if protocol == Protocol::BINARY {
             wrong.extend_from_slice(&[8, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2]);
         } else {
             wrong.extend_from_slice(&[0x25, 2, 4]); // zigzag varints
@@ -176,8 +170,8 @@ async fn unframed_arguments_of_the_wrong_type_are_refused_and_the_stream_stays_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unframed_arguments_that_cannot_be_walked_get_an_exception_then_the_connection_closes() {
     let app = TestApp::spawn().await;
-    for (protocol, bad_type) in [(STRICT, 99), (Protocol::Compact, 0x1e)] {
-        let wire = wire(Framing::Buffered, protocol);
+    for (protocol, bad_type) in [(Protocol::BINARY, 99), (Protocol::Compact, 0x1e)] {
+        let wire = Wire::new(Framing::Buffered, protocol);
         let mut peer = Peer::connect(&app, wire);
         let mut message = call(wire, &["183.62.57.1"]);
         message[args_at(wire)] = bad_type;
@@ -196,8 +190,8 @@ async fn unframed_arguments_that_cannot_be_walked_get_an_exception_then_the_conn
 async fn oneway_calls_get_no_reply_and_other_message_types_are_refused() {
     let app = TestApp::spawn().await;
     for framing in [Framing::Framed, Framing::Buffered] {
-        for protocol in [STRICT, Protocol::Compact] {
-            let wire = wire(framing, protocol);
+        for protocol in [Protocol::BINARY, Protocol::Compact] {
+            let wire = Wire::new(framing, protocol);
             let mut peer = Peer::connect(&app, wire);
             let mut oneway = call(wire, &["183.62.57.1", "183.62.57.2", "183.62.57.3"]);
             set_message_type(&mut oneway, wire, 4);

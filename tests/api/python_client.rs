@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use tokio::process::Command;
 use xm_ip_service::thrift::{GeoRequest, TIPServiceSyncClient};
-use xm_ip_service::tools::client::{to_json, Protocol, Transport};
+use xm_ip_service::tools::client::{to_json, Wire};
 
 use crate::helpers::{strings, TestApp};
 
@@ -50,7 +50,7 @@ async fn python_apache_thrift_client_sees_what_the_rust_client_sees() {
     let python: Value = serde_json::from_slice(&output.stdout).unwrap();
 
     let rust = app
-        .with_client(Transport::Framed, Protocol::Binary, |c| {
+        .with_client(Wire::FRAMED_BINARY, |c| {
             let all = |answers: Vec<_>| Value::Array(answers.iter().map(to_json).collect());
             json!({
                 "queryGeoInfoByIP": all(c.query_geo_info_by_i_p(strings(&IPS)).unwrap()),

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use xm_ip_service::data::import::{self, ImportOptions, Outcome};
+use xm_ip_service::data::import::{self, ImportOptions, ImportOutcome};
 use xm_ip_service::data::store::{self, Table};
 
 use crate::helpers::{expect, summary, TestApp};
@@ -36,12 +36,12 @@ async fn real_qqwry_and_geolite2_answer_as_their_files_say() {
         };
         let outcome = import::import(&mut client, &options).await.unwrap();
         assert!(
-            matches!(outcome, Outcome::Loaded { rows, .. } if rows > 100_000),
+            matches!(outcome, ImportOutcome::Loaded { rows, .. } if rows > 100_000),
             "{outcome:?}"
         );
         assert_eq!(
             import::import(&mut client, &options).await.unwrap(),
-            Outcome::AlreadyLoaded
+            ImportOutcome::AlreadyLoaded
         );
     }
 

@@ -12,15 +12,15 @@ use thrift::protocol::{
 use thrift::transport::{TFramedReadTransport, TFramedWriteTransport, TIoChannel, TTcpChannel};
 use thrift::{ApplicationErrorKind, Error};
 use xm_ip_service::thrift::{GeoInfo, IPServiceSyncClient, TIPServiceSyncClient};
-use xm_ip_service::tools::client::{self, Protocol, Transport};
+use xm_ip_service::tools::client::{self, Framing, Protocol, Wire};
 
 use crate::helpers::{strings, summary, Options, TestApp};
 
-const COMBINATIONS: [(Transport, Protocol); 4] = [
-    (Transport::Framed, Protocol::Binary),
-    (Transport::Framed, Protocol::Compact),
-    (Transport::Buffered, Protocol::Binary),
-    (Transport::Buffered, Protocol::Compact),
+const COMBINATIONS: [Wire; 4] = [
+    Wire::new(Framing::Framed, Protocol::BINARY),
+    Wire::new(Framing::Framed, Protocol::Compact),
+    Wire::new(Framing::Buffered, Protocol::BINARY),
+    Wire::new(Framing::Buffered, Protocol::Compact),
 ];
 
 const SAMPLE: [&str; 5] = ["183.62.57.1", "8.8.8.8", "240e:1::1", "not-an-ip", "10.0.0.1"];
@@ -30,9 +30,9 @@ async fn every_transport_and_protocol_gets_the_same_answers() {
     let app = TestApp::spawn().await;
     let reference = app.by_ip(&SAMPLE).await;
     assert_eq!(summary(&reference[0]).1, "cn");
-    for (transport, protocol) in COMBINATIONS {
+    for wire in COMBINATIONS {
         let answers = app
-            .with_client(transport, protocol, |c| {
+            .with_client(wire, |c| {
                 // Several calls on one connection, answered in order.
                 let first = c.query_geo_info_by_i_p(strings(&SAMPLE)).unwrap();
                 let second = c.query_geo_info_by_i_p(strings(&SAMPLE)).unwrap();
@@ -40,7 +40,7 @@ async fn every_transport_and_protocol_gets_the_same_answers() {
                 first
             })
             .await;
-        assert_eq!(answers, reference, "{transport:?}/{protocol:?}");
+        assert_eq!(answers, reference, "{wire:?}");
     }
 }
 
@@ -52,14 +52,14 @@ struct Raw {
 }
 
 impl Raw {
-    fn connect(app: &TestApp, transport: Transport, protocol: Protocol, strict: bool) -> Raw {
-        Raw::connect_to(app.addr, transport, protocol, strict)
+    fn connect(app: &TestApp, wire: Wire) -> Raw {
+        Raw::connect_to(app.addr, wire)
     }
 
-    fn connect_to(addr: std::net::SocketAddr, transport: Transport, protocol: Protocol, strict: bool) -> Raw {
+    fn connect_to(addr: std::net::SocketAddr, wire: Wire) -> Raw {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let (input, output) = client::protocols(stream, transport, protocol, strict).unwrap();
+        let (input, output) = client::protocols(stream, wire).unwrap();
         Raw { input, output }
     }
 
@@ -127,22 +127,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 async fn non_strict_binary_is_understood_framed_and_unframed() {
     let app = TestApp::spawn().await;
     let reference = app.by_ip(&SAMPLE).await;
-    for transport in [Transport::Framed, Transport::Buffered] {
-        let mut raw = Raw::connect(&app, transport, Protocol::Binary, false);
+    for framing in [Framing::Framed, Framing::Buffered] {
+        let mut raw = Raw::connect(&app, Wire::new(framing, Protocol::Binary { strict: false }));
         let (header, answers) = blocking(move || {
             raw.call("queryGeoInfoByIP", 41, &SAMPLE, TType::String);
             raw.reply()
         })
         .await;
         assert_eq!((header.name.as_str(), header.sequence_number), ("queryGeoInfoByIP", 41));
-        assert_eq!(answers.unwrap(), reference, "{transport:?}");
+        assert_eq!(answers.unwrap(), reference, "{framing:?}");
     }
 }
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let app = TestApp::spawn().await;
-    let mut raw = Raw::connect(&app, Transport::Buffered, Protocol::Compact, true);
+    let mut raw = Raw::connect(&app, Wire::new(Framing::Buffered, Protocol::Compact));
     let replies = blocking(move || {
         for seq in 1..=3 {
             raw.call("queryGeoInfoByIP", seq, &SAMPLE[..seq as usize], TType::String);
@@ -192,8 +192,8 @@ async fn the_multiplexing_prefix_is_accepted_and_another_service_is_unknown() {
 #[tokio::test]
 async fn unknown_method_gets_unknown_method_and_the_connection_survives() {
     let app = TestApp::spawn().await;
-    for (transport, protocol) in COMBINATIONS {
-        let mut raw = Raw::connect(&app, transport, protocol, true);
+    for wire in COMBINATIONS {
+        let mut raw = Raw::connect(&app, wire);
         let (probe, after) = blocking(move || {
             raw.call("__can__finagle__trace__v3__", 1, &["x"], TType::String);
             let probe = raw.reply();
@@ -206,15 +206,15 @@ async fn unknown_method_gets_unknown_method_and_the_connection_survives() {
         assert_eq!(header.sequence_number, 1);
         assert_eq!(error.unwrap_err().kind, ApplicationErrorKind::UnknownMethod);
         assert_eq!(after.0.sequence_number, 2);
-        assert_eq!(after.1.unwrap()[0].error_no, Some(0), "{transport:?}/{protocol:?}");
+        assert_eq!(after.1.unwrap()[0].error_no, Some(0), "{wire:?}");
     }
 }
 
 #[tokio::test]
 async fn arguments_that_do_not_decode_get_protocol_error_and_framed_connections_survive() {
     let app = TestApp::spawn().await;
-    for protocol in [Protocol::Binary, Protocol::Compact] {
-        let mut raw = Raw::connect(&app, Transport::Framed, protocol, true);
+    for protocol in [Protocol::BINARY, Protocol::Compact] {
+        let mut raw = Raw::connect(&app, Wire::new(Framing::Framed, protocol));
         let (bad, after) = blocking(move || {
             raw.call("queryGeoInfoByIP", 5, &["1", "2"], TType::I32);
             let bad = raw.reply();
@@ -236,7 +236,7 @@ async fn a_batch_over_the_limit_is_refused_naming_both_numbers() {
         .map(|i| format!("10.0.{}.{}", i / 256 % 256, i % 256))
         .collect();
     let (over, after) = app
-        .with_client(Transport::Framed, Protocol::Compact, move |c| {
+        .with_client(Wire::new(Framing::Framed, Protocol::Compact), move |c| {
             let over = c.query_geo_info_by_i_p(ips);
             (over, c.query_geo_info_by_i_p(strings(&["183.62.57.1"])))
         })
@@ -307,9 +307,7 @@ async fn an_oversized_frame_closes_only_that_connection() {
     // The same connection limits leave a request under the limit alone.
     let ips: Vec<String> = (0..200).map(|i| format!("183.62.57.{i}")).collect();
     let answers = app
-        .with_client(Transport::Framed, Protocol::Binary, move |c| {
-            c.query_geo_info_by_i_p(ips)
-        })
+        .with_client(Wire::FRAMED_BINARY, move |c| c.query_geo_info_by_i_p(ips))
         .await
         .unwrap();
     assert_eq!(answers.len(), 200);
@@ -329,7 +327,7 @@ async fn a_message_that_stalls_half_way_is_dropped_but_idle_connections_stay() {
             Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
         };
 
-        let mut idle = Raw::connect_to(addr, Transport::Framed, Protocol::Binary, true);
+        let mut idle = Raw::connect_to(addr, Wire::FRAMED_BINARY);
         std::thread::sleep(Duration::from_millis(1200));
         idle.call("queryGeoInfoByIP", 1, &["183.62.57.1"], TType::String);
         (stalled, idle.reply().1.unwrap())

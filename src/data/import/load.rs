@@ -61,7 +61,7 @@ impl ImportOptions {
 
 /// How an import ended, when it did not fail.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum ImportOutcome {
     /// The file's SHA-256 is already the live data; nothing was done.
     AlreadyLoaded,
     /// A dry run: what the import would change.
@@ -80,7 +80,7 @@ pub enum Outcome {
 
 /// Imports `options.file` into its table, recording the attempt. A failure
 /// at any point rolls back and leaves the live table exactly as it was.
-pub async fn import(client: &mut Client, options: &ImportOptions) -> Result<Outcome, ImportError> {
+pub async fn import(client: &mut Client, options: &ImportOptions) -> Result<ImportOutcome, ImportError> {
     let started = Instant::now();
     let (bytes, sha256) = read_hashed(options).await?;
     let format = options.format.unwrap_or_else(|| Format::detect(&bytes));
@@ -89,7 +89,7 @@ pub async fn import(client: &mut Client, options: &ImportOptions) -> Result<Outc
         let built = parse(client, options, format, bytes).await?;
         let (report, _) = compare_with_live(client, options.table, &built).await?;
         let report = within_limit(options, report)?;
-        return Ok(Outcome::Checked {
+        return Ok(ImportOutcome::Checked {
             rows: built.ranges.len() as u64,
             merged: built.merged as u64,
             report,
@@ -105,13 +105,13 @@ pub async fn import(client: &mut Client, options: &ImportOptions) -> Result<Outc
     let result = result?;
     unlocked?;
     Ok(match result {
-        Some((built, report)) => Outcome::Loaded {
+        Some((built, report)) => ImportOutcome::Loaded {
             rows: built.ranges.len() as u64,
             merged: built.merged as u64,
             elapsed: started.elapsed(),
             report,
         },
-        None => Outcome::AlreadyLoaded,
+        None => ImportOutcome::AlreadyLoaded,
     })
 }
 

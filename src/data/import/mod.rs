@@ -26,7 +26,7 @@ pub use change::ChangeReport;
 pub use codes::Codes;
 pub use csv_file::COLUMNS as CSV_COLUMNS;
 pub use export::export;
-pub use load::{import, ImportOptions, Outcome};
+pub use load::{import, ImportOptions, ImportOutcome};
 
 pub use crate::domain::Family;
 use crate::domain::{range_fault, Lang, Place, RangeFault, PLACE_COLUMNS};

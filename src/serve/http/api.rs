@@ -27,16 +27,15 @@ use crate::answer::{self, Answer};
 use crate::config::Http;
 use crate::domain::LookupError;
 use crate::metrics::{Api, Metrics, Rejection, RequestSeries};
-use crate::serve::budget::{reply_cost, Budget, Held};
+use crate::serve::budget::{reply_cost, Budget, Reservation};
 use crate::serve::workers::BatchLane;
 use crate::service::{Locator, Route};
 
 const OPENAPI: &str = include_str!("openapi.json");
 
-/// Shared by every request; one reference count per request to clone.
-type Shared = Arc<AppState>;
-
-struct AppState {
+/// What every request shares, behind one `Arc`: a reference count to
+/// clone per request.
+struct ApiState {
     locator: Locator,
     metrics: Arc<Metrics>,
     max_batch: usize,
@@ -89,7 +88,7 @@ struct Started(Instant);
 /// traffic, answered on a short path; every other request through the
 /// router. Both paths answer and count a request the same way.
 pub(super) struct HttpApi {
-    state: Shared,
+    state: Arc<ApiState>,
     router: TowerToHyperService<Router>,
 }
 
@@ -102,7 +101,7 @@ impl HttpApi {
         bodies: Budget,
         lane: BatchLane,
     ) -> HttpApi {
-        let state = Arc::new(AppState {
+        let state = Arc::new(ApiState {
             locator,
             single_ok: metrics.request_series(Api::Http, Endpoint::IpQuery.as_str(), "200"),
             metrics,
@@ -185,7 +184,7 @@ impl SingleGet<'_> {
 
 /// Bounds each request's time, reads its body within the body budget,
 /// sheds load over the in-flight cap, and counts the request.
-async fn guard(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
+async fn guard(State(state): State<Arc<ApiState>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     request.extensions_mut().insert(Started(started));
     state
@@ -248,7 +247,7 @@ struct SingleQuery {
 }
 
 /// `GET /api/ip_query?ip=IP[&lang=LANG]`.
-async fn query_get(State(state): State<Shared>, query: Result<Query<SingleQuery>, QueryRejection>) -> Response {
+async fn query_get(State(state): State<Arc<ApiState>>, query: Result<Query<SingleQuery>, QueryRejection>) -> Response {
     let response = match query {
         Err(rejection) => state.bad_request(format!("bad query string: {}", rejection.body_text())),
         Ok(Query(SingleQuery { ip: None, .. })) => state.bad_request("missing the \"ip\" parameter".into()),
@@ -271,7 +270,7 @@ struct QueryBody {
 /// body is parsed, so that a request waiting for it holds only its body,
 /// which the body budget counts.
 async fn query_post(
-    State(state): State<Shared>,
+    State(state): State<Arc<ApiState>>,
     Extension(room): Extension<ReplyRoom>,
     Extension(Started(started)): Extension<Started>,
     body: Result<Bytes, BytesRejection>,
@@ -308,7 +307,7 @@ async fn query_post(
     })
 }
 
-impl AppState {
+impl ApiState {
     /// The answer to a `POST /api/ip_query` body, whose reply holds `charge`.
     async fn answer_post(&self, body: &[u8], charge: Charge) -> Response {
         let parsed: QueryBody = match serde_json::from_slice(body) {
@@ -420,9 +419,9 @@ impl AppState {
     /// from the body budget: its announced length, or the body limit when
     /// none is announced. It waits there while other bodies hold the
     /// budget; the caller's deadline turns a long wait into 503.
-    async fn read_body(&self, request: Request) -> Result<(Request, Held), Response> {
+    async fn read_body(&self, request: Request) -> Result<(Request, Reservation), Response> {
         let (parts, body) = request.into_parts();
-        let mut held = Held::default();
+        let mut held = Reservation::default();
         if body.size_hint().upper() == Some(0) {
             return Ok((Request::from_parts(parts, body), held));
         }
@@ -543,7 +542,7 @@ async fn openapi() -> Response {
     response
 }
 
-async fn metrics_text(State(state): State<Shared>) -> Response {
+async fn metrics_text(State(state): State<Arc<ApiState>>) -> Response {
     let sampled = state.locator.sample().await;
     let text = state.metrics.render(&sampled);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -578,7 +577,7 @@ async fn healthz() -> Response {
 
 /// 200 when every table the routes need can be read and holds rows;
 /// otherwise 503 naming what is missing.
-async fn readyz(State(state): State<Shared>) -> Response {
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     if state.metrics.is_draining() {
         let mut response = json_body(&Health {
             status: "draining",

@@ -20,7 +20,7 @@ use hyper::body::{Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::metrics::{Api, Metrics, ReplyBudgetEvent};
-use crate::serve::budget::{Budget, Held, SMALL_REPLY, STALL_GRACE};
+use crate::serve::budget::{Budget, Reservation, SMALL_REPLY, STALL_GRACE};
 
 /// How much of a charged reply hyper is handed at a time.
 const SLICE: usize = 16 * 1024;
@@ -48,7 +48,7 @@ impl ReplyRoom {
     /// waiting for it until `deadline`; `None` if none came by then. A
     /// small reply takes no room and never waits.
     pub(super) async fn take(&self, cost: usize, deadline: Instant) -> Option<Charge> {
-        let mut held = Held::default();
+        let mut held = Reservation::default();
         if cost > SMALL_REPLY {
             match tokio::time::timeout_at(deadline, self.budget.grow(&mut held, cost)).await {
                 Ok(false) => {}
@@ -92,7 +92,7 @@ impl ReplyRoom {
 /// The room one reply holds. Dropped while still holding (its connection
 /// went away mid-reply), it gives the room back as abandoned.
 pub(super) struct Charge {
-    held: Held,
+    held: Reservation,
     holding: Arc<AtomicBool>,
 }
 
