@@ -2,6 +2,7 @@
 //! pool stand now, and the rules for when that keeps the service from
 //! answering as configured.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::domain::Table;
@@ -11,7 +12,7 @@ use crate::domain::Table;
 #[derive(Debug, Clone)]
 pub struct HealthReport {
     /// The tables, or why they cannot be read (the database is down).
-    pub tables: Result<Vec<TableState>, String>,
+    pub tables: Result<Vec<TableState>, Unreadable>,
     pub pool: Option<PoolState>,
     /// The MaxMind database's build time, if one is open.
     pub mmdb_built: Option<SystemTime>,
@@ -49,10 +50,7 @@ impl HealthReport {
                     Freshness::FromSnapshotFile => Some(format!(
                         "table {table} is served from its snapshot file until the database is checked; its data is {age} old"
                     )),
-                    Freshness::Stale(why) => Some(format!(
-                        "table {table} is stale: its source holds other data, which does not load ({why}); \
-                         still serving data {age} old"
-                    )),
+                    Freshness::Stale(cause) => Some(format!("table {table} is stale: {cause}; still serving data {age} old")),
                 }
             })
             .collect()
@@ -96,6 +94,29 @@ pub enum Freshness {
     Current,
     /// Read from a snapshot file; the source not asked yet.
     FromSnapshotFile,
-    /// The source holds other data, which could not be loaded: why.
-    Stale(String),
+    /// The source holds other data, which could not be loaded.
+    Stale(StaleCause),
+}
+
+/// Why a table's newer data did not load. The detail is the error's text:
+/// the state is sampled and cloned, which errors are not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StaleCause {
+    /// Reading the table's new version from PostgreSQL failed.
+    #[error("its source holds other data, which does not load ({0})")]
+    DatabaseReload(String),
+    /// The table's rewritten data file does not parse or validate.
+    #[error("its source holds other data, which does not load ({0})")]
+    FileReload(String),
+}
+
+/// Why the tables' state could not be read: the data layer's error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct Unreadable(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Unreadable {
+    pub fn new(err: impl std::error::Error + Send + Sync + 'static) -> Unreadable {
+        Unreadable(Arc::new(err))
+    }
 }

@@ -9,7 +9,7 @@ use tracing::warn;
 use crate::data::mmdb::{GeoDb, MaxMind};
 use crate::data::ranges::Ranges;
 use crate::domain::{Addr, Lang, Located, LookupError, Outcome, Table, Unavailable, V4Table};
-use crate::health::HealthReport;
+use crate::health::{HealthReport, Unreadable};
 
 /// How many answers are decided between yields to the runtime, so that a
 /// 10,000-address batch of MaxMind lookups does not hold a worker thread
@@ -124,7 +124,7 @@ impl Locator {
     /// The state of the data behind the answers, for readiness and metrics.
     pub async fn sample(&self) -> HealthReport {
         HealthReport {
-            tables: self.ranges.table_states().await,
+            tables: self.ranges.table_states().await.map_err(Unreadable::new),
             pool: self.ranges.pool_state(),
             mmdb_built: self.maxmind.as_ref().map(|m| m.current().built()),
         }

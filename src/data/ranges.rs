@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::data::index::Tables;
-use crate::data::store::Store;
+use crate::data::store::{Store, StoreError};
 use crate::domain::{Located, Table, Unavailable, V4Table};
 use crate::health::{PoolState, TableState};
 
@@ -55,9 +55,9 @@ impl Ranges {
 
     /// Each table as served now: from the snapshots in memory, or from the
     /// database (an error if it does not answer).
-    pub async fn table_states(&self) -> Result<Vec<TableState>, String> {
+    pub async fn table_states(&self) -> Result<Vec<TableState>, StoreError> {
         match self {
-            Ranges::Postgres(store) => store.table_states().await.map_err(|err| err.to_string()),
+            Ranges::Postgres(store) => store.table_states().await,
             Ranges::Memory(tables) => Ok(Table::ALL
                 .into_iter()
                 .map(|table| {

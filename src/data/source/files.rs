@@ -20,7 +20,7 @@ use super::refresh::{signature, Refresh, ToCheck};
 use crate::data::import::{read_streaming, schema_limits, Format, ImportError, Range, SourceError};
 use crate::data::index::{Builder, Key, RangeIndex, Snapshot, TableIndex, Tables, Version};
 use crate::domain::{Family, Lang, Table};
-use crate::health::Freshness;
+use crate::health::{Freshness, StaleCause};
 use crate::metrics::{Metrics, Reload};
 
 /// Where a file's bytes are.
@@ -378,7 +378,8 @@ impl Refresh for FileWatch {
             Err(err) => {
                 warn!(tables = ?changed, error = %err, "a rewritten data file does not load; its tables keep their data");
                 for &table in &changed {
-                    self.tables.set_freshness(table, Freshness::Stale(err.to_string()));
+                    self.tables
+                        .set_freshness(table, Freshness::Stale(StaleCause::FileReload(err.to_string())));
                 }
                 self.metrics.reloaded(Reload::Table, false);
                 false

@@ -21,7 +21,7 @@ use crate::config::Postgres;
 use crate::data::index::{Snapshot, Tables};
 use crate::data::store::{self, StoreError, RELOAD_CHANNEL};
 use crate::domain::Table;
-use crate::health::Freshness;
+use crate::health::{Freshness, StaleCause};
 use crate::metrics::{Metrics, Reload};
 
 /// Notifications held for the reloader; past this they are dropped and a
@@ -200,7 +200,8 @@ impl Reloader {
                     error = %cause,
                     "reload failed; still serving the previous data"
                 );
-                self.tables.set_freshness(table, Freshness::Stale(cause));
+                self.tables
+                    .set_freshness(table, Freshness::Stale(StaleCause::DatabaseReload(cause)));
                 self.metrics.reloaded(Reload::Table, false);
                 false
             }
