@@ -15,9 +15,8 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 
-use crate::domain::{
-    range_fault, Family, Located, Place, PlaceFields, RangeFault, Source, Table, TableDigest, V4Table,
-};
+use crate::data::digest::{place_digest, TableDigest};
+use crate::domain::{range_fault, Family, Located, Place, PlaceFields, RangeFault, Source, Table, V4Table};
 use crate::health::Freshness;
 use crate::memory::{Growing, HugePages};
 
@@ -297,7 +296,7 @@ impl<K: Key> RangeIndex<K> {
 
     /// [`TableDigest::of`] the ranges, each place's text hashed once.
     pub fn digest(&self) -> TableDigest {
-        let places: Vec<u64> = self.places.iter().map(Place::digest).collect();
+        let places: Vec<u64> = self.places.iter().map(place_digest).collect();
         let mut digest = TableDigest::default();
         for entry in self.entries.iter() {
             digest.add(entry.start.into(), entry.end.into(), places[entry.place as usize]);

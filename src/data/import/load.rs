@@ -13,9 +13,10 @@ use tracing::info;
 use super::change::{self, ChangeReport};
 use super::swap::{keep_changes, swap_in, KeptChanges};
 use super::{file_name, history, read_ranges, ColumnLimits, Format, ImportError, RangeBuilder};
+use crate::data::digest::TableDigest;
 use crate::data::index::Snapshot;
 use crate::data::store;
-use crate::domain::{Lang, Table, TableDigest};
+use crate::domain::{Lang, Table};
 
 /// Changed rows are kept for instances to apply up to a quarter of the
 /// new table (past that, reading the whole table costs little more), and

@@ -14,9 +14,10 @@ use tokio_postgres::Transaction;
 use super::change::RowChanges;
 use super::progress::Progress;
 use super::{Family, ImportError, Range};
+use crate::data::digest::TableDigest;
 use crate::data::index::Version;
 use crate::data::store::RELOAD_CHANNEL;
-use crate::domain::{Table, TableDigest};
+use crate::domain::Table;
 
 /// An import's changed rows and the data they change: the live table's
 /// version when they were compared, under the import lock.
