@@ -298,15 +298,15 @@ async fn a_change_whose_notification_was_lost_is_caught_by_the_timer() {
         )
         .await
         .unwrap();
-    let started = Instant::now();
-    loop {
+    eventually(Duration::from_secs(15), "not reloaded", || async {
         let g = &app.by_ip(&["183.62.57.1"]).await[0];
         if g.geoip_city_name.as_deref() == Some("深圳") {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{g:?}"))
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "not reloaded: {g:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -325,11 +325,13 @@ async fn an_import_made_while_the_listener_was_disconnected_is_loaded_when_it_re
     let admin = app.db().client().await;
     let terminate = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                      WHERE application_name = 'xm-ip-service reload listener' AND datname = current_database()";
-    let started = Instant::now();
-    while admin.query_one(terminate, &[]).await.unwrap().get::<_, i64>(0) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(5), "no listener connected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "no listener connected", || async {
+        match admin.query_one(terminate, &[]).await.unwrap().get::<_, i64>(0) {
+            0 => Err("none terminated".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
     import_csv(app.db(), &dir, "新").await;
     until_carrier(&app, "新", Duration::from_secs(10)).await;
 }
@@ -379,14 +381,13 @@ async fn a_rebuild_that_fails_keeps_the_old_snapshot_serving_until_one_succeeds(
         .batch_execute("ALTER TABLE ip_service_cn RENAME COLUMN district TO district_name")
         .await
         .unwrap();
-    let started = Instant::now();
-    while city(&app.by_ip(&["183.62.57.1"]).await[0]) != "深圳" {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never rebuilt after the fix"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(5), "never rebuilt after the fix", || async {
+        match city(&app.by_ip(&["183.62.57.1"]).await[0]) {
+            city if city == "深圳" => Ok(()),
+            city => Err(format!("the city is {city:?}")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use xm_ip_service::data::import::{self, ImportOptions};
 use xm_ip_service::data::store::{self, Table};
 
 use crate::cli::Served;
-use crate::helpers::by_ip_at;
+use crate::helpers::{by_ip_at, eventually};
 
 /// A PostgreSQL binary of the newest installed version.
 fn pg_bin(name: &str) -> PathBuf {
@@ -211,13 +211,14 @@ async fn on_a_standby_the_reloader_does_not_listen_and_notify_url_brings_imports
     tokio::time::sleep(Duration::from_secs(1)).await;
     let committed = Instant::now();
     import_carrier(&primary_url, files.path(), "新").await;
-    while carrier_at(&notified.addr).await != "新" {
-        assert!(
-            committed.elapsed() < Duration::from_secs(5),
-            "the notified instance did not pick up the import"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let within = Duration::from_secs(5).saturating_sub(committed.elapsed());
+    eventually(within, "the notified instance did not pick up the import", || async {
+        match carrier_at(&notified.addr).await {
+            carrier if carrier == "新" => Ok(()),
+            carrier => Err(format!("it answers {carrier:?}")),
+        }
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(carrier_at(&timer_only.addr).await, "旧", "a standby cannot notify");
 
