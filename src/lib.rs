@@ -22,7 +22,7 @@
 //!   - [`health`]: how the tables and the pool stand, and the readiness
 //!     rules `/readyz` and the sampled metrics report.
 //!   - [`memory`]: glibc's allocator tuned and trimmed; huge-page arrays.
-//!   - [`thrift`]: the wire: the generated IDL types, framing, the bounded
+//!   - [`thrift`]: the wire: the generated IDL types, the protocols, framing, the bounded
 //!     reader, the codec, the answer encoder and the handler.
 //! - [`data`]: where the answers come from: sources, PostgreSQL, imports,
 //!   the in-memory index and the MaxMind reader. **A data source** is a

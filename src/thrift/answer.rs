@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::codec::Protocol;
+use super::protocol::Protocol;
 use super::reader::Kind;
 use super::GeoInfo;
 use crate::answer::{self, push_ipv4, Answer, Field, FieldSink, View};

@@ -16,7 +16,8 @@ use thrift::protocol::{
 use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::answer;
-pub use super::framing::{detect, Framing, MessageCheck, MessageSpan, Protocol, Wire, WireError};
+pub use super::framing::{detect, Framing, MessageCheck, MessageSpan, Wire};
+pub use super::protocol::{Protocol, WireError};
 use super::reader::{bad, Kind, Reader};
 use crate::domain::Outcome;
 

@@ -1,29 +1,15 @@
-//! Where messages start and end: the transport and protocol a connection
+//! Where messages start and end: the framing and protocol a connection
 //! speaks, and a check that a whole message has arrived, within every
 //! limit, before it is parsed.
 
+use super::protocol::{Protocol, WireError, COMPACT_ID};
 use super::reader::{too_deep, Kind, Reader, MAX_DEPTH, MAX_NAME};
-
-/// A protocol, as detected from a connection's first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// `strict` is false for old clients that omit the version word.
-    Binary {
-        strict: bool,
-    },
-    Compact,
-}
 
 /// Framed (4-byte length prefix) or unframed (buffered) messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     Framed,
     Buffered,
-}
-
-impl Protocol {
-    /// Binary with the version word, as every current client sends it.
-    pub const BINARY: Protocol = Protocol::Binary { strict: true };
 }
 
 /// How one connection speaks, fixed by its first message.
@@ -63,23 +49,6 @@ impl Wire {
         },
     ];
 }
-
-/// Why bytes could not be read as a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
-    /// More bytes are needed; not an error yet.
-    #[error("incomplete message")]
-    Incomplete,
-    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
-    FrameTooLarge { size: u64, limit: usize },
-    #[error("not a Thrift message: {0}")]
-    NotThrift(String),
-    #[error("malformed message: {0}")]
-    Malformed(String),
-}
-
-pub const BINARY_VERSION_1: u32 = 0x8001_0000;
-pub const COMPACT_ID: u8 = 0x82;
 
 /// Works out the transport and protocol from a connection's first bytes.
 /// `Err(Incomplete)` asks for more bytes.

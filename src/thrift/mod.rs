@@ -10,6 +10,7 @@ mod framing;
 #[rustfmt::skip]
 pub mod generated;
 mod handler;
+mod protocol;
 mod reader;
 
 pub use answer::geo_info;

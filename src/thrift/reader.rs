@@ -2,7 +2,7 @@
 //! and the request decoder: every length is checked against the bytes
 //! that are really there before anything is allocated.
 
-use super::framing::{Protocol, WireError, BINARY_VERSION_1, COMPACT_ID};
+use super::protocol::{Protocol, WireError, BINARY_VERSION_1, COMPACT_ID};
 
 /// The longest method name accepted; real ones are under 40 bytes.
 pub const MAX_NAME: usize = 256;
