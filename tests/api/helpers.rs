@@ -442,6 +442,16 @@ pub async fn black_hole_database() -> (String, JoinHandle<()>) {
     (format!("postgres://postgres@127.0.0.1:{port}/nowhere"), held)
 }
 
+/// A new version of `ip_service_cn` written outside the importer, whose
+/// rows the index refuses: a row inside 183.62.56.99-183.62.63.255, which
+/// the backward probe would answer for instead of the wide row.
+pub const OVERLAPPING_CN_VERSION: &str = "BEGIN;
+     INSERT INTO ip_service_cn (start_ip, end_ip, country_name, province_name, city_name)
+     VALUES (3074308352, 3074308607, '中国', '广东', '深圳');
+     INSERT INTO ip_service_imports (table_name, source_file, sha256, format, outcome, finished_at)
+     VALUES ('ip_service_cn', 'overlapping', 'x', 'csv', 'succeeded', now());
+     COMMIT;";
+
 /// Asks `check` every 50 ms until it gives `Ok`, and returns that. If
 /// nothing does within `within`, panics with `what` and the last `Err`:
 /// what was seen instead.

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use xm_ip_service::thrift::{GeoInfo, GeoRequest, TIPServiceSyncClient};
 use xm_ip_service::tools::client::Wire;
 
-use crate::helpers::{black_hole_database, eventually, strings, Options, TestApp};
+use crate::helpers::{black_hole_database, eventually, strings, Options, TestApp, OVERLAPPING_CN_VERSION};
 
 /// A status code and a body, from one request on its own connection.
 struct Answer {
@@ -591,19 +591,8 @@ async fn a_table_whose_new_data_does_not_load_is_reported_stale_while_its_old_da
             .map(str::to_owned)
     };
     assert_eq!(metric(&get(http(&app), "/metrics").await.body).as_deref(), Some("0"));
-    // A new version whose rows the index refuses: a row written outside
-    // the importer inside 183.62.56.99-183.62.63.255.
-    client
-        .batch_execute(
-            "BEGIN;
-             INSERT INTO ip_service_cn (start_ip, end_ip, country_name, province_name, city_name)
-             VALUES (3074308352, 3074308607, '中国', '广东', '深圳');
-             INSERT INTO ip_service_imports (table_name, source_file, sha256, format, outcome, finished_at)
-             VALUES ('ip_service_cn', 'overlapping', 'x', 'csv', 'succeeded', now());
-             COMMIT;",
-        )
-        .await
-        .unwrap();
+    // A new version whose rows the index refuses.
+    client.batch_execute(OVERLAPPING_CN_VERSION).await.unwrap();
     let readyz = || async { get(http(&app), "/readyz").await };
     let answer = eventually(Duration::from_secs(10), "never reported stale", || async {
         let answer = readyz().await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use xm_ip_service::data::store::Table;
 use xm_ip_service::thrift::GeoInfo;
 
-use crate::helpers::{by_ip_at, eventually, strings, Options, TestApp, TestDb};
+use crate::helpers::{by_ip_at, eventually, strings, Options, TestApp, TestDb, OVERLAPPING_CN_VERSION};
 
 /// Deterministic pseudo-random numbers (xorshift).
 pub struct Rng(pub u64);
@@ -393,18 +393,10 @@ async fn a_rebuild_that_fails_keeps_the_old_snapshot_serving_until_one_succeeds(
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_that_overlap_are_refused_and_the_old_snapshot_keeps_serving() {
     let (app, client) = reloading_app().await;
-    // Written outside the importer: a row inside 183.62.56.99-183.62.63.255,
-    // which the backward probe would answer for instead of the wide row.
     client
-        .batch_execute(
-            "BEGIN;
-             INSERT INTO ip_service_cn (start_ip, end_ip, country_name, province_name, city_name)
-             VALUES (3074308352, 3074308607, '中国', '广东', '深圳');
-             INSERT INTO ip_service_imports (table_name, source_file, sha256, format, outcome, finished_at)
-             VALUES ('ip_service_cn', 'overlapping', 'x', 'csv', 'succeeded', now());
-             COMMIT;
-             NOTIFY ip_service_reload, 'ip_service_cn';",
-        )
+        .batch_execute(&format!(
+            "{OVERLAPPING_CN_VERSION} NOTIFY ip_service_reload, 'ip_service_cn';"
+        ))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
