@@ -1,11 +1,11 @@
-//! The one view of an answer: the IDL's sixteen `GeoInfo` fields, listed
+//! The one view of an answer: the IDL's `GeoInfo` fields, listed
 //! once with their ids, names and presence rules. Every output writes from
 //! it: the Thrift encoder, the generated `GeoInfo`, the HTTP JSON, the
 //! resolver's CSV and JSON lines, and `query --json`.
 //!
-//! Adding an answer field means adding it to [`FIELDS`] and to
-//! [`Answer::write`] (and, for Thrift clients, to the IDL as an optional
-//! field with a new id).
+//! Adding an answer field means adding it to `fields!` and to
+//! [`Answer::write`], after the IDL (an optional field with a new id); the
+//! README's contributor notes list the other files.
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,8 +22,10 @@ pub struct Field {
 macro_rules! fields {
     ($($constant:ident = $id:literal $name:literal;)+) => {
         $(pub const $constant: Field = Field { id: $id, name: $name };)+
+        /// How many fields `GeoInfo` has.
+        pub const FIELD_COUNT: usize = [$($id),+].len();
         /// Every field, in IDL order: the CSV header.
-        pub const FIELDS: [Field; 16] = [$($constant),+];
+        pub const FIELDS: [Field; FIELD_COUNT] = [$($constant),+];
     };
 }
 
@@ -317,10 +319,9 @@ fn push_int(out: &mut Vec<u8>, n: i64) {
     out.extend_from_slice(&digits[at..]);
 }
 
-/// A view as one CSV record of all sixteen [`FIELDS`], an absent field
-/// empty.
-pub fn csv_record(view: &impl View) -> [String; 16] {
-    struct Record([String; 16]);
+/// A view as one CSV record of all [`FIELDS`], an absent field empty.
+pub fn csv_record(view: &impl View) -> [String; FIELD_COUNT] {
+    struct Record([String; FIELD_COUNT]);
     impl Record {
         fn set(&mut self, field: Field, value: String) {
             self.0[field.id as usize - 1] = value;
@@ -340,7 +341,7 @@ pub fn csv_record(view: &impl View) -> [String; 16] {
             self.set(field, value.to_string());
         }
     }
-    let mut record = Record(Default::default());
+    let mut record = Record(std::array::from_fn(|_| String::new()));
     view.write(&mut record);
     record.0
 }

@@ -1,8 +1,8 @@
 //! Where the answer view meets Thrift: each answer is appended as bytes
 //! straight from the borrowed outcome, exactly as the generated `GeoInfo`
 //! writer would write it through the crate's protocols (a test holds the
-//! two byte-equal), but without building a `GeoInfo` (sixteen owned
-//! strings) or making a protocol call per field. Also the generated
+//! two byte-equal), but without building a `GeoInfo` (an owned string per
+//! field) or making a protocol call per field. Also the generated
 //! `GeoInfo` as a view, and a view as a `GeoInfo`.
 
 use std::fmt::Write as _;
