@@ -56,9 +56,9 @@ fn checksum(bytes: &[u8]) -> u64 {
     mix(mix(hash, u64::from_le_bytes(tail)), bytes.len() as u64)
 }
 
-/// Writes `snapshot` of `table` into `dir`: a temporary file, synced, then
-/// renamed over the old one, so a reader never sees half a file, and
-/// several instances may share the directory.
+/// Writes `snapshot` of `table` into `dir`, made if missing: a temporary
+/// file, synced, then renamed over the old one, so a reader never sees half
+/// a file, and several instances may share the directory.
 pub fn write(dir: &Path, table: Table, snapshot: &Snapshot) -> Result<(), SnapshotError> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
@@ -100,6 +100,7 @@ pub fn write(dir: &Path, table: Table, snapshot: &Snapshot) -> Result<(), Snapsh
         .as_nanos();
     let temporary = path.with_extension(format!("snapshot.{}-{unique}.tmp", std::process::id()));
     let written = (|| {
+        std::fs::create_dir_all(dir)?;
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(&out)?;
         file.sync_all()?;
@@ -336,6 +337,14 @@ mod tests {
             assert_eq!(a.locate(key), b.locate(key), "{key}");
         }
         assert!(read(dir.path(), Table::En).unwrap().is_none(), "no file, no snapshot");
+    }
+
+    #[test]
+    fn the_snapshot_directory_is_made_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("not/yet");
+        write(&missing, Table::Cn, &snapshot()).unwrap();
+        assert!(read(&missing, Table::Cn).unwrap().is_some());
     }
 
     #[test]
