@@ -99,7 +99,9 @@ pub enum Freshness {
 }
 
 /// Why a table's newer data did not load. The detail is the error's text:
-/// the state is sampled and cloned, which errors are not.
+/// the state is sampled and cloned, which errors are not. Both read the
+/// same in `/readyz`, whose note names the table; the variant says which
+/// kind of source failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StaleCause {
     /// Reading the table's new version from PostgreSQL failed.
