@@ -181,11 +181,11 @@ async fn a_replaced_mmdb_is_picked_up_under_load_without_a_failed_lookup() {
     )
     .await;
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Each reader asks until it has been answered by the last file, so
+    // that a reader thread the scheduler kept waiting still sees it.
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let addr = app.addr.to_string();
-            let stopped = stopped.clone();
             tokio::task::spawn_blocking(move || {
                 use xm_ip_service::thrift::TIPServiceSyncClient;
                 let mut client = xm_ip_service::tools::client::connect(
@@ -195,7 +195,12 @@ async fn a_replaced_mmdb_is_picked_up_under_load_without_a_failed_lookup() {
                 )
                 .unwrap();
                 let mut seen: Vec<String> = Vec::new();
-                while !*stopped.borrow() {
+                let started = Instant::now();
+                while seen.last().map(String::as_str) != Some("Again") {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "never answered by the last file: {seen:?}"
+                    );
                     let g = client
                         .query_i18n_geo_info_by_i_p(strings(&["8.8.8.8"]))
                         .unwrap()
@@ -232,7 +237,6 @@ async fn a_replaced_mmdb_is_picked_up_under_load_without_a_failed_lookup() {
     );
     replace(&mmdb_with_country("8.8.8.0/24", "Again"));
     until("Again").await;
-    stop.send(true).unwrap();
     for reader in readers {
         let seen = reader.await.unwrap();
         assert!(
