@@ -22,6 +22,11 @@ namespace py xm_ip_service
  *   4  unsupported lang; error_msg lists the supported ones
  * When error_no is not 0, fields 2-5, 7-9, 11 and 12 are empty (or 0) and
  * the optional fields 13-16 are unset.
+ *
+ * An optional field (13 and later) is set only when it has a value: never
+ * to an empty string, so that a client's isSet says something. Fields
+ * 1-12 are always set, empty where there is nothing, as old clients
+ * require.
  */
 struct GeoInfo {
   /**
@@ -54,7 +59,7 @@ struct GeoInfo {
   /** Last address of the matched range as an unsigned IPv4 integer;
       0 for IPv6 answers. */
   12: i64 geoip_end_ip,
-  /** District (区/县) name, where the source has one. */
+  /** District (区/县) name; unset where the source has none. */
   13: optional string geoip_district_name,
   /** First address of the matched range as text, IPv4 or IPv6. */
   14: optional string geoip_start_ip_str,

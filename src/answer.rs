@@ -124,7 +124,8 @@ impl<'a> Answer<'a> {
 
 impl View for Answer<'_> {
     /// Fields 1-12 are always present (old Java clients read absent
-    /// strings as null); 13-16 only for a found address.
+    /// strings as null). The optional ones only when they have a value,
+    /// so only for a found address: a client's `IsSet…` means something.
     #[inline]
     fn write(&self, out: &mut impl FieldSink) {
         out.text(IP, self.input);
@@ -150,7 +151,9 @@ impl View for Answer<'_> {
                 out.text(ERROR_MSG, "");
                 out.long(START_IP, start_int);
                 out.long(END_IP, end_int);
-                out.text(DISTRICT_NAME, place.district_name);
+                if !place.district_name.is_empty() {
+                    out.text(DISTRICT_NAME, place.district_name);
+                }
                 out.ip(START_IP_STR, *start);
                 out.ip(END_IP_STR, *end);
                 out.text(SOURCE, source.as_str());
@@ -390,7 +393,7 @@ mod tests {
     }
 
     #[test]
-    fn json_has_fields_13_to_16_only_for_a_found_address_and_echoes_64_bytes() {
+    fn json_has_the_optional_fields_only_with_a_value_and_echoes_64_bytes() {
         let found: Outcome = Ok(Located {
             place: Place::from_columns(["CN", "中国", "", "", "", "", "", ""]),
             start: IpAddr::V4(Ipv4Addr::new(1, 0, 0, 0)),
@@ -399,9 +402,19 @@ mod tests {
         });
         let to_value = |answer: &Answer| serde_json::from_slice::<serde_json::Value>(&json(answer)).unwrap();
         let json = to_value(&Answer::new("1.0.0.1", &found));
-        assert_eq!(json.as_object().unwrap().len(), 16);
+        assert_eq!(json.as_object().unwrap().len(), 15, "no district: left out");
+        assert!(json.get("geoip_district_name").is_none());
         assert_eq!(json["geoip_start_ip_str"], "1.0.0.0");
         assert_eq!(json["geoip_end_ip"], 16777471);
+        let with_district: Outcome = Ok(Located {
+            place: Place::from_columns(["CN", "中国", "", "", "", "", "天河区", ""]),
+            start: IpAddr::V4(Ipv4Addr::new(1, 0, 0, 0)),
+            end: IpAddr::V4(Ipv4Addr::new(1, 0, 0, 255)),
+            source: Source::Cn,
+        });
+        let json = to_value(&Answer::new("1.0.0.1", &with_district));
+        assert_eq!(json.as_object().unwrap().len(), 16);
+        assert_eq!(json["geoip_district_name"], "天河区");
 
         let long = "x".repeat(100);
         let invalid: Outcome = Err(LookupError::InvalidIp(long.clone()));

@@ -43,6 +43,11 @@ use thrift::server::TProcessor;
 ///   4  unsupported lang; error_msg lists the supported ones
 /// When error_no is not 0, fields 2-5, 7-9, 11 and 12 are empty (or 0) and
 /// the optional fields 13-16 are unset.
+/// 
+/// An optional field (13 and later) is set only when it has a value: never
+/// to an empty string, so that a client's isSet says something. Fields
+/// 1-12 are always set, empty where there is nothing, as old clients
+/// require.
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct GeoInfo {
   /// The input string, echoed as given; an input longer than any address
@@ -73,7 +78,7 @@ pub struct GeoInfo {
   /// Last address of the matched range as an unsigned IPv4 integer;
   /// 0 for IPv6 answers.
   pub geoip_end_ip: Option<i64>,
-  /// District (区/县) name, where the source has one.
+  /// District (区/县) name; unset where the source has none.
   pub geoip_district_name: Option<String>,
   /// First address of the matched range as text, IPv4 or IPv6.
   pub geoip_start_ip_str: Option<String>,

@@ -217,6 +217,18 @@ fn as_json(g: &GeoInfo) -> Value {
 }
 
 #[tokio::test]
+async fn an_optional_field_without_a_value_is_left_out_of_the_json() {
+    let app = TestApp::spawn().await;
+    let china = get(http(&app), "/api/ip_query?ip=183.62.57.1").await.json();
+    assert_eq!(china["geoip_district_name"], "天河区");
+    let abroad = get(http(&app), "/api/ip_query?ip=8.8.8.8").await.json();
+    assert_eq!(abroad["geoip_source"], "maxmind");
+    assert!(abroad.get("geoip_district_name").is_none(), "{abroad}");
+    // Fields 1-12 stay, empty: old clients require them.
+    assert_eq!(abroad["geoip_carrier"], "");
+}
+
+#[tokio::test]
 async fn http_and_thrift_give_the_same_answers_on_the_fixtures() {
     let app = TestApp::spawn().await;
     let ips = [

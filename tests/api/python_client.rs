@@ -65,6 +65,13 @@ async fn python_apache_thrift_client_sees_what_the_rust_client_sees() {
         "the comparison has substance"
     );
 
+    // An optional field is set only when it has a value: the cn row has a
+    // district, MaxMind's answer none, and the Python client sees it unset.
+    let by_ip = &python["framed/binary"]["queryGeoInfoByIP"];
+    assert_eq!(by_ip[0]["geoip_district_name"], "天河区");
+    assert_eq!(by_ip[1]["geoip_source"], "maxmind");
+    assert!(by_ip[1].get("geoip_district_name").is_none(), "{}", by_ip[1]);
+
     let combos = python.as_object().unwrap();
     assert_eq!(combos.len(), 4);
     for (combo, answers) in combos {
