@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: checks the generated Thrift code is current, then
-# fmt, clippy, and every test against a real PostgreSQL.
+# fmt, clippy, doc links, and every test against a real PostgreSQL.
 #
 # PostgreSQL: $DATABASE_URL if set (any database on a server where the
 # user may CREATE DATABASE; each test makes and drops its own), else the
@@ -63,6 +63,8 @@ haproxy -c -q -f deploy/haproxy.cfg
 haproxy -c -q -f deploy/haproxy-compose.cfg
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The doc comments' links resolve (and point at what a reader can open).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast
 else

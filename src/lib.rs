@@ -11,7 +11,7 @@
 //!     ([`domain::PLACE_COLUMNS`]) and the rule for a valid range
 //!     ([`domain::range_fault`]); no I/O. **A validation rule** for a range
 //!     or a column goes there.
-//!   - [`format`]: the data files' formats (ipdb, mmdb, CSV), by name and
+//!   - [`format`](mod@format): the data files' formats (ipdb, mmdb, CSV), by name and
 //!     by content.
 //!   - [`answer`]: the one view of an answer, its sixteen fields and the
 //!     error numbers, that every output writes from. **An answer field** is

@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 /// bodies, and replies of about a thousand addresses or more.
 const MAPPED_APART: usize = 256 << 10;
 
-/// Has glibc map every block of [`MAPPED_APART`] or more apart from the
+/// Has glibc map every block of `MAPPED_APART` or more apart from the
 /// heap and unmap it when freed. By default it raises that threshold to
 /// the largest block freed so far (up to 32 MiB): after the first burst of
 /// 16 MB request buffers it carves them from the heap, and slow senders

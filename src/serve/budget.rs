@@ -300,7 +300,7 @@ const CLOSED_WORTH: usize = TRIM_WORTH / (64 << 10);
 /// of any of `budgets`, or that opened many connections (`open_connections`
 /// counts them), is over: glibc's allocator would otherwise keep the
 /// burst's peak resident for good. A large holding dropped unused is
-/// trimmed for at once (at most every [`ABANDONED_TRIM_GAP`]).
+/// trimmed for at once (at most every `ABANDONED_TRIM_GAP`).
 pub async fn return_freed_memory(budgets: Vec<Budget>, open_connections: impl Fn() -> usize) {
     if budgets.is_empty() {
         return; // nothing to watch, and select_all needs something

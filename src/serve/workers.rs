@@ -100,7 +100,7 @@ impl Workers {
     }
 }
 
-/// Threads at [`BATCH_NICE`] for the CPU work of large batches.
+/// Threads at `BATCH_NICE` for the CPU work of large batches.
 #[derive(Clone)]
 pub struct BatchLane(Arc<Runtimes>);
 

@@ -64,7 +64,7 @@ impl ReplySummary {
     }
 }
 
-/// Summarises one whole reply message (found by a [`MessageCheck`]).
+/// Summarises one whole reply message (found by a [`MessageCheck`](super::codec::MessageCheck)).
 pub fn scan_reply(message: &[u8], protocol: Protocol) -> Result<ReplySummary, WireError> {
     let mut reader = Reader::new(message, protocol, message.len());
     let (_, message_type, _) = reader.message_begin()?;

@@ -4,10 +4,10 @@
 //! readers trust every announced length (`vec![0; len]`,
 //! `Vec::with_capacity(size)`), so a hostile peer could make it allocate
 //! gigabytes. Requests are therefore read by the small, bounds-checked
-//! [`Reader`], which never allocates more than the bytes it was given,
+//! `Reader`, which never allocates more than the bytes it was given,
 //! once [`MessageCheck`] has found the whole message.
 //! Replies are written with the crate's output protocols; each answer's
-//! bytes come from the answer view ([`answer`]).
+//! bytes come from the answer view (`answer`).
 
 use thrift::protocol::{
     TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier, TListIdentifier, TMessageIdentifier, TMessageType,
@@ -163,7 +163,7 @@ pub enum BadArgs {
 const SERVICE_PREFIX: &str = "IPService:";
 
 /// Decodes one whole message (a frame's body, or the bytes
-/// [`MessageCheck`](super::framing::MessageCheck) found). A header that
+/// [`MessageCheck`] found). A header that
 /// does not decode is an error; arguments that do not decode come back in
 /// `Request::call` so the peer can be told. A list of more than
 /// `max_batch` addresses is skipped without allocating and reported as

@@ -1,9 +1,9 @@
 //! Loading IP databases into the range tables.
 //!
 //! A source file (`ipdb`, `mmdb` or `csv`) becomes sorted, validated
-//! [`Range`]s; [`load`] compares them with the live table ([`change`]),
+//! [`Range`]s; `load` compares them with the live table ([`change`]),
 //! then COPYs them into a staging table inside one transaction, indexes it
-//! and swaps it in ([`swap`]), so readers see the old table until the
+//! and swaps it in (`swap`), so readers see the old table until the
 //! commit and the new one after it, and a failure anywhere leaves the live
 //! table as it was.
 
