@@ -74,7 +74,7 @@ fn open_mmdb(mmdb: &FileSource) -> GeoDb {
 /// `ranges` adjacent ranges of random sizes over the IPv4 space, sharing
 /// `places` distinct places.
 fn generated(ranges: u32, places: u32) -> RangeIndex<u32> {
-    let mut builder = Builder::new(Source::Cn);
+    let mut builder = Builder::default();
     let step = u32::MAX / ranges;
     let mut state = 0x2545_f491_4f6c_dd1du64;
     for i in 0..ranges {
@@ -128,7 +128,7 @@ fn index(c: &mut Criterion) {
     group.bench_function(format!("find the range and make the answer, cn {}", data.what), |b| {
         b.iter(|| {
             i = (i + 1) & (keys.len() - 1);
-            std::hint::black_box(cn.locate(keys[i]))
+            std::hint::black_box(cn.locate(keys[i], Source::Cn))
         })
     });
     // A different batch each time, so that no batch is answered from cache.
@@ -140,7 +140,7 @@ fn index(c: &mut Criterion) {
     group.bench_function(format!("batch of 1,000, cn {}", data.what), |b| {
         b.iter(|| {
             i = (i + 1) % batches.len();
-            std::hint::black_box(data.tables.lookup_v4(V4Table::Cn, &batches[i]))
+            std::hint::black_box(data.tables.lookup_v4(Some(V4Table::Cn), &batches[i]))
         })
     });
     group.finish();

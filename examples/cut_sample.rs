@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use maxminddb::Reader;
 use xm_ip_service::data::import::{read_ranges, schema_limits, Format, Range, CSV_COLUMNS};
-use xm_ip_service::domain::{Family, Lang};
+use xm_ip_service::domain::{Family, Lang, Table};
 
 #[path = "../tests/api/writers.rs"]
 #[allow(dead_code)]
@@ -63,11 +63,12 @@ fn main() -> anyhow::Result<()> {
     let mut rng = XorShift(0x5eed_cafe_f00d_d00d);
     let mut lookups: Vec<IpAddr> = well_known.clone();
 
-    for (family, file, random, maxmind) in [
-        (Family::V4, "cn.csv", RANDOM_V4, MAXMIND_V4),
-        (Family::V6, "v6.csv", RANDOM_V6, MAXMIND_V6),
+    for (table, file, random, maxmind) in [
+        (Table::Cn, "cn.csv", RANDOM_V4, MAXMIND_V4),
+        (Table::V6, "v6.csv", RANDOM_V6, MAXMIND_V6),
     ] {
-        let ranges = read_ranges(&ipdb, Format::Ipdb, family, Lang::ZhCn, None, &schema_limits())?.ranges;
+        let family = table.family();
+        let ranges = read_ranges(&ipdb, Format::Ipdb, table, Lang::ZhCn, None, &schema_limits())?.ranges;
         let mut chosen = BTreeMap::new();
         for ip in &well_known {
             let key = match (ip, family) {

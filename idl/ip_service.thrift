@@ -23,6 +23,13 @@ namespace py xm_ip_service
  * When error_no is not 0, fields 2-5, 7-9, 11 and 12 are empty (or 0) and
  * the optional fields 13-16 are unset.
  *
+ * The network (geoip_asn, geoip_as_org) is set for every address the ASN
+ * data covers, whichever source answered the place, or none: an address
+ * whose place no source knows keeps error_no 2 (the ASN alone is not a
+ * place, and old clients read error_no 0 as "the place fields are
+ * filled"), with fields 17 and 18 set. They are unset for errors 1, 3
+ * and 4.
+ *
  * An optional field (13 and later) is set only when it has a value: never
  * to an empty string, so that a client's isSet says something. Fields
  * 1-12 are always set, empty where there is nothing, as old clients
@@ -66,7 +73,14 @@ struct GeoInfo {
   /** Last address of the matched range as text, IPv4 or IPv6. */
   15: optional string geoip_end_ip_str,
   /** Which source answered: "cn", "en", "v6" or "maxmind". */
-  16: optional string geoip_source
+  16: optional string geoip_source,
+  /** The autonomous system number announcing the address (0 to
+      4294967295, hence i64), from the ip_service_asn tables (RouteViews
+      and DB-IP data, CC BY 4.0); unset where they do not cover it. */
+  17: optional i64 geoip_asn,
+  /** The AS organisation's name, as the ASN data gives it (e.g.
+      "Cloudflare, Inc."); set exactly when geoip_asn is. */
+  18: optional string geoip_as_org
 }
 
 struct GeoRequest {

@@ -3,8 +3,10 @@
 # the files from scripts/fetch-data.sh into a scratch database, starts a
 # server of each database mode on it and one serving the same files
 # (--data data), sends each pair the same sampled addresses (COUNT per
-# method, default 1,000,000; queryGeoInfoByIP and queryGeoInfo in English)
-# and prints the count of answers that differ. Exits 1 if any do.
+# method, default 1,000,000; queryGeoInfoByIP, queryGeoInfo in English and
+# queryI18nGeoInfoByIP, whose network comes from the ASN tables alone) and
+# prints the count of answers that differ, every field compared (the
+# network's too). Exits 1 if any do.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 count=${COUNT:-1000000}
@@ -27,5 +29,5 @@ xm_serve files --addr "127.0.0.1:${ports[files]}" --http-addr off --data data
 for other in memory files; do
   echo "compare-modes: $count addresses per method, postgres mode (left) against $other mode" >&2
   "$bin" compare --addr "127.0.0.1:${ports[postgres]}" --against "127.0.0.1:${ports[$other]}" --count "$count" \
-    --sample-database-url "$url"
+    --method by-ip --method english --method i18n --sample-database-url "$url"
 done

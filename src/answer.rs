@@ -10,7 +10,7 @@
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::domain::{echo, Located, LookupError, Outcome};
+use crate::domain::{echo, Located, LookupError, Network, Outcome};
 
 /// One field of `GeoInfo`: its IDL id and name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,8 @@ fields! {
     START_IP_STR = 14 "geoip_start_ip_str";
     END_IP_STR = 15 "geoip_end_ip_str";
     SOURCE = 16 "geoip_source";
+    ASN = 17 "geoip_asn";
+    AS_ORG = 18 "geoip_as_org";
 }
 
 /// The wire `error_no`, as the IDL documents it.
@@ -72,7 +74,7 @@ impl ErrorNo {
     pub fn of(error: &LookupError) -> ErrorNo {
         match error {
             LookupError::InvalidIp(_) => ErrorNo::InvalidIp,
-            LookupError::NotFound => ErrorNo::NotFound,
+            LookupError::NotFound(_) => ErrorNo::NotFound,
             LookupError::Backend(_) => ErrorNo::Backend,
             LookupError::UnsupportedLang(_) => ErrorNo::UnsupportedLang,
         }
@@ -125,7 +127,9 @@ impl<'a> Answer<'a> {
 impl View for Answer<'_> {
     /// Fields 1-12 are always present (old Java clients read absent
     /// strings as null). The optional ones only when they have a value,
-    /// so only for a found address: a client's `IsSet…` means something.
+    /// so that a client's `IsSet…` means something: the place's for a
+    /// found address, the network's wherever the network tables know it,
+    /// even for an address whose place nobody knows (error 2).
     #[inline]
     fn write(&self, out: &mut impl FieldSink) {
         out.text(IP, self.input);
@@ -136,6 +140,7 @@ impl View for Answer<'_> {
                     start,
                     end,
                     source,
+                    network,
                 },
             ) => {
                 let (start_int, end_int) = located.bounds_as_int();
@@ -157,6 +162,7 @@ impl View for Answer<'_> {
                 out.ip(START_IP_STR, *start);
                 out.ip(END_IP_STR, *end);
                 out.text(SOURCE, source.as_str());
+                write_network(out, network.as_ref());
             }
             Err(err) => {
                 for field in [COUNTRY_CODE, COUNTRY_NAME, CITY_CODE, CITY_NAME] {
@@ -169,8 +175,20 @@ impl View for Answer<'_> {
                 out.text(ERROR_MSG, &err.to_string());
                 out.long(START_IP, 0);
                 out.long(END_IP, 0);
+                if let LookupError::NotFound(network) = err {
+                    write_network(out, network.as_ref());
+                }
             }
         }
+    }
+}
+
+/// Fields 17 and 18, when the network is known.
+#[inline]
+fn write_network(out: &mut impl FieldSink, network: Option<&Network>) {
+    if let Some(network) = network {
+        out.long(ASN, network.asn().into());
+        out.text(AS_ORG, network.org());
     }
 }
 
@@ -399,6 +417,7 @@ mod tests {
             start: IpAddr::V4(Ipv4Addr::new(1, 0, 0, 0)),
             end: IpAddr::V4(Ipv4Addr::new(1, 0, 0, 255)),
             source: Source::Cn,
+            network: None,
         });
         let to_value = |answer: &Answer| serde_json::from_slice::<serde_json::Value>(&json(answer)).unwrap();
         let json = to_value(&Answer::new("1.0.0.1", &found));
@@ -411,10 +430,24 @@ mod tests {
             start: IpAddr::V4(Ipv4Addr::new(1, 0, 0, 0)),
             end: IpAddr::V4(Ipv4Addr::new(1, 0, 0, 255)),
             source: Source::Cn,
+            network: Some(Network::new(4134, "CHINANET-BACKBONE")),
         });
         let json = to_value(&Answer::new("1.0.0.1", &with_district));
-        assert_eq!(json.as_object().unwrap().len(), 16);
+        assert_eq!(json.as_object().unwrap().len(), 18);
         assert_eq!(json["geoip_district_name"], "天河区");
+        assert_eq!(
+            (&json["geoip_asn"], &json["geoip_as_org"]),
+            (&4134.into(), &"CHINANET-BACKBONE".into())
+        );
+
+        let unplaced: Outcome = Err(LookupError::NotFound(Some(Network::new(4_294_967_295, "Top"))));
+        let json = to_value(&Answer::new("1.0.0.1", &unplaced));
+        assert_eq!(json.as_object().unwrap().len(), 14, "the 12 fields and the network");
+        assert_eq!(
+            (&json["error_no"], &json["geoip_asn"]),
+            (&2.into(), &4_294_967_295u32.into())
+        );
+        assert!(json.get("geoip_source").is_none());
 
         let long = "x".repeat(100);
         let invalid: Outcome = Err(LookupError::InvalidIp(long.clone()));

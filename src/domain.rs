@@ -106,11 +106,11 @@ impl Lang {
         })
     }
 
-    /// The language of a table's names.
+    /// The language of a table's names (the network tables' are English).
     pub fn of_table(table: Table) -> Lang {
         match table {
             Table::Cn | Table::V6 => Lang::ZhCn,
-            Table::En => Lang::En,
+            Table::En | Table::Asn | Table::AsnV6 => Lang::En,
         }
     }
 
@@ -138,16 +138,48 @@ pub enum Table {
     En,
     /// IPv6, Chinese names.
     V6,
+    /// IPv4, the autonomous system announcing each range.
+    Asn,
+    /// IPv6, the autonomous system announcing each range.
+    AsnV6,
+}
+
+/// What a table's rows say about their ranges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RowKind {
+    /// Where the addresses are: [`PLACE_COLUMNS`].
+    #[default]
+    Place,
+    /// Which network announces them: [`NETWORK_COLUMNS`].
+    Network,
 }
 
 impl Table {
-    pub const ALL: [Table; 3] = [Table::Cn, Table::En, Table::V6];
+    pub const ALL: [Table; 5] = [Table::Cn, Table::En, Table::V6, Table::Asn, Table::AsnV6];
 
     pub fn name(self) -> &'static str {
         match self {
             Table::Cn => "ip_service_cn",
             Table::En => "ip_service_en",
             Table::V6 => "ip_service_v6",
+            Table::Asn => "ip_service_asn",
+            Table::AsnV6 => "ip_service_asn_v6",
+        }
+    }
+
+    pub fn kind(self) -> RowKind {
+        match self {
+            Table::Cn | Table::En | Table::V6 => RowKind::Place,
+            Table::Asn | Table::AsnV6 => RowKind::Network,
+        }
+    }
+
+    /// The table's value columns, in the order a row's [`Place`] holds
+    /// them: every query, COPY, the swap and `check` use this order.
+    pub fn columns(self) -> &'static [Column] {
+        match self.kind() {
+            RowKind::Place => &PLACE_COLUMNS,
+            RowKind::Network => &NETWORK_COLUMNS,
         }
     }
 
@@ -156,18 +188,29 @@ impl Table {
         Table::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    pub fn source(self) -> Source {
+    /// The source an answer from this table names; none for the network
+    /// tables, which answer no place.
+    pub fn source(self) -> Option<Source> {
         match self {
-            Table::Cn => Source::Cn,
-            Table::En => Source::En,
-            Table::V6 => Source::V6,
+            Table::Cn => Some(Source::Cn),
+            Table::En => Some(Source::En),
+            Table::V6 => Some(Source::V6),
+            Table::Asn | Table::AsnV6 => None,
         }
     }
 
     pub fn family(self) -> Family {
         match self {
-            Table::Cn | Table::En => Family::V4,
-            Table::V6 => Family::V6,
+            Table::Cn | Table::En | Table::Asn => Family::V4,
+            Table::V6 | Table::AsnV6 => Family::V6,
+        }
+    }
+
+    /// The network table of this table's family.
+    pub fn networks_of(family: Family) -> Table {
+        match family {
+            Family::V4 => Table::Asn,
+            Family::V6 => Table::AsnV6,
         }
     }
 }
@@ -177,6 +220,15 @@ impl Table {
 pub enum V4Table {
     Cn,
     En,
+}
+
+impl V4Table {
+    pub fn source(self) -> Source {
+        match self {
+            V4Table::Cn => Source::Cn,
+            V4Table::En => Source::En,
+        }
+    }
 }
 
 impl From<V4Table> for Table {
@@ -233,12 +285,15 @@ impl Source {
     }
 }
 
-/// A text column of the range tables: its name and its width
-/// (`varchar(n)`, in characters), as the migrations create it.
+/// A value column of the range tables: its name and its width
+/// (`varchar(n)`, in characters, or digits for a number), as the
+/// migrations create it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Column {
     pub name: &'static str,
     pub width: usize,
+    /// A `bigint` column, held as its decimal text like every value.
+    pub number: bool,
 }
 
 /// The range tables' text columns, in the one order every query, COPY,
@@ -248,36 +303,62 @@ pub const PLACE_COLUMNS: [Column; 8] = [
     Column {
         name: "country_code",
         width: 16,
+        number: false,
     },
     Column {
         name: "country_name",
         width: 100,
+        number: false,
     },
     Column {
         name: "province_code",
         width: 16,
+        number: false,
     },
     Column {
         name: "province_name",
         width: 100,
+        number: false,
     },
     Column {
         name: "city_code",
         width: 16,
+        number: false,
     },
     Column {
         name: "city_name",
         width: 100,
+        number: false,
     },
     Column {
         name: "district_name",
         width: 100,
+        number: false,
     },
     Column {
         name: "carrier_name",
         width: 255,
+        number: false,
     },
 ];
+
+/// The network tables' columns: the AS number (`bigint`, 0 to
+/// 4294967295) and its organisation.
+pub const NETWORK_COLUMNS: [Column; 2] = [
+    Column {
+        name: "asn",
+        width: 10,
+        number: true,
+    },
+    Column {
+        name: "as_org",
+        width: 255,
+        number: false,
+    },
+];
+
+/// The largest AS number (32-bit ASNs, RFC 6793).
+pub const MAX_ASN: u32 = u32::MAX;
 
 /// A place's fields by name, borrowed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -342,6 +423,10 @@ impl<'a> PlaceFields<'a> {
 /// Where an address is: names and codes, all the text in one shared
 /// allocation, so that a copy costs a reference count and an answer's text
 /// sits in one or two cache lines. Built from [`PlaceFields`].
+///
+/// A network table's row is held the same way, its values in the first
+/// [`NETWORK_COLUMNS`] slots, so that every table shares the index, the
+/// importer and the snapshots; [`Network`] reads it.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Place {
     text: Arc<str>,
@@ -514,6 +599,39 @@ pub fn range_fault(previous: Option<(u128, u128)>, start: u128, end: u128) -> Op
     }
 }
 
+/// The autonomous system announcing an address: a network table's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    asn: u32,
+    row: Place,
+}
+
+impl Network {
+    /// A network row's values (see [`Place`]); `None` unless its AS number
+    /// is one (the importer and the table's CHECK refuse any other).
+    pub fn from_row(row: &Place) -> Option<Network> {
+        let asn = row.field(0).parse().ok()?;
+        Some(Network { asn, row: row.clone() })
+    }
+
+    /// A network from its parts, for tests and samples.
+    pub fn new(asn: u32, org: &str) -> Network {
+        Network {
+            asn,
+            row: Place::from_columns([&asn.to_string(), org, "", "", "", "", "", ""]),
+        }
+    }
+
+    pub fn asn(&self) -> u32 {
+        self.asn
+    }
+
+    /// The organisation's name, as the data gives it.
+    pub fn org(&self) -> &str {
+        self.row.field(1)
+    }
+}
+
 /// One successful answer. The place is shared: a table row's names are
 /// stored once and every answer from that row points at them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -522,6 +640,8 @@ pub struct Located {
     pub start: IpAddr,
     pub end: IpAddr,
     pub source: Source,
+    /// The network announcing the address, where the network tables know it.
+    pub network: Option<Network>,
 }
 
 impl Located {
@@ -534,6 +654,15 @@ impl Located {
         };
         (int(self.start), int(self.end))
     }
+}
+
+/// What the range tables hold for one address: its row in the place table
+/// a route asks (none if it asks none, or the table has no row), and the
+/// network announcing it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    pub place: Option<Located>,
+    pub network: Option<Network>,
 }
 
 /// Why a source could not answer: the short reason a client is told,
@@ -563,8 +692,10 @@ pub enum Unavailable {
 pub enum LookupError {
     #[error("invalid IP: {0}")]
     InvalidIp(String),
+    /// No source knows the place; the network tables may still know the
+    /// network, which the answer then carries.
     #[error("not found in any source")]
-    NotFound,
+    NotFound(Option<Network>),
     #[error("backend unavailable: {0}")]
     Backend(Unavailable),
     #[error("{0}")]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::domain::Table;
+use crate::domain::{RowKind, Table};
 
 /// The state sampled when `/metrics` is scraped rather than counted as it
 /// happens.
@@ -20,26 +20,31 @@ pub struct HealthReport {
 
 impl HealthReport {
     /// What keeps the service from answering as configured: a table that
-    /// cannot be read (the database is down) or is empty.
+    /// cannot be read (the database is down), or a place table that is
+    /// empty. The network tables are optional: answers without them only
+    /// lack the network (see [`HealthReport::notes`]).
     pub fn missing(&self) -> Vec<String> {
         match &self.tables {
             Err(err) => vec![format!("the tables cannot be read: {err}")],
             Ok(states) => states
                 .iter()
-                .filter(|state| state.rows == 0)
+                .filter(|state| state.rows == 0 && state.table.kind() == RowKind::Place)
                 .map(|state| format!("table {} is empty", state.table.name()))
                 .collect(),
         }
     }
 
     /// What a reader of `/readyz` should know that does not make it
-    /// unready: tables served from snapshot files, or stale because their
-    /// source's newer data does not load, and how old their data is.
+    /// unready: an empty network table, tables served from snapshot files,
+    /// or stale because their source's newer data does not load, and how
+    /// old their data is.
     pub fn notes(&self) -> Vec<String> {
         let Ok(states) = &self.tables else { return Vec::new() };
-        states
+        let empty_networks = states
             .iter()
-            .filter_map(|state| {
+            .filter(|state| state.rows == 0 && state.table.kind() == RowKind::Network)
+            .map(|state| format!("table {} is empty: answers carry no network", state.table.name()));
+        let freshness = states.iter().filter_map(|state| {
                 let age = match state.age() {
                     Some(age) => humantime::format_duration(Duration::from_secs(age.as_secs())).to_string(),
                     None => "unknown".to_owned(),
@@ -52,8 +57,8 @@ impl HealthReport {
                     )),
                     Freshness::Stale(cause) => Some(format!("table {table} is stale: {cause}; still serving data {age} old")),
                 }
-            })
-            .collect()
+            });
+        empty_networks.chain(freshness).collect()
     }
 }
 

@@ -8,7 +8,7 @@ use tracing::warn;
 
 use crate::data::mmdb::{GeoDb, MaxMind};
 use crate::data::ranges::Ranges;
-use crate::domain::{Addr, Lang, Located, LookupError, Outcome, Table, Unavailable, V4Table};
+use crate::domain::{Addr, Found, Lang, Located, LookupError, Network, Outcome, Table, Unavailable, V4Table};
 use crate::health::{HealthReport, Unreadable};
 
 /// How many answers are decided between yields to the runtime, so that a
@@ -139,11 +139,11 @@ impl Locator {
         let tables = self.ask_tables(&parsed, route).await;
         let geo = self.maxmind.as_ref().map(MaxMind::current);
         let mut outcomes = Vec::with_capacity(parsed.len());
-        for (i, (addr, table)) in parsed.into_iter().zip(tables).enumerate() {
+        for (i, (addr, (table, network))) in parsed.into_iter().zip(tables).enumerate() {
             if i > 0 && i % DECIDE_CHUNK == 0 {
                 tokio::task::yield_now().await;
             }
-            outcomes.push(addr.and_then(|addr| decide(addr, table, geo.as_deref(), route.lang())));
+            outcomes.push(addr.and_then(|addr| decide(addr, table, network, geo.as_deref(), route.lang())));
         }
         outcomes
     }
@@ -153,88 +153,111 @@ impl Locator {
     /// call).
     pub async fn locate_one(&self, input: &str, route: Route) -> Outcome {
         let addr = Addr::parse(input)?;
-        let row = match addr {
-            Addr::V4(ip) => match route.v4_table() {
-                Some(table) => Some(self.ranges.lookup_one_v4(table, ip).await),
-                None => None,
-            },
-            Addr::V6(ip) if route.asks_v6() => Some(self.ranges.lookup_one_v6(ip).await),
-            Addr::V6(_) => None,
+        let (table, network) = match addr {
+            Addr::V4(ip) => {
+                let table = route.v4_table();
+                TableAnswer::of(self.ranges.lookup_one_v4(table, ip).await, table.is_some())
+            }
+            Addr::V6(ip) => TableAnswer::of(self.ranges.lookup_one_v6(route.asks_v6(), ip).await, route.asks_v6()),
         };
-        let table = row.map_or(TableAnswer::NotAsked, TableAnswer::of);
         let geo = self.maxmind.as_ref().map(MaxMind::current);
-        decide(addr, table, geo.as_deref(), route.lang())
+        decide(addr, table, network, geo.as_deref(), route.lang())
     }
 
-    /// One lookup per table the batch touches, both families at once.
-    async fn ask_tables(&self, parsed: &[Result<Addr, LookupError>], route: Route) -> Vec<TableAnswer> {
+    /// One lookup per family the batch holds, both at once: the place
+    /// table the route asks and the network table, for each address.
+    async fn ask_tables(
+        &self,
+        parsed: &[Result<Addr, LookupError>],
+        route: Route,
+    ) -> Vec<(TableAnswer, Option<Network>)> {
         let (table_v4, asks_v6) = (route.v4_table(), route.asks_v6());
         let mut v4 = (Vec::<usize>::new(), Vec::<Ipv4Addr>::new());
         let mut v6 = (Vec::<usize>::new(), Vec::<Ipv6Addr>::new());
         for (i, addr) in parsed.iter().enumerate() {
             match addr {
-                Ok(Addr::V4(ip)) if table_v4.is_some() => {
+                Ok(Addr::V4(ip)) => {
                     v4.0.push(i);
                     v4.1.push(*ip);
                 }
-                Ok(Addr::V6(ip)) if asks_v6 => {
+                Ok(Addr::V6(ip)) => {
                     v6.0.push(i);
                     v6.1.push(*ip);
                 }
-                _ => {}
+                Err(_) => {}
             }
         }
         let (rows4, rows6) = tokio::join!(
             async {
-                match table_v4 {
-                    Some(table) if !v4.1.is_empty() => self.ranges.lookup_v4(table, &v4.1).await,
-                    _ => Ok(Vec::new()),
+                match v4.1.is_empty() {
+                    true => Ok(Vec::new()),
+                    false => self.ranges.lookup_v4(table_v4, &v4.1).await,
                 }
             },
             async {
-                if v6.1.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    self.ranges.lookup_v6(&v6.1).await
+                match v6.1.is_empty() {
+                    true => Ok(Vec::new()),
+                    false => self.ranges.lookup_v6(asks_v6, &v6.1).await,
                 }
             }
         );
-        let mut answers = vec![TableAnswer::NotAsked; parsed.len()];
-        scatter(&mut answers, &v4.0, rows4);
-        scatter(&mut answers, &v6.0, rows6);
+        let mut answers = vec![(TableAnswer::NotAsked, None); parsed.len()];
+        scatter(&mut answers, &v4.0, rows4, table_v4.is_some());
+        scatter(&mut answers, &v6.0, rows6, asks_v6);
         answers
     }
 }
 
 impl TableAnswer {
-    /// What one table lookup says; a row with no names is no row.
-    fn of(row: Result<Option<Located>, Unavailable>) -> TableAnswer {
-        match row {
-            Ok(Some(row)) if !row.place.is_blank() => TableAnswer::Row(row),
-            Ok(_) => TableAnswer::NoRow,
-            Err(reason) => TableAnswer::Failed(reason),
+    /// What one lookup says: the place table's answer (if `asked`; a row
+    /// with no names is no row) and the network. A failed lookup of a
+    /// route that asks no place table costs only the network.
+    fn of(found: Result<Found, Unavailable>, asked: bool) -> (TableAnswer, Option<Network>) {
+        match found {
+            Ok(found) if asked => match found.place {
+                Some(row) if !row.place.is_blank() => (TableAnswer::Row(row), found.network),
+                _ => (TableAnswer::NoRow, found.network),
+            },
+            Ok(found) => (TableAnswer::NotAsked, found.network),
+            Err(reason) if asked => (TableAnswer::Failed(reason), None),
+            Err(_) => (TableAnswer::NotAsked, None),
         }
     }
 }
 
-/// Puts one table's batch result back at the inputs' positions.
-fn scatter(answers: &mut [TableAnswer], positions: &[usize], rows: Result<Vec<Option<Located>>, Unavailable>) {
-    match rows {
-        Ok(rows) => {
-            for (&i, row) in positions.iter().zip(rows) {
-                answers[i] = TableAnswer::of(Ok(row));
+/// Puts one family's batch result back at the inputs' positions.
+fn scatter(
+    answers: &mut [(TableAnswer, Option<Network>)],
+    positions: &[usize],
+    found: Result<Vec<Found>, Unavailable>,
+    asked: bool,
+) {
+    match found {
+        Ok(found) => {
+            for (&i, found) in positions.iter().zip(found) {
+                answers[i] = TableAnswer::of(Ok(found), asked);
             }
         }
         Err(reason) => {
             for &i in positions {
-                answers[i] = TableAnswer::Failed(reason);
+                answers[i] = TableAnswer::of(Err(reason), asked);
             }
         }
     }
 }
 
+/// One address's outcome: where it is, by [`place`], with the network
+/// the tables know, which an address of unknown place carries too.
+fn decide(addr: Addr, table: TableAnswer, network: Option<Network>, geo: Option<&GeoDb>, lang: Lang) -> Outcome {
+    match place(addr, table, geo, lang) {
+        Ok(located) => Ok(Located { network, ..located }),
+        Err(LookupError::NotFound(_)) => Err(LookupError::NotFound(network)),
+        Err(other) => Err(other),
+    }
+}
+
 /// The China rule and the fallback order for one address.
-fn decide(addr: Addr, table: TableAnswer, geo: Option<&GeoDb>, lang: Lang) -> Outcome {
+fn place(addr: Addr, table: TableAnswer, geo: Option<&GeoDb>, lang: Lang) -> Outcome {
     let table = match table {
         TableAnswer::Row(row) if row.place.is_china() => return Ok(row),
         other => other,
@@ -255,7 +278,7 @@ fn decide(addr: Addr, table: TableAnswer, geo: Option<&GeoDb>, lang: Lang) -> Ou
         (TableAnswer::Row(row), _) => Ok(row),
         (TableAnswer::Failed(reason), _) => Err(LookupError::Backend(reason)),
         (_, MaxMindAnswer::Failed) => Err(LookupError::Backend(Unavailable::MaxMind)),
-        (TableAnswer::NoRow, _) | (TableAnswer::NotAsked, MaxMindAnswer::NoAnswer) => Err(LookupError::NotFound),
+        (TableAnswer::NoRow, _) | (TableAnswer::NotAsked, MaxMindAnswer::NoAnswer) => Err(LookupError::NotFound(None)),
         (TableAnswer::NotAsked, MaxMindAnswer::Off) => Err(LookupError::Backend(Unavailable::NoMaxMind)),
     }
 }

@@ -219,6 +219,9 @@ mod tests {
         let cli = Cli::try_parse_from(["xm-ip-service", "export", "--database-url", "x", "--table", "v6"]).unwrap();
         assert!(matches!(cli.command, Command::Export { table: Table::V6, .. }));
         let err = Cli::try_parse_from(["xm-ip-service", "export", "--database-url", "x", "--table", "v4"]).unwrap_err();
-        assert!(err.to_string().contains("[possible values: cn, en, v6]"), "{err}");
+        assert!(
+            err.to_string().contains("[possible values: cn, en, v6, asn, asn-v6]"),
+            "{err}"
+        );
     }
 }

@@ -106,29 +106,45 @@ async fn import_one(client: &mut Client, options: &ImportOptions, json: bool) ->
                 println!("{message}");
             }
         }
-        ImportOutcome::Checked { rows, merged, report } => {
+        ImportOutcome::Checked {
+            rows,
+            merged,
+            nested,
+            report,
+        } => {
             print_report(&report, "dry_run", json);
             if !json {
-                println!("dry run: {rows} rows parsed ({merged} ranges merged); {table} is unchanged");
+                let how = how_built(merged, nested);
+                println!("dry run: {rows} rows parsed ({how}); {table} is unchanged");
             }
         }
         ImportOutcome::Loaded {
             rows,
             merged,
+            nested,
             elapsed,
             report,
         } => {
             print_report(&report, "loaded", json);
             if !json {
                 let seconds = elapsed.as_secs_f64();
+                let how = how_built(merged, nested);
                 println!(
-                    "imported {rows} rows into {table} ({merged} ranges merged) in {seconds:.1} s, {:.0} rows/s",
+                    "imported {rows} rows into {table} ({how}) in {seconds:.1} s, {:.0} rows/s",
                     rows as f64 / seconds
                 );
             }
         }
     }
     Ok(())
+}
+
+/// What became of the file's ranges on the way to rows.
+fn how_built(merged: u64, nested: u64) -> String {
+    match nested {
+        0 => format!("{merged} ranges merged"),
+        _ => format!("{merged} ranges merged, {nested} inside wider ones: the wider cut around them"),
+    }
 }
 
 /// The report as a table, or as one JSON object with the outcome.

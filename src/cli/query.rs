@@ -36,13 +36,19 @@ pub fn query(args: QueryArgs) -> anyhow::Result<bool> {
 }
 
 /// A table, one row per address; widths count display columns, so CJK
-/// names line up. An error row gives its number and message after the IP.
+/// names line up. An error row gives its number and message after the IP,
+/// and the network where the answer names one.
 fn table(answers: &[GeoInfo]) -> String {
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let pair =
         |code: &Option<String>, name: &Option<String>| format!("{} {}", text(code), text(name)).trim().to_owned();
+    // `AS13335 Cloudflare, Inc.`, where the answer names a network.
+    let network = |g: &GeoInfo| match g.geoip_asn {
+        Some(asn) => format!("AS{asn} {}", text(&g.geoip_as_org)),
+        None => String::new(),
+    };
     let header = [
-        "IP", "SOURCE", "COUNTRY", "PROVINCE", "CITY", "DISTRICT", "CARRIER", "RANGE",
+        "IP", "SOURCE", "COUNTRY", "PROVINCE", "CITY", "DISTRICT", "CARRIER", "NETWORK", "RANGE",
     ];
     let rows: Vec<Vec<String>> = answers
         .iter()
@@ -55,9 +61,16 @@ fn table(answers: &[GeoInfo]) -> String {
                 pair(&g.geoip_city_code, &g.geoip_city_name),
                 text(&g.geoip_district_name),
                 text(&g.geoip_carrier),
+                network(g),
                 format!("{} - {}", text(&g.geoip_start_ip_str), text(&g.geoip_end_ip_str)),
             ],
-            n => vec![text(&g.ip), format!("error {n}: {}", text(&g.error_msg))],
+            n => {
+                let mut error = format!("error {n}: {}", text(&g.error_msg));
+                if g.geoip_asn.is_some() {
+                    error = format!("{error} (network {})", network(g));
+                }
+                vec![text(&g.ip), error]
+            }
         })
         .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();

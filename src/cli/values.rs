@@ -31,6 +31,8 @@ value_enum!(Table {
     Table::Cn => "cn", "IPv4, Chinese names";
     Table::En => "en", "IPv4, English names";
     Table::V6 => "v6", "IPv6, Chinese names";
+    Table::Asn => "asn", "IPv4, AS number and organisation";
+    Table::AsnV6 => "asn-v6", "IPv6, AS number and organisation";
 });
 
 value_enum!(Format {

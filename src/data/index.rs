@@ -16,7 +16,9 @@ use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 
 use crate::data::digest::{place_digest, TableDigest};
-use crate::domain::{range_fault, Family, Located, Place, PlaceFields, RangeFault, Source, Table, V4Table};
+use crate::domain::{
+    range_fault, Family, Found, Located, Network, Place, PlaceFields, RangeFault, Source, Table, V4Table,
+};
 use crate::health::Freshness;
 use crate::memory::{Growing, HugePages};
 
@@ -24,16 +26,20 @@ use crate::memory::{Growing, HugePages};
 pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
     /// How many bits a crowded slot's second-level table splits on.
     const SUB_BITS: u32;
+    const FAMILY: Family;
     /// The first-level slot: the key's top 16 bits.
     fn slot(self) -> usize;
     /// The second-level slot: the `SUB_BITS` after the top 16.
     fn sub_slot(self) -> usize;
     fn ip(self) -> IpAddr;
+    /// The index of a table of this key's family.
+    fn index_of(table: &TableIndex) -> Option<&RangeIndex<Self>>;
 }
 
 impl Key for u32 {
     /// /24s: a /16 of many small ranges splits by its /24s.
     const SUB_BITS: u32 = 8;
+    const FAMILY: Family = Family::V4;
 
     fn slot(self) -> usize {
         (self >> 16) as usize
@@ -46,12 +52,20 @@ impl Key for u32 {
     fn ip(self) -> IpAddr {
         IpAddr::V4(Ipv4Addr::from(self))
     }
+
+    fn index_of(table: &TableIndex) -> Option<&RangeIndex<u32>> {
+        match table {
+            TableIndex::V4(index) => Some(index),
+            TableIndex::V6(_) => None,
+        }
+    }
 }
 
 impl Key for u128 {
     /// /28s: allocated IPv6 space crowds into a few /16s (2a01::/16 holds a
     /// quarter of qqwry's ranges), which registries hand out by /29 to /32.
     const SUB_BITS: u32 = 12;
+    const FAMILY: Family = Family::V6;
 
     fn slot(self) -> usize {
         (self >> 112) as usize
@@ -63,6 +77,13 @@ impl Key for u128 {
 
     fn ip(self) -> IpAddr {
         IpAddr::V6(Ipv6Addr::from(self))
+    }
+
+    fn index_of(table: &TableIndex) -> Option<&RangeIndex<u128>> {
+        match table {
+            TableIndex::V6(index) => Some(index),
+            TableIndex::V4(_) => None,
+        }
     }
 }
 
@@ -148,7 +169,6 @@ pub struct RangeIndex<K> {
     /// Each distinct place once; entries point into it.
     places: Vec<Place>,
     directory: Directory,
-    source: Source,
 }
 
 #[derive(Clone, Copy)]
@@ -166,17 +186,34 @@ impl<K: Key> RangeIndex<K> {
         Some((entry.start, entry.end, &self.places[entry.place as usize]))
     }
 
-    /// The answer for `key`, sharing the range's place.
+    /// The answer for `key` from a place table, sharing the range's place.
     #[inline]
-    pub fn locate(&self, key: K) -> Option<Located> {
-        self.find(key).map(|i| self.answer(i))
+    pub fn locate(&self, key: K, source: Source) -> Option<Located> {
+        self.find(key).map(|i| self.answer(i, source))
     }
 
-    /// The answer for each of `keys`. Lookups are memory-bound, so a batch
-    /// goes in chunks: first every key's search is started by prefetching
-    /// the middle of its slot, then each search runs on lines already on
-    /// their way and prefetches its place, then the answers are made.
-    pub fn locate_all(&self, keys: &[K]) -> Vec<Option<Located>> {
+    /// The network holding `key`, in a network table.
+    #[inline]
+    pub fn network(&self, key: K) -> Option<Network> {
+        self.find(key).and_then(|i| self.network_at(i))
+    }
+
+    /// [`RangeIndex::locate`] for each of `keys`.
+    pub fn locate_all(&self, keys: &[K], source: Source) -> Vec<Option<Located>> {
+        self.each_found(keys, |i| Some(self.answer(i, source)))
+    }
+
+    /// [`RangeIndex::network`] for each of `keys`.
+    pub fn networks(&self, keys: &[K]) -> Vec<Option<Network>> {
+        self.each_found(keys, |i| self.network_at(i))
+    }
+
+    /// `make` of the entry holding each of `keys`. Lookups are
+    /// memory-bound, so a batch goes in chunks: first every key's search is
+    /// started by prefetching the middle of its slot, then each search runs
+    /// on lines already on their way and prefetches its row's values, then
+    /// the results are made.
+    fn each_found<T>(&self, keys: &[K], make: impl Fn(usize) -> Option<T>) -> Vec<Option<T>> {
         const CHUNK: usize = 32;
         let mut out = Vec::with_capacity(keys.len());
         let mut found = [None; CHUNK];
@@ -191,7 +228,7 @@ impl<K: Key> RangeIndex<K> {
                     prefetch(self.places[self.entries[i].place as usize].country_code().as_ptr());
                 }
             }
-            out.extend(found[..chunk.len()].iter().map(|found| found.map(|i| self.answer(i))));
+            out.extend(found[..chunk.len()].iter().map(|found| found.and_then(&make)));
         }
         out
     }
@@ -205,14 +242,19 @@ impl<K: Key> RangeIndex<K> {
         (self.entries[i].end >= key).then_some(i)
     }
 
-    fn answer(&self, i: usize) -> Located {
+    fn answer(&self, i: usize, source: Source) -> Located {
         let entry = &self.entries[i];
         Located {
             place: self.places[entry.place as usize].clone(),
             start: entry.start.ip(),
             end: entry.end.ip(),
-            source: self.source,
+            source,
+            network: None,
         }
+    }
+
+    fn network_at(&self, i: usize) -> Option<Network> {
+        Network::from_row(&self.places[self.entries[i].place as usize])
     }
 
     /// Ranges held.
@@ -238,11 +280,10 @@ impl<K: Key> RangeIndex<K> {
     /// An index from [`RangeIndex::parts`], each range checked as
     /// [`Builder`] checks it.
     pub fn from_parts(
-        source: Source,
         places: Vec<Place>,
         ranges: impl Iterator<Item = (K, K, u32)>,
     ) -> Result<RangeIndex<K>, IndexError> {
-        let mut builder = Builder::with_capacity(source, ranges.size_hint().0);
+        let mut builder = Builder::with_capacity(ranges.size_hint().0);
         builder.places = places;
         for (start, end, place) in ranges {
             if place as usize >= builder.places.len() {
@@ -265,7 +306,7 @@ impl<K: Key> RangeIndex<K> {
         let not_held = |(start, end, _): &(K, K, Place)| {
             IndexError::ChangesDoNotFit(format!("{} - {} is not a range of the table", start.ip(), end.ip()))
         };
-        let mut builder = Builder::with_capacity(self.source, self.len() + added.len());
+        let mut builder = Builder::with_capacity(self.len() + added.len());
         // Each old place's number in the new index, once it has one.
         let mut renumbered = vec![None; self.places.len()];
         let (mut removed, mut added) = (removed.iter().peekable(), added.iter().peekable());
@@ -352,24 +393,24 @@ pub struct Builder<K> {
     places: Vec<Place>,
     distinct: HashTable<u32>,
     hasher: RandomState,
-    source: Source,
 }
 
-impl<K: Key> Builder<K> {
-    pub fn new(source: Source) -> Builder<K> {
+impl<K: Key> Default for Builder<K> {
+    fn default() -> Builder<K> {
         Builder {
             entries: Growing::default(),
             places: Vec::new(),
             distinct: HashTable::new(),
             hasher: RandomState::new(),
-            source,
         }
     }
+}
 
+impl<K: Key> Builder<K> {
     /// A builder with room for `ranges` ranges, when their number is known
     /// (more still fit): the entries then never move as they arrive.
-    pub fn with_capacity(source: Source, ranges: usize) -> Builder<K> {
-        let mut builder = Builder::new(source);
+    pub fn with_capacity(ranges: usize) -> Builder<K> {
+        let mut builder = Builder::default();
         builder.entries.reserve(ranges);
         builder
     }
@@ -452,7 +493,6 @@ impl<K: Key> Builder<K> {
             directory: Directory::new(&entries),
             entries,
             places: self.places,
-            source: self.source,
         }
     }
 }
@@ -477,8 +517,8 @@ impl TableIndex {
     /// An index with no ranges for `table`.
     pub fn empty(table: Table) -> TableIndex {
         match table.family() {
-            Family::V4 => TableIndex::V4(Builder::new(table.source()).finish()),
-            Family::V6 => TableIndex::V6(Builder::new(table.source()).finish()),
+            Family::V4 => TableIndex::V4(Builder::default().finish()),
+            Family::V6 => TableIndex::V6(Builder::default().finish()),
         }
     }
 
@@ -577,26 +617,31 @@ pub struct FileSignature {
     pub modified_nanos: i64,
 }
 
-/// The three live indexes. Readers load a table's current snapshot without
-/// a lock; a reload builds a new index aside and swaps it in whole.
+/// The live indexes, one per table. Readers load a table's current
+/// snapshot without a lock; a reload builds a new index aside and swaps it
+/// in whole.
 pub struct Tables {
-    slots: [ArcSwap<Snapshot>; 3],
+    slots: [ArcSwap<Snapshot>; TABLES],
     /// Per table: how what it serves stands against its source.
-    freshness: [Mutex<Freshness>; 3],
+    freshness: [Mutex<Freshness>; TABLES],
 }
+
+const TABLES: usize = Table::ALL.len();
 
 fn slot_of(table: Table) -> usize {
     match table {
         Table::Cn => 0,
         Table::En => 1,
         Table::V6 => 2,
+        Table::Asn => 3,
+        Table::AsnV6 => 4,
     }
 }
 
 impl Tables {
     /// Tables holding `snapshots`, one per table; a missing one is empty.
     pub fn new(mut snapshots: Vec<(Table, Snapshot)>) -> Tables {
-        let mut take = |table: Table| {
+        let slots = Table::ALL.map(|table| {
             let at = snapshots.iter().position(|(t, _)| *t == table);
             let snapshot = at.map(|i| snapshots.swap_remove(i).1).unwrap_or_else(|| Snapshot {
                 index: TableIndex::empty(table),
@@ -609,9 +654,9 @@ impl Tables {
                 "{table:?} index of the wrong family"
             );
             ArcSwap::from_pointee(snapshot)
-        };
+        });
         Tables {
-            slots: [take(Table::Cn), take(Table::En), take(Table::V6)],
+            slots,
             freshness: Default::default(),
         }
     }
@@ -646,38 +691,53 @@ impl Tables {
         self.set_freshness(table, Freshness::Current);
     }
 
-    /// One IPv4 address's row in `table` (cn or en).
-    pub fn lookup_one_v4(&self, table: V4Table, ip: Ipv4Addr) -> Option<Located> {
-        match &self.slots[slot_of(table.into())].load().index {
-            TableIndex::V4(index) => index.locate(u32::from(ip)),
-            TableIndex::V6(_) => None,
+    /// One IPv4 address's row in `table` (cn or en, if asked) and its network.
+    pub fn lookup_one_v4(&self, table: Option<V4Table>, ip: Ipv4Addr) -> Found {
+        self.lookup_one(table.map(|t| (t.into(), t.source())), u32::from(ip))
+    }
+
+    /// One IPv6 address's row in the v6 table (if asked) and its network.
+    pub fn lookup_one_v6(&self, asks_v6: bool, ip: Ipv6Addr) -> Found {
+        self.lookup_one(asks_v6.then_some((Table::V6, Source::V6)), u128::from(ip))
+    }
+
+    /// Each IPv4 address's row in `table` (cn or en, if asked) and its
+    /// network, all from one snapshot of each table.
+    pub fn lookup_v4(&self, table: Option<V4Table>, ips: &[Ipv4Addr]) -> Vec<Found> {
+        let keys: Vec<u32> = ips.iter().map(|&ip| u32::from(ip)).collect();
+        self.lookup_all(table.map(|t| (t.into(), t.source())), &keys)
+    }
+
+    /// Each IPv6 address's row in the v6 table (if asked) and its network.
+    pub fn lookup_v6(&self, asks_v6: bool, ips: &[Ipv6Addr]) -> Vec<Found> {
+        let keys: Vec<u128> = ips.iter().map(|&ip| u128::from(ip)).collect();
+        self.lookup_all(asks_v6.then_some((Table::V6, Source::V6)), &keys)
+    }
+
+    fn lookup_one<K: Key>(&self, place: Option<(Table, Source)>, key: K) -> Found {
+        let networks = self.slots[slot_of(Table::networks_of(K::FAMILY))].load();
+        Found {
+            place: place
+                .and_then(|(table, source)| K::index_of(&self.slots[slot_of(table)].load().index)?.locate(key, source)),
+            network: K::index_of(&networks.index).and_then(|index| index.network(key)),
         }
     }
 
-    /// One IPv6 address's row in the v6 table.
-    pub fn lookup_one_v6(&self, ip: Ipv6Addr) -> Option<Located> {
-        match &self.slots[slot_of(Table::V6)].load().index {
-            TableIndex::V6(index) => index.locate(u128::from(ip)),
-            TableIndex::V4(_) => None,
-        }
-    }
-
-    /// Each IPv4 address's row in `table` (cn or en), all from one snapshot.
-    pub fn lookup_v4(&self, table: V4Table, ips: &[Ipv4Addr]) -> Vec<Option<Located>> {
-        let snapshot = self.slots[slot_of(table.into())].load();
-        match &snapshot.index {
-            TableIndex::V4(index) => index.locate_all(&ips.iter().map(|&ip| u32::from(ip)).collect::<Vec<_>>()),
-            TableIndex::V6(_) => vec![None; ips.len()],
-        }
-    }
-
-    /// Each IPv6 address's row in the v6 table, all from one snapshot.
-    pub fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Vec<Option<Located>> {
-        let snapshot = self.slots[slot_of(Table::V6)].load();
-        match &snapshot.index {
-            TableIndex::V6(index) => index.locate_all(&ips.iter().map(|&ip| u128::from(ip)).collect::<Vec<_>>()),
-            TableIndex::V4(_) => vec![None; ips.len()],
-        }
+    fn lookup_all<K: Key>(&self, place: Option<(Table, Source)>, keys: &[K]) -> Vec<Found> {
+        let places = place.and_then(|(table, source)| {
+            let snapshot = self.slots[slot_of(table)].load();
+            Some(K::index_of(&snapshot.index)?.locate_all(keys, source))
+        });
+        let networks = self.slots[slot_of(Table::networks_of(K::FAMILY))].load();
+        let networks = K::index_of(&networks.index).map(|index| index.networks(keys));
+        let mut places = places.into_iter().flatten();
+        let mut networks = networks.into_iter().flatten();
+        (0..keys.len())
+            .map(|_| Found {
+                place: places.next().flatten(),
+                network: networks.next().flatten(),
+            })
+            .collect()
     }
 }
 
@@ -693,7 +753,7 @@ mod tests {
     }
 
     fn index(ranges: &[(u32, u32, &str)]) -> RangeIndex<u32> {
-        let mut builder = Builder::new(Source::Cn);
+        let mut builder = Builder::default();
         for &(start, end, name) in ranges {
             builder.push_fields(start, end, fields(name)).unwrap();
         }
@@ -799,8 +859,8 @@ mod tests {
     fn a_batch_answers_as_lookups_one_by_one() {
         let index = index(&[(0, 9, "a"), (20, 0x0001_0005, "b"), (0x0003_0000, 0x0003_0000, "c")]);
         let keys: Vec<u32> = (0..100u32).map(|i| i.wrapping_mul(0x0000_9e37) % 0x0004_0000).collect();
-        let one_by_one: Vec<_> = keys.iter().map(|&k| index.locate(k)).collect();
-        assert_eq!(index.locate_all(&keys), one_by_one);
+        let one_by_one: Vec<_> = keys.iter().map(|&k| index.locate(k, Source::Cn)).collect();
+        assert_eq!(index.locate_all(&keys, Source::Cn), one_by_one);
         assert!(one_by_one.iter().any(Option::is_some) && one_by_one.iter().any(Option::is_none));
     }
 
@@ -820,11 +880,11 @@ mod tests {
         // 3,000 ranges in one /16, and 3,000 in one v6 /16, with gaps.
         let v4 = crowded_ranges(|i| 0x0a0b_0000 + (i as u32) * 7, 3000);
         let v6 = crowded_ranges(|i| (0x2a01_u128 << 112) + u128::from(i) * (1 << 99), 3000);
-        let mut b4 = Builder::new(Source::Cn);
+        let mut b4 = Builder::default();
         for &(start, end) in &v4 {
             b4.push_fields(start, end, fields("x")).unwrap();
         }
-        let mut b6 = Builder::new(Source::V6);
+        let mut b6 = Builder::default();
         for &(start, end) in &v6 {
             b6.push_fields(start, end, fields("x")).unwrap();
         }
@@ -851,7 +911,7 @@ mod tests {
         let index = index(&[]);
         assert_eq!(name_at(&index, 0), None);
         assert_eq!(name_at(&index, u32::MAX), None);
-        let v6: RangeIndex<u128> = Builder::new(Source::V6).finish();
+        let v6: RangeIndex<u128> = Builder::default().finish();
         assert!(v6.get(u128::MAX).is_none());
     }
 
@@ -864,7 +924,7 @@ mod tests {
 
     #[test]
     fn unordered_duplicate_and_reversed_ranges_are_refused() {
-        let mut builder = Builder::new(Source::Cn);
+        let mut builder = Builder::default();
         builder.push_fields(10u32, 20, fields("a")).unwrap();
         assert_eq!(
             builder.push_fields(10, 30, fields("b")),
@@ -890,13 +950,13 @@ mod tests {
 
     #[test]
     fn ipv6_keys_use_their_top_bits() {
-        let mut builder = Builder::new(Source::V6);
+        let mut builder = Builder::default();
         let start = u128::from("240e::".parse::<Ipv6Addr>().unwrap());
         let end = u128::from("240e:fff:ffff:ffff:ffff:ffff:ffff:ffff".parse::<Ipv6Addr>().unwrap());
         builder.push_fields(start, end, fields("cn")).unwrap();
         builder.push_fields(u128::MAX, u128::MAX, fields("last")).unwrap();
         let index = builder.finish();
-        let found = index.locate(start + 12345).unwrap();
+        let found = index.locate(start + 12345, Source::V6).unwrap();
         assert_eq!(found.place.country_name(), "cn");
         assert_eq!(found.start.to_string(), "240e::");
         assert!(index.get(end + 1).is_none());
@@ -914,7 +974,8 @@ mod tests {
         let tables = Tables::new(vec![(Table::Cn, snapshot("old"))]);
         let ip = Ipv4Addr::new(1, 2, 3, 4);
         let name = |tables: &Tables| {
-            tables.lookup_v4(V4Table::Cn, &[ip])[0]
+            tables.lookup_v4(Some(V4Table::Cn), &[ip])[0]
+                .place
                 .as_ref()
                 .unwrap()
                 .place
@@ -927,7 +988,7 @@ mod tests {
         assert_eq!(name(&tables), "new");
         // A reader holding the old snapshot still sees it whole.
         assert!(matches!(&held.index, TableIndex::V4(i) if i.get(7).unwrap().2.country_name() == "old"));
-        assert!(tables.lookup_v4(V4Table::En, &[ip])[0].is_none());
-        assert!(tables.lookup_v6(&[Ipv6Addr::LOCALHOST])[0].is_none());
+        assert_eq!(tables.lookup_v4(Some(V4Table::En), &[ip])[0], Found::default());
+        assert_eq!(tables.lookup_v6(true, &[Ipv6Addr::LOCALHOST])[0], Found::default());
     }
 }

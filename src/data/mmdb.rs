@@ -230,6 +230,7 @@ impl GeoDb {
                     start: IpAddr::V4(start.into()),
                     end: IpAddr::V4(end.into()),
                     source: Source::MaxMind,
+                    network: None,
                 }));
             }
         }
@@ -259,6 +260,7 @@ impl GeoDb {
             start: network.network(),
             end: network.broadcast(),
             source: Source::MaxMind,
+            network: None,
         }))
     }
 }

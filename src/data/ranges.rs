@@ -1,12 +1,13 @@
 //! Where table rows come from: PostgreSQL on every call, or the in-memory
-//! index. The lookup rules in `service` see only this seam.
+//! index. The lookup rules in `service` see only this seam. Every lookup
+//! gives the address's network too, from the network table of its family.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::data::index::Tables;
 use crate::data::store::{Store, StoreError};
-use crate::domain::{Located, Table, Unavailable, V4Table};
+use crate::domain::{Found, Table, Unavailable, V4Table};
 use crate::health::{PoolState, TableState};
 
 /// The source of range-table rows.
@@ -19,37 +20,37 @@ pub enum Ranges {
 }
 
 impl Ranges {
-    /// The row holding each IPv4 address in `table` (cn or en), in input
-    /// order, all read from one version of the table.
-    pub async fn lookup_v4(&self, table: V4Table, ips: &[Ipv4Addr]) -> Result<Vec<Option<Located>>, Unavailable> {
+    /// Each IPv4 address's row in `table` (cn or en, if the route asks
+    /// one) and its network, in input order, each table read in one version.
+    pub async fn lookup_v4(&self, table: Option<V4Table>, ips: &[Ipv4Addr]) -> Result<Vec<Found>, Unavailable> {
         match self {
             Ranges::Postgres(store) => store.lookup_v4(table, ips).await,
             Ranges::Memory(tables) => Ok(tables.lookup_v4(table, ips)),
         }
     }
 
-    /// The row holding each IPv6 address in the v6 table, in input order.
-    pub async fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Result<Vec<Option<Located>>, Unavailable> {
+    /// Each IPv6 address's row in the v6 table (if asked) and its network.
+    pub async fn lookup_v6(&self, asks_v6: bool, ips: &[Ipv6Addr]) -> Result<Vec<Found>, Unavailable> {
         match self {
-            Ranges::Postgres(store) => store.lookup_v6(ips).await,
-            Ranges::Memory(tables) => Ok(tables.lookup_v6(ips)),
+            Ranges::Postgres(store) => store.lookup_v6(asks_v6, ips).await,
+            Ranges::Memory(tables) => Ok(tables.lookup_v6(asks_v6, ips)),
         }
     }
 
-    /// The row holding one IPv4 address: a batch of one, without the
-    /// batch's allocations in memory mode.
-    pub async fn lookup_one_v4(&self, table: V4Table, ip: Ipv4Addr) -> Result<Option<Located>, Unavailable> {
+    /// One IPv4 address: a batch of one, without the batch's allocations
+    /// in memory mode.
+    pub async fn lookup_one_v4(&self, table: Option<V4Table>, ip: Ipv4Addr) -> Result<Found, Unavailable> {
         match self {
-            Ranges::Postgres(store) => Ok(store.lookup_v4(table, &[ip]).await?.pop().flatten()),
+            Ranges::Postgres(store) => Ok(store.lookup_v4(table, &[ip]).await?.pop().unwrap_or_default()),
             Ranges::Memory(tables) => Ok(tables.lookup_one_v4(table, ip)),
         }
     }
 
-    /// The row holding one IPv6 address in the v6 table.
-    pub async fn lookup_one_v6(&self, ip: Ipv6Addr) -> Result<Option<Located>, Unavailable> {
+    /// One IPv6 address.
+    pub async fn lookup_one_v6(&self, asks_v6: bool, ip: Ipv6Addr) -> Result<Found, Unavailable> {
         match self {
-            Ranges::Postgres(store) => Ok(store.lookup_v6(&[ip]).await?.pop().flatten()),
-            Ranges::Memory(tables) => Ok(tables.lookup_one_v6(ip)),
+            Ranges::Postgres(store) => Ok(store.lookup_v6(asks_v6, &[ip]).await?.pop().unwrap_or_default()),
+            Ranges::Memory(tables) => Ok(tables.lookup_one_v6(asks_v6, ip)),
         }
     }
 

@@ -185,22 +185,21 @@ pub fn geo_info(input: &str, outcome: &Outcome) -> GeoInfo {
             self.0.error_no = Some(value);
         }
         fn long(&mut self, field: Field, value: i64) {
-            match field {
-                answer::START_IP => self.0.geoip_start_ip = Some(value),
-                _ => self.0.geoip_end_ip = Some(value),
-            }
+            *long_of_mut(&mut self.0, field) = Some(value);
         }
         fn ip(&mut self, field: Field, value: IpAddr) {
             *text_of_mut(&mut self.0, field) = Some(value.to_string());
         }
     }
     // As the generated reader starts: 1-12 at their IDL defaults, the
-    // optional 13-16 unset until the answer sets them.
+    // optional 13 and later unset until the answer sets them.
     let mut filling = Filling(GeoInfo {
         geoip_district_name: None,
         geoip_start_ip_str: None,
         geoip_end_ip_str: None,
         geoip_source: None,
+        geoip_asn: None,
+        geoip_as_org: None,
         ..GeoInfo::default()
     });
     Answer::new(input, outcome).write(&mut filling);
@@ -241,6 +240,17 @@ string_fields! {
     START_IP_STR => geoip_start_ip_str,
     END_IP_STR => geoip_end_ip_str,
     SOURCE => geoip_source,
+    AS_ORG => geoip_as_org,
+}
+
+/// The generated struct's `i64` fields, by answer field.
+fn long_of_mut(g: &mut GeoInfo, field: Field) -> &mut Option<i64> {
+    match field {
+        answer::START_IP => &mut g.geoip_start_ip,
+        answer::END_IP => &mut g.geoip_end_ip,
+        answer::ASN => &mut g.geoip_asn,
+        other => unreachable!("{other:?} is not an i64 field"),
+    }
 }
 
 /// A `GeoInfo` a server sent, as a view: its fields that are set, in IDL
@@ -254,11 +264,11 @@ impl View for GeoInfo {
                         out.int(field, n);
                     }
                 }
-                answer::START_IP | answer::END_IP => {
-                    let value = if field == answer::START_IP {
-                        self.geoip_start_ip
-                    } else {
-                        self.geoip_end_ip
+                answer::START_IP | answer::END_IP | answer::ASN => {
+                    let value = match field {
+                        answer::START_IP => self.geoip_start_ip,
+                        answer::END_IP => self.geoip_end_ip,
+                        _ => self.geoip_asn,
                     };
                     if let Some(n) = value {
                         out.long(field, n);
@@ -282,7 +292,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::domain::{Located, LookupError, Place, Source};
+    use crate::domain::{Located, LookupError, Network, Place, Source};
     use crate::thrift::codec::{encode, Framing, Reply, Wire};
 
     /// A whole reply as the crate's protocols and the generated writer make it.
@@ -314,6 +324,7 @@ mod tests {
                 start: start.parse().unwrap(),
                 end: end.parse().unwrap(),
                 source,
+                network: Some(Network::new(4_294_967_295, "AS \"name\"")),
             })
         };
         let answers = [
@@ -324,7 +335,11 @@ mod tests {
                 found("240e::", "240e:fff:ffff:ffff:ffff:ffff:ffff:ffff", Source::V6),
             ),
             ("nope", Err(LookupError::InvalidIp("\"nope\" is not an address".into()))),
-            ("8.8.8.8", Err(LookupError::NotFound)),
+            (
+                "8.8.8.8",
+                Err(LookupError::NotFound(Some(Network::new(15169, "Google LLC")))),
+            ),
+            ("8.8.4.4", Err(LookupError::NotFound(None))),
             ("9.9.9.9", Err(LookupError::UnsupportedLang("x".repeat(300)))),
         ];
         answers.into_iter().map(|(i, o)| (i.to_owned(), o)).unzip()

@@ -435,7 +435,7 @@ mod tests {
     fn calls_decode_as_sent_and_replies_are_summarised() {
         let ips = vec!["1.2.3.4".to_owned(), "nope".to_owned()];
         let outcomes = vec![
-            Err(crate::domain::LookupError::NotFound),
+            Err(crate::domain::LookupError::NotFound(None)),
             Err(crate::domain::LookupError::InvalidIp("nope".into())),
         ];
         for framing in [Framing::Framed, Framing::Buffered] {

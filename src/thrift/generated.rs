@@ -44,6 +44,13 @@ use thrift::server::TProcessor;
 /// When error_no is not 0, fields 2-5, 7-9, 11 and 12 are empty (or 0) and
 /// the optional fields 13-16 are unset.
 /// 
+/// The network (geoip_asn, geoip_as_org) is set for every address the ASN
+/// data covers, whichever source answered the place, or none: an address
+/// whose place no source knows keeps error_no 2 (the ASN alone is not a
+/// place, and old clients read error_no 0 as "the place fields are
+/// filled"), with fields 17 and 18 set. They are unset for errors 1, 3
+/// and 4.
+/// 
 /// An optional field (13 and later) is set only when it has a value: never
 /// to an empty string, so that a client's isSet says something. Fields
 /// 1-12 are always set, empty where there is nothing, as old clients
@@ -86,10 +93,17 @@ pub struct GeoInfo {
   pub geoip_end_ip_str: Option<String>,
   /// Which source answered: "cn", "en", "v6" or "maxmind".
   pub geoip_source: Option<String>,
+  /// The autonomous system number announcing the address (0 to
+  /// 4294967295, hence i64), from the ip_service_asn tables (RouteViews
+  /// and DB-IP data, CC BY 4.0); unset where they do not cover it.
+  pub geoip_asn: Option<i64>,
+  /// The AS organisation's name, as the ASN data gives it (e.g.
+  /// "Cloudflare, Inc."); set exactly when geoip_asn is.
+  pub geoip_as_org: Option<String>,
 }
 
 impl GeoInfo {
-  pub fn new<F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15, F16>(ip: F1, geoip_country_code: F2, geoip_country_name: F3, geoip_city_code: F4, geoip_city_name: F5, error_no: F6, geoip_province_code: F7, geoip_province_name: F8, geoip_carrier: F9, error_msg: F10, geoip_start_ip: F11, geoip_end_ip: F12, geoip_district_name: F13, geoip_start_ip_str: F14, geoip_end_ip_str: F15, geoip_source: F16) -> GeoInfo where F1: Into<Option<String>>, F2: Into<Option<String>>, F3: Into<Option<String>>, F4: Into<Option<String>>, F5: Into<Option<String>>, F6: Into<Option<i32>>, F7: Into<Option<String>>, F8: Into<Option<String>>, F9: Into<Option<String>>, F10: Into<Option<String>>, F11: Into<Option<i64>>, F12: Into<Option<i64>>, F13: Into<Option<String>>, F14: Into<Option<String>>, F15: Into<Option<String>>, F16: Into<Option<String>> {
+  pub fn new<F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15, F16, F17, F18>(ip: F1, geoip_country_code: F2, geoip_country_name: F3, geoip_city_code: F4, geoip_city_name: F5, error_no: F6, geoip_province_code: F7, geoip_province_name: F8, geoip_carrier: F9, error_msg: F10, geoip_start_ip: F11, geoip_end_ip: F12, geoip_district_name: F13, geoip_start_ip_str: F14, geoip_end_ip_str: F15, geoip_source: F16, geoip_asn: F17, geoip_as_org: F18) -> GeoInfo where F1: Into<Option<String>>, F2: Into<Option<String>>, F3: Into<Option<String>>, F4: Into<Option<String>>, F5: Into<Option<String>>, F6: Into<Option<i32>>, F7: Into<Option<String>>, F8: Into<Option<String>>, F9: Into<Option<String>>, F10: Into<Option<String>>, F11: Into<Option<i64>>, F12: Into<Option<i64>>, F13: Into<Option<String>>, F14: Into<Option<String>>, F15: Into<Option<String>>, F16: Into<Option<String>>, F17: Into<Option<i64>>, F18: Into<Option<String>> {
     GeoInfo {
       ip: ip.into(),
       geoip_country_code: geoip_country_code.into(),
@@ -107,6 +121,8 @@ impl GeoInfo {
       geoip_start_ip_str: geoip_start_ip_str.into(),
       geoip_end_ip_str: geoip_end_ip_str.into(),
       geoip_source: geoip_source.into(),
+      geoip_asn: geoip_asn.into(),
+      geoip_as_org: geoip_as_org.into(),
     }
   }
 }
@@ -130,6 +146,8 @@ impl TSerializable for GeoInfo {
     let mut f_14: Option<String> = None;
     let mut f_15: Option<String> = None;
     let mut f_16: Option<String> = None;
+    let mut f_17: Option<i64> = None;
+    let mut f_18: Option<String> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -201,6 +219,14 @@ impl TSerializable for GeoInfo {
           let val = i_prot.read_string()?;
           f_16 = Some(val);
         },
+        17 => {
+          let val = i_prot.read_i64()?;
+          f_17 = Some(val);
+        },
+        18 => {
+          let val = i_prot.read_string()?;
+          f_18 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -225,6 +251,8 @@ impl TSerializable for GeoInfo {
       geoip_start_ip_str: f_14,
       geoip_end_ip_str: f_15,
       geoip_source: f_16,
+      geoip_asn: f_17,
+      geoip_as_org: f_18,
     };
     Ok(ret)
   }
@@ -311,6 +339,16 @@ impl TSerializable for GeoInfo {
       o_prot.write_string(fld_var)?;
       o_prot.write_field_end()?
     }
+    if let Some(fld_var) = self.geoip_asn {
+      o_prot.write_field_begin(&TFieldIdentifier::new("geoip_asn", TType::I64, 17))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.geoip_as_org {
+      o_prot.write_field_begin(&TFieldIdentifier::new("geoip_as_org", TType::String, 18))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -335,6 +373,8 @@ impl Default for GeoInfo {
       geoip_start_ip_str: Some("".to_owned()),
       geoip_end_ip_str: Some("".to_owned()),
       geoip_source: Some("".to_owned()),
+      geoip_asn: Some(0),
+      geoip_as_org: Some("".to_owned()),
     }
   }
 }

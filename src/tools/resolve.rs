@@ -34,7 +34,7 @@ fn strip_port(text: &str) -> &str {
 }
 
 /// Counts over the answers: how many of each outcome, and the most
-/// frequent countries, provinces and carriers.
+/// frequent countries, provinces, carriers and AS organisations.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub answers: u64,
@@ -47,11 +47,18 @@ pub struct Summary {
     /// `country/province`, for answers that name a province.
     pub provinces: HashMap<String, u64>,
     pub carriers: HashMap<String, u64>,
+    /// Every answer that names a network, found or not (error 2).
+    pub as_orgs: HashMap<String, u64>,
 }
 
 impl Summary {
     pub fn add(&mut self, g: &GeoInfo) {
         self.answers += 1;
+        if let (Some(_), Some(org)) = (g.geoip_asn, &g.geoip_as_org) {
+            if !org.is_empty() {
+                count(&mut self.as_orgs, org);
+            }
+        }
         match ErrorNo::from_wire(g.error_no.unwrap_or(0)) {
             ErrorNo::Answered => {
                 self.found += 1;
@@ -84,6 +91,7 @@ impl Summary {
             ("countries", &self.countries),
             ("provinces", &self.provinces),
             ("carriers", &self.carriers),
+            ("AS organisations", &self.as_orgs),
         ] {
             let _ = writeln!(out, "top {top} {title} of {}:", counts.len());
             for (name, count) in most_frequent(counts, top) {
@@ -139,6 +147,8 @@ mod tests {
             geoip_country_name: Some(country.into()),
             geoip_province_name: Some(province.into()),
             geoip_carrier: Some(carrier.into()),
+            geoip_asn: (carrier == "电信").then_some(4134),
+            geoip_as_org: (carrier == "电信").then(|| "CHINANET".into()),
             ..Default::default()
         };
         let error = |n| GeoInfo {
@@ -152,7 +162,11 @@ mod tests {
             answer("中国", "北京", "电信"),
             answer("美国", "", ""),
             error(1),
-            error(2),
+            GeoInfo {
+                geoip_asn: Some(15169),
+                geoip_as_org: Some("Google LLC".into()),
+                ..error(2)
+            },
             error(3),
         ] {
             summary.add(&g);
@@ -173,6 +187,8 @@ mod tests {
             [("中国/广东", 2), ("中国/北京", 1)]
         );
         assert_eq!(most_frequent(&summary.carriers, 5), [("电信", 2), ("联通", 1)]);
+        assert_eq!(most_frequent(&summary.as_orgs, 5), [("CHINANET", 2), ("Google LLC", 1)]);
+        assert!(summary.render(2).contains("top 2 AS organisations of 2:"));
         assert!(summary.render(2).contains("top 2 countries of 2:"));
     }
 }

@@ -64,7 +64,7 @@ async fn query_prints_an_aligned_table_or_json() {
         .collect();
     assert_eq!(
         lines[0],
-        ["IP", "SOURCE", "COUNTRY", "PROVINCE", "CITY", "DISTRICT", "CARRIER", "RANGE"]
+        ["IP", "SOURCE", "COUNTRY", "PROVINCE", "CITY", "DISTRICT", "CARRIER", "NETWORK", "RANGE"]
     );
     assert_eq!(
         lines[1],
@@ -76,6 +76,7 @@ async fn query_prints_an_aligned_table_or_json() {
             "440100 广州",
             "天河区",
             "电信",
+            "AS4134 CHINANET-BACKBONE",
             "183.62.56.99 - 183.62.63.255"
         ]
     );
@@ -342,7 +343,7 @@ async fn without_a_database_serve_answers_from_the_builtin_sample() {
     let listening = server.logged("xm-ip-service listening");
     assert_eq!(listening[0]["fields"]["data"], "the built-in sample");
     let tables = server.logged("table loaded into memory");
-    assert_eq!(tables.len(), 3);
+    assert_eq!(tables.len(), 5, "cn, en, v6 and both network tables");
     for table in tables {
         assert!(table["fields"]["ranges"].as_u64().unwrap() > 1000, "{table}");
     }

@@ -1,5 +1,6 @@
 //! File mode (`serve --data DIR`): the same answers as PostgreSQL loaded
-//! from the same files, and a MaxMind file replaced under load.
+//! from the same files (in both database modes), and a MaxMind file
+//! replaced under load.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -53,10 +54,46 @@ fn country(name: &str, code: &str) -> Value {
     map! {"iso_code" => s(code), "geoname_id" => Value::U32(7), "names" => map!{"en" => s(name), "zh-CN" => s(&format!("{name}（中）")), "de" => s(&format!("{name} (de)"))}}
 }
 
-/// An ipdb and a City mmdb over random networks.
+/// An ipdb, a City mmdb and the ASN CSVs over random networks; the ASN
+/// data also has a /24 inside some /16s, with an AS of its own, which the
+/// probes return (the inner one wins).
 fn write_files(dir: &Path) -> Vec<String> {
     let mut rng = Rng(0xfeed_beef_1234_5678);
-    let networks = networks(&mut rng);
+    let mut networks = networks(&mut rng);
+    let mut asn = (String::new(), String::new());
+    for (i, network) in networks.iter().enumerate() {
+        if rng.below(4) == 0 {
+            continue;
+        }
+        let net: ipnetwork::IpNetwork = network.parse().unwrap();
+        let org = if i % 5 == 0 {
+            format!("\"Org {i}, Inc.\"")
+        } else {
+            format!("Org {i}")
+        };
+        let row = format!(
+            "{},{},{},{org}\n",
+            net.network(),
+            net.broadcast(),
+            64_512 + i as u64 * 70_001
+        );
+        match net {
+            ipnetwork::IpNetwork::V4(_) => asn.0.push_str(&row),
+            ipnetwork::IpNetwork::V6(_) => asn.1.push_str(&row),
+        }
+    }
+    let inner: Vec<String> = networks
+        .iter()
+        .filter(|n| n.starts_with("20.") && rng.below(2) == 0)
+        .map(|n| n.replace(".0.0/16", ".5.0/24"))
+        .collect();
+    for network in &inner {
+        let net: ipnetwork::IpNetwork = network.parse().unwrap();
+        asn.0
+            .push_str(&format!("{},{},4294967295,Inner\n", net.network(), net.broadcast()));
+    }
+    std::fs::write(dir.join("asn-ipv4.csv"), asn.0).unwrap();
+    std::fs::write(dir.join("asn-ipv6.csv"), asn.1).unwrap();
     let mut ipdb = IpdbWriter::new();
     let mut mmdb = Writer::new();
     let countries = [("China", "CN"), ("United States", "US"), ("Japan", "JP")];
@@ -77,6 +114,7 @@ fn write_files(dir: &Path) -> Vec<String> {
     }
     std::fs::write(dir.join("ranges.ipdb"), ipdb.build()).unwrap();
     std::fs::write(dir.join("GeoLite2-City.mmdb"), mmdb.build(1_700_000_000)).unwrap();
+    networks.extend(inner);
     networks
 }
 
@@ -110,6 +148,8 @@ async fn import_all(db: &TestDb, dir: &Path) {
         (Table::Cn, "ranges.ipdb", None),
         (Table::V6, "ranges.ipdb", None),
         (Table::En, "GeoLite2-City.mmdb", Some("en".to_owned())),
+        (Table::Asn, "asn-ipv4.csv", None),
+        (Table::AsnV6, "asn-ipv6.csv", None),
     ] {
         let options = ImportOptions {
             lang,
@@ -135,14 +175,32 @@ async fn file_mode_answers_as_the_database_loaded_from_the_same_files() {
         mmdb: Some(dir.path().join("GeoLite2-City.mmdb")),
         ..local_settings(DataSource::Postgres(Postgres::at(&db.url)))
     };
+    let mut memory = Postgres::at(&db.url);
+    memory.lookup = xm_ip_service::config::LookupMode::Memory;
+    let from_memory = Settings {
+        source: DataSource::Postgres(memory),
+        ..from_db.clone()
+    };
     let from_db = TestApp::start(from_db, Some(db), None).await;
+    let from_memory = TestApp::start(from_memory, None, None).await;
     let from_files = TestApp::start(file_mode(dir.path()), None, None).await;
 
     let inputs = probes(&networks);
     for lang in ["zh-CN", "en", "de"] {
         let expected = answers(&from_db, Some(lang), &inputs).await;
-        let got = answers(&from_files, Some(lang), &inputs).await;
         assert_eq!(expected.len(), inputs.len());
+        let networks: BTreeSet<_> = expected.iter().filter_map(|g| g.geoip_as_org.as_deref()).collect();
+        assert!(
+            networks.len() > 100 && networks.contains("Inner"),
+            "{lang}: {networks:?}"
+        );
+        assert!(networks.iter().any(|org| org.contains(", Inc.")));
+        assert_eq!(
+            answers(&from_memory, Some(lang), &inputs).await,
+            expected,
+            "memory mode, lang {lang}"
+        );
+        let got = answers(&from_files, Some(lang), &inputs).await;
         let sources: BTreeSet<_> = expected.iter().filter_map(|g| g.geoip_source.as_deref()).collect();
         let wanted: &[&str] = match lang {
             "zh-CN" => &["cn", "v6", "maxmind"],

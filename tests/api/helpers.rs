@@ -146,6 +146,15 @@ INSERT INTO ip_service_v6 (start_ip, end_ip, country_name, province_name, city_n
   ('240e::', '240e:fff:ffff:ffff:ffff:ffff:ffff:ffff', '中国', '广东', '深圳', '', '电信', 'CN', '440000', '440300'),
   ('2001:4860::', '2001:4860:ffff:ffff:ffff:ffff:ffff:ffff', '美国', '', '', '', '', 'US', '', ''),
   ('ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00', 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', '末尾', '', '', '', '', '', '', '');
+INSERT INTO ip_service_asn (start_ip, end_ip, asn, as_org) VALUES
+  (3074293760, 3074359295, 4134, 'CHINANET-BACKBONE'),  -- 183.62.0.0/16: a China row's
+  (134744064, 134744319, 15169, 'Google LLC'),          -- 8.8.8.0/24: a row MaxMind answers
+  (16843008, 16843263, 13335, 'Cloudflare, Inc.'),      -- 1.1.1.0/24: MaxMind's registered country
+  (84215040, 84215295, 3320, 'Deutsche Telekom AG'),    -- 5.5.5.0/24: no source knows the place
+  (4294967040, 4294967295, 4294967295, 'The last AS');  -- the largest AS number
+INSERT INTO ip_service_asn_v6 (start_ip, end_ip, asn, as_org) VALUES
+  ('240e::', '240e:fff:ffff:ffff:ffff:ffff:ffff:ffff', 4134, 'CHINANET-BACKBONE'),
+  ('2001:4860::', '2001:4860:ffff:ffff:ffff:ffff:ffff:ffff', 15169, 'Google LLC');
 ";
 
 fn names(en: &str, zh: &str) -> Value {

@@ -15,13 +15,13 @@ use xm_ip_service::tools::client::Wire;
 use crate::helpers::{black_hole_database, eventually, strings, Options, TestApp, OVERLAPPING_CN_VERSION};
 
 /// A status code and a body, from one request on its own connection.
-struct Answer {
-    status: u16,
-    body: String,
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
@@ -58,15 +58,15 @@ async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>
     }
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Answer {
+pub async fn get(addr: SocketAddr, path: &str) -> Answer {
     request(addr, "GET", path, None).await
 }
 
-async fn post(addr: SocketAddr, body: &str) -> Answer {
+pub async fn post(addr: SocketAddr, body: &str) -> Answer {
     request(addr, "POST", "/api/ip_query", Some(body.as_bytes())).await
 }
 
-fn http(app: &TestApp) -> SocketAddr {
+pub fn http(app: &TestApp) -> SocketAddr {
     app.http_addr.expect("the test server listens for HTTP")
 }
 
@@ -207,11 +207,15 @@ fn as_json(g: &GeoInfo) -> Value {
         ("geoip_start_ip_str", &g.geoip_start_ip_str),
         ("geoip_end_ip_str", &g.geoip_end_ip_str),
         ("geoip_source", &g.geoip_source),
+        ("geoip_as_org", &g.geoip_as_org),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
             object[name] = json!(value);
         }
+    }
+    if let Some(asn) = g.geoip_asn {
+        object["geoip_asn"] = json!(asn);
     }
     object
 }

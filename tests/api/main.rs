@@ -14,6 +14,7 @@ mod import;
 mod lookup;
 mod memory;
 mod messages;
+mod networks;
 mod python_client;
 mod real_data;
 mod replica;

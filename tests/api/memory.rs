@@ -439,6 +439,8 @@ async fn memory_mode_starts_from_its_snapshots_while_the_database_is_away() {
     );
     assert_eq!(second.by_ip(&probe).await, expected);
     assert_eq!(expected[0].geoip_source.as_deref(), Some("cn"), "{:?}", expected[0]);
+    // The network tables are snapshotted too.
+    assert_eq!((expected[0].geoip_asn, expected[1].geoip_asn), (Some(4134), Some(4134)));
 
     // Without snapshots the same start is refused, as before.
     let mut none = with_snapshots(&away, dir.path());

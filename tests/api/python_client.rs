@@ -9,7 +9,7 @@ use xm_ip_service::tools::client::{to_json, Wire};
 
 use crate::helpers::{strings, TestApp};
 
-const IPS: [&str; 8] = [
+const IPS: [&str; 9] = [
     "183.62.57.1",
     "8.8.8.8",
     "240e:1::1",
@@ -18,6 +18,7 @@ const IPS: [&str; 8] = [
     "1.1.1.1",
     "10.0.0.1",
     "not an ip",
+    "5.5.5.5",
 ];
 
 #[tokio::test]
@@ -71,6 +72,21 @@ async fn python_apache_thrift_client_sees_what_the_rust_client_sees() {
     assert_eq!(by_ip[0]["geoip_district_name"], "天河区");
     assert_eq!(by_ip[1]["geoip_source"], "maxmind");
     assert!(by_ip[1].get("geoip_district_name").is_none(), "{}", by_ip[1]);
+    // The network: set with the place, set alone where only the network is
+    // known (error 2), and unset with nothing in it otherwise.
+    assert_eq!(
+        (&by_ip[0]["geoip_asn"], &by_ip[0]["geoip_as_org"]),
+        (&json!(4134), &json!("CHINANET-BACKBONE"))
+    );
+    assert_eq!(
+        (&by_ip[8]["error_no"], &by_ip[8]["geoip_asn"], &by_ip[8]["geoip_as_org"]),
+        (&json!(2), &json!(3320), &json!("Deutsche Telekom AG"))
+    );
+    assert!(by_ip[8].get("geoip_source").is_none(), "{}", by_ip[8]);
+    for unset in ["geoip_asn", "geoip_as_org", "geoip_district_name"] {
+        assert!(by_ip[4].get(unset).is_none(), "9.9.9.9 has no {unset}: {}", by_ip[4]);
+        assert!(by_ip[6].get(unset).is_none(), "10.0.0.1 has no {unset}: {}", by_ip[6]);
+    }
 
     let combos = python.as_object().unwrap();
     assert_eq!(combos.len(), 4);

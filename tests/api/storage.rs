@@ -85,7 +85,7 @@ async fn the_lookup_is_an_index_probe_never_a_sequential_scan() {
 }
 
 #[tokio::test]
-async fn the_place_columns_are_the_migrated_tables_text_columns_with_their_widths() {
+async fn the_value_columns_are_the_migrated_tables_columns_with_their_widths() {
     let db = TestDb::new().await;
     let client = db.client().await;
     for table in Table::ALL {
@@ -102,11 +102,27 @@ async fn the_place_columns_are_the_migrated_tables_text_columns_with_their_width
             .map(|row| (row.get(0), row.get::<_, i32>(1) as usize))
             .collect();
         schema.sort();
-        let mut declared: Vec<(String, usize)> = xm_ip_service::domain::PLACE_COLUMNS
+        let mut declared: Vec<(String, usize)> = table
+            .columns()
             .iter()
+            .filter(|column| !column.number)
             .map(|column| (column.name.to_owned(), column.width))
             .collect();
         declared.sort();
         assert_eq!(declared, schema, "{}", table.name());
+        let numbers: Vec<String> = client
+            .query(
+                "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_name = $1 AND data_type = 'bigint' AND column_name NOT IN ('id', 'start_ip', 'end_ip') \
+                 ORDER BY column_name",
+                &[&table.name()],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let declared: Vec<&str> = table.columns().iter().filter(|c| c.number).map(|c| c.name).collect();
+        assert_eq!(numbers, declared, "{}", table.name());
     }
 }

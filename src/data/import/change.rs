@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::domain::Place;
+use crate::domain::{Place, RowKind, Table};
 
 /// How many (old → new) transitions a report lists.
 pub const TOP_TRANSITIONS: usize = 20;
@@ -15,6 +15,17 @@ pub const TOP_TRANSITIONS: usize = 20;
 /// The fields whose change the report counts: what a caller reads from an
 /// answer. Codes follow from the names, so they are not counted apart.
 pub const FIELDS: [&str; 5] = ["country", "province", "city", "district", "carrier"];
+
+/// The fields counted for a network table.
+pub const NETWORK_FIELDS: [&str; 2] = ["asn", "as_org"];
+
+/// The fields a table's report counts.
+fn fields_of(kind: RowKind) -> &'static [&'static str] {
+    match kind {
+        RowKind::Place => &FIELDS,
+        RowKind::Network => &NETWORK_FIELDS,
+    }
+}
 
 /// Addresses and the ranges they lie in.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -52,7 +63,7 @@ pub struct ChangeReport {
     pub new: Span,
     /// Covered by both, and answered differently in at least one field.
     pub changed: Span,
-    /// Per field of [`FIELDS`], in that order.
+    /// Per field of [`FIELDS`] (or [`NETWORK_FIELDS`]), in that order.
     pub changed_by_field: Vec<FieldChange>,
     /// Covered by the new rows only.
     pub newly_covered: Span,
@@ -72,11 +83,14 @@ pub type Entry<'a> = (u128, u128, &'a Place);
 
 /// Compares `live` with `new`, both in address order without overlaps.
 pub fn compare<'a>(
-    table: &str,
+    table: Table,
     live: impl IntoIterator<Item = Entry<'a>>,
     new: impl IntoIterator<Item = Entry<'a>>,
 ) -> ChangeReport {
-    let mut merge = Merge::default();
+    let mut merge = Merge {
+        kind: table.kind(),
+        ..Merge::default()
+    };
     let mut live = Cursor::new(live.into_iter());
     let mut new = Cursor::new(new.into_iter());
     let mut at: u128 = 0;
@@ -107,7 +121,7 @@ pub fn compare<'a>(
         let Some(next) = end.checked_add(1) else { break };
         at = next;
     }
-    merge.finish(table)
+    merge.finish(table.name())
 }
 
 /// The rows that turn one table into another: the old ranges the new
@@ -211,6 +225,7 @@ impl<'a, I: Iterator<Item = Entry<'a>>> Cursor<'a, I> {
 /// that a range split into several segments counts once.
 #[derive(Default)]
 struct Merge {
+    kind: RowKind,
     live: Counted,
     new: Counted,
     changed: Counted,
@@ -244,7 +259,7 @@ impl Merge {
             (Some((live_range, old)), Some((new_range, new))) => {
                 self.live.add(live_range, addresses);
                 self.new.add(new_range, addresses);
-                let (old_names, new_names) = (names(old), names(new));
+                let (old_names, new_names) = (names(old, self.kind), names(new, self.kind));
                 if old_names == new_names {
                     return;
                 }
@@ -273,7 +288,9 @@ impl Merge {
         // Places that differ only in codes share a label: add them up.
         let mut by_label: HashMap<(String, String), u128> = HashMap::new();
         for ((old, new), addresses) in self.transitions {
-            let count = by_label.entry((label(&old), label(&new))).or_default();
+            let count = by_label
+                .entry((label(&old, self.kind), label(&new, self.kind)))
+                .or_default();
             *count = count.saturating_add(addresses);
         }
         let mut top_transitions: Vec<Transition> = by_label
@@ -300,8 +317,9 @@ impl Merge {
             live,
             new: self.new.span,
             changed,
-            changed_by_field: FIELDS
-                .into_iter()
+            changed_by_field: fields_of(self.kind)
+                .iter()
+                .copied()
                 .zip(self.by_field)
                 .map(|(field, counted)| FieldChange {
                     field,
@@ -389,21 +407,33 @@ fn grouped(n: u128) -> String {
     out
 }
 
-/// A place's [`FIELDS`].
-fn names(place: &Place) -> [&str; 5] {
-    [
-        place.country_name(),
-        place.province_name(),
-        place.city_name(),
-        place.district_name(),
-        place.carrier(),
-    ]
+/// A row's fields the report counts ([`fields_of`] its kind), the rest
+/// empty.
+fn names(place: &Place, kind: RowKind) -> [&str; 5] {
+    match kind {
+        RowKind::Place => [
+            place.country_name(),
+            place.province_name(),
+            place.city_name(),
+            place.district_name(),
+            place.carrier(),
+        ],
+        // A network row's values are its first two.
+        RowKind::Network => {
+            let [asn, org, ..] = place.fields().columns();
+            [asn, org, "", "", ""]
+        }
+    }
 }
 
-/// `中国/广东/广州/电信`: the place's non-empty names; `(nothing)` when it
-/// names nothing.
-fn label(place: &Place) -> String {
-    let parts: Vec<&str> = names(place).into_iter().filter(|s| !s.is_empty()).collect();
+/// `中国/广东/广州/电信`: the place's non-empty names, or `AS13335
+/// Cloudflare, Inc.`; `(nothing)` when it names nothing.
+fn label(place: &Place, kind: RowKind) -> String {
+    if kind == RowKind::Network {
+        let [asn, org, ..] = names(place, kind);
+        return format!("AS{asn} {org}");
+    }
+    let parts: Vec<&str> = names(place, kind).into_iter().filter(|s| !s.is_empty()).collect();
     if parts.is_empty() {
         "(nothing)".to_owned()
     } else {
@@ -452,7 +482,7 @@ mod tests {
             (0, 255, place("广东", "广州", "电信")),
             (300, 400, place("北京", "", "联通")),
         ];
-        let report = compare("t", entries(&list), entries(&list));
+        let report = compare(Table::Cn, entries(&list), entries(&list));
         assert_eq!(
             report.live,
             Span {
@@ -472,7 +502,7 @@ mod tests {
         let sz = place("广东", "深圳", "电信");
         let live = [(0, 255, gz.clone())];
         let new = [(0, 127, gz.clone()), (128, 191, sz.clone()), (192, 255, sz)];
-        let report = compare("ip_service_cn", entries(&live), entries(&new));
+        let report = compare(Table::Cn, entries(&live), entries(&new));
         assert_eq!(
             report.changed,
             Span {
@@ -513,7 +543,7 @@ mod tests {
         let a = place("北京", "", "联通");
         let live = [(10, 19, a.clone()), (40, 49, a.clone())];
         let new = [(15, 24, a.clone()), (40, 49, a)];
-        let report = compare("t", entries(&live), entries(&new));
+        let report = compare(Table::Cn, entries(&live), entries(&new));
         assert_eq!(
             report.no_longer_covered,
             Span {
@@ -537,7 +567,7 @@ mod tests {
         let (a, b) = (place("上海", "", "电信"), place("上海", "", "移动"));
         let live = [(0, u128::MAX, a)];
         let new = [(u128::MAX - 9, u128::MAX, b)];
-        let report = compare("t", entries(&live), entries(&new));
+        let report = compare(Table::Cn, entries(&live), entries(&new));
         assert_eq!(report.live.addresses, u128::MAX, "saturates");
         assert_eq!(report.changed.addresses, 10);
         assert_eq!(report.no_longer_covered.addresses, u128::MAX - 9, "2^128 - 10");
@@ -546,7 +576,7 @@ mod tests {
     #[test]
     fn an_empty_live_table_is_all_new_cover() {
         let new = [(5, 9, place("上海", "", ""))];
-        let report = compare("t", [], entries(&new));
+        let report = compare(Table::Cn, [], entries(&new));
         assert_eq!(
             report.newly_covered,
             Span {
@@ -583,7 +613,7 @@ mod tests {
                     at = end + 1 + next(3) as u128;
                 }
             }
-            let report = compare("t", entries(&lists[0]), entries(&lists[1]));
+            let report = compare(Table::Cn, entries(&lists[0]), entries(&lists[1]));
             let at = |list: &[(u128, u128, Place)], ip| list.iter().position(|(s, e, _)| *s <= ip && ip <= *e);
             let (mut changed, mut lost, mut gained, mut live) = (0, 0, 0, 0);
             let mut changed_ranges = std::collections::HashSet::new();
@@ -591,7 +621,7 @@ mod tests {
                 match (at(&lists[0], ip), at(&lists[1], ip)) {
                     (Some(o), Some(n)) => {
                         live += 1;
-                        if names(&lists[0][o].2) != names(&lists[1][n].2) {
+                        if names(&lists[0][o].2, RowKind::Place) != names(&lists[1][n].2, RowKind::Place) {
                             changed += 1;
                             changed_ranges.insert(o);
                         }

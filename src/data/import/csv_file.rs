@@ -42,19 +42,7 @@ pub fn ranges(bytes: &[u8], family: Family, codes: &Codes) -> Result<RangeBuilde
     }
     let mut out = RangeBuilder::default();
     for record in reader.records() {
-        let record = record.map_err(|e| SourceError::Row {
-            at: Origin::Line(e.position().map_or(0, |p| p.line())),
-            reason: match e.kind() {
-                csv::ErrorKind::Utf8 { err, .. } => {
-                    let column = headers.get(err.field()).unwrap_or("?");
-                    format!("{column} is not valid UTF-8")
-                }
-                csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
-                    format!("{len} fields where the header has {expected_len}")
-                }
-                _ => e.to_string(),
-            },
-        })?;
+        let record = record.map_err(|e| record_error(&e, &headers.iter().collect::<Vec<_>>()))?;
         let line = record.position().map_or(0, |p| p.line());
         let at = Origin::Line(line);
         let field = |i: usize| position[i].and_then(|p| record.get(p)).unwrap_or("").to_owned();
@@ -82,8 +70,26 @@ pub fn ranges(bytes: &[u8], family: Family, codes: &Codes) -> Result<RangeBuilde
     Ok(out)
 }
 
+/// A row the CSV reader refuses, as one line: where, and what is wrong,
+/// naming the column from `columns` where it can.
+pub(super) fn record_error(e: &csv::Error, columns: &[&str]) -> SourceError {
+    SourceError::Row {
+        at: Origin::Line(e.position().map_or(0, |p| p.line())),
+        reason: match e.kind() {
+            csv::ErrorKind::Utf8 { err, .. } => {
+                let column = columns.get(err.field()).unwrap_or(&"?");
+                format!("{column} is not valid UTF-8")
+            }
+            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                format!("{len} fields where the header has {expected_len}")
+            }
+            _ => e.to_string(),
+        },
+    }
+}
+
 /// An address as text, or as an unsigned integer.
-fn parse_bound(text: &str, family: Family) -> Result<u128, String> {
+pub(super) fn parse_bound(text: &str, family: Family) -> Result<u128, String> {
     let text = text.trim();
     if let Ok(ip) = text.parse::<IpAddr>() {
         return match (ip, family) {

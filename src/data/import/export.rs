@@ -7,10 +7,11 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_postgres::Client;
 
 use super::{Family, ImportError};
-use crate::domain::Table;
+use crate::domain::{RowKind, Table};
 
 /// Writes `table` as interchange CSV (header, bounds as address text,
-/// every column), ordered by address; returns the bytes written.
+/// every column; the ASN CSV with a header for a network table), ordered by
+/// address; returns the bytes written.
 pub async fn export(
     client: &Client,
     table: Table,
@@ -22,9 +23,13 @@ pub async fn export(
     };
     // Empty names become NULL, which `NULL ''` writes as an empty field:
     // PostgreSQL would otherwise quote empty strings as "".
-    let names = super::csv_file::COLUMNS[2..]
+    let columns = match table.kind() {
+        RowKind::Place => &super::csv_file::COLUMNS[2..],
+        RowKind::Network => &super::asn_csv::COLUMNS[2..],
+    };
+    let names = columns
         .iter()
-        .map(|c| format!("NULLIF({c}, '') AS {c}"))
+        .map(|c| format!("NULLIF({c}::text, '') AS {c}"))
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(

@@ -69,11 +69,14 @@ pub enum ImportOutcome {
     Checked {
         rows: u64,
         merged: u64,
+        /// Ranges that lay inside others, which were cut around them.
+        nested: u64,
         report: ChangeReport,
     },
     Loaded {
         rows: u64,
         merged: u64,
+        nested: u64,
         elapsed: Duration,
         report: ChangeReport,
     },
@@ -93,6 +96,7 @@ pub async fn import(client: &mut Client, options: &ImportOptions) -> Result<Impo
         return Ok(ImportOutcome::Checked {
             rows: built.ranges.len() as u64,
             merged: built.merged as u64,
+            nested: built.nested as u64,
             report,
         });
     }
@@ -109,6 +113,7 @@ pub async fn import(client: &mut Client, options: &ImportOptions) -> Result<Impo
         Some((built, report)) => ImportOutcome::Loaded {
             rows: built.ranges.len() as u64,
             merged: built.merged as u64,
+            nested: built.nested as u64,
             elapsed: started.elapsed(),
             report,
         },
@@ -181,7 +186,7 @@ async fn parse(
     format: Format,
     bytes: Vec<u8>,
 ) -> Result<RangeBuilder, ImportError> {
-    let family = options.table.family();
+    let table = options.table;
     let ipdb_language = options.ipdb_language.clone();
     let source_error = |source| ImportError::Source {
         path: options.file.clone(),
@@ -200,7 +205,7 @@ async fn parse(
         .map(|row| (row.get::<_, String>(0), row.get::<_, i32>(1) as usize))
         .collect();
     let built = tokio::task::spawn_blocking(move || {
-        read_ranges(&bytes, format, family, lang, ipdb_language.as_deref(), &limits)
+        read_ranges(&bytes, format, table, lang, ipdb_language.as_deref(), &limits)
     })
     .await
     .expect("parsing does not panic")
@@ -209,6 +214,7 @@ async fn parse(
         table = options.table.name(),
         ranges = built.ranges.len(),
         merged = built.merged,
+        nested = built.nested,
         "parsed and validated"
     );
     Ok(built)
@@ -222,7 +228,7 @@ async fn compare_with_live(
     built: &RangeBuilder,
 ) -> Result<(ChangeReport, Snapshot), ImportError> {
     let live = store::load_snapshot(client, table).await.map_err(ImportError::Live)?;
-    let report = change::compare(table.name(), live.index.ranges(), new_ranges(built));
+    let report = change::compare(table, live.index.ranges(), new_ranges(built));
     info!(table = table.name(), "{}", report.summary);
     Ok((report, live))
 }

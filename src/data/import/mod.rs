@@ -7,6 +7,7 @@
 //! commit and the new one after it, and a failure anywhere leaves the live
 //! table as it was.
 
+mod asn_csv;
 pub mod change;
 mod codes;
 mod csv_file;
@@ -22,6 +23,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use asn_csv::COLUMNS as ASN_CSV_COLUMNS;
 pub use change::ChangeReport;
 pub use codes::Codes;
 pub use csv_file::COLUMNS as CSV_COLUMNS;
@@ -29,7 +31,7 @@ pub use export::export;
 pub use load::{import, ImportOptions, ImportOutcome};
 
 pub use crate::domain::Family;
-use crate::domain::{range_fault, Lang, Place, RangeFault, PLACE_COLUMNS};
+use crate::domain::{range_fault, Lang, Place, RangeFault, RowKind, Table, PLACE_COLUMNS};
 pub use crate::format::Format;
 
 /// Where in the source a range came from, for error messages.
@@ -65,11 +67,13 @@ fn extends(last: &Range, next: &Range) -> bool {
     last.end.checked_add(1) == Some(next.start) && last.place == next.place
 }
 
-/// Ranges as a source yields them, with a count of merged neighbours.
+/// Ranges as a source yields them, with a count of merged neighbours and
+/// of ranges that lay inside others (network data only, see `asn_csv`).
 #[derive(Debug, Default)]
 pub struct RangeBuilder {
     pub ranges: Vec<Range>,
     pub merged: usize,
+    pub nested: usize,
 }
 
 impl RangeBuilder {
@@ -115,6 +119,8 @@ pub enum SourceError {
     Index(#[from] crate::data::index::IndexError),
     #[error("--lang: {0}")]
     Lang(#[source] crate::domain::LookupError),
+    #[error("{0} loads only from the ASN CSV (start,end,asn,as_org)")]
+    NetworkFormat(&'static str),
 }
 
 /// Why an import failed; the live table is untouched in every case.
@@ -160,19 +166,22 @@ pub type ColumnLimits = HashMap<String, usize>;
 pub fn schema_limits() -> ColumnLimits {
     PLACE_COLUMNS
         .iter()
+        .chain(&crate::domain::NETWORK_COLUMNS)
+        .filter(|column| !column.number)
         .map(|column| (column.name.to_owned(), column.width))
         .collect()
 }
 
 /// Sorts `ranges` and refuses what the tables must never hold: a start
 /// after its end, overlaps, text longer than its column, nothing at all.
-pub fn validate(ranges: &mut [Range], family: Family, limits: &ColumnLimits) -> Result<(), SourceError> {
+pub fn validate(ranges: &mut [Range], table: Table, limits: &ColumnLimits) -> Result<(), SourceError> {
     if ranges.is_empty() {
         return Err(SourceError::Empty);
     }
+    let family = table.family();
     let describe = |r: &Range| format!("{}-{} ({})", family.text(r.start), family.text(r.end), r.origin);
     for range in ranges.iter() {
-        check_range(range, family, limits)?;
+        check_range(range, table, limits)?;
     }
     ranges.sort_by_key(|r| r.start);
     for pair in ranges.windows(2) {
@@ -188,7 +197,8 @@ pub fn validate(ranges: &mut [Range], family: Family, limits: &ColumnLimits) -> 
 
 /// Refuses a range whose start is after its end, or whose text is longer
 /// than its column.
-pub fn check_range(range: &Range, family: Family, limits: &ColumnLimits) -> Result<(), SourceError> {
+pub fn check_range(range: &Range, table: Table, limits: &ColumnLimits) -> Result<(), SourceError> {
+    let family = table.family();
     if range_fault(None, range.start, range.end) == Some(RangeFault::Reversed) {
         return Err(SourceError::Row {
             at: range.origin.clone(),
@@ -199,12 +209,12 @@ pub fn check_range(range: &Range, family: Family, limits: &ColumnLimits) -> Resu
             ),
         });
     }
-    check_lengths(range, limits)
+    check_lengths(range, table, limits)
 }
 
-fn check_lengths(range: &Range, limits: &ColumnLimits) -> Result<(), SourceError> {
+fn check_lengths(range: &Range, table: Table, limits: &ColumnLimits) -> Result<(), SourceError> {
     let values = range.place.fields().columns();
-    let columns = PLACE_COLUMNS.iter().map(|column| column.name).zip(values);
+    let columns = table.columns().iter().map(|column| column.name).zip(values);
     for (column, value) in columns {
         let Some(&max) = limits.get(column) else { continue };
         let chars = value.chars().count();
@@ -218,22 +228,25 @@ fn check_lengths(range: &Range, limits: &ColumnLimits) -> Result<(), SourceError
     Ok(())
 }
 
-/// Parses `bytes` as `format` into validated ranges for `family`.
+/// Parses `bytes` as `format` into validated ranges for `table`.
 pub fn read_ranges(
     bytes: &[u8],
     format: Format,
-    family: Family,
+    table: Table,
     lang: Lang,
     ipdb_language: Option<&str>,
     limits: &ColumnLimits,
 ) -> Result<RangeBuilder, SourceError> {
     let codes = Codes::get();
-    let mut built = match format {
-        Format::Ipdb => ipdb::Ipdb::parse(bytes)?.ranges(family, ipdb_language, codes)?,
-        Format::Mmdb => mmdb_file::ranges(bytes, family, lang, codes)?,
-        Format::Csv => csv_file::ranges(bytes, family, codes)?,
+    let family = table.family();
+    let mut built = match (table.kind(), format) {
+        (RowKind::Place, Format::Ipdb) => ipdb::Ipdb::parse(bytes)?.ranges(family, ipdb_language, codes)?,
+        (RowKind::Place, Format::Mmdb) => mmdb_file::ranges(bytes, family, lang, codes)?,
+        (RowKind::Place, Format::Csv) => csv_file::ranges(bytes, family, codes)?,
+        (RowKind::Network, Format::Csv) => asn_csv::ranges(bytes, family)?,
+        (RowKind::Network, _) => return Err(SourceError::NetworkFormat(table.name())),
     };
-    validate(&mut built.ranges, family, limits)?;
+    validate(&mut built.ranges, table, limits)?;
     Ok(built)
 }
 
@@ -245,23 +258,24 @@ pub fn read_ranges(
 pub fn read_streaming(
     bytes: &[u8],
     format: Format,
-    family: Family,
+    table: Table,
     lang: Lang,
     limits: &ColumnLimits,
     emit: &mut dyn FnMut(Range) -> Result<(), SourceError>,
 ) -> Result<(), SourceError> {
+    let family = table.family();
     let mut merged = Merged {
         pending: None,
-        family,
+        table,
         limits,
         emit,
     };
     let codes = Codes::get();
-    match format {
-        Format::Ipdb => ipdb::Ipdb::parse(bytes)?.ranges_into(family, None, codes, &mut merged)?,
-        Format::Mmdb => mmdb_file::ranges_into(bytes, family, lang, codes, &mut merged)?,
-        Format::Csv => {
-            for range in read_ranges(bytes, format, family, lang, None, limits)?.ranges {
+    match (table.kind(), format) {
+        (RowKind::Place, Format::Ipdb) => ipdb::Ipdb::parse(bytes)?.ranges_into(family, None, codes, &mut merged)?,
+        (RowKind::Place, Format::Mmdb) => mmdb_file::ranges_into(bytes, family, lang, codes, &mut merged)?,
+        (_, Format::Csv) | (RowKind::Network, _) => {
+            for range in read_ranges(bytes, format, table, lang, None, limits)?.ranges {
                 (merged.emit)(range)?;
             }
             return Ok(());
@@ -277,14 +291,14 @@ pub fn read_streaming(
 /// checking each, and gives each merged range on once the next one starts.
 struct Merged<'a> {
     pending: Option<Range>,
-    family: Family,
+    table: Table,
     limits: &'a ColumnLimits,
     emit: &'a mut dyn FnMut(Range) -> Result<(), SourceError>,
 }
 
 impl RangeSink for Merged<'_> {
     fn push(&mut self, range: Range) -> Result<(), SourceError> {
-        check_range(&range, self.family, self.limits)?;
+        check_range(&range, self.table, self.limits)?;
         match &mut self.pending {
             Some(last) if extends(last, &range) => {
                 last.end = range.end;
@@ -333,9 +347,9 @@ mod tests {
         for seed in 0..300 {
             let bytes = noise(seed, (seed as usize * 37) % 2000);
             for format in [Format::Ipdb, Format::Mmdb, Format::Csv] {
-                for family in [Family::V4, Family::V6] {
+                for table in Table::ALL {
                     // Ok is possible only for CSV noise that happens to parse.
-                    let _ = read_ranges(&bytes, format, family, Lang::En, None, &limits);
+                    let _ = read_ranges(&bytes, format, table, Lang::En, None, &limits);
                 }
             }
         }
@@ -345,7 +359,7 @@ mod tests {
     fn streaming_gives_the_ranges_an_import_holds() {
         let sample = include_bytes!("../../../data/sample/GeoLite2-City-sample.mmdb");
         let limits = schema_limits();
-        for family in [Family::V4, Family::V6] {
+        for family in [Table::En, Table::V6] {
             let held = read_ranges(sample, Format::Mmdb, family, Lang::En, None, &limits).unwrap();
             let mut streamed = Vec::new();
             read_streaming(sample, Format::Mmdb, family, Lang::En, &limits, &mut |range| {

@@ -16,7 +16,7 @@ use super::progress::Progress;
 use super::{Family, ImportError, Range};
 use crate::data::digest::TableDigest;
 use crate::data::index::Version;
-use crate::data::store::RELOAD_CHANNEL;
+use crate::data::store::{self, RELOAD_CHANNEL};
 use crate::domain::Table;
 
 /// An import's changed rows and the data they change: the live table's
@@ -56,11 +56,11 @@ pub(super) async fn keep_changes(
     )
     .await?;
     let mut types = vec![Type::INT8, Type::BOOL, Type::INET, Type::INET];
-    types.extend([Type::TEXT; 8]);
+    types.extend(store::copy_types(table, Type::TEXT));
     let sink = tx
         .copy_in(&format!(
             "COPY ip_service_import_changes (import_id, added, start_ip, end_ip, {}) FROM STDIN (FORMAT binary)",
-            crate::data::store::place_columns("")
+            store::value_columns(table, "")
         ))
         .await?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
@@ -68,12 +68,11 @@ pub(super) async fn keep_changes(
     let removed = rows.removed.iter().map(|row| (false, row));
     let added = rows.added.iter().map(|row| (true, row));
     for (added, (start, end, place)) in removed.chain(added) {
-        let [a, b, c, d, e, f, g, h] = place.fields().columns();
         let (start, end) = (family.ip(*start), family.ip(*end));
-        writer
-            .as_mut()
-            .write(&[&id, &added, &start, &end, &a, &b, &c, &d, &e, &f, &g, &h])
-            .await?;
+        let cells = store::cells(table, place);
+        let mut row: Vec<&(dyn ToSql + Sync)> = vec![&id, &added, &start, &end];
+        row.extend(cells.iter().map(|cell| cell as &(dyn ToSql + Sync)));
+        writer.as_mut().write(&row).await?;
     }
     writer.finish().await?;
     Ok(())
@@ -94,7 +93,7 @@ pub(super) async fn swap_in(tx: &Transaction<'_>, table: Table, ranges: &[Range]
     let mut progress = Progress::new(live, ranges.len() as u64);
     // Binary COPY: 7.4x faster than the multi-row INSERTs the original
     // loader used (BENCHMARKS.md, "Import").
-    copy_rows(tx, &staging, table.family(), ranges, &mut progress).await?;
+    copy_rows(tx, &staging, table, ranges, &mut progress).await?;
     progress.finish();
 
     copy_privileges(tx, live, &staging).await?;
@@ -141,11 +140,6 @@ async fn copy_privileges(tx: &Transaction<'_>, live: &str, staging: &str) -> Res
     Ok(())
 }
 
-/// The staging table's columns as COPY fills them.
-fn insert_columns() -> String {
-    format!("id, start_ip, end_ip, {}", crate::data::store::place_columns(""))
-}
-
 /// A range bound as the table stores it: int8 for IPv4, inet for IPv6.
 #[derive(Debug)]
 struct Bound(Family, u128);
@@ -165,27 +159,21 @@ impl ToSql for Bound {
     to_sql_checked!();
 }
 
-/// One row's values in [`insert_columns`] order, from its place's values
-/// in [`PLACE_COLUMNS`](crate::domain::PLACE_COLUMNS) order.
-fn row_params<'a>(id: &'a i64, bounds: &'a (Bound, Bound), values: &'a [&'a str; 8]) -> [&'a (dyn ToSql + Sync); 11] {
-    let [a, b, c, d, e, f, g, h] = values;
-    [id, &bounds.0, &bounds.1, a, b, c, d, e, f, g, h]
-}
-
 async fn copy_rows(
     tx: &Transaction<'_>,
     staging: &str,
-    family: Family,
+    table: Table,
     ranges: &[Range],
     progress: &mut Progress,
 ) -> Result<(), ImportError> {
+    let family = table.family();
     let bound = if family == Family::V4 { Type::INT8 } else { Type::INET };
     let mut types = vec![Type::INT8, bound.clone(), bound];
-    types.extend([Type::VARCHAR; 8]);
+    types.extend(store::copy_types(table, Type::VARCHAR));
     let sink = tx
         .copy_in(&format!(
-            "COPY {staging} ({}) FROM STDIN (FORMAT binary)",
-            insert_columns()
+            "COPY {staging} (id, start_ip, end_ip, {}) FROM STDIN (FORMAT binary)",
+            store::value_columns(table, "")
         ))
         .await?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
@@ -193,10 +181,10 @@ async fn copy_rows(
         for (i, range) in chunk.iter().enumerate() {
             let id = (chunk_index * 10_000 + i + 1) as i64;
             let bounds = (Bound(family, range.start), Bound(family, range.end));
-            writer
-                .as_mut()
-                .write(&row_params(&id, &bounds, &range.place.fields().columns()))
-                .await?;
+            let cells = store::cells(table, &range.place);
+            let mut row: Vec<&(dyn ToSql + Sync)> = vec![&id, &bounds.0, &bounds.1];
+            row.extend(cells.iter().map(|cell| cell as &(dyn ToSql + Sync)));
+            writer.as_mut().write(&row).await?;
         }
         progress.add(chunk.len() as u64);
     }

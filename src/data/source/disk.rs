@@ -183,14 +183,11 @@ pub fn read(dir: &Path, table: Table) -> Result<Option<Snapshot>, SnapshotError>
     };
     let index = match table.family() {
         Family::V4 => TableIndex::V4(
-            read_index(&mut r, table, |b| u32::from_le_bytes(b.try_into().expect("four bytes")))
-                .map_err(|e| e.at(&path))?,
+            read_index(&mut r, |b| u32::from_le_bytes(b.try_into().expect("four bytes"))).map_err(|e| e.at(&path))?,
         ),
         Family::V6 => TableIndex::V6(
-            read_index(&mut r, table, |b| {
-                u128::from_le_bytes(b.try_into().expect("sixteen bytes"))
-            })
-            .map_err(|e| e.at(&path))?,
+            read_index(&mut r, |b| u128::from_le_bytes(b.try_into().expect("sixteen bytes")))
+                .map_err(|e| e.at(&path))?,
         ),
     };
     if r.at != body.len() {
@@ -228,7 +225,7 @@ impl ReadError {
 }
 
 /// Reads an index whose keys `key` decodes from `size_of::<K>()` bytes.
-fn read_index<K: Key>(r: &mut Cursor<'_>, table: Table, key: impl Fn(&[u8]) -> K) -> Result<RangeIndex<K>, ReadError> {
+fn read_index<K: Key>(r: &mut Cursor<'_>, key: impl Fn(&[u8]) -> K) -> Result<RangeIndex<K>, ReadError> {
     let width = std::mem::size_of::<K>();
     let places_len = r.u32().ok_or(ReadError::Truncated)? as usize;
     // Every place takes at least its eight lengths: a count the file
@@ -259,7 +256,7 @@ fn read_index<K: Key>(r: &mut Cursor<'_>, table: Table, key: impl Fn(&[u8]) -> K
             let place = u32::from_le_bytes(at[2 * width..].try_into().expect("four bytes"));
             (key(&at[..width]), key(&at[width..2 * width]), place)
         });
-    RangeIndex::from_parts(table.source(), places, ranges).map_err(ReadError::Index)
+    RangeIndex::from_parts(places, ranges).map_err(ReadError::Index)
 }
 
 /// Reads little-endian values from a byte slice, never past its end.
@@ -297,10 +294,10 @@ impl<'a> Cursor<'a> {
 mod tests {
     use super::*;
     use crate::data::index::Builder;
-    use crate::domain::PlaceFields;
+    use crate::domain::{PlaceFields, Source};
 
     fn snapshot() -> Snapshot {
-        let mut builder = Builder::<u32>::new(Table::Cn.source());
+        let mut builder = Builder::<u32>::default();
         for i in 0..100u32 {
             let name = format!("省{}", i % 7);
             let fields = PlaceFields {
@@ -334,7 +331,7 @@ mod tests {
         };
         assert_eq!((a.len(), a.places()), (b.len(), b.places()));
         for key in [0, 3, 5, 6, 990, 995, 996] {
-            assert_eq!(a.locate(key), b.locate(key), "{key}");
+            assert_eq!(a.locate(key, Source::Cn), b.locate(key, Source::Cn), "{key}");
         }
         assert!(read(dir.path(), Table::En).unwrap().is_none(), "no file, no snapshot");
     }

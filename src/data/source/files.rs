@@ -188,18 +188,12 @@ impl DataFiles {
                 }
                 Some(Format::Csv) => {
                     let stem = Path::new(&file.name).file_stem().unwrap_or_default().to_string_lossy();
-                    let table = Table::ALL
-                        .into_iter()
-                        .find(|t| {
-                            let short = t.name().trim_start_matches("ip_service_");
-                            stem.eq_ignore_ascii_case(t.name()) || stem.eq_ignore_ascii_case(short)
-                        })
-                        .ok_or_else(|| {
-                            self.conflict(format!(
-                                "cannot tell which table {} is for: name it cn.csv, en.csv or v6.csv",
-                                file.name
-                            ))
-                        })?;
+                    let table = table_of_csv(&stem).ok_or_else(|| {
+                        self.conflict(format!(
+                            "cannot tell which table {} is for: name it cn.csv, en.csv, v6.csv, asn.csv or asn_v6.csv",
+                            file.name
+                        ))
+                    })?;
                     self.claim(table, file, &mut tables)?;
                 }
                 None => {}
@@ -328,6 +322,22 @@ impl DataFiles {
     }
 }
 
+/// The table a CSV named `stem` (its name without `.csv`) feeds: the
+/// table's name, with or without `ip_service_`, in any case; or the names
+/// ip-location-db gives its ASN files (`asn-ipv4`, `asn-ipv6`).
+fn table_of_csv(stem: &str) -> Option<Table> {
+    let stem = stem.to_ascii_lowercase();
+    match stem.as_str() {
+        "asn-ipv4" => return Some(Table::Asn),
+        "asn-ipv6" => return Some(Table::AsnV6),
+        _ => {}
+    }
+    Table::ALL.into_iter().find(|t| {
+        let short = t.name().trim_start_matches("ip_service_");
+        stem == t.name() || stem == short
+    })
+}
+
 /// Keeps `tables` equal to what `files` give.
 pub struct FileWatch {
     pub files: DataFiles,
@@ -413,20 +423,13 @@ fn read_index<K: Key>(
     table: Table,
     key: impl Fn(u128) -> K,
 ) -> Result<RangeIndex<K>, SourceError> {
-    let mut builder = Builder::new(table.source());
+    let mut builder = Builder::default();
     let mut emit = |range: Range| {
         builder
             .push_place(key(range.start), key(range.end), &range.place)
             .map_err(SourceError::Index)
     };
-    read_streaming(
-        bytes,
-        format,
-        table.family(),
-        Lang::of_table(table),
-        &schema_limits(),
-        &mut emit,
-    )?;
+    read_streaming(bytes, format, table, Lang::of_table(table), &schema_limits(), &mut emit)?;
     Ok(builder.finish())
 }
 
@@ -469,6 +472,24 @@ mod tests {
                 (Table::En, "ip_service_en.csv".to_owned())
             ]
         );
+        let (_dir, files) = dir_with(&["asn-ipv4.csv", "asn-ipv6.csv", "qqwry.ipdb"]);
+        assert_eq!(
+            planned(&files).unwrap(),
+            [
+                (Table::Asn, "asn-ipv4.csv".to_owned()),
+                (Table::AsnV6, "asn-ipv6.csv".to_owned()),
+                (Table::Cn, "qqwry.ipdb".to_owned()),
+                (Table::V6, "qqwry.ipdb".to_owned())
+            ]
+        );
+        let (_dir, files) = dir_with(&["ip_service_asn.csv", "ASN_V6.csv"]);
+        assert_eq!(
+            planned(&files).unwrap(),
+            [
+                (Table::AsnV6, "ASN_V6.csv".to_owned()),
+                (Table::Asn, "ip_service_asn.csv".to_owned())
+            ]
+        );
     }
 
     #[test]
@@ -490,7 +511,7 @@ mod tests {
     #[test]
     fn the_builtin_sample_loads_every_table() {
         let loaded = DataFiles::sample().load().unwrap();
-        assert_eq!(loaded.tables.len(), 3);
+        assert_eq!(loaded.tables.len(), Table::ALL.len());
         for (table, snapshot) in &loaded.tables {
             assert!(!snapshot.index.is_empty(), "{table:?}");
         }

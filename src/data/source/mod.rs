@@ -29,7 +29,7 @@ use crate::data::index::Tables;
 use crate::data::mmdb::{GeoDb, MaxMind};
 use crate::data::ranges::Ranges;
 use crate::data::store::{self, Store};
-use crate::domain::Table;
+use crate::domain::{RowKind, Table};
 use crate::health::{Freshness, TableState};
 use crate::metrics::Metrics;
 use files::FileWatch;
@@ -328,11 +328,13 @@ fn log_table_states(states: &[TableState], message: &str) {
 }
 
 fn warn_if_empty(table: Table, rows: u64) {
-    if rows == 0 {
-        warn!(
+    match (rows, table.kind()) {
+        (0, RowKind::Place) => warn!(
             table = table.name(),
             "table is empty: its addresses get MaxMind's answer or none"
-        );
+        ),
+        (0, RowKind::Network) => warn!(table = table.name(), "network table is empty: answers carry no network"),
+        _ => {}
     }
 }
 

@@ -433,10 +433,11 @@ async fn load_aside(
     .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
 }
 
-/// Loads the three tables at once, for start-up in memory mode.
+/// Loads every table at once, for start-up in memory mode.
 pub async fn load_tables(database_url: &str, timeout: Duration) -> Result<Vec<(Table, Snapshot)>, StoreError> {
-    let loads = Table::ALL.map(|table| load_aside(database_url.to_owned(), timeout, table, None));
-    let [cn, en, v6] = loads;
-    let (cn, en, v6) = tokio::join!(cn, en, v6);
-    Ok(vec![(Table::Cn, cn?.0), (Table::En, en?.0), (Table::V6, v6?.0)])
+    let loads = Table::ALL.map(|table| async move {
+        let (snapshot, _) = load_aside(database_url.to_owned(), timeout, table, None).await?;
+        Ok::<_, StoreError>((table, snapshot))
+    });
+    futures_util::future::join_all(loads).await.into_iter().collect()
 }

@@ -14,11 +14,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use super::StoreError;
-use crate::domain::Located;
+use crate::domain::Found;
 use crate::domain::Unavailable;
 
 /// One table's rows for a query's keys, in key order.
-type Rows = Vec<Option<Located>>;
+type Rows = Vec<Found>;
 /// What a caller gets: its own rows, or the short reason its query failed.
 type Answer = Result<Rows, Unavailable>;
 
@@ -184,21 +184,25 @@ mod tests {
     use futures_util::future::BoxFuture;
 
     use super::*;
-    use crate::domain::{Place, Source};
+    use crate::domain::{Located, Place, Source};
 
-    fn row(key: u32) -> Option<Located> {
+    fn row(key: u32) -> Found {
         let ip = IpAddr::V4(Ipv4Addr::from(key));
-        Some(Located {
-            place: Place::default(),
-            start: ip,
-            end: ip,
-            source: Source::Cn,
-        })
+        Found {
+            place: Some(Located {
+                place: Place::default(),
+                start: ip,
+                end: ip,
+                source: Source::Cn,
+                network: None,
+            }),
+            network: None,
+        }
     }
 
     fn keys_of(rows: &Rows) -> Vec<u32> {
         rows.iter()
-            .map(|r| match r.as_ref().unwrap().start {
+            .map(|r| match r.place.as_ref().unwrap().start {
                 IpAddr::V4(v4) => u32::from(v4),
                 IpAddr::V6(_) => unreachable!(),
             })

@@ -11,11 +11,13 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
 use crate::config;
-use crate::domain::{Family, Located, Place, Source, Unavailable, V4Table, PLACE_COLUMNS};
+use crate::domain::{Column, Family, Found, Located, Network, Place, RowKind, Unavailable, V4Table, PLACE_COLUMNS};
 use crate::health::{Freshness, PoolState, TableState};
 use crate::metrics::Metrics;
 use coalesce::Coalescer;
@@ -34,25 +36,42 @@ pub const RELOAD_CHANNEL: &str = "ip_service_reload";
 /// The batch lookup for `table`: one round trip for a whole batch, in
 /// which each address probes the unique `start_ip` index backwards once
 /// (`ORDER BY start_ip DESC LIMIT 1`): a bounded index descent wherever it
-/// lands.
+/// lands. A place table's lookup probes the network table of its family in
+/// the same query; a network table's lookup is for routes that ask no
+/// place table.
 pub fn lookup_sql(table: Table) -> &'static str {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let all = SQL.get_or_init(|| {
         Table::ALL
             .iter()
-            .map(|table| {
+            .map(|&table| {
                 let array = match table.family() {
                     Family::V4 => "int8[]",
                     Family::V6 => "inet[]",
                 };
+                let probe = |table: Table, alias: &str| {
+                    format!(
+                        "LEFT JOIN LATERAL (SELECT * FROM {} t WHERE t.start_ip <= q.ip \
+                         ORDER BY t.start_ip DESC LIMIT 1) {alias} ON {alias}.end_ip >= q.ip",
+                        table.name()
+                    )
+                };
+                let networks = Table::networks_of(table.family());
+                let (columns, joins, found) = match table.kind() {
+                    RowKind::Place => (
+                        format!("r.start_ip, r.end_ip, {}, a.asn, a.as_org", value_columns(table, "r.")),
+                        format!("{} {}", probe(table, "r"), probe(networks, "a")),
+                        "r.start_ip IS NOT NULL OR a.start_ip IS NOT NULL",
+                    ),
+                    RowKind::Network => (
+                        "a.asn, a.as_org".to_owned(),
+                        probe(networks, "a"),
+                        "a.start_ip IS NOT NULL",
+                    ),
+                };
                 format!(
-                    "SELECT q.ord, r.start_ip, r.end_ip, {} \
-                     FROM unnest($1::{array}) WITH ORDINALITY AS q(ip, ord) \
-                     CROSS JOIN LATERAL (SELECT * FROM {} t \
-                     WHERE t.start_ip <= q.ip ORDER BY t.start_ip DESC LIMIT 1) r \
-                     WHERE r.end_ip >= q.ip",
-                    place_columns("r."),
-                    table.name()
+                    "SELECT q.ord, {columns} FROM unnest($1::{array}) WITH ORDINALITY AS q(ip, ord) {joins} \
+                     WHERE {found}"
                 )
             })
             .collect()
@@ -63,13 +82,72 @@ pub fn lookup_sql(table: Table) -> &'static str {
         .expect("every table is in ALL")]
 }
 
-/// The place's columns, in [`PLACE_COLUMNS`] order, each after `prefix`.
-pub fn place_columns(prefix: &str) -> String {
-    PLACE_COLUMNS
+/// `table`'s value columns, in [`Table::columns`] order, each after
+/// `prefix`.
+pub fn value_columns(table: Table, prefix: &str) -> String {
+    table
+        .columns()
         .iter()
         .map(|column| format!("{prefix}{}", column.name))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `table`'s value columns as [`value_columns`] lists them, a number
+/// cast to text: what COPY reads into a row's values.
+pub fn text_columns(table: Table, prefix: &str) -> String {
+    table
+        .columns()
+        .iter()
+        .map(|column| match column.number {
+            true => format!("{prefix}{}::text", column.name),
+            false => format!("{prefix}{}", column.name),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The binary COPY types of `table`'s value columns: `text` (`TEXT` or
+/// `VARCHAR`, as the target declares it) or `INT8` for a number.
+pub fn copy_types(table: Table, text: Type) -> Vec<Type> {
+    table
+        .columns()
+        .iter()
+        .map(|column| if column.number { Type::INT8 } else { text.clone() })
+        .collect()
+}
+
+/// One value of a row for a binary COPY into `column`: its text, or for a
+/// number column the number the text spells (the importer has checked it).
+#[derive(Debug)]
+pub struct Cell<'a> {
+    pub column: Column,
+    pub value: &'a str,
+}
+
+impl ToSql for Cell<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.column.number {
+            true => self.value.parse::<i64>()?.to_sql(ty, out),
+            false => self.value.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <i64 as ToSql>::accepts(ty) || <&str as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+/// A row's values as [`Cell`]s of `table`'s columns.
+pub fn cells(table: Table, place: &Place) -> Vec<Cell<'_>> {
+    table
+        .columns()
+        .iter()
+        .zip(place.fields().columns())
+        .map(|(&column, value)| Cell { column, value })
+        .collect()
 }
 
 /// Why a lookup could not be answered by the database.
@@ -162,6 +240,8 @@ pub struct Store {
     cn: Coalescer<i64>,
     en: Coalescer<i64>,
     v6: Coalescer<IpAddr>,
+    asn: Coalescer<i64>,
+    asn_v6: Coalescer<IpAddr>,
 }
 
 impl Store {
@@ -205,7 +285,9 @@ impl Store {
         Ok(Store {
             cn: coalescer(&pool, limits, bounds.timeout, Table::Cn, metrics.clone()),
             en: coalescer(&pool, limits, bounds.timeout, Table::En, metrics.clone()),
-            v6: coalescer(&pool, limits, bounds.timeout, Table::V6, metrics),
+            v6: coalescer(&pool, limits, bounds.timeout, Table::V6, metrics.clone()),
+            asn: coalescer(&pool, limits, bounds.timeout, Table::Asn, metrics.clone()),
+            asn_v6: coalescer(&pool, limits, bounds.timeout, Table::AsnV6, metrics),
             timeout: bounds.timeout,
             pool,
         })
@@ -253,18 +335,25 @@ impl Store {
         self.pool.close();
     }
 
-    /// Finds the row for each IPv4 address in `table`, in input order.
-    pub async fn lookup_v4(&self, table: V4Table, ips: &[Ipv4Addr]) -> Result<Vec<Option<Located>>, Unavailable> {
+    /// Finds the row for each IPv4 address in `table` (if the route asks
+    /// one) and its network, in input order.
+    pub async fn lookup_v4(&self, table: Option<V4Table>, ips: &[Ipv4Addr]) -> Result<Vec<Found>, Unavailable> {
         let keys: Vec<i64> = ips.iter().map(|ip| i64::from(u32::from(*ip))).collect();
         match table {
-            V4Table::Cn => self.cn.lookup(keys).await,
-            V4Table::En => self.en.lookup(keys).await,
+            Some(V4Table::Cn) => self.cn.lookup(keys).await,
+            Some(V4Table::En) => self.en.lookup(keys).await,
+            None => self.asn.lookup(keys).await,
         }
     }
 
-    /// Finds the row for each IPv6 address in `ip_service_v6`, in input order.
-    pub async fn lookup_v6(&self, ips: &[Ipv6Addr]) -> Result<Vec<Option<Located>>, Unavailable> {
-        self.v6.lookup(ips.iter().map(|ip| IpAddr::V6(*ip)).collect()).await
+    /// Finds the row for each IPv6 address in `ip_service_v6` (if asked)
+    /// and its network, in input order.
+    pub async fn lookup_v6(&self, asks_v6: bool, ips: &[Ipv6Addr]) -> Result<Vec<Found>, Unavailable> {
+        let keys = ips.iter().map(|ip| IpAddr::V6(*ip)).collect();
+        match asks_v6 {
+            true => self.v6.lookup(keys).await,
+            false => self.asn_v6.lookup(keys).await,
+        }
     }
 }
 
@@ -295,12 +384,7 @@ where
 /// row holding each key, in key order. The query gets each distinct key
 /// once, in address order, so its probes walk the index and the table
 /// (loaded in address order) forwards rather than at random.
-async fn lookup_rows<K>(
-    pool: Pool,
-    timeout: Duration,
-    table: Table,
-    keys: Vec<K>,
-) -> Result<Vec<Option<Located>>, StoreError>
+async fn lookup_rows<K>(pool: Pool, timeout: Duration, table: Table, keys: Vec<K>) -> Result<Vec<Found>, StoreError>
 where
     K: tokio_postgres::types::ToSql + Ord + Sync + Send,
 {
@@ -343,10 +427,12 @@ where
         .map_err(|_| StoreError::Timeout(timeout))??;
     let found = match table.family() {
         // The tables' CHECK keeps IPv4 bounds within 0..=u32::MAX.
-        Family::V4 => in_input_order(rows, distinct.len(), table.source(), |row, i| {
-            Ok(IpAddr::V4(Ipv4Addr::from(row.try_get::<_, i64>(i)? as u32)))
+        Family::V4 => in_input_order(rows, distinct.len(), table, |row, i| {
+            Ok(row
+                .try_get::<_, Option<i64>>(i)?
+                .map(|n| IpAddr::V4(Ipv4Addr::from(n as u32))))
         })?,
-        Family::V6 => in_input_order(rows, distinct.len(), table.source(), |row, i| row.try_get(i))?,
+        Family::V6 => in_input_order(rows, distinct.len(), table, |row, i| row.try_get(i))?,
     };
     Ok(position.into_iter().map(|at| found[at].clone()).collect())
 }
@@ -367,27 +453,50 @@ pub async fn connect(database_url: &str) -> Result<tokio_postgres::Client, Store
 fn in_input_order(
     rows: Vec<Row>,
     inputs: usize,
-    source: Source,
-    bound: impl Fn(&Row, usize) -> Result<IpAddr, tokio_postgres::Error>,
-) -> Result<Vec<Option<Located>>, StoreError> {
-    let mut out = vec![None; inputs];
+    table: Table,
+    bound: impl Fn(&Row, usize) -> Result<Option<IpAddr>, tokio_postgres::Error>,
+) -> Result<Vec<Found>, StoreError> {
+    let mut out = vec![Found::default(); inputs];
     for row in rows {
         let ordinal: i64 = row.try_get(0)?;
-        out[ordinal as usize - 1] = Some(Located {
-            start: bound(&row, 1)?,
-            end: bound(&row, 2)?,
-            place: place(&row)?,
-            source,
-        });
+        let found = &mut out[ordinal as usize - 1];
+        let network_at = match table.source() {
+            Some(source) => {
+                if let (Some(start), Some(end)) = (bound(&row, 1)?, bound(&row, 2)?) {
+                    found.place = Some(Located {
+                        start,
+                        end,
+                        place: place(&row)?,
+                        source,
+                        network: None,
+                    });
+                }
+                3 + PLACE_COLUMNS.len()
+            }
+            None => 1,
+        };
+        found.network = network(&row, network_at)?;
     }
     Ok(out)
 }
 
-/// Columns 3 to 10 of a lookup row: the place's, in [`PLACE_COLUMNS`] order.
+/// Columns 3 to 10 of a place lookup's row: the place's, in
+/// [`PLACE_COLUMNS`] order.
 fn place(row: &Row) -> Result<Place, tokio_postgres::Error> {
     let mut values = [""; 8];
     for (i, value) in values.iter_mut().enumerate() {
-        *value = row.try_get(3 + i)?;
+        *value = row.try_get::<_, Option<&str>>(3 + i)?.unwrap_or("");
     }
     Ok(Place::from_columns(values))
+}
+
+/// The network in a lookup row's columns `at` (asn) and `at + 1` (as_org),
+/// if the network table had a row.
+fn network(row: &Row, at: usize) -> Result<Option<Network>, StoreError> {
+    let Some(asn) = row.try_get::<_, Option<i64>>(at)? else {
+        return Ok(None);
+    };
+    let asn = u32::try_from(asn).map_err(|_| StoreError::Invalid(format!("AS number {asn} out of range")))?;
+    let org: &str = row.try_get(at + 1)?;
+    Ok(Some(Network::new(asn, org)))
 }

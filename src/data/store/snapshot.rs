@@ -34,7 +34,7 @@ pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot
         .map_or(0, |rows| usize::try_from(rows).unwrap_or(0).min(MAX_RESERVED_RANGES));
     let index = match table.family() {
         Family::V4 => {
-            let mut builder = Builder::with_capacity(table.source(), expected);
+            let mut builder = Builder::with_capacity(expected);
             visit_rows(
                 tx.copy_out(&copy_rows_sql(table)).await?,
                 table,
@@ -44,7 +44,7 @@ pub async fn load_snapshot(client: &mut Client, table: Table) -> Result<Snapshot
             TableIndex::V4(builder.finish())
         }
         Family::V6 => {
-            let mut builder = Builder::with_capacity(table.source(), expected);
+            let mut builder = Builder::with_capacity(expected);
             let copy = tx.copy_out(&copy_rows_sql(table)).await?;
             visit_rows(copy, table, |start, end, fields| {
                 builder.push_fields(start, end, fields)
@@ -96,11 +96,11 @@ pub async fn load_changes(
         .copy_out(&format!(
             "COPY (SELECT added, start_ip, end_ip, {} FROM ip_service_import_changes WHERE import_id = {id} \
              ORDER BY added, start_ip) TO STDOUT (FORMAT binary)",
-            super::place_columns("")
+            super::text_columns(table, "")
         ))
         .await?;
     let mut types = vec![Type::BOOL, Type::INET, Type::INET];
-    types.extend([Type::TEXT; 8]);
+    types.extend(vec![Type::TEXT; table.columns().len()]);
     let mut rows = pin!(BinaryCopyOutStream::new(copy, &types));
     let (mut removed, mut added) = (Vec::new(), Vec::new());
     let wrong_family = |ip: IpAddr| StoreError::Invalid(format!("{ip} in the changes kept for {}", table.name()));
@@ -114,7 +114,7 @@ pub async fn load_changes(
                 (_, ip) => return Err(wrong_family(ip)),
             };
         }
-        let place = Place::new(place_fields(&row, 3)?);
+        let place = Place::new(row_values(&row, table, 3)?);
         let list = if row.try_get(0)? { &mut added } else { &mut removed };
         list.push((bounds[0], bounds[1], place));
     }
@@ -146,11 +146,11 @@ fn narrow(rows: Vec<(u128, u128, Place)>) -> Vec<(u32, u32, Place)> {
         .collect()
 }
 
-/// A place's fields from a COPY row's columns, from `first` on, in
-/// [`PLACE_COLUMNS`](crate::domain::PLACE_COLUMNS) order.
-fn place_fields(row: &BinaryCopyOutRow, first: usize) -> Result<PlaceFields<'_>, StoreError> {
+/// A row's values from a COPY row's columns, from `first` on, in
+/// [`Table::columns`] order (the place's fields a network row leaves empty).
+fn row_values<'a>(row: &'a BinaryCopyOutRow, table: Table, first: usize) -> Result<PlaceFields<'a>, StoreError> {
     let mut values = [""; 8];
-    for (i, value) in values.iter_mut().enumerate() {
+    for (i, value) in values.iter_mut().take(table.columns().len()).enumerate() {
         *value = row.try_get(first + i)?;
     }
     Ok(PlaceFields::from_columns(values))
@@ -171,7 +171,7 @@ async fn consistent_read(client: &mut Client) -> Result<Transaction<'_>, StoreEr
 pub fn copy_rows_sql(table: Table) -> String {
     format!(
         "COPY (SELECT start_ip, end_ip, {} FROM {} ORDER BY start_ip) TO STDOUT (FORMAT binary)",
-        super::place_columns(""),
+        super::text_columns(table, ""),
         table.name()
     )
 }
@@ -189,7 +189,7 @@ pub async fn visit_rows<E: std::fmt::Display>(
         Family::V6 => Type::INET,
     };
     let mut types = vec![bound_type.clone(), bound_type];
-    types.extend([Type::VARCHAR; 8]);
+    types.extend(vec![Type::VARCHAR; table.columns().len()]);
     let mut rows = pin!(BinaryCopyOutStream::new(copy, &types));
     let bound = |row: &BinaryCopyOutRow, i: usize| -> Result<u128, StoreError> {
         match table.family() {
@@ -207,7 +207,7 @@ pub async fn visit_rows<E: std::fmt::Display>(
     };
     while let Some(row) = rows.next().await {
         let row = row?;
-        let fields = place_fields(&row, 2)?;
+        let fields = row_values(&row, table, 2)?;
         visit(bound(&row, 0)?, bound(&row, 1)?, fields)
             .map_err(|err| StoreError::Invalid(format!("{}: {err}", table.name())))?;
     }

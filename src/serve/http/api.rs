@@ -490,7 +490,7 @@ impl ApiState {
         let status = match outcome {
             Ok(_) => StatusCode::OK,
             Err(LookupError::InvalidIp(_) | LookupError::UnsupportedLang(_)) => StatusCode::BAD_REQUEST,
-            Err(LookupError::NotFound) => StatusCode::NOT_IMPLEMENTED,
+            Err(LookupError::NotFound(_)) => StatusCode::NOT_IMPLEMENTED,
             Err(LookupError::Backend(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut response = json_response(answer::json(&Answer::new(ip, &outcome)));
