@@ -2,7 +2,8 @@
 //! puts in data/ (else on a generated cn table of the real table's size and
 //! the built-in sample):
 //! - one index lookup in the full cn table, at a random address of a random
-//!   range, and 1,000 such lookups as one batch;
+//!   range, and 1,000 such lookups as one batch; the same in the ASN table,
+//!   and both as a lookup makes them;
 //! - one MaxMind lookup with names in Chinese;
 //! - one request of 1,000 addresses in memory mode: decode, look up, encode;
 //! - one answer written as JSON, and 1,000 as a Thrift reply.
@@ -131,19 +132,60 @@ fn index(c: &mut Criterion) {
             std::hint::black_box(cn.locate(keys[i], Source::Cn))
         })
     });
+    // The network: its own search in the ASN table, and a lookup as the
+    // server makes it (the place and the network, both snapshots loaded),
+    // beside the same lookup with the network tables empty.
+    let networks = data.tables.snapshot(Table::Asn);
+    let TableIndex::V4(asn) = &networks.index else {
+        unreachable!()
+    };
+    group.bench_function(format!("find the network, asn ({} ranges)", asn.len()), |b| {
+        b.iter(|| {
+            i = (i + 1) & (keys.len() - 1);
+            std::hint::black_box(asn.network(keys[i]))
+        })
+    });
+    let without = without_networks();
+    for (tables, what) in [(&without, "without"), (&data.tables, "with")] {
+        group.bench_function(format!("one lookup {what} the network, cn {}", data.what), |b| {
+            b.iter(|| {
+                i = (i + 1) & (keys.len() - 1);
+                std::hint::black_box(tables.lookup_one_v4(Some(V4Table::Cn), Ipv4Addr::from(keys[i])))
+            })
+        });
+    }
     // A different batch each time, so that no batch is answered from cache.
     let batches: Vec<Vec<Ipv4Addr>> = keys
         .chunks(1000)
         .map(|chunk| chunk.iter().map(|&k| Ipv4Addr::from(k)).collect())
         .collect();
     group.throughput(Throughput::Elements(1000));
-    group.bench_function(format!("batch of 1,000, cn {}", data.what), |b| {
-        b.iter(|| {
-            i = (i + 1) % batches.len();
-            std::hint::black_box(data.tables.lookup_v4(Some(V4Table::Cn), &batches[i]))
-        })
-    });
+    for (tables, what) in [(&without, "without"), (&data.tables, "with")] {
+        group.bench_function(format!("batch of 1,000 {what} the network, cn {}", data.what), |b| {
+            b.iter(|| {
+                i = (i + 1) % batches.len();
+                std::hint::black_box(tables.lookup_v4(Some(V4Table::Cn), &batches[i]))
+            })
+        });
+    }
     group.finish();
+}
+
+/// The same tables loaded again with the network tables empty: what a
+/// lookup cost before there was network data.
+fn without_networks() -> Arc<Tables> {
+    let tables = load().tables;
+    for table in [Table::Asn, Table::AsnV6] {
+        tables.replace(
+            table,
+            xm_ip_service::data::index::Snapshot {
+                index: TableIndex::empty(table),
+                version: xm_ip_service::data::index::Version::Absent,
+                data_time: None,
+            },
+        );
+    }
+    tables
 }
 
 fn maxmind(c: &mut Criterion) {

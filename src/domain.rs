@@ -427,13 +427,15 @@ impl<'a> PlaceFields<'a> {
 /// A network table's row is held the same way, its values in the first
 /// [`NETWORK_COLUMNS`] slots, so that every table shares the index, the
 /// importer and the snapshots; [`Network`] reads it.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Place {
     text: Arc<str>,
     /// Where each field ends in `text`, in [`PLACE_COLUMNS`] order.
     ends: [u32; 8],
-    /// [`Place::is_china`], decided once: every lookup asks.
+    /// [`Place::is_china`] and [`Place::is_blank`], decided once: every
+    /// lookup asks, and need not read the text to know.
     china: bool,
+    blank: bool,
 }
 
 impl Place {
@@ -448,6 +450,7 @@ impl Place {
             text: Arc::from(text),
             ends,
             china: is_china(fields.country_code, fields.country_name),
+            blank: fields.is_blank(),
         }
     }
 
@@ -503,13 +506,20 @@ impl Place {
 
     /// A row whose names are all empty says nothing and counts as no row.
     pub fn is_blank(&self) -> bool {
-        self.fields().is_blank()
+        self.blank
     }
 
     /// Whether this place is in China: the rule that keeps a table row from
     /// being handed to MaxMind.
     pub fn is_china(&self) -> bool {
         self.china
+    }
+}
+
+impl Default for Place {
+    /// No values: a blank place.
+    fn default() -> Place {
+        Place::new(PlaceFields::default())
     }
 }
 
@@ -602,8 +612,12 @@ pub fn range_fault(previous: Option<(u128, u128)>, start: u128, end: u128) -> Op
 /// The autonomous system announcing an address: a network table's row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Network {
+    /// The row's text, shared with the table: the AS number's digits, then
+    /// the organisation (a network row's other values are empty).
+    text: Arc<str>,
     asn: u32,
-    row: Place,
+    /// Where the organisation starts in `text`.
+    org_at: u32,
 }
 
 impl Network {
@@ -611,15 +625,17 @@ impl Network {
     /// is one (the importer and the table's CHECK refuse any other).
     pub fn from_row(row: &Place) -> Option<Network> {
         let asn = row.field(0).parse().ok()?;
-        Some(Network { asn, row: row.clone() })
+        Some(Network {
+            text: row.text.clone(),
+            asn,
+            org_at: row.ends[0],
+        })
     }
 
     /// A network from its parts, for tests and samples.
     pub fn new(asn: u32, org: &str) -> Network {
-        Network {
-            asn,
-            row: Place::from_columns([&asn.to_string(), org, "", "", "", "", "", ""]),
-        }
+        let row = Place::from_columns([&asn.to_string(), org, "", "", "", "", "", ""]);
+        Network::from_row(&row).expect("an AS number")
     }
 
     pub fn asn(&self) -> u32 {
@@ -628,7 +644,7 @@ impl Network {
 
     /// The organisation's name, as the data gives it.
     pub fn org(&self) -> &str {
-        self.row.field(1)
+        &self.text[self.org_at as usize..]
     }
 }
 
@@ -777,6 +793,7 @@ mod tests {
         assert!(!Place::from_columns(["US", "美国", "", "", "", "", "", ""]).is_china());
         assert!(Place::from_columns(["CN", "", "440000", "", "440100", "", "", ""]).is_blank());
         assert_eq!(Place::default().fields().columns(), [""; 8]);
+        assert!(Place::default().is_blank());
     }
 
     #[test]

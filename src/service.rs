@@ -51,12 +51,13 @@ impl Route {
         }
     }
 
-    /// The tables this route reads.
+    /// The tables this route reads: its place tables, and the network
+    /// tables, which every route reads.
     pub fn tables(self) -> &'static [Table] {
         match self {
-            Route::Tables(TableLang::ZhCn) => &[Table::Cn, Table::V6],
-            Route::Tables(TableLang::En) => &[Table::En],
-            Route::MaxMindOnly(_) => &[],
+            Route::Tables(TableLang::ZhCn) => &[Table::Cn, Table::V6, Table::Asn, Table::AsnV6],
+            Route::Tables(TableLang::En) => &[Table::En, Table::Asn, Table::AsnV6],
+            Route::MaxMindOnly(_) => &[Table::Asn, Table::AsnV6],
         }
     }
 

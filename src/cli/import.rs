@@ -109,26 +109,26 @@ async fn import_one(client: &mut Client, options: &ImportOptions, json: bool) ->
         ImportOutcome::Checked {
             rows,
             merged,
-            nested,
+            overlapping,
             report,
         } => {
             print_report(&report, "dry_run", json);
             if !json {
-                let how = how_built(merged, nested);
+                let how = how_built(merged, overlapping);
                 println!("dry run: {rows} rows parsed ({how}); {table} is unchanged");
             }
         }
         ImportOutcome::Loaded {
             rows,
             merged,
-            nested,
+            overlapping,
             elapsed,
             report,
         } => {
             print_report(&report, "loaded", json);
             if !json {
                 let seconds = elapsed.as_secs_f64();
-                let how = how_built(merged, nested);
+                let how = how_built(merged, overlapping);
                 println!(
                     "imported {rows} rows into {table} ({how}) in {seconds:.1} s, {:.0} rows/s",
                     rows as f64 / seconds
@@ -140,10 +140,10 @@ async fn import_one(client: &mut Client, options: &ImportOptions, json: bool) ->
 }
 
 /// What became of the file's ranges on the way to rows.
-fn how_built(merged: u64, nested: u64) -> String {
-    match nested {
+fn how_built(merged: u64, overlapping: u64) -> String {
+    match overlapping {
         0 => format!("{merged} ranges merged"),
-        _ => format!("{merged} ranges merged, {nested} inside wider ones: the wider cut around them"),
+        _ => format!("{merged} ranges merged, {overlapping} overlapping others: the smaller kept the shared addresses"),
     }
 }
 

@@ -200,46 +200,44 @@ impl<K: Key> RangeIndex<K> {
 
     /// [`RangeIndex::locate`] for each of `keys`.
     pub fn locate_all(&self, keys: &[K], source: Source) -> Vec<Option<Located>> {
-        self.each_found(keys, |i| Some(self.answer(i, source)))
-    }
-
-    /// [`RangeIndex::network`] for each of `keys`.
-    pub fn networks(&self, keys: &[K]) -> Vec<Option<Network>> {
-        self.each_found(keys, |i| self.network_at(i))
-    }
-
-    /// `make` of the entry holding each of `keys`. Lookups are
-    /// memory-bound, so a batch goes in chunks: first every key's search is
-    /// started by prefetching the middle of its slot, then each search runs
-    /// on lines already on their way and prefetches its row's values, then
-    /// the results are made.
-    fn each_found<T>(&self, keys: &[K], make: impl Fn(usize) -> Option<T>) -> Vec<Option<T>> {
-        const CHUNK: usize = 32;
         let mut out = Vec::with_capacity(keys.len());
-        let mut found = [None; CHUNK];
-        for chunk in keys.chunks(CHUNK) {
-            for &key in chunk {
-                let (lo, hi) = self.directory.bounds(key);
-                prefetch(self.entries.as_ptr().wrapping_add((lo + hi) / 2));
-            }
-            for (found, &key) in found.iter_mut().zip(chunk) {
-                *found = self.find(key);
-                if let Some(i) = *found {
-                    prefetch(self.places[self.entries[i].place as usize].country_code().as_ptr());
-                }
-            }
-            out.extend(found[..chunk.len()].iter().map(|found| found.and_then(&make)));
-        }
+        search_together([Some(self), None], keys, |[found, _]| {
+            out.push(found.map(|i| self.answer(i, source)))
+        });
         out
     }
 
     /// The entry holding `key`.
     #[inline]
     fn find(&self, key: K) -> Option<usize> {
+        let bounds = self.start_search(key)?;
+        self.finish_search(key, bounds)
+    }
+
+    /// A search's first step: the entries it looks at (none in an empty
+    /// index), the middle one asked for.
+    #[inline]
+    fn start_search(&self, key: K) -> Option<(usize, usize)> {
+        if self.entries.is_empty() {
+            return None;
+        }
         let (lo, hi) = self.directory.bounds(key);
+        prefetch(self.entries.as_ptr().wrapping_add((lo + hi) / 2));
+        Some((lo, hi))
+    }
+
+    /// A search's end: the entry holding `key` among `lo..hi`.
+    #[inline]
+    fn finish_search(&self, key: K, (lo, hi): (usize, usize)) -> Option<usize> {
         // Ranges starting in earlier slots all start below `key`.
         let i = (lo + self.entries[lo..hi].partition_point(|e| e.start <= key)).checked_sub(1)?;
         (self.entries[i].end >= key).then_some(i)
+    }
+
+    /// The row values of entry `i`.
+    #[inline]
+    fn row(&self, i: usize) -> &Place {
+        &self.places[self.entries[i].place as usize]
     }
 
     fn answer(&self, i: usize, source: Source) -> Located {
@@ -254,7 +252,7 @@ impl<K: Key> RangeIndex<K> {
     }
 
     fn network_at(&self, i: usize) -> Option<Network> {
-        Network::from_row(&self.places[self.entries[i].place as usize])
+        Network::from_row(self.row(i))
     }
 
     /// Ranges held.
@@ -497,6 +495,51 @@ impl<K: Key> Builder<K> {
     }
 }
 
+/// Searches `indexes` (two at most; `None` for one not asked) for each of
+/// `keys`, giving `each` the entry each index holds for each key, in key
+/// order. Lookups are memory-bound, so keys go in chunks, and each step of
+/// a chunk's searches is started for all of them before the next: the
+/// directory read and the middle of the entries asked for, the search,
+/// the row asked for, its text asked for, then the results. The two
+/// indexes' misses overlap.
+pub fn search_together<K: Key>(
+    indexes: [Option<&RangeIndex<K>>; 2],
+    keys: &[K],
+    mut each: impl FnMut([Option<usize>; 2]),
+) {
+    const CHUNK: usize = 16;
+    let mut bounds = [[None; 2]; CHUNK];
+    let mut found = [[None; 2]; CHUNK];
+    for chunk in keys.chunks(CHUNK) {
+        for (bounds, &key) in bounds.iter_mut().zip(chunk) {
+            for (bound, index) in bounds.iter_mut().zip(indexes) {
+                *bound = index.and_then(|index| index.start_search(key));
+            }
+        }
+        for ((found, bounds), &key) in found.iter_mut().zip(&bounds).zip(chunk) {
+            for ((found, bound), index) in found.iter_mut().zip(bounds).zip(indexes) {
+                *found = match (index, *bound) {
+                    (Some(index), Some(bound)) => index.finish_search(key, bound),
+                    _ => None,
+                };
+                if let (Some(index), Some(i)) = (index, *found) {
+                    prefetch(index.row(i));
+                }
+            }
+        }
+        for found in &found[..chunk.len()] {
+            for (found, index) in found.iter().zip(indexes) {
+                if let (Some(index), Some(i)) = (index, *found) {
+                    prefetch(index.row(i).country_code().as_ptr());
+                }
+            }
+        }
+        for &found in &found[..chunk.len()] {
+            each(found);
+        }
+    }
+}
+
 /// Asks for the cache line at `at` to be loaded; a hint, never a fault.
 #[inline(always)]
 fn prefetch<T>(at: *const T) {
@@ -715,29 +758,31 @@ impl Tables {
     }
 
     fn lookup_one<K: Key>(&self, place: Option<(Table, Source)>, key: K) -> Found {
-        let networks = self.slots[slot_of(Table::networks_of(K::FAMILY))].load();
-        Found {
-            place: place
-                .and_then(|(table, source)| K::index_of(&self.slots[slot_of(table)].load().index)?.locate(key, source)),
-            network: K::index_of(&networks.index).and_then(|index| index.network(key)),
-        }
+        let mut found = Found::default();
+        self.lookup_all_into(place, std::slice::from_ref(&key), |one| found = one);
+        found
     }
 
     fn lookup_all<K: Key>(&self, place: Option<(Table, Source)>, keys: &[K]) -> Vec<Found> {
-        let places = place.and_then(|(table, source)| {
-            let snapshot = self.slots[slot_of(table)].load();
-            Some(K::index_of(&snapshot.index)?.locate_all(keys, source))
-        });
+        let mut out = Vec::with_capacity(keys.len());
+        self.lookup_all_into(place, keys, |found| out.push(found));
+        out
+    }
+
+    /// Each key's row in the place table (if asked) and its network, both
+    /// searched together, each table from one snapshot.
+    fn lookup_all_into<K: Key>(&self, place: Option<(Table, Source)>, keys: &[K], mut each: impl FnMut(Found)) {
+        let places = place.map(|(table, source)| (self.slots[slot_of(table)].load(), source));
         let networks = self.slots[slot_of(Table::networks_of(K::FAMILY))].load();
-        let networks = K::index_of(&networks.index).map(|index| index.networks(keys));
-        let mut places = places.into_iter().flatten();
-        let mut networks = networks.into_iter().flatten();
-        (0..keys.len())
-            .map(|_| Found {
-                place: places.next().flatten(),
-                network: networks.next().flatten(),
+        let place_index = places.as_ref().and_then(|(snapshot, _)| K::index_of(&snapshot.index));
+        let network_index = K::index_of(&networks.index);
+        let source = places.as_ref().map_or(Source::Cn, |(_, source)| *source);
+        search_together([place_index, network_index], keys, |[place, network]| {
+            each(Found {
+                place: place.and_then(|i| Some(place_index?.answer(i, source))),
+                network: network.and_then(|i| network_index?.network_at(i)),
             })
-            .collect()
+        });
     }
 }
 

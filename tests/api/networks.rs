@@ -206,7 +206,7 @@ async fn the_asn_table_imports_with_a_change_report_and_memory_mode_follows() {
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains(
-            "imported 4 rows into ip_service_asn (0 ranges merged, 1 inside wider ones: the wider cut around them)"
+            "imported 4 rows into ip_service_asn (0 ranges merged, 1 overlapping others: the smaller kept the shared addresses)"
         ),
         "{stdout}"
     );
@@ -267,8 +267,8 @@ async fn bad_asn_files_are_refused_with_the_line_and_the_live_data_kept() {
         ),
         ("1.0.0.0,1.0.0.255,13335\n", "line 1: 3 fields; an ASN row has 4"),
         (
-            "1.0.0.0,1.0.0.255,1,a\n1.0.0.128,1.0.1.255,2,b\n",
-            "ranges overlap: 1.0.0.0-1.0.0.255 (line 1) and 1.0.0.128-1.0.1.255 (line 2)",
+            "1.0.0.0,1.0.0.255,1,a\n1.0.0.0,1.0.0.255,2,b\n",
+            "ranges overlap: 1.0.0.0-1.0.0.255 (line 1) and 1.0.0.0-1.0.0.255 (line 2)",
         ),
         (
             &format!("1.0.0.0,1.0.0.255,1,{}\n", "x".repeat(256)),

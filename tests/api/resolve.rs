@@ -36,7 +36,12 @@ async fn database_and_files(dir: &Path) -> TestDb {
     let fixtures = TestDb::new().await.with_fixtures().await;
     let db = TestDb::new().await;
     let mut client = db.client().await;
-    for (table, name) in [(Table::Cn, "cn.csv"), (Table::V6, "v6.csv")] {
+    for (table, name) in [
+        (Table::Cn, "cn.csv"),
+        (Table::V6, "v6.csv"),
+        (Table::Asn, "asn.csv"),
+        (Table::AsnV6, "asn_v6.csv"),
+    ] {
         let path = dir.join(name);
         let mut file = tokio::fs::File::create(&path).await.unwrap();
         import::export(&fixtures.client().await, table, &mut file)
@@ -66,7 +71,7 @@ async fn every_mode_gives_the_same_rows_for_every_input_shape() {
     let db_url = app.db().url.clone();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    for name in ["cn.csv", "v6.csv", "City.mmdb"] {
+    for name in ["cn.csv", "v6.csv", "asn.csv", "asn_v6.csv", "City.mmdb"] {
         std::fs::rename(dir.path().join(name), data.join(name)).unwrap();
     }
     let data = data.to_str().unwrap().to_owned();
@@ -95,22 +100,28 @@ async fn every_mode_gives_the_same_rows_for_every_input_shape() {
     let (plain_rows, bind_rows) = &outputs[0];
     let mut csv = csv::Reader::from_reader(plain_rows.as_bytes());
     let rows: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
-    // ip, error_no, province, source: one row per input line, in order.
-    let brief: Vec<(&str, &str, &str, &str)> = rows.iter().map(|r| (&r[0], &r[5], &r[7], &r[15])).collect();
+    // ip, error_no, province, source, asn: one row per input line, in order.
+    let brief: Vec<(&str, &str, &str, &str, &str)> =
+        rows.iter().map(|r| (&r[0], &r[5], &r[7], &r[15], &r[16])).collect();
     assert_eq!(
         brief,
         [
-            ("183.62.57.1", "0", "广东", "cn"),
-            ("8.8.8.8", "0", "加利福尼亚州", "maxmind"),
-            ("240e:1::1", "0", "广东", "v6"),
-            ("240e:1::1", "0", "广东", "v6"),
-            ("9.9.9.9", "0", "", "cn"),
-            ("not-an-address", "1", "", ""),
-            ("", "1", "", ""),
-            ("183.62.57.1", "0", "广东", "cn"),
+            ("183.62.57.1", "0", "广东", "cn", "4134"),
+            ("8.8.8.8", "0", "加利福尼亚州", "maxmind", "15169"),
+            ("240e:1::1", "0", "广东", "v6", "4134"),
+            ("240e:1::1", "0", "广东", "v6", "4134"),
+            ("9.9.9.9", "0", "", "cn", ""),
+            ("not-an-address", "1", "", "", ""),
+            ("", "1", "", "", ""),
+            ("183.62.57.1", "0", "广东", "cn", "4134"),
         ]
     );
-    assert_eq!(&csv.headers().unwrap()[15], "geoip_source");
+    let headers = csv.headers().unwrap();
+    assert_eq!(
+        (&headers[15], &headers[16], &headers[17]),
+        ("geoip_source", "geoip_asn", "geoip_as_org")
+    );
+    assert_eq!(&rows[1][17], "Google LLC");
 
     let bind: Vec<serde_json::Value> = bind_rows.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let brief: Vec<(String, i64)> = bind
@@ -127,6 +138,11 @@ async fn every_mode_gives_the_same_rows_for_every_input_shape() {
         ]
     );
     assert_eq!(bind[3]["error_msg"], "invalid IP: line 4 has no field 6");
+    assert_eq!(
+        (&bind[1]["geoip_asn"], &bind[1]["geoip_as_org"]),
+        (&15169.into(), &"Google LLC".into())
+    );
+    assert!(bind[2].get("geoip_asn").is_none(), "{}", bind[2]);
 }
 
 #[tokio::test]
@@ -177,6 +193,10 @@ async fn unique_and_the_summary_count_what_the_answers_say() {
     );
     assert!(
         stderr.contains("top 2 carriers of 1:\n           2  电信\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("top 2 AS organisations of 2:\n           2  CHINANET-BACKBONE\n           1  Google LLC\n"),
         "{stderr}"
     );
 }

@@ -3,10 +3,14 @@
 //! `asn-ipv6.csv` and their `-num` variants give it, with no header; or
 //! with the header `start_ip,end_ip,asn,as_org` that `export` writes.
 //!
-//! Routing data nests: a more specific announcement sits inside a wider
-//! one (one such range in the IPv4 file). The more specific wins: the wider
-//! range is cut around it, and the count is reported. Ranges that overlap
-//! without one holding the other are refused, naming both.
+//! Routing data overlaps: a more specific announcement sits inside or
+//! across a wider one (the IPv4 file has one of each). The smaller range
+//! wins the shared addresses and the other is cut around it; the count is
+//! reported. The same range given twice, with no rule to pick one, is
+//! refused, naming both.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 
 use super::csv_file::{parse_bound, record_error};
 use super::{Family, Origin, Range, RangeBuilder, SourceError};
@@ -50,62 +54,74 @@ pub fn ranges(bytes: &[u8], family: Family) -> Result<RangeBuilder, SourceError>
             origin: at,
         });
     }
-    innermost_wins(rows, family)
+    smallest_wins(rows, family)
 }
 
-/// `rows` in address order with no overlaps: a range inside another is
-/// kept whole and the one around it cut around it. Partial overlaps and
-/// reversed ranges are left for `validate` to refuse.
-fn innermost_wins(mut rows: Vec<Range>, family: Family) -> Result<RangeBuilder, SourceError> {
-    // Wider first among ranges starting together, so that the one around
-    // comes before the one it holds.
-    rows.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+/// `rows` in address order with no overlaps: where ranges overlap, the
+/// smallest (the most specific announcement) keeps the shared addresses,
+/// and the others are cut around it. A sweep over the starts and ends,
+/// the ranges covering the current point held by size.
+fn smallest_wins(mut rows: Vec<Range>, family: Family) -> Result<RangeBuilder, SourceError> {
+    if let Some(reversed) = rows.iter().find(|r| r.start > r.end) {
+        return Err(SourceError::Row {
+            at: reversed.origin.clone(),
+            reason: format!(
+                "start {} is after end {}",
+                family.text(reversed.start),
+                family.text(reversed.end)
+            ),
+        });
+    }
+    rows.sort_by_key(|r| (r.start, r.end));
+    if let Some(pair) = rows
+        .windows(2)
+        .find(|p| (p[0].start, p[0].end) == (p[1].start, p[1].end))
+    {
+        // The same range twice: no rule picks one.
+        return Err(SourceError::Overlap {
+            first: describe(&pair[0], family),
+            second: describe(&pair[1], family),
+        });
+    }
     let mut out = RangeBuilder::default();
-    // The ranges holding the current one, outermost first, each with where
-    // its next uncut piece starts (none while a range inside it is open).
-    let mut open: Vec<(Range, Option<u128>)> = Vec::new();
-    for row in rows {
-        if row.start > row.end {
-            out.push_merging(row);
-            continue;
+    // Covering the current point, smallest first (ties: the later start).
+    let mut covering: BTreeSet<(u128, Reverse<usize>)> = BTreeSet::new();
+    let mut ends: BinaryHeap<Reverse<(u128, usize)>> = BinaryHeap::new();
+    let mut next = 0;
+    let mut at = 0u128;
+    loop {
+        if covering.is_empty() {
+            let Some(row) = rows.get(next) else { break };
+            at = row.start;
         }
-        close_while(&mut open, &mut out, |around| around.end < row.start);
-        if let Some((around, next)) = open.last_mut() {
-            if row.end > around.end || (row.start == around.start && row.end == around.end) {
-                return Err(SourceError::Overlap {
-                    first: describe(around, family),
-                    second: describe(&row, family),
-                });
+        while let Some(row) = rows.get(next).filter(|row| row.start == at) {
+            if !covering.is_empty() {
+                out.overlapping += 1;
             }
-            if let Some(from) = next.filter(|&from| from < row.start) {
-                out.push_merging(piece(around, from, row.start - 1));
-            }
-            *next = None;
-            out.nested += 1;
+            covering.insert((row.end - row.start, Reverse(next)));
+            ends.push(Reverse((row.end, next)));
+            next += 1;
         }
-        let next = Some(row.start);
-        open.push((row, next));
+        let Reverse((first_end, _)) = *ends.peek().expect("a range covers `at`");
+        let end = match rows.get(next) {
+            Some(row) if row.start - 1 < first_end => row.start - 1,
+            _ => first_end,
+        };
+        let &(_, Reverse(winner)) = covering.first().expect("a range covers `at`");
+        out.push_merging(piece(&rows[winner], at, end));
+        while let Some(&Reverse((range_end, i))) = ends.peek() {
+            if range_end != end {
+                break;
+            }
+            ends.pop();
+            covering.remove(&(rows[i].end - rows[i].start, Reverse(i)));
+        }
+        match end.checked_add(1) {
+            Some(after) => at = after,
+            None => break,
+        }
     }
-    close_while(&mut open, &mut out, |_| true);
     Ok(out)
-}
-
-/// Ends the innermost open ranges while `done` says so: each gives its
-/// last piece, and the range around it resumes after it.
-fn close_while(open: &mut Vec<(Range, Option<u128>)>, out: &mut RangeBuilder, done: impl Fn(&Range) -> bool) {
-    while let Some((range, next)) = open.last() {
-        if !done(range) {
-            break;
-        }
-        if let Some(from) = next.filter(|&from| from <= range.end) {
-            out.push_merging(piece(range, from, range.end));
-        }
-        let resume = range.end.checked_add(1);
-        open.pop();
-        if let Some((_, next)) = open.last_mut() {
-            *next = resume;
-        }
-    }
 }
 
 fn piece(range: &Range, start: u128, end: u128) -> Range {
@@ -160,6 +176,25 @@ mod tests {
     }
 
     #[test]
+    fn the_smaller_of_overlapping_ranges_wins_the_shared_addresses() {
+        // As in the real IPv4 file: a wide range and a smaller one across its end.
+        let rows = read("0,999,749,wide\n900,1099,721,small\n").unwrap();
+        assert_eq!(
+            rows,
+            [(0, 899, "749 wide".to_owned()), (900, 1099, "721 small".to_owned())]
+        );
+        let rows = read("900,1099,721,wide\n1000,1009,1,small\n").unwrap();
+        assert_eq!(
+            rows,
+            [
+                (900, 999, "721 wide".to_owned()),
+                (1000, 1009, "1 small".to_owned()),
+                (1010, 1099, "721 wide".to_owned())
+            ]
+        );
+    }
+
+    #[test]
     fn a_range_inside_another_wins_and_cuts_it() {
         // 0-99 AS1 holds 10-19 AS2 (which holds 12-12 AS3) and 50-99 AS4.
         let rows = read("0,99,1,a\n10,19,2,b\n12,12,3,c\n50,99,4,d\n200,300,5,e\n").unwrap();
@@ -177,7 +212,7 @@ mod tests {
             ]
         );
         let built = ranges(b"0,99,1,a\n10,19,2,b\n12,12,3,c\n50,99,4,d\n", Family::V4).unwrap();
-        assert_eq!(built.nested, 3);
+        assert_eq!(built.overlapping, 3);
         // Up to the top of the address space.
         let top = read("4294967040,4294967295,1,a\n4294967295,4294967295,2,b\n").unwrap();
         assert_eq!(top.last().unwrap().0, 4294967295);
@@ -185,13 +220,13 @@ mod tests {
     }
 
     #[test]
-    fn partial_overlaps_bad_numbers_and_short_rows_are_refused() {
+    fn repeated_or_reversed_ranges_bad_numbers_and_short_rows_are_refused() {
         for (csv, expected) in [
             (
-                "0,99,1,a\n50,150,2,b\n",
-                "ranges overlap: 0.0.0.0-0.0.0.99 (line 1) and 0.0.0.50-0.0.0.150 (line 2)",
+                "0,99,1,a\n0,99,2,b\n",
+                "ranges overlap: 0.0.0.0-0.0.0.99 (line 1) and 0.0.0.0-0.0.0.99 (line 2)",
             ),
-            ("0,99,1,a\n0,99,2,b\n", "ranges overlap"),
+            ("9,0,1,a\n", "line 1: start 0.0.0.9 is after end 0.0.0.0"),
             ("0,9,4294967296,a\n", "line 1: asn \"4294967296\" is not an AS number"),
             ("0,9,-1,a\n", "is not an AS number"),
             ("0,9,AS13335,a\n", "is not an AS number"),

@@ -69,14 +69,15 @@ pub enum ImportOutcome {
     Checked {
         rows: u64,
         merged: u64,
-        /// Ranges that lay inside others, which were cut around them.
-        nested: u64,
+        /// Ranges that overlapped others (the smaller kept the shared
+        /// addresses, see the ASN CSV).
+        overlapping: u64,
         report: ChangeReport,
     },
     Loaded {
         rows: u64,
         merged: u64,
-        nested: u64,
+        overlapping: u64,
         elapsed: Duration,
         report: ChangeReport,
     },
@@ -96,7 +97,7 @@ pub async fn import(client: &mut Client, options: &ImportOptions) -> Result<Impo
         return Ok(ImportOutcome::Checked {
             rows: built.ranges.len() as u64,
             merged: built.merged as u64,
-            nested: built.nested as u64,
+            overlapping: built.overlapping as u64,
             report,
         });
     }
@@ -113,7 +114,7 @@ pub async fn import(client: &mut Client, options: &ImportOptions) -> Result<Impo
         Some((built, report)) => ImportOutcome::Loaded {
             rows: built.ranges.len() as u64,
             merged: built.merged as u64,
-            nested: built.nested as u64,
+            overlapping: built.overlapping as u64,
             elapsed: started.elapsed(),
             report,
         },
@@ -214,7 +215,7 @@ async fn parse(
         table = options.table.name(),
         ranges = built.ranges.len(),
         merged = built.merged,
-        nested = built.nested,
+        overlapping = built.overlapping,
         "parsed and validated"
     );
     Ok(built)

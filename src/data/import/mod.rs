@@ -68,12 +68,12 @@ fn extends(last: &Range, next: &Range) -> bool {
 }
 
 /// Ranges as a source yields them, with a count of merged neighbours and
-/// of ranges that lay inside others (network data only, see `asn_csv`).
+/// of ranges that overlapped others (network data only, see `asn_csv`).
 #[derive(Debug, Default)]
 pub struct RangeBuilder {
     pub ranges: Vec<Range>,
     pub merged: usize,
-    pub nested: usize,
+    pub overlapping: usize,
 }
 
 impl RangeBuilder {
