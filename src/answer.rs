@@ -192,6 +192,29 @@ fn write_network(out: &mut impl FieldSink, network: Option<&Network>) {
     }
 }
 
+/// How many answers ahead of the one being written [`warm`] is asked for.
+pub const WARM_AHEAD: usize = 8;
+
+/// Asks for the text an answer's writing will read: the place's names and
+/// the network's organisation, each in a table's shared text that the
+/// lookup's misses have long since let go of. Writing a batch warms the
+/// answer [`WARM_AHEAD`] places on, so that its misses overlap the writing
+/// of those before it instead of stalling each in turn.
+#[inline]
+pub fn warm(outcome: &Outcome) {
+    let network = match outcome {
+        Ok(located) => {
+            crate::memory::prefetch(located.place.country_code().as_ptr());
+            located.network.as_ref()
+        }
+        Err(LookupError::NotFound(network)) => network.as_ref(),
+        Err(_) => None,
+    };
+    if let Some(network) = network {
+        crate::memory::prefetch(network.org().as_ptr());
+    }
+}
+
 /// A view as a JSON object keyed by the IDL's field names, with exactly
 /// the fields the view has, appended to `out`: what HTTP, `query --json`
 /// and `resolve --format jsonl` print. Written straight from the view (the

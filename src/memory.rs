@@ -28,6 +28,16 @@ pub fn map_large_blocks_apart() {
     }
 }
 
+/// Asks for the cache line at `at` to be loaded; a hint, never a fault.
+#[inline(always)]
+pub fn prefetch<T: ?Sized>(at: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching reads nothing architecturally and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+    }
+}
+
 /// Gives freed heap pages back to the operating system. Parsing files or
 /// replacing an index frees hundreds of megabytes in many small pieces,
 /// which glibc's allocator would otherwise keep.

@@ -137,14 +137,21 @@ impl Locator {
             return vec![self.locate_one(input, route).await];
         }
         let parsed: Vec<Result<Addr, LookupError>> = inputs.iter().map(|s| Addr::parse(s)).collect();
-        let tables = self.ask_tables(&parsed, route).await;
+        let (mut rows4, mut rows6) = self.ask_tables(&parsed, route).await;
         let geo = self.maxmind.as_ref().map(MaxMind::current);
         let mut outcomes = Vec::with_capacity(parsed.len());
-        for (i, (addr, (table, network))) in parsed.into_iter().zip(tables).enumerate() {
+        for (i, addr) in parsed.into_iter().enumerate() {
             if i > 0 && i % DECIDE_CHUNK == 0 {
                 tokio::task::yield_now().await;
             }
-            outcomes.push(addr.and_then(|addr| decide(addr, table, network, geo.as_deref(), route.lang())));
+            // Each family's rows are in the order of its addresses.
+            outcomes.push(addr.and_then(|addr| {
+                let (table, network) = match addr {
+                    Addr::V4(_) => rows4.next(),
+                    Addr::V6(_) => rows6.next(),
+                };
+                decide(addr, table, network, geo.as_deref(), route.lang())
+            }));
         }
         outcomes
     }
@@ -166,46 +173,61 @@ impl Locator {
     }
 
     /// One lookup per family the batch holds, both at once: the place
-    /// table the route asks and the network table, for each address.
-    async fn ask_tables(
-        &self,
-        parsed: &[Result<Addr, LookupError>],
-        route: Route,
-    ) -> Vec<(TableAnswer, Option<Network>)> {
+    /// table the route asks and the network table, for each address of
+    /// the family, in input order.
+    async fn ask_tables(&self, parsed: &[Result<Addr, LookupError>], route: Route) -> (FamilyRows, FamilyRows) {
         let (table_v4, asks_v6) = (route.v4_table(), route.asks_v6());
-        let mut v4 = (Vec::<usize>::new(), Vec::<Ipv4Addr>::new());
-        let mut v6 = (Vec::<usize>::new(), Vec::<Ipv6Addr>::new());
-        for (i, addr) in parsed.iter().enumerate() {
+        let mut v4 = Vec::<Ipv4Addr>::new();
+        let mut v6 = Vec::<Ipv6Addr>::new();
+        for addr in parsed.iter().flatten() {
             match addr {
-                Ok(Addr::V4(ip)) => {
-                    v4.0.push(i);
-                    v4.1.push(*ip);
-                }
-                Ok(Addr::V6(ip)) => {
-                    v6.0.push(i);
-                    v6.1.push(*ip);
-                }
-                Err(_) => {}
+                Addr::V4(ip) => v4.push(*ip),
+                Addr::V6(ip) => v6.push(*ip),
             }
         }
         let (rows4, rows6) = tokio::join!(
             async {
-                match v4.1.is_empty() {
+                match v4.is_empty() {
                     true => Ok(Vec::new()),
-                    false => self.ranges.lookup_v4(table_v4, &v4.1).await,
+                    false => self.ranges.lookup_v4(table_v4, &v4).await,
                 }
             },
             async {
-                match v6.1.is_empty() {
+                match v6.is_empty() {
                     true => Ok(Vec::new()),
-                    false => self.ranges.lookup_v6(asks_v6, &v6.1).await,
+                    false => self.ranges.lookup_v6(asks_v6, &v6).await,
                 }
             }
         );
-        let mut answers = vec![(TableAnswer::NotAsked, None); parsed.len()];
-        scatter(&mut answers, &v4.0, rows4, table_v4.is_some());
-        scatter(&mut answers, &v6.0, rows6, asks_v6);
-        answers
+        (
+            FamilyRows::new(rows4, table_v4.is_some()),
+            FamilyRows::new(rows6, asks_v6),
+        )
+    }
+}
+
+/// One family's lookup results, taken in the order of its addresses.
+struct FamilyRows {
+    found: Result<std::vec::IntoIter<Found>, Unavailable>,
+    /// Whether the route asks a place table for this family.
+    asked: bool,
+}
+
+impl FamilyRows {
+    fn new(found: Result<Vec<Found>, Unavailable>, asked: bool) -> FamilyRows {
+        FamilyRows {
+            found: found.map(Vec::into_iter),
+            asked,
+        }
+    }
+
+    /// The next address's table answer and network.
+    fn next(&mut self) -> (TableAnswer, Option<Network>) {
+        let found = match &mut self.found {
+            Ok(rows) => Ok(rows.next().unwrap_or_default()),
+            Err(reason) => Err(*reason),
+        };
+        TableAnswer::of(found, self.asked)
     }
 }
 
@@ -222,27 +244,6 @@ impl TableAnswer {
             Ok(found) => (TableAnswer::NotAsked, found.network),
             Err(reason) if asked => (TableAnswer::Failed(reason), None),
             Err(_) => (TableAnswer::NotAsked, None),
-        }
-    }
-}
-
-/// Puts one family's batch result back at the inputs' positions.
-fn scatter(
-    answers: &mut [(TableAnswer, Option<Network>)],
-    positions: &[usize],
-    found: Result<Vec<Found>, Unavailable>,
-    asked: bool,
-) {
-    match found {
-        Ok(found) => {
-            for (&i, found) in positions.iter().zip(found) {
-                answers[i] = TableAnswer::of(Ok(found), asked);
-            }
-        }
-        Err(reason) => {
-            for &i in positions {
-                answers[i] = TableAnswer::of(Err(reason), asked);
-            }
         }
     }
 }

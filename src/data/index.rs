@@ -20,7 +20,7 @@ use crate::domain::{
     range_fault, Family, Found, Located, Network, Place, PlaceFields, RangeFault, Source, Table, V4Table,
 };
 use crate::health::Freshness;
-use crate::memory::{Growing, HugePages};
+use crate::memory::{prefetch, Growing, HugePages};
 
 /// A range bound: `u32` for IPv4, `u128` for IPv6.
 pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
@@ -537,16 +537,6 @@ pub fn search_together<K: Key>(
         for &found in &found[..chunk.len()] {
             each(found);
         }
-    }
-}
-
-/// Asks for the cache line at `at` to be loaded; a hint, never a fault.
-#[inline(always)]
-fn prefetch<T>(at: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching reads nothing architecturally and cannot fault.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
     }
 }
 

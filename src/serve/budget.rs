@@ -38,8 +38,8 @@ pub enum Order {
 pub const SMALL_REPLY: usize = 16 * 1024;
 
 /// What answering one address may hold at once, besides its input's
-/// text: its encoded answer (about 300 bytes of Thrift, 350 of JSON), the
-/// answer itself and the input's `String`.
+/// text: its encoded answer (about 250 bytes of Thrift, 400 of JSON, the
+/// network's fields included), the answer itself and the input's `String`.
 const ANSWER_COST: usize = 512;
 
 /// An upper bound on what answering `addresses` from a request of

@@ -291,7 +291,10 @@ pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply<'_>) -> Ve
                 o.write_field_begin(&TFieldIdentifier::new("success", TType::List, 0))?;
                 o.write_list_begin(&TListIdentifier::new(TType::Struct, outcomes.len() as i32))
             });
-            for (input, outcome) in inputs.iter().zip(outcomes) {
+            for (i, (input, outcome)) in inputs.iter().zip(outcomes).enumerate() {
+                if let Some(ahead) = outcomes.get(i + crate::answer::WARM_AHEAD) {
+                    crate::answer::warm(ahead);
+                }
                 answer::write_answer(&mut out, wire.protocol, input, outcome);
             }
             // The result struct's field stop; list, field, struct and

@@ -451,6 +451,46 @@ async fn memory_mode_starts_from_its_snapshots_while_the_database_is_away() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn snapshots_written_before_the_network_tables_still_start_and_the_network_loads_after() {
+    let db = TestDb::new().await.with_fixtures().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestApp::start(with_snapshots(&db.url, dir.path()), None, None).await;
+    until_snapshots_are_written(dir.path()).await;
+    first.shutdown().await;
+    for table in [Table::Asn, Table::AsnV6] {
+        std::fs::remove_file(xm_ip_service::data::source::disk::path_of(dir.path(), table)).unwrap();
+    }
+
+    // The database away: the place tables from their snapshots, no network.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let away = format!("postgres://postgres@127.0.0.1:{port}/nowhere");
+    let second = TestApp::start(with_snapshots(&away, dir.path()), None, None).await;
+    let g = second.by_ip(&["183.62.57.1"]).await.remove(0);
+    assert_eq!((g.geoip_source.as_deref(), g.geoip_asn), (Some("cn"), None));
+    second.shutdown().await;
+
+    // The database back: the first check loads the network tables.
+    let mut settings = with_snapshots(&db.url, dir.path());
+    settings.reload_interval = Duration::from_millis(200);
+    let third = TestApp::start(settings, None, None).await;
+    eventually(
+        Duration::from_secs(10),
+        "the network tables were never loaded",
+        || async {
+            match third.by_ip(&["183.62.57.1"]).await.remove(0).geoip_asn {
+                Some(4134) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_snapshot_is_refused_and_the_tables_load_from_the_database() {
     let db = TestDb::new().await.with_fixtures().await;
     let dir = tempfile::tempdir().unwrap();

@@ -258,8 +258,11 @@ fn builtin_mmdb(bytes: &'static [u8]) -> anyhow::Result<MaxMind> {
     Ok(MaxMind::new(GeoDb::from_static(bytes, "built-in sample")?))
 }
 
-/// Every table's snapshot from `dir`, if all three are there and valid;
-/// a refused one is logged (once, with why) and none is used.
+/// Every table's snapshot from `dir`, if all are there and valid; a
+/// refused one is logged (once, with why) and none is used. A network
+/// table without one (a directory written before there were network
+/// tables) starts empty and is loaded by the first check, so that an
+/// upgraded instance still starts while the database is away.
 async fn read_snapshots(dir: &Path) -> Option<Vec<(Table, crate::data::index::Snapshot)>> {
     let dir = dir.to_owned();
     let read = tokio::task::spawn_blocking(move || {
@@ -267,6 +270,9 @@ async fn read_snapshots(dir: &Path) -> Option<Vec<(Table, crate::data::index::Sn
         for table in Table::ALL {
             match disk::read(&dir, table) {
                 Ok(Some(snapshot)) => snapshots.push((table, snapshot)),
+                Ok(None) if table.kind() == RowKind::Network => {
+                    info!(table = table.name(), dir = %dir.display(), "no snapshot yet: the network table starts empty");
+                }
                 Ok(None) => {
                     info!(table = table.name(), dir = %dir.display(), "no snapshot yet: loading from PostgreSQL");
                     return None;

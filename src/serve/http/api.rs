@@ -523,6 +523,9 @@ impl ApiState {
             if i > 0 {
                 body.push(b',');
             }
+            if let Some(ahead) = outcomes.get(i + answer::WARM_AHEAD) {
+                answer::warm(ahead);
+            }
             answer::write_json(&Answer::new(ip, outcome), &mut body);
         }
         body.push(b']');
