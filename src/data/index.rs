@@ -764,15 +764,20 @@ impl Tables {
     fn lookup_all_into<K: Key>(&self, place: Option<(Table, Source)>, keys: &[K], mut each: impl FnMut(Found)) {
         let places = place.map(|(table, source)| (self.slots[slot_of(table)].load(), source));
         let networks = self.slots[slot_of(Table::networks_of(K::FAMILY))].load();
-        let place_index = places.as_ref().and_then(|(snapshot, _)| K::index_of(&snapshot.index));
+        let place_index = places
+            .as_ref()
+            .and_then(|(snapshot, source)| Some((K::index_of(&snapshot.index)?, *source)));
         let network_index = K::index_of(&networks.index);
-        let source = places.as_ref().map_or(Source::Cn, |(_, source)| *source);
-        search_together([place_index, network_index], keys, |[place, network]| {
-            each(Found {
-                place: place.and_then(|i| Some(place_index?.answer(i, source))),
-                network: network.and_then(|i| network_index?.network_at(i)),
-            })
-        });
+        search_together(
+            [place_index.map(|(index, _)| index), network_index],
+            keys,
+            |[place, network]| {
+                each(Found {
+                    place: place.and_then(|i| place_index.map(|(index, source)| index.answer(i, source))),
+                    network: network.and_then(|i| network_index?.network_at(i)),
+                })
+            },
+        );
     }
 }
 
