@@ -504,6 +504,13 @@ impl Place {
         self.field(7)
     }
 
+    /// Where the place's text is, for asking the cache for it ahead of
+    /// use: no field is sliced, so the text itself is not read.
+    #[inline]
+    pub fn text_ptr(&self) -> *const u8 {
+        self.text.as_ptr()
+    }
+
     /// A row whose names are all empty says nothing and counts as no row.
     pub fn is_blank(&self) -> bool {
         self.blank
@@ -640,6 +647,12 @@ impl Network {
 
     pub fn asn(&self) -> u32 {
         self.asn
+    }
+
+    /// Where the network's text is (see [`Place::text_ptr`]).
+    #[inline]
+    pub fn text_ptr(&self) -> *const u8 {
+        self.text.as_ptr()
     }
 
     /// The organisation's name, as the data gives it.

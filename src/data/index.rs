@@ -530,7 +530,7 @@ pub fn search_together<K: Key>(
         for found in &found[..chunk.len()] {
             for (found, index) in found.iter().zip(indexes) {
                 if let (Some(index), Some(i)) = (index, *found) {
-                    prefetch(index.row(i).country_code().as_ptr());
+                    prefetch(index.row(i).text_ptr());
                 }
             }
         }
