@@ -86,7 +86,7 @@ impl Route {
 }
 
 /// What the range tables said about one address.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum TableAnswer {
     /// The route asks no table for this family.
     NotAsked,

@@ -404,6 +404,16 @@ async fn rows_that_overlap_are_refused_and_the_old_snapshot_keeps_serving() {
     assert_eq!(city(&app.by_ip(&["183.62.57.1"]).await[0]), "广州");
 }
 
+/// A database URL on a port where nothing listens: the database is away.
+fn away_database() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("postgres://postgres@127.0.0.1:{port}/nowhere")
+}
+
 /// Memory mode on `url` keeping its snapshots in `dir`.
 fn with_snapshots(url: &str, dir: &std::path::Path) -> xm_ip_service::config::Settings {
     use xm_ip_service::config::{DataSource, LookupMode, Postgres};
@@ -423,13 +433,7 @@ async fn memory_mode_starts_from_its_snapshots_while_the_database_is_away() {
     until_snapshots_are_written(dir.path()).await;
     first.shutdown().await;
 
-    // Nothing listens here: the database is away.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let away = format!("postgres://postgres@127.0.0.1:{port}/nowhere");
+    let away = away_database();
     let started = Instant::now();
     let second = TestApp::start(with_snapshots(&away, dir.path()), None, None).await;
     assert!(
@@ -462,12 +466,7 @@ async fn snapshots_written_before_the_network_tables_still_start_and_the_network
     }
 
     // The database away: the place tables from their snapshots, no network.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let away = format!("postgres://postgres@127.0.0.1:{port}/nowhere");
+    let away = away_database();
     let second = TestApp::start(with_snapshots(&away, dir.path()), None, None).await;
     let g = second.by_ip(&["183.62.57.1"]).await.remove(0);
     assert_eq!((g.geoip_source.as_deref(), g.geoip_asn), (Some("cn"), None));

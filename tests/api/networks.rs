@@ -260,6 +260,13 @@ async fn the_asn_table_imports_with_a_change_report_and_memory_mode_follows() {
 async fn bad_asn_files_are_refused_with_the_line_and_the_live_data_kept() {
     let db = TestDb::new().await.with_fixtures().await;
     let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("asn.csv");
+    let file = path.to_str().unwrap();
+    let import = |extra: &'static [&'static str]| {
+        let mut args = vec!["import", "--database-url", &db.url, "--table", "asn", file];
+        args.extend_from_slice(extra);
+        async move { run(&args).await }
+    };
     for (rows, expected) in [
         (
             "1.0.0.0,1.0.0.255,4294967296,Too big\n",
@@ -279,32 +286,13 @@ async fn bad_asn_files_are_refused_with_the_line_and_the_live_data_kept() {
             "IPv6 address 2001:db8:: in an IPv4 table",
         ),
     ] {
-        let path = dir.path().join("asn.csv");
         std::fs::write(&path, rows).unwrap();
-        let (ok, _, stderr) = run(&[
-            "import",
-            "--database-url",
-            &db.url,
-            "--table",
-            "asn",
-            path.to_str().unwrap(),
-        ])
-        .await;
+        let (ok, _, stderr) = import(&[]).await;
         assert!(!ok);
         assert!(stderr.contains(expected), "{rows}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one readable line: {stderr}");
     }
-    let (ok, _, stderr) = run(&[
-        "import",
-        "--database-url",
-        &db.url,
-        "--table",
-        "asn",
-        "--format",
-        "mmdb",
-        dir.path().join("asn.csv").to_str().unwrap(),
-    ])
-    .await;
+    let (ok, _, stderr) = import(&["--format", "mmdb"]).await;
     assert!(
         !ok && stderr.contains("ip_service_asn loads only from the ASN CSV"),
         "{stderr}"

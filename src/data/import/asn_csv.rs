@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
 use super::csv_file::{parse_bound, record_error};
-use super::{Family, Origin, Range, RangeBuilder, SourceError};
+use super::{check_order, Family, Origin, Range, RangeBuilder, SourceError};
 use crate::domain::{Place, MAX_ASN};
 
 /// The header `export` writes.
@@ -62,15 +62,10 @@ pub fn ranges(bytes: &[u8], family: Family) -> Result<RangeBuilder, SourceError>
 /// and the others are cut around it. A sweep over the starts and ends,
 /// the ranges covering the current point held by size.
 fn smallest_wins(mut rows: Vec<Range>, family: Family) -> Result<RangeBuilder, SourceError> {
-    if let Some(reversed) = rows.iter().find(|r| r.start > r.end) {
-        return Err(SourceError::Row {
-            at: reversed.origin.clone(),
-            reason: format!(
-                "start {} is after end {}",
-                family.text(reversed.start),
-                family.text(reversed.end)
-            ),
-        });
+    // The sweep needs every range in order; `validate` would refuse a
+    // reversed one anyway.
+    for row in &rows {
+        check_order(row, family)?;
     }
     rows.sort_by_key(|r| (r.start, r.end));
     if let Some(pair) = rows

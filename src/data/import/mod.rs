@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use asn_csv::COLUMNS as ASN_CSV_COLUMNS;
 pub use change::ChangeReport;
 pub use codes::Codes;
 pub use csv_file::COLUMNS as CSV_COLUMNS;
@@ -198,7 +197,12 @@ pub fn validate(ranges: &mut [Range], table: Table, limits: &ColumnLimits) -> Re
 /// Refuses a range whose start is after its end, or whose text is longer
 /// than its column.
 pub fn check_range(range: &Range, table: Table, limits: &ColumnLimits) -> Result<(), SourceError> {
-    let family = table.family();
+    check_order(range, table.family())?;
+    check_lengths(range, table, limits)
+}
+
+/// Refuses a range whose start is after its end.
+fn check_order(range: &Range, family: Family) -> Result<(), SourceError> {
     if range_fault(None, range.start, range.end) == Some(RangeFault::Reversed) {
         return Err(SourceError::Row {
             at: range.origin.clone(),
@@ -209,7 +213,7 @@ pub fn check_range(range: &Range, table: Table, limits: &ColumnLimits) -> Result
             ),
         });
     }
-    check_lengths(range, table, limits)
+    Ok(())
 }
 
 fn check_lengths(range: &Range, table: Table, limits: &ColumnLimits) -> Result<(), SourceError> {

@@ -95,13 +95,13 @@ pub fn value_columns(table: Table, prefix: &str) -> String {
 
 /// `table`'s value columns as [`value_columns`] lists them, a number
 /// cast to text: what COPY reads into a row's values.
-pub fn text_columns(table: Table, prefix: &str) -> String {
+pub fn text_columns(table: Table) -> String {
     table
         .columns()
         .iter()
         .map(|column| match column.number {
-            true => format!("{prefix}{}::text", column.name),
-            false => format!("{prefix}{}", column.name),
+            true => format!("{}::text", column.name),
+            false => column.name.to_owned(),
         })
         .collect::<Vec<_>>()
         .join(", ")

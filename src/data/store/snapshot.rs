@@ -96,7 +96,7 @@ pub async fn load_changes(
         .copy_out(&format!(
             "COPY (SELECT added, start_ip, end_ip, {} FROM ip_service_import_changes WHERE import_id = {id} \
              ORDER BY added, start_ip) TO STDOUT (FORMAT binary)",
-            super::text_columns(table, "")
+            super::text_columns(table)
         ))
         .await?;
     let mut types = vec![Type::BOOL, Type::INET, Type::INET];
@@ -171,7 +171,7 @@ async fn consistent_read(client: &mut Client) -> Result<Transaction<'_>, StoreEr
 pub fn copy_rows_sql(table: Table) -> String {
     format!(
         "COPY (SELECT start_ip, end_ip, {} FROM {} ORDER BY start_ip) TO STDOUT (FORMAT binary)",
-        super::text_columns(table, ""),
+        super::text_columns(table),
         table.name()
     )
 }
