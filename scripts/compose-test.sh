@@ -159,7 +159,10 @@ client() { docker run --rm --network host -v "$PWD/data:/data:ro" xm-ip-service:
 
 # The image alone: its help, and the built-in sample with no volume and no
 # database, asked with `query` from a second container.
-docker run --rm xm-ip-service:local --help | grep -q 'Usage: xm-ip-service' || fail "docker run IMAGE --help"
+# Captured first: `grep -q` stops reading at its match, and under pipefail
+# the client's broken pipe would fail the check.
+help=$(docker run --rm xm-ip-service:local --help) || fail "docker run IMAGE --help failed"
+grep -q 'Usage: xm-ip-service' <<<"$help" || fail "docker run IMAGE --help: $help"
 [ "$(docker run --rm --entrypoint id xm-ip-service:local -u)" != 0 ] || fail "the image runs as root"
 alone=$(docker run -d --rm xm-ip-service:local)
 alone_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$alone")
@@ -169,7 +172,7 @@ for _ in $(seq 30); do
 done
 docker stop -t 5 "$alone" >/dev/null
 alone=
-echo "${answer:-}" | grep -q '"geoip_city_name":"广州"' || fail "docker run IMAGE did not answer from the built-in sample: ${answer:-}"
+grep -q '"geoip_city_name":"广州"' <<<"${answer:-}" || fail "docker run IMAGE did not answer from the built-in sample: ${answer:-}"
 say "docker run IMAGE serves the built-in sample as a non-root user; docker run IMAGE query asks it"
 
 # container_healthy ID SECONDS: waits until the container reports healthy.
@@ -198,16 +201,16 @@ healthy xm-ip-service 600
 say "default profile healthy $(elapsed "$start") after up, $(elapsed "$began") after this script began"
 
 answer=$(client query --addr 127.0.0.1:9090 183.62.57.1 8.8.8.8 240e:1::1 --json) || fail "query over Thrift failed"
-echo "$answer" | grep -q '"geoip_city_name":"广州"' || fail "Thrift answered: $answer"
-echo "$answer" | grep -q '"geoip_source":"maxmind"' || fail "no MaxMind answer over Thrift: $answer"
-echo "$answer" | grep -q '"geoip_asn":4134' || fail "no network in the answers over Thrift: $answer"
+grep -q '"geoip_city_name":"广州"' <<<"$answer" || fail "Thrift answered: $answer"
+grep -q '"geoip_source":"maxmind"' <<<"$answer" || fail "no MaxMind answer over Thrift: $answer"
+grep -q '"geoip_asn":4134' <<<"$answer" || fail "no network in the answers over Thrift: $answer"
 say "Thrift answers from the loaded tables, MaxMind and the ASN tables"
 http=$(curl -fsS 'http://127.0.0.1:8080/api/ip_query?ip=183.62.57.1') || fail "HTTP did not answer"
-echo "$http" | grep -q '"geoip_source":"cn"' || fail "HTTP answered: $http"
+grep -q '"geoip_source":"cn"' <<<"$http" || fail "HTTP answered: $http"
 say "HTTP answers"
 loader=$("${compose[@]}" logs --no-color loader)
 for table in ip_service_cn ip_service_en ip_service_v6 ip_service_asn ip_service_asn_v6; do
-  echo "$loader" | grep -q "into $table " || fail "the loader did not import $table: $(echo "$loader" | tail -n 5)"
+  grep -q "into $table " <<<"$loader" || fail "the loader did not import $table: $(echo "$loader" | tail -n 5)"
 done
 say "the loader imported the five tables"
 
@@ -249,7 +252,7 @@ done
 say "restarted the three replicas one by one ($(elapsed "$start"))"
 wait "$bench" || true
 summary=$(tail -n 1 "$report")
-echo "$summary" | grep -q ' 0 lookups failed' || fail "lookups failed through the restart: $summary"
+grep -q ' 0 lookups failed' <<<"$summary" || fail "lookups failed through the restart: $summary"
 say "through the restart: ${summary##*; }; $(echo "$summary" | grep -o '[0-9]* reconnects, [0-9]* requests resent')"
 
 "${compose[@]}" stop postgres >/dev/null 2>&1
@@ -259,8 +262,8 @@ docker restart -t 30 "$first" >/dev/null
 container_healthy "$first" 60
 ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$first")
 answer=$(client query --addr "$ip:9090" 183.62.57.1 --json) || fail "a replica started without postgres does not answer"
-echo "$answer" | grep -q '"geoip_city_name":"广州"' || fail "the replica without postgres answered: $answer"
-docker logs "$first" 2>&1 | tail -n 20 | grep -q snapshot || fail "the replica did not start from its snapshots"
+grep -q '"geoip_city_name":"广州"' <<<"$answer" || fail "the replica without postgres answered: $answer"
+grep -q snapshot <<<"$(docker logs "$first" 2>&1 | tail -n 20)" || fail "the replica did not start from its snapshots"
 say "with postgres stopped, a restarted replica serves from the snapshot volume ($(elapsed "$start") to its answer)"
 
 "${compose[@]}" --profile fleet down -v --remove-orphans >/dev/null 2>&1
