@@ -72,7 +72,8 @@ struct GeoInfo {
   14: optional string geoip_start_ip_str,
   /** Last address of the matched range as text, IPv4 or IPv6. */
   15: optional string geoip_end_ip_str,
-  /** Which source answered: "cn", "en", "v6" or "maxmind". */
+  /** Which source answered: "cn", "en", "v6" or "maxmind"; "correction"
+      when only a correction knows the place (see geoip_corrected). */
   16: optional string geoip_source,
   /** The autonomous system number announcing the address (0 to
       4294967295, hence i64), from the ip_service_asn tables (RouteViews
@@ -80,7 +81,12 @@ struct GeoInfo {
   17: optional i64 geoip_asn,
   /** The AS organisation's name, as the ASN data gives it (e.g.
       "Cloudflare, Inc."); set exactly when geoip_asn is. */
-  18: optional string geoip_as_org
+  18: optional string geoip_as_org,
+  /** true when a correction (ip_service_overrides) changed this answer:
+      its fields replaced the ones it gives, in the answer's language;
+      unset otherwise. geoip_source still names the source underneath, or
+      is "correction" where no source knew the place. */
+  19: optional bool geoip_corrected
 }
 
 struct GeoRequest {

@@ -48,6 +48,7 @@ fields! {
     SOURCE = 16 "geoip_source";
     ASN = 17 "geoip_asn";
     AS_ORG = 18 "geoip_as_org";
+    CORRECTED = 19 "geoip_corrected";
 }
 
 /// The wire `error_no`, as the IDL documents it.
@@ -100,6 +101,7 @@ pub trait FieldSink {
     fn long(&mut self, field: Field, value: i64);
     /// An address, written as its text.
     fn ip(&mut self, field: Field, value: IpAddr);
+    fn flag(&mut self, field: Field, value: bool);
 }
 
 /// Something that lists an answer's fields.
@@ -141,6 +143,7 @@ impl View for Answer<'_> {
                     end,
                     source,
                     network,
+                    corrected,
                 },
             ) => {
                 let (start_int, end_int) = located.bounds_as_int();
@@ -163,6 +166,9 @@ impl View for Answer<'_> {
                 out.ip(END_IP_STR, *end);
                 out.text(SOURCE, source.as_str());
                 write_network(out, network.as_ref());
+                if *corrected {
+                    out.flag(CORRECTED, true);
+                }
             }
             Err(err) => {
                 for field in [COUNTRY_CODE, COUNTRY_NAME, CITY_CODE, CITY_NAME] {
@@ -257,6 +263,10 @@ pub fn write_json(view: &impl View, out: &mut Vec<u8>) {
                 }
             }
             self.out.push(b'"');
+        }
+        fn flag(&mut self, field: Field, value: bool) {
+            self.key(field);
+            self.out.extend_from_slice(if value { b"true" } else { b"false" });
         }
     }
     let mut object = Object { out, first: true };
@@ -384,6 +394,9 @@ pub fn csv_record(view: &impl View) -> [String; FIELD_COUNT] {
         fn ip(&mut self, field: Field, value: IpAddr) {
             self.set(field, value.to_string());
         }
+        fn flag(&mut self, field: Field, value: bool) {
+            self.set(field, value.to_string());
+        }
     }
     let mut record = Record(std::array::from_fn(|_| String::new()));
     view.write(&mut record);
@@ -441,6 +454,7 @@ mod tests {
             end: IpAddr::V4(Ipv4Addr::new(1, 0, 0, 255)),
             source: Source::Cn,
             network: None,
+            corrected: false,
         });
         let to_value = |answer: &Answer| serde_json::from_slice::<serde_json::Value>(&json(answer)).unwrap();
         let json = to_value(&Answer::new("1.0.0.1", &found));
@@ -454,6 +468,7 @@ mod tests {
             end: IpAddr::V4(Ipv4Addr::new(1, 0, 0, 255)),
             source: Source::Cn,
             network: Some(Network::new(4134, "CHINANET-BACKBONE")),
+            corrected: false,
         });
         let json = to_value(&Answer::new("1.0.0.1", &with_district));
         assert_eq!(json.as_object().unwrap().len(), 18);

@@ -241,7 +241,7 @@ impl From<V4Table> for Table {
 }
 
 /// The address family a table holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Family {
     V4,
     V6,
@@ -269,11 +269,13 @@ pub enum Source {
     En,
     V6,
     MaxMind,
+    /// No source knew the place; a correction alone gives it.
+    Correction,
 }
 
 impl Source {
     /// Every source, in the order metrics count them (`source as usize`).
-    pub const ALL: [Source; 4] = [Source::Cn, Source::En, Source::V6, Source::MaxMind];
+    pub const ALL: [Source; 5] = [Source::Cn, Source::En, Source::V6, Source::MaxMind, Source::Correction];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -281,6 +283,47 @@ impl Source {
             Source::En => "en",
             Source::V6 => "v6",
             Source::MaxMind => "maxmind",
+            Source::Correction => "correction",
+        }
+    }
+}
+
+/// The languages the range tables hold, and so the languages corrections
+/// are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TableLang {
+    ZhCn,
+    En,
+}
+
+impl TableLang {
+    pub const ALL: [TableLang; 2] = [TableLang::ZhCn, TableLang::En];
+
+    /// How the language is spelt in a correction's `lang` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableLang::ZhCn => "zh-CN",
+            TableLang::En => "en",
+        }
+    }
+
+    /// The corrections an IPv4 lookup applies: those in the language of
+    /// the table it asks. A route that asks none answers from MaxMind in
+    /// a language the tables lack, whose missing names MaxMind itself
+    /// gives in English: it takes the English corrections.
+    pub fn of_v4(table: Option<V4Table>) -> TableLang {
+        match table {
+            Some(V4Table::Cn) => TableLang::ZhCn,
+            Some(V4Table::En) | None => TableLang::En,
+        }
+    }
+
+    /// The corrections an IPv6 lookup applies: the v6 table's (zh-CN) if
+    /// it asks it, else English ones as for [`TableLang::of_v4`].
+    pub fn of_v6(asks_v6: bool) -> TableLang {
+        match asks_v6 {
+            true => TableLang::ZhCn,
+            false => TableLang::En,
         }
     }
 }
@@ -671,9 +714,26 @@ pub struct Located {
     pub source: Source,
     /// The network announcing the address, where the network tables know it.
     pub network: Option<Network>,
+    /// Whether a correction changed the answer.
+    pub corrected: bool,
 }
 
 impl Located {
+    /// This answer with `correction`'s values in place of its own where
+    /// the correction gives one: an empty value keeps what the source says.
+    pub fn corrected_by(self, correction: &Place) -> Located {
+        let (mine, theirs) = (self.place.fields().columns(), correction.fields().columns());
+        let place = Place::from_columns(std::array::from_fn(|i| match theirs[i] {
+            "" => mine[i],
+            value => value,
+        }));
+        Located {
+            place,
+            corrected: true,
+            ..self
+        }
+    }
+
     /// The range's bounds as the IDL's integers: the IPv4 address, or 0
     /// for IPv6 answers.
     pub fn bounds_as_int(&self) -> (i64, i64) {
@@ -686,12 +746,14 @@ impl Located {
 }
 
 /// What the range tables hold for one address: its row in the place table
-/// a route asks (none if it asks none, or the table has no row), and the
-/// network announcing it.
+/// a route asks (none if it asks none, or the table has no row), the
+/// network announcing it, and the correction in force for it in the
+/// route's language (as an answer from [`Source::Correction`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Found {
     pub place: Option<Located>,
     pub network: Option<Network>,
+    pub correction: Option<Located>,
 }
 
 /// Why a source could not answer: the short reason a client is told,

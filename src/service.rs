@@ -8,6 +8,7 @@ use tracing::warn;
 
 use crate::data::mmdb::{GeoDb, MaxMind};
 use crate::data::ranges::Ranges;
+pub use crate::domain::TableLang;
 use crate::domain::{Addr, Found, Lang, Located, LookupError, Network, Outcome, Table, Unavailable, V4Table};
 use crate::health::{HealthReport, Unreadable};
 
@@ -15,13 +16,6 @@ use crate::health::{HealthReport, Unreadable};
 /// 10,000-address batch of MaxMind lookups does not hold a worker thread
 /// while other connections wait.
 const DECIDE_CHUNK: usize = 256;
-
-/// The languages the range tables hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableLang {
-    ZhCn,
-    En,
-}
 
 /// Where a method's answers come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,11 +140,11 @@ impl Locator {
             }
             // Each family's rows are in the order of its addresses.
             outcomes.push(addr.and_then(|addr| {
-                let (table, network) = match addr {
+                let (table, beside) = match addr {
                     Addr::V4(_) => rows4.next(),
                     Addr::V6(_) => rows6.next(),
                 };
-                decide(addr, table, network, geo.as_deref(), route.lang())
+                decide(addr, table, beside, geo.as_deref(), route.lang())
             }));
         }
         outcomes
@@ -161,7 +155,7 @@ impl Locator {
     /// call).
     pub async fn locate_one(&self, input: &str, route: Route) -> Outcome {
         let addr = Addr::parse(input)?;
-        let (table, network) = match addr {
+        let (table, beside) = match addr {
             Addr::V4(ip) => {
                 let table = route.v4_table();
                 TableAnswer::of(self.ranges.lookup_one_v4(table, ip).await, table.is_some())
@@ -169,7 +163,7 @@ impl Locator {
             Addr::V6(ip) => TableAnswer::of(self.ranges.lookup_one_v6(route.asks_v6(), ip).await, route.asks_v6()),
         };
         let geo = self.maxmind.as_ref().map(MaxMind::current);
-        decide(addr, table, network, geo.as_deref(), route.lang())
+        decide(addr, table, beside, geo.as_deref(), route.lang())
     }
 
     /// One lookup per family the batch holds, both at once: the place
@@ -221,8 +215,8 @@ impl FamilyRows {
         }
     }
 
-    /// The next address's table answer and network.
-    fn next(&mut self) -> (TableAnswer, Option<Network>) {
+    /// The next address's table answer, network and correction.
+    fn next(&mut self) -> (TableAnswer, Beside) {
         let found = match &mut self.found {
             Ok(rows) => Ok(rows.next().unwrap_or_default()),
             Err(reason) => Err(*reason),
@@ -231,30 +225,56 @@ impl FamilyRows {
     }
 }
 
+/// What the tables know of an address besides its place: the network
+/// announcing it and the correction in force for it.
+#[derive(Debug, Default)]
+struct Beside {
+    network: Option<Network>,
+    correction: Option<Located>,
+}
+
 impl TableAnswer {
     /// What one lookup says: the place table's answer (if `asked`; a row
-    /// with no names is no row) and the network. A failed lookup of a
-    /// route that asks no place table costs only the network.
-    fn of(found: Result<Found, Unavailable>, asked: bool) -> (TableAnswer, Option<Network>) {
-        match found {
-            Ok(found) if asked => match found.place {
-                Some(row) if !row.place.is_blank() => (TableAnswer::Row(row), found.network),
-                _ => (TableAnswer::NoRow, found.network),
-            },
-            Ok(found) => (TableAnswer::NotAsked, found.network),
-            Err(reason) if asked => (TableAnswer::Failed(reason), None),
-            Err(_) => (TableAnswer::NotAsked, None),
-        }
+    /// with no names is no row), the network and the correction. A failed
+    /// lookup of a route that asks no place table costs only those.
+    fn of(found: Result<Found, Unavailable>, asked: bool) -> (TableAnswer, Beside) {
+        let Found {
+            place,
+            network,
+            correction,
+        } = match found {
+            Ok(found) => found,
+            Err(reason) if asked => return (TableAnswer::Failed(reason), Beside::default()),
+            Err(_) => return (TableAnswer::NotAsked, Beside::default()),
+        };
+        let table = match place {
+            _ if !asked => TableAnswer::NotAsked,
+            Some(row) if !row.place.is_blank() => TableAnswer::Row(row),
+            _ => TableAnswer::NoRow,
+        };
+        (table, Beside { network, correction })
     }
 }
 
 /// One address's outcome: where it is, by [`place`], with the network
-/// the tables know, which an address of unknown place carries too.
-fn decide(addr: Addr, table: TableAnswer, network: Option<Network>, geo: Option<&GeoDb>, lang: Lang) -> Outcome {
-    match place(addr, table, geo, lang) {
+/// the tables know, which an address of unknown place carries too; then
+/// the correction, which outranks every source: its values replace the
+/// answer's, or make the answer where no source knew the place.
+fn decide(addr: Addr, table: TableAnswer, beside: Beside, geo: Option<&GeoDb>, lang: Lang) -> Outcome {
+    let Beside { network, correction } = beside;
+    let outcome = match place(addr, table, geo, lang) {
         Ok(located) => Ok(Located { network, ..located }),
         Err(LookupError::NotFound(_)) => Err(LookupError::NotFound(network)),
         Err(other) => Err(other),
+    };
+    match (outcome, correction) {
+        (Ok(located), Some(correction)) => Ok(located.corrected_by(&correction.place)),
+        (Err(LookupError::NotFound(network)), Some(correction)) => Ok(Located {
+            network,
+            corrected: true,
+            ..correction
+        }),
+        (outcome, _) => outcome,
     }
 }
 

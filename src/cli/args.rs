@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+pub use super::values::Target;
 use crate::config::Settings;
 use crate::data::import::Format;
 use crate::data::store::Table;
@@ -68,12 +69,13 @@ pub enum Command {
         #[arg(long)]
         table: Vec<Table>,
     },
-    /// Write a range table to standard output as interchange CSV.
+    /// Write a range table to standard output as interchange CSV, or the
+    /// corrections as the CSV `import --table overrides` takes.
     Export {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
         #[arg(long, value_enum)]
-        table: Table,
+        table: Target,
     },
 }
 
@@ -81,9 +83,10 @@ pub enum Command {
 pub struct ImportArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
-    /// The table to replace.
+    /// The table to replace: a range table, or the corrections
+    /// (`overrides`, from a corrections CSV; see docs/importing.md).
     #[arg(long, value_enum, required_unless_present = "data")]
-    pub table: Option<Table>,
+    pub table: Option<Target>,
     /// The ipdb, mmdb or CSV file.
     #[arg(required_unless_present = "data")]
     pub file: Option<PathBuf>,
@@ -217,7 +220,13 @@ mod tests {
     #[test]
     fn library_enums_read_as_before() {
         let cli = Cli::try_parse_from(["xm-ip-service", "export", "--database-url", "x", "--table", "v6"]).unwrap();
-        assert!(matches!(cli.command, Command::Export { table: Table::V6, .. }));
+        assert!(matches!(
+            cli.command,
+            Command::Export {
+                table: Target::Table(Table::V6),
+                ..
+            }
+        ));
         let err = Cli::try_parse_from(["xm-ip-service", "export", "--database-url", "x", "--table", "v4"]).unwrap_err();
         assert!(
             err.to_string().contains("[possible values: cn, en, v6, asn, asn-v6]"),

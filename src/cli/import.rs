@@ -7,10 +7,12 @@ use anyhow::Context;
 use serde_json::json;
 use tokio_postgres::Client;
 
+use super::args::Target;
 use super::ImportArgs;
+use crate::data::import::overrides::{self, CorrectionReport, OverridesImport, OverridesOutcome};
 use crate::data::import::{self, ChangeReport, Format, ImportError, ImportOptions, ImportOutcome, SourceError};
-use crate::data::source::DataFiles;
-use crate::data::store::{self, Table};
+use crate::data::source::{DataFiles, CORRECTIONS_FILE};
+use crate::data::store::{self, Table, OVERRIDES};
 
 /// Runs `import`: migrates, then loads (or only compares, for
 /// `--dry-run`) one file, or each table a `--data` directory gives,
@@ -21,9 +23,11 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         .context("failed to migrate the database")?;
     let mut client = store::connect(&args.database_url).await?;
     let Some(dir) = &args.data else {
-        let (table, file) = (args.table, args.file.clone());
-        let options = options(&args, table.expect("clap requires it"), file.expect("clap requires it"));
-        return import_one(&mut client, &options, args.json).await;
+        let file = args.file.clone().expect("clap requires it");
+        return match args.table.expect("clap requires it") {
+            Target::Table(table) => import_one(&mut client, &options(&args, table, file), args.json).await,
+            Target::Overrides => import_corrections(&mut client, &corrections(&args, file), args.json).await,
+        };
     };
 
     let sources = DataFiles::in_dir(dir)?.sources()?;
@@ -47,6 +51,17 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // The corrections last, once the tables they correct are in.
+    let file = dir.join(CORRECTIONS_FILE);
+    if file.exists() {
+        if !args.json {
+            println!("== {OVERRIDES} from {}", file.display());
+        }
+        if let Err(err) = import_corrections(&mut client, &corrections(&args, file), args.json).await {
+            eprintln!("xm-ip-service: {OVERRIDES}: {err:#}");
+            failed.push(OVERRIDES);
+        }
+    }
     if !failed.is_empty() {
         anyhow::bail!(
             "import from {} failed or was refused for {}",
@@ -66,6 +81,68 @@ fn options(args: &ImportArgs, table: Table, file: PathBuf) -> ImportOptions {
         dry_run: args.dry_run,
         max_change: args.max_change,
         ..ImportOptions::new(table, file)
+    }
+}
+
+fn corrections(args: &ImportArgs, file: PathBuf) -> OverridesImport {
+    OverridesImport {
+        file,
+        force: args.force,
+        dry_run: args.dry_run,
+        max_change: args.max_change,
+    }
+}
+
+/// An import of corrections, as [`import_one`] does a table's.
+async fn import_corrections(client: &mut Client, options: &OverridesImport, json: bool) -> anyhow::Result<()> {
+    let outcome = match overrides::import(client, options).await {
+        Err(ImportError::TooManyCorrectionsChanged { limit, report }) => {
+            print_corrections(&report, "refused", json);
+            return Err(ImportError::TooManyCorrectionsChanged { limit, report }.into());
+        }
+        outcome => outcome?,
+    };
+    match outcome {
+        OverridesOutcome::AlreadyLoaded => {
+            let message = format!(
+                "{OVERRIDES} already holds {} (same SHA-256); nothing to do (--force reloads)",
+                options.file.display()
+            );
+            match json {
+                true => println!(
+                    "{}",
+                    json!({ "table": OVERRIDES, "outcome": "already_loaded", "message": message })
+                ),
+                false => println!("{message}"),
+            }
+        }
+        OverridesOutcome::Checked { report } => {
+            print_corrections(&report, "dry_run", json);
+            if !json {
+                println!("dry run: {} corrections read; {OVERRIDES} is unchanged", report.new);
+            }
+        }
+        OverridesOutcome::Loaded { elapsed, report } => {
+            print_corrections(&report, "loaded", json);
+            if !json {
+                println!(
+                    "imported {} corrections into {OVERRIDES} in {:.1} s",
+                    report.new,
+                    elapsed.as_secs_f64()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_corrections(report: &CorrectionReport, outcome: &str, json: bool) {
+    match json {
+        true => println!(
+            "{}",
+            json!({ "table": OVERRIDES, "outcome": outcome, "report": report })
+        ),
+        false => print!("{report}"),
     }
 }
 

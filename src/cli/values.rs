@@ -35,6 +35,36 @@ value_enum!(Table {
     Table::AsnV6 => "asn-v6", "IPv6, AS number and organisation";
 });
 
+/// What `import` and `export` take: a range table, or the corrections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Table(Table),
+    Overrides,
+}
+
+/// The tables' names and help lines, then the corrections'.
+impl ValueEnum for Target {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            Target::Table(Table::Cn),
+            Target::Table(Table::En),
+            Target::Table(Table::V6),
+            Target::Table(Table::Asn),
+            Target::Table(Table::AsnV6),
+            Target::Overrides,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        match self {
+            Target::Table(table) => table.to_possible_value(),
+            Target::Overrides => {
+                Some(PossibleValue::new("overrides").help("corrections, IPv4 and IPv6 (ip_service_overrides)"))
+            }
+        }
+    }
+}
+
 value_enum!(Format {
     Format::Ipdb => "ipdb";
     Format::Mmdb => "mmdb";

@@ -15,9 +15,10 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use hashbrown::HashTable;
 
+use crate::data::corrections::Corrections;
 use crate::data::digest::{place_digest, TableDigest};
 use crate::domain::{
-    range_fault, Family, Found, Located, Network, Place, PlaceFields, RangeFault, Source, Table, V4Table,
+    range_fault, Family, Found, Located, Network, Place, PlaceFields, RangeFault, Source, Table, TableLang, V4Table,
 };
 use crate::health::Freshness;
 use crate::memory::{prefetch, Growing, HugePages};
@@ -34,6 +35,8 @@ pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
     fn ip(self) -> IpAddr;
     /// The index of a table of this key's family.
     fn index_of(table: &TableIndex) -> Option<&RangeIndex<Self>>;
+    /// The corrections of this key's family for answers in `lang`.
+    fn corrections_of(corrections: &Corrections, lang: TableLang) -> Option<&RangeIndex<Self>>;
 }
 
 impl Key for u32 {
@@ -58,6 +61,10 @@ impl Key for u32 {
             TableIndex::V4(index) => Some(index),
             TableIndex::V6(_) => None,
         }
+    }
+
+    fn corrections_of(corrections: &Corrections, lang: TableLang) -> Option<&RangeIndex<u32>> {
+        corrections.v4(lang)
     }
 }
 
@@ -84,6 +91,10 @@ impl Key for u128 {
             TableIndex::V6(index) => Some(index),
             TableIndex::V4(_) => None,
         }
+    }
+
+    fn corrections_of(corrections: &Corrections, lang: TableLang) -> Option<&RangeIndex<u128>> {
+        corrections.v6(lang)
     }
 }
 
@@ -248,6 +259,7 @@ impl<K: Key> RangeIndex<K> {
             end: entry.end.ip(),
             source,
             network: None,
+            corrected: false,
         }
     }
 
@@ -650,13 +662,14 @@ pub struct FileSignature {
     pub modified_nanos: i64,
 }
 
-/// The live indexes, one per table. Readers load a table's current
-/// snapshot without a lock; a reload builds a new index aside and swaps it
-/// in whole.
+/// The live indexes, one per table, and the corrections. Readers load a
+/// table's current snapshot without a lock; a reload builds a new index
+/// aside and swaps it in whole.
 pub struct Tables {
     slots: [ArcSwap<Snapshot>; TABLES],
     /// Per table: how what it serves stands against its source.
     freshness: [Mutex<Freshness>; TABLES],
+    corrections: ArcSwap<Corrections>,
 }
 
 const TABLES: usize = Table::ALL.len();
@@ -691,7 +704,18 @@ impl Tables {
         Tables {
             slots,
             freshness: Default::default(),
+            corrections: ArcSwap::from_pointee(Corrections::none()),
         }
+    }
+
+    /// The corrections in force now.
+    pub fn corrections(&self) -> Arc<Corrections> {
+        self.corrections.load_full()
+    }
+
+    /// Makes `corrections` the ones lookups apply from now on.
+    pub fn replace_corrections(&self, corrections: Corrections) {
+        self.corrections.store(Arc::new(corrections));
     }
 
     /// The current snapshot of `table`.
@@ -724,60 +748,95 @@ impl Tables {
         self.set_freshness(table, Freshness::Current);
     }
 
-    /// One IPv4 address's row in `table` (cn or en, if asked) and its network.
+    /// One IPv4 address's row in `table` (cn or en, if asked), its
+    /// network and its correction.
     pub fn lookup_one_v4(&self, table: Option<V4Table>, ip: Ipv4Addr) -> Found {
-        self.lookup_one(table.map(|t| (t.into(), t.source())), u32::from(ip))
+        self.lookup_one(Ask::v4(table), u32::from(ip))
     }
 
-    /// One IPv6 address's row in the v6 table (if asked) and its network.
+    /// One IPv6 address's row in the v6 table (if asked), its network and
+    /// its correction.
     pub fn lookup_one_v6(&self, asks_v6: bool, ip: Ipv6Addr) -> Found {
-        self.lookup_one(asks_v6.then_some((Table::V6, Source::V6)), u128::from(ip))
+        self.lookup_one(Ask::v6(asks_v6), u128::from(ip))
     }
 
-    /// Each IPv4 address's row in `table` (cn or en, if asked) and its
-    /// network, all from one snapshot of each table.
+    /// Each IPv4 address's row in `table` (cn or en, if asked), its
+    /// network and its correction, all from one snapshot of each table.
     pub fn lookup_v4(&self, table: Option<V4Table>, ips: &[Ipv4Addr]) -> Vec<Found> {
         let keys: Vec<u32> = ips.iter().map(|&ip| u32::from(ip)).collect();
-        self.lookup_all(table.map(|t| (t.into(), t.source())), &keys)
+        self.lookup_all(Ask::v4(table), &keys)
     }
 
-    /// Each IPv6 address's row in the v6 table (if asked) and its network.
+    /// Each IPv6 address's row in the v6 table (if asked), its network
+    /// and its correction.
     pub fn lookup_v6(&self, asks_v6: bool, ips: &[Ipv6Addr]) -> Vec<Found> {
         let keys: Vec<u128> = ips.iter().map(|&ip| u128::from(ip)).collect();
-        self.lookup_all(asks_v6.then_some((Table::V6, Source::V6)), &keys)
+        self.lookup_all(Ask::v6(asks_v6), &keys)
     }
 
-    fn lookup_one<K: Key>(&self, place: Option<(Table, Source)>, key: K) -> Found {
+    fn lookup_one<K: Key>(&self, ask: Ask, key: K) -> Found {
         let mut found = Found::default();
-        self.lookup_all_into(place, std::slice::from_ref(&key), |one| found = one);
+        self.lookup_all_into(ask, std::slice::from_ref(&key), |one| found = one);
         found
     }
 
-    fn lookup_all<K: Key>(&self, place: Option<(Table, Source)>, keys: &[K]) -> Vec<Found> {
+    fn lookup_all<K: Key>(&self, ask: Ask, keys: &[K]) -> Vec<Found> {
         let mut out = Vec::with_capacity(keys.len());
-        self.lookup_all_into(place, keys, |found| out.push(found));
+        self.lookup_all_into(ask, keys, |found| out.push(found));
         out
     }
 
     /// Each key's row in the place table (if asked) and its network, both
-    /// searched together, each table from one snapshot.
-    fn lookup_all_into<K: Key>(&self, place: Option<(Table, Source)>, keys: &[K], mut each: impl FnMut(Found)) {
-        let places = place.map(|(table, source)| (self.slots[slot_of(table)].load(), source));
+    /// searched together, and its correction, each from one snapshot.
+    fn lookup_all_into<K: Key>(&self, ask: Ask, keys: &[K], mut each: impl FnMut(Found)) {
+        let places = ask
+            .place
+            .map(|(table, source)| (self.slots[slot_of(table)].load(), source));
         let networks = self.slots[slot_of(Table::networks_of(K::FAMILY))].load();
         let place_index = places
             .as_ref()
             .and_then(|(snapshot, source)| Some((K::index_of(&snapshot.index)?, *source)));
         let network_index = K::index_of(&networks.index);
+        let corrections = self.corrections.load();
+        let correction_index = K::corrections_of(&corrections, ask.lang);
+        let mut at = 0;
         search_together(
             [place_index.map(|(index, _)| index), network_index],
             keys,
             |[place, network]| {
+                let correction = correction_index.and_then(|index| index.locate(keys[at], Source::Correction));
+                at += 1;
                 each(Found {
                     place: place.and_then(|i| place_index.map(|(index, source)| index.answer(i, source))),
                     network: network.and_then(|i| network_index?.network_at(i)),
+                    correction,
                 })
             },
         );
+    }
+}
+
+/// What a lookup asks of the tables: the place table (and the source its
+/// answers name), if any, and the language of the corrections it applies.
+#[derive(Clone, Copy)]
+struct Ask {
+    place: Option<(Table, Source)>,
+    lang: TableLang,
+}
+
+impl Ask {
+    fn v4(table: Option<V4Table>) -> Ask {
+        Ask {
+            place: table.map(|t| (t.into(), t.source())),
+            lang: TableLang::of_v4(table),
+        }
+    }
+
+    fn v6(asks_v6: bool) -> Ask {
+        Ask {
+            place: asks_v6.then_some((Table::V6, Source::V6)),
+            lang: TableLang::of_v6(asks_v6),
+        }
     }
 }
 

@@ -231,6 +231,7 @@ impl GeoDb {
                     end: IpAddr::V4(end.into()),
                     source: Source::MaxMind,
                     network: None,
+                    corrected: false,
                 }));
             }
         }
@@ -261,6 +262,7 @@ impl GeoDb {
             end: network.broadcast(),
             source: Source::MaxMind,
             network: None,
+            corrected: false,
         }))
     }
 }

@@ -8,10 +8,12 @@
 //! - [`import`]: parsing ipdb, mmdb and CSV files, validating, COPY into a
 //!   table, the import history and the change report; export.
 //! - [`index`]: the in-memory range index and the live snapshots; no I/O.
+//! - [`corrections`]: the corrections that outrank every source; no I/O.
 //! - [`digest`]: the table digest that tells applied rows from edited ones.
 //! - [`ranges`]: the seam the lookup rules see: PostgreSQL or the index.
 //! - [`mmdb`]: the MaxMind City reader.
 
+pub mod corrections;
 pub mod digest;
 pub mod import;
 pub mod index;

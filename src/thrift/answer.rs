@@ -25,19 +25,24 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
     #[inline]
     fn header(&mut self, kind: Kind, id: i16) {
         if COMPACT {
-            let code = kind.codes().1;
-            let delta = id - self.last_id;
-            if (1..=15).contains(&delta) {
-                self.out.push((delta as u8) << 4 | code);
-            } else {
-                self.out.push(code);
-                varint(self.out, zigzag(i64::from(id)));
-            }
-            self.last_id = id;
+            self.compact_header(kind.codes().1, id);
         } else {
             self.out.push(kind.codes().0);
             self.out.extend_from_slice(&id.to_be_bytes());
         }
+    }
+
+    /// A compact field header: the id as a delta where it fits.
+    #[inline]
+    fn compact_header(&mut self, code: u8, id: i16) {
+        let delta = id - self.last_id;
+        if (1..=15).contains(&delta) {
+            self.out.push((delta as u8) << 4 | code);
+        } else {
+            self.out.push(code);
+            varint(self.out, zigzag(i64::from(id)));
+        }
+        self.last_id = id;
     }
 
     #[inline]
@@ -66,6 +71,17 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
             varint(self.out, zigzag(value));
         } else {
             self.out.extend_from_slice(&value.to_be_bytes());
+        }
+    }
+
+    /// A bool field: in the compact protocol its value is the header's
+    /// type code (1 true, 2 false), in the binary a byte after it.
+    fn bool(&mut self, id: i16, value: bool) {
+        if COMPACT {
+            self.compact_header(if value { 1 } else { 2 }, id);
+        } else {
+            self.header(Kind::Bool, id);
+            self.out.push(u8::from(value));
         }
     }
 
@@ -117,6 +133,11 @@ impl<const COMPACT: bool> FieldSink for Fields<'_, COMPACT> {
     #[inline]
     fn ip(&mut self, field: Field, value: IpAddr) {
         Fields::ip(self, field.id, value);
+    }
+
+    #[inline]
+    fn flag(&mut self, field: Field, value: bool) {
+        self.bool(field.id, value);
     }
 }
 
@@ -195,6 +216,10 @@ pub fn geo_info(input: &str, outcome: &Outcome) -> GeoInfo {
         fn ip(&mut self, field: Field, value: IpAddr) {
             *text_of_mut(&mut self.0, field) = Some(value.to_string());
         }
+        fn flag(&mut self, field: Field, value: bool) {
+            debug_assert_eq!(field, answer::CORRECTED);
+            self.0.geoip_corrected = Some(value);
+        }
     }
     // As the generated reader starts: 1-12 at their IDL defaults, the
     // optional 13 and later unset until the answer sets them.
@@ -205,6 +230,7 @@ pub fn geo_info(input: &str, outcome: &Outcome) -> GeoInfo {
         geoip_source: None,
         geoip_asn: None,
         geoip_as_org: None,
+        geoip_corrected: None,
         ..GeoInfo::default()
     });
     Answer::new(input, outcome).write(&mut filling);
@@ -269,6 +295,11 @@ impl View for GeoInfo {
                         out.int(field, n);
                     }
                 }
+                answer::CORRECTED => {
+                    if let Some(flag) = self.geoip_corrected {
+                        out.flag(field, flag);
+                    }
+                }
                 answer::START_IP | answer::END_IP | answer::ASN => {
                     let value = match field {
                         answer::START_IP => self.geoip_start_ip,
@@ -330,6 +361,7 @@ mod tests {
                 end: end.parse().unwrap(),
                 source,
                 network: Some(Network::new(4_294_967_295, "AS \"name\"")),
+                corrected: false,
             })
         };
         let answers = [

@@ -91,7 +91,8 @@ pub struct GeoInfo {
   pub geoip_start_ip_str: Option<String>,
   /// Last address of the matched range as text, IPv4 or IPv6.
   pub geoip_end_ip_str: Option<String>,
-  /// Which source answered: "cn", "en", "v6" or "maxmind".
+  /// Which source answered: "cn", "en", "v6" or "maxmind"; "correction"
+  /// when only a correction knows the place (see geoip_corrected).
   pub geoip_source: Option<String>,
   /// The autonomous system number announcing the address (0 to
   /// 4294967295, hence i64), from the ip_service_asn tables (RouteViews
@@ -100,10 +101,15 @@ pub struct GeoInfo {
   /// The AS organisation's name, as the ASN data gives it (e.g.
   /// "Cloudflare, Inc."); set exactly when geoip_asn is.
   pub geoip_as_org: Option<String>,
+  /// true when a correction (ip_service_overrides) changed this answer:
+  /// its fields replaced the ones it gives, in the answer's language;
+  /// unset otherwise. geoip_source still names the source underneath, or
+  /// is "correction" where no source knew the place.
+  pub geoip_corrected: Option<bool>,
 }
 
 impl GeoInfo {
-  pub fn new<F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15, F16, F17, F18>(ip: F1, geoip_country_code: F2, geoip_country_name: F3, geoip_city_code: F4, geoip_city_name: F5, error_no: F6, geoip_province_code: F7, geoip_province_name: F8, geoip_carrier: F9, error_msg: F10, geoip_start_ip: F11, geoip_end_ip: F12, geoip_district_name: F13, geoip_start_ip_str: F14, geoip_end_ip_str: F15, geoip_source: F16, geoip_asn: F17, geoip_as_org: F18) -> GeoInfo where F1: Into<Option<String>>, F2: Into<Option<String>>, F3: Into<Option<String>>, F4: Into<Option<String>>, F5: Into<Option<String>>, F6: Into<Option<i32>>, F7: Into<Option<String>>, F8: Into<Option<String>>, F9: Into<Option<String>>, F10: Into<Option<String>>, F11: Into<Option<i64>>, F12: Into<Option<i64>>, F13: Into<Option<String>>, F14: Into<Option<String>>, F15: Into<Option<String>>, F16: Into<Option<String>>, F17: Into<Option<i64>>, F18: Into<Option<String>> {
+  pub fn new<F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15, F16, F17, F18, F19>(ip: F1, geoip_country_code: F2, geoip_country_name: F3, geoip_city_code: F4, geoip_city_name: F5, error_no: F6, geoip_province_code: F7, geoip_province_name: F8, geoip_carrier: F9, error_msg: F10, geoip_start_ip: F11, geoip_end_ip: F12, geoip_district_name: F13, geoip_start_ip_str: F14, geoip_end_ip_str: F15, geoip_source: F16, geoip_asn: F17, geoip_as_org: F18, geoip_corrected: F19) -> GeoInfo where F1: Into<Option<String>>, F2: Into<Option<String>>, F3: Into<Option<String>>, F4: Into<Option<String>>, F5: Into<Option<String>>, F6: Into<Option<i32>>, F7: Into<Option<String>>, F8: Into<Option<String>>, F9: Into<Option<String>>, F10: Into<Option<String>>, F11: Into<Option<i64>>, F12: Into<Option<i64>>, F13: Into<Option<String>>, F14: Into<Option<String>>, F15: Into<Option<String>>, F16: Into<Option<String>>, F17: Into<Option<i64>>, F18: Into<Option<String>>, F19: Into<Option<bool>> {
     GeoInfo {
       ip: ip.into(),
       geoip_country_code: geoip_country_code.into(),
@@ -123,6 +129,7 @@ impl GeoInfo {
       geoip_source: geoip_source.into(),
       geoip_asn: geoip_asn.into(),
       geoip_as_org: geoip_as_org.into(),
+      geoip_corrected: geoip_corrected.into(),
     }
   }
 }
@@ -148,6 +155,7 @@ impl TSerializable for GeoInfo {
     let mut f_16: Option<String> = None;
     let mut f_17: Option<i64> = None;
     let mut f_18: Option<String> = None;
+    let mut f_19: Option<bool> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -227,6 +235,10 @@ impl TSerializable for GeoInfo {
           let val = i_prot.read_string()?;
           f_18 = Some(val);
         },
+        19 => {
+          let val = i_prot.read_bool()?;
+          f_19 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -253,6 +265,7 @@ impl TSerializable for GeoInfo {
       geoip_source: f_16,
       geoip_asn: f_17,
       geoip_as_org: f_18,
+      geoip_corrected: f_19,
     };
     Ok(ret)
   }
@@ -349,6 +362,11 @@ impl TSerializable for GeoInfo {
       o_prot.write_string(fld_var)?;
       o_prot.write_field_end()?
     }
+    if let Some(fld_var) = self.geoip_corrected {
+      o_prot.write_field_begin(&TFieldIdentifier::new("geoip_corrected", TType::Bool, 19))?;
+      o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -375,6 +393,7 @@ impl Default for GeoInfo {
       geoip_source: Some("".to_owned()),
       geoip_asn: Some(0),
       geoip_as_org: Some("".to_owned()),
+      geoip_corrected: Some(false),
     }
   }
 }

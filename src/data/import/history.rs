@@ -3,13 +3,12 @@
 
 use tokio_postgres::{Client, GenericClient};
 
-use super::change::ChangeReport;
 use super::{Format, ImportError};
-use crate::domain::Table;
+use serde::Serialize;
 
 /// Takes `table`'s import lock, or says another import holds it. The lock
 /// dies with the session if this process does.
-pub async fn lock(client: &Client, table: Table) -> Result<(), ImportError> {
+pub async fn lock(client: &Client, table: &'static str) -> Result<(), ImportError> {
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&lock_key(table)])
         .await?
@@ -17,28 +16,28 @@ pub async fn lock(client: &Client, table: Table) -> Result<(), ImportError> {
     if locked {
         Ok(())
     } else {
-        Err(ImportError::Busy(table.name()))
+        Err(ImportError::Busy(table))
     }
 }
 
-pub async fn unlock(client: &Client, table: Table) -> Result<(), ImportError> {
+pub async fn unlock(client: &Client, table: &str) -> Result<(), ImportError> {
     client
         .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock_key(table)])
         .await?;
     Ok(())
 }
 
-fn lock_key(table: Table) -> String {
-    format!("xm-ip-service import {}", table.name())
+fn lock_key(table: &str) -> String {
+    format!("xm-ip-service import {table}")
 }
 
 /// The SHA-256 of the file `table` was last loaded from.
-pub async fn live_sha256(client: &Client, table: Table) -> Result<Option<String>, ImportError> {
+pub async fn live_sha256(client: &Client, table: &str) -> Result<Option<String>, ImportError> {
     Ok(client
         .query_opt(
             "SELECT sha256 FROM ip_service_imports WHERE table_name = $1 AND outcome = 'succeeded' \
              ORDER BY id DESC LIMIT 1",
-            &[&table.name()],
+            &[&table],
         )
         .await?
         .map(|row| row.get(0)))
@@ -49,7 +48,7 @@ pub async fn live_sha256(client: &Client, table: Table) -> Result<Option<String>
 /// 'interrupted'.
 pub async fn begin(
     client: &Client,
-    table: Table,
+    table: &str,
     source_file: &str,
     sha256: &str,
     format: Format,
@@ -58,14 +57,14 @@ pub async fn begin(
         .execute(
             "UPDATE ip_service_imports SET outcome = 'interrupted', finished_at = now() \
              WHERE table_name = $1 AND outcome = 'running'",
-            &[&table.name()],
+            &[&table],
         )
         .await?;
     Ok(client
         .query_one(
             "INSERT INTO ip_service_imports (table_name, source_file, sha256, format) \
              VALUES ($1, $2, $3, $4) RETURNING id",
-            &[&table.name(), &source_file, &sha256, &format.as_str()],
+            &[&table, &source_file, &sha256, &format.as_str()],
         )
         .await?
         .get(0))
@@ -77,7 +76,7 @@ pub async fn succeed(
     client: &impl GenericClient,
     id: i64,
     rows: i64,
-    report: &ChangeReport,
+    report: &impl Serialize,
 ) -> Result<(), ImportError> {
     client
         .execute(
@@ -94,6 +93,7 @@ pub async fn succeed(
 pub async fn fail(client: &Client, id: i64, err: &ImportError) -> Result<(), ImportError> {
     let (outcome, report) = match err {
         ImportError::TooMuchChange { report, .. } => ("refused", Some(report_json(report))),
+        ImportError::TooManyCorrectionsChanged { report, .. } => ("refused", Some(report_json(report))),
         _ => ("failed", None),
     };
     client
@@ -106,6 +106,6 @@ pub async fn fail(client: &Client, id: i64, err: &ImportError) -> Result<(), Imp
     Ok(())
 }
 
-fn report_json(report: &ChangeReport) -> serde_json::Value {
+fn report_json(report: &impl Serialize) -> serde_json::Value {
     serde_json::to_value(report).expect("a report is plain data")
 }

@@ -103,11 +103,11 @@ pub async fn import(client: &mut Client, options: &ImportOptions) -> Result<Impo
     }
 
     let table = options.table;
-    history::lock(client, table).await?;
+    history::lock(client, table.name()).await?;
     let result = import_locked(client, options, format, bytes, sha256).await;
     // The import's own error matters more than a failed unlock (the lock
     // goes with the session anyway).
-    let unlocked = history::unlock(client, table).await;
+    let unlocked = history::unlock(client, table.name()).await;
     let result = result?;
     unlocked?;
     Ok(match result {
@@ -147,10 +147,10 @@ async fn import_locked(
     sha256: String,
 ) -> Result<Option<(RangeBuilder, ChangeReport)>, ImportError> {
     let table = options.table;
-    if history::live_sha256(client, table).await?.as_deref() == Some(sha256.as_str()) && !options.force {
+    if history::live_sha256(client, table.name()).await?.as_deref() == Some(sha256.as_str()) && !options.force {
         return Ok(None);
     }
-    let id = history::begin(client, table, &file_name(&options.file), &sha256, format).await?;
+    let id = history::begin(client, table.name(), &file_name(&options.file), &sha256, format).await?;
     let result = parse_and_swap(client, options, format, bytes, id).await;
     if let Err(err) = &result {
         // The import's own error matters more than failing to record it.

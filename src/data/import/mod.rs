@@ -16,6 +16,7 @@ mod history;
 mod ipdb;
 mod load;
 mod mmdb_file;
+pub mod overrides;
 mod progress;
 mod swap;
 
@@ -150,6 +151,14 @@ pub enum ImportError {
         report.table
     )]
     TooMuchChange { limit: f64, report: Box<ChangeReport> },
+    #[error(
+        "refused: {:.2}% of the live corrections would be removed or changed, over the limit of {limit}%",
+        report.changed_percent
+    )]
+    TooManyCorrectionsChanged {
+        limit: f64,
+        report: Box<overrides::CorrectionReport>,
+    },
     #[error("cannot read the live table to compare: {0}")]
     Live(#[source] crate::data::store::StoreError),
     #[error("database: {0}")]

@@ -5,6 +5,9 @@
 //! en (English names) and the MaxMind fallback, and a `.csv` gives the
 //! table its name says (`cn.csv`, `ip_service_v6.csv`, …).
 //!
+//! Corrections come from `overrides.csv`, the CSV `import --table
+//! overrides` takes.
+//!
 //! A table whose file is replaced or rewritten is read again in the
 //! background and swapped in whole; a file that does not load is logged
 //! and the table keeps what it had.
@@ -17,11 +20,22 @@ use std::time::SystemTime;
 use tracing::{info, warn};
 
 use super::refresh::{signature, Refresh, ToCheck};
-use crate::data::import::{read_streaming, schema_limits, Format, ImportError, Range, SourceError};
+use crate::data::corrections::Corrections;
+use crate::data::import::{overrides, read_streaming, schema_limits, Format, ImportError, Range, SourceError};
 use crate::data::index::{Builder, Key, RangeIndex, Snapshot, TableIndex, Tables, Version};
 use crate::domain::{Family, Lang, Table};
 use crate::health::{Freshness, StaleCause};
 use crate::metrics::{Metrics, Reload};
+
+/// The corrections file of a data directory.
+pub const CORRECTIONS_FILE: &str = "overrides.csv";
+
+/// Whether a file is the corrections file (`overrides.csv`, or the
+/// table's name), which feeds no range table.
+fn is_corrections_file(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == CORRECTIONS_FILE || name == "ip_service_overrides.csv"
+}
 
 /// Where a file's bytes are.
 #[derive(Debug, Clone)]
@@ -100,11 +114,12 @@ pub struct DataFiles {
     files: Vec<DataFile>,
 }
 
-/// What a set of files gives: the tables, and the MaxMind database if
-/// there is one.
+/// What a set of files gives: the tables, the MaxMind database if there
+/// is one, and the corrections (none without a corrections file).
 pub struct FileTables {
     pub tables: Vec<(Table, Snapshot)>,
     pub mmdb: Option<FileSource>,
+    pub corrections: Corrections,
 }
 
 impl DataFiles {
@@ -186,6 +201,7 @@ impl DataFiles {
                     mmdb = Some(file);
                     self.claim(Table::En, file, &mut tables)?;
                 }
+                Some(Format::Csv) if is_corrections_file(&file.name) => {}
                 Some(Format::Csv) => {
                     let stem = Path::new(&file.name).file_stem().unwrap_or_default().to_string_lossy();
                     let table = table_of_csv(&stem).ok_or_else(|| {
@@ -318,7 +334,34 @@ impl DataFiles {
         Ok(FileTables {
             tables,
             mmdb: mmdb.map(|file| file.source.clone()),
+            corrections: self.corrections(SystemTime::now())?,
         })
+    }
+
+    fn corrections_file(&self) -> Option<&DataFile> {
+        self.files.iter().find(|file| is_corrections_file(&file.name))
+    }
+
+    /// The version of the corrections file (absent without one).
+    fn corrections_version(&self) -> Version {
+        self.corrections_file().map_or(Version::Absent, |file| file.version().0)
+    }
+
+    /// The corrections the files give, as they stand at `now`: checked as
+    /// `import --table overrides` checks them; none without a file.
+    pub fn corrections(&self, now: SystemTime) -> Result<Corrections, ImportError> {
+        let Some(file) = self.corrections_file() else {
+            return Ok(Corrections::none());
+        };
+        let (version, data_time) = file.version();
+        let bytes = file.source.read()?;
+        let source_error = |source| ImportError::Source {
+            path: file.path(),
+            format: Format::Csv,
+            source,
+        };
+        let rows = overrides::read(&bytes).map_err(source_error)?;
+        Corrections::new(rows, version, data_time, now).map_err(|err| source_error(err.into()))
     }
 }
 
@@ -355,22 +398,24 @@ impl FileWatch {
 }
 
 impl Refresh for FileWatch {
-    /// Reads again the tables whose file changed since it was loaded. The
+    /// Reads again the tables whose file changed since it was loaded, and
+    /// the corrections if their file did or one of them has expired. The
     /// directory is read again each time: a file may have been added,
-    /// renamed or removed, so every table is checked whatever `_which` says.
+    /// renamed or removed, so everything is checked whatever `_which` says.
     async fn check(&mut self, _which: ToCheck) -> bool {
+        let corrections = self.check_corrections();
         let (files, changed) = match self.changed_files() {
-            Ok((_, changed)) if changed.is_empty() => return false,
+            Ok((_, changed)) if changed.is_empty() => return corrections,
             Ok(found) => found,
             Err(err) => {
                 warn!(error = %err, "the data files cannot be read; the tables keep their data");
-                return false;
+                return corrections;
             }
         };
         let wanted = changed.clone();
         // Parsing and indexing take seconds of CPU: keep them off the workers.
         let Ok(loaded) = tokio::task::spawn_blocking(move || files.load_only(&wanted)).await else {
-            return false;
+            return corrections;
         };
         match loaded {
             Ok(loaded) => {
@@ -392,6 +437,46 @@ impl Refresh for FileWatch {
                         .set_freshness(table, Freshness::Stale(StaleCause::FileReload(err.to_string())));
                 }
                 self.metrics.reloaded(Reload::Table, false);
+                corrections
+            }
+        }
+    }
+}
+
+impl FileWatch {
+    /// Reads the corrections file again if it changed (or came, or went),
+    /// or holds the same ones without those that have expired. Returns
+    /// whether the corrections were replaced.
+    fn check_corrections(&self) -> bool {
+        let held = self.tables.corrections();
+        let now = SystemTime::now();
+        let files = match self.files.rescanned() {
+            Ok(files) => files,
+            Err(_) => return false,
+        };
+        if files.corrections_version() == held.version {
+            if !held.has_expired(now) {
+                return false;
+            }
+            let rebuilt = held.rebuilt(now);
+            info!(
+                in_force = rebuilt.in_force(),
+                "corrections expired; the rest still apply"
+            );
+            self.tables.replace_corrections(rebuilt);
+            return true;
+        }
+        match files.corrections(now) {
+            Ok(corrections) => {
+                info!(
+                    in_force = corrections.in_force(),
+                    "corrections reloaded from their file"
+                );
+                self.tables.replace_corrections(corrections);
+                true
+            }
+            Err(err) => {
+                warn!(error = %err, "the corrections file does not load; the corrections in force stay");
                 false
             }
         }

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use files::{DataFiles, FileSource, FileTables};
+pub use files::{DataFiles, FileSource, FileTables, CORRECTIONS_FILE};
 
 use crate::config::{DataSource, LookupMode, Pool, Postgres, Settings};
 use crate::data::index::Tables;
@@ -235,6 +235,10 @@ async fn open_postgres(pg: &Postgres, metrics: &Arc<Metrics>) -> anyhow::Result<
                 .await
                 .with_context(|| format!("cannot load the tables from {described} into memory"))?;
             let tables = Arc::new(Tables::new(loaded));
+            let corrections = postgres::load_corrections(&pg.url, pg.pool.timeout)
+                .await
+                .with_context(|| format!("cannot load the corrections from {described}"))?;
+            tables.replace_corrections(corrections);
             log_tables(&tables, &Table::ALL, started.elapsed());
             if let Some(dir) = pg.snapshot_dir.clone() {
                 // Written in the background: serving need not wait for the disk.
@@ -295,6 +299,7 @@ async fn open_files(files: DataFiles, wanted: &[Table]) -> anyhow::Result<(Arc<T
     let described = files.origin.clone();
     let loaded = load_files(files, wanted).await?;
     let tables = Arc::new(Tables::new(loaded.tables));
+    tables.replace_corrections(loaded.corrections);
     log_tables(&tables, wanted, started.elapsed());
     crate::memory::release_free_memory();
     Ok((tables, loaded.mmdb, described))

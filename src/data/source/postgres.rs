@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -18,8 +18,9 @@ use tracing::{debug, error, info, warn};
 
 use super::refresh::{Refresh, ToCheck};
 use crate::config::Postgres;
+use crate::data::corrections::Corrections;
 use crate::data::index::{Snapshot, Tables};
-use crate::data::store::{self, StoreError, RELOAD_CHANNEL};
+use crate::data::store::{self, StoreError, OVERRIDES, RELOAD_CHANNEL};
 use crate::domain::Table;
 use crate::health::{Freshness, StaleCause};
 use crate::metrics::{Metrics, Reload};
@@ -83,7 +84,7 @@ struct Failing {
 /// A live LISTEN connection and the notifications it forwards.
 struct Listener {
     _client: Client,
-    notes: mpsc::Receiver<Option<Table>>,
+    notes: mpsc::Receiver<ToCheck>,
     /// Set when a notification could not be queued.
     overflowed: Arc<AtomicBool>,
 }
@@ -111,8 +112,9 @@ impl Reloader {
         }
     }
 
-    /// Opens a connection that LISTENs and forwards each notification's
-    /// table (`None` for a payload naming no table); refuses a standby.
+    /// Opens a connection that LISTENs and forwards what each notification
+    /// names (a table, the corrections, or for anything else everything);
+    /// refuses a standby.
     async fn open_listener(&self) -> Result<Listener, ListenError> {
         let failed = ListenError::Failed;
         let mut config =
@@ -134,7 +136,7 @@ impl Reloader {
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(AsyncMessage::Notification(note)) => {
-                        if tx.try_send(Table::from_name(note.payload())).is_err() {
+                        if tx.try_send(announced(note.payload())).is_err() {
                             overflow.store(true, Ordering::Relaxed);
                         }
                     }
@@ -227,6 +229,47 @@ impl Reloader {
             .unwrap_or(Err(StoreError::Timeout(self.timeout * 2)))
     }
 
+    /// Reads the corrections again if a newer import replaced them, or
+    /// holds the same ones without those that have expired: expiry needs
+    /// no database. Returns whether the corrections were replaced.
+    async fn check_corrections(&self) -> bool {
+        let held = self.tables.corrections();
+        let now = SystemTime::now();
+        let live = async {
+            let client = store::connect_for(&self.database_url, self.timeout, "corrections check").await?;
+            store::corrections_import(&client).await
+        };
+        let live = tokio::time::timeout(self.timeout * 2, live)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.timeout * 2)));
+        match live {
+            Ok(live) if store::corrections_version(live) != held.version => {
+                match load_corrections(&self.database_url, self.timeout).await {
+                    Ok(corrections) => {
+                        info!(in_force = corrections.in_force(), "corrections reloaded into memory");
+                        self.tables.replace_corrections(corrections);
+                        return true;
+                    }
+                    Err(err) => {
+                        error!(error = %err.cause(), "corrections reload failed; still applying the previous ones")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(err) => debug!(error = %err.cause(), "cannot check the corrections for an import"),
+        }
+        if !held.has_expired(now) {
+            return false;
+        }
+        let rebuilt = held.rebuilt(now);
+        info!(
+            in_force = rebuilt.in_force(),
+            "corrections expired; the rest still apply"
+        );
+        self.tables.replace_corrections(rebuilt);
+        true
+    }
+
     /// Forgets the announcements that `changed` answers, or that waited too long.
     fn settle_awaiting(&mut self, changed: &[(Table, Option<String>)]) {
         let now = Instant::now();
@@ -248,9 +291,15 @@ impl Reloader {
 }
 
 impl Refresh for Reloader {
-    /// Reloads each table whose version differs from its snapshot's.
+    /// Reloads each table whose version differs from its snapshot's, and
+    /// the corrections if `which` names them.
     async fn check(&mut self, which: ToCheck) -> bool {
-        let changed = match self.changed(&which.tables()).await {
+        let corrections = which.corrections() && self.check_corrections().await;
+        let tables = which.tables();
+        if tables.is_empty() {
+            return corrections;
+        }
+        let changed = match self.changed(&tables).await {
             Ok(changed) => {
                 if self.failing.check.take().is_some() {
                     info!("the tables can be checked for changes again");
@@ -263,7 +312,7 @@ impl Refresh for Reloader {
                     warn!(error = %cause, "cannot check the tables for changes; retrying on every check");
                 }
                 self.failing.check = Some(cause);
-                return false;
+                return corrections;
             }
         };
         self.settle_awaiting(&changed);
@@ -274,7 +323,7 @@ impl Refresh for Reloader {
                 self.tables.set_freshness(table, Freshness::Current);
             }
         }
-        let mut swapped = false;
+        let mut swapped = corrections;
         for (table, change) in changed {
             swapped |= self.rebuild(table, change).await;
         }
@@ -349,13 +398,13 @@ impl Refresh for Reloader {
         tokio::select! {
             table = replay_poll => Some(ToCheck::Table(table)),
             note = live.notes.recv() => match note {
-                Some(Some(table)) => {
+                Some(ToCheck::Table(table)) => {
                     if !self.awaiting.iter().any(|(t, _)| *t == table) {
                         self.awaiting.push((table, Instant::now() + AWAIT_REPLAY));
                     }
                     Some(ToCheck::Table(table))
                 }
-                Some(None) => Some(ToCheck::All),
+                Some(other) => Some(other),
                 None => {
                     if self.failing.listen.is_none() {
                         warn!("lost the connection listening for table reloads; reconnecting");
@@ -367,6 +416,15 @@ impl Refresh for Reloader {
                 }
             },
         }
+    }
+}
+
+/// What a notification's payload names.
+fn announced(payload: &str) -> ToCheck {
+    match Table::from_name(payload) {
+        Some(table) => ToCheck::Table(table),
+        None if payload == OVERRIDES => ToCheck::Corrections,
+        None => ToCheck::All,
     }
 }
 
@@ -431,6 +489,24 @@ async fn load_aside(
     })
     .await
     .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+}
+
+/// Reads the corrections, as they stand now.
+pub async fn load_corrections(database_url: &str, timeout: Duration) -> Result<Corrections, StoreError> {
+    let load = async {
+        let client = store::connect_for(database_url, timeout, "corrections load").await?;
+        let (rows, live) = store::load_corrections(&client).await?;
+        Corrections::new(
+            rows,
+            store::corrections_version(live),
+            live.and_then(|(_, at)| at),
+            SystemTime::now(),
+        )
+        .map_err(|err| StoreError::Invalid(err.to_string()))
+    };
+    tokio::time::timeout(LOAD_TIMEOUT, load)
+        .await
+        .map_err(|_| StoreError::Timeout(LOAD_TIMEOUT))?
 }
 
 /// Loads every table at once, for start-up in memory mode.

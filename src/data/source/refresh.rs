@@ -16,8 +16,10 @@ use crate::domain::Table;
 /// What may have changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToCheck {
+    /// Every table and the corrections.
     All,
     Table(Table),
+    Corrections,
 }
 
 impl ToCheck {
@@ -26,7 +28,13 @@ impl ToCheck {
         match self {
             ToCheck::All => Table::ALL.to_vec(),
             ToCheck::Table(table) => vec![table],
+            ToCheck::Corrections => Vec::new(),
         }
+    }
+
+    /// Whether the corrections are to be checked.
+    pub fn corrections(self) -> bool {
+        matches!(self, ToCheck::All | ToCheck::Corrections)
     }
 }
 

@@ -195,8 +195,9 @@ mod tests {
                 end: ip,
                 source: Source::Cn,
                 network: None,
+                corrected: false,
             }),
-            network: None,
+            ..Found::default()
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod coalesce;
 mod migrate;
+mod overrides;
 mod snapshot;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -17,13 +18,18 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
 use crate::config;
-use crate::domain::{Column, Family, Found, Located, Network, Place, RowKind, Unavailable, V4Table, PLACE_COLUMNS};
+use crate::domain::{
+    Column, Family, Found, Located, Network, Place, RowKind, Source, TableLang, Unavailable, V4Table, PLACE_COLUMNS,
+};
 use crate::health::{Freshness, PoolState, TableState};
 use crate::metrics::Metrics;
 use coalesce::Coalescer;
 
 pub use crate::domain::Table;
 pub use migrate::migrate;
+pub use overrides::{
+    corrections_import, corrections_version, load_corrections, place_columns, CorrectionsImport, OVERRIDES,
+};
 pub use snapshot::{
     change_summary, connect_for, copy_rows_sql, live_import, load_changes, load_snapshot, table_rows, version,
     visit_rows, LiveImport,
@@ -38,16 +44,17 @@ pub const RELOAD_CHANNEL: &str = "ip_service_reload";
 /// (`ORDER BY start_ip DESC LIMIT 1`): a bounded index descent wherever it
 /// lands. A place table's lookup probes the network table of its family in
 /// the same query; a network table's lookup is for routes that ask no
-/// place table.
+/// place table. Each also probes the corrections in force in the language
+/// the route's answers take ([`TableLang::of_v4`]).
 pub fn lookup_sql(table: Table) -> &'static str {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let all = SQL.get_or_init(|| {
         Table::ALL
             .iter()
             .map(|&table| {
-                let array = match table.family() {
-                    Family::V4 => "int8[]",
-                    Family::V6 => "inet[]",
+                let (array, ip) = match table.family() {
+                    Family::V4 => ("int8[]", "'0.0.0.0'::inet + q.ip"),
+                    Family::V6 => ("inet[]", "q.ip"),
                 };
                 let probe = |table: Table, alias: &str| {
                     format!(
@@ -56,6 +63,15 @@ pub fn lookup_sql(table: Table) -> &'static str {
                         table.name()
                     )
                 };
+                // A correction of the other family never reaches the
+                // address: inet orders IPv4 before IPv6.
+                let lang = correction_lang(table).as_str();
+                let corrections = format!(
+                    "LEFT JOIN LATERAL (SELECT * FROM {OVERRIDES} o WHERE o.lang = '{lang}' AND o.start_ip <= {ip} \
+                     ORDER BY o.start_ip DESC LIMIT 1) c ON c.end_ip >= {ip} \
+                     AND (c.expires_at IS NULL OR c.expires_at > now())"
+                );
+                let correction_columns = format!("c.start_ip, c.end_ip, {}", place_columns("c."));
                 let networks = Table::networks_of(table.family());
                 let (columns, joins, found) = match table.kind() {
                     RowKind::Place => (
@@ -70,8 +86,8 @@ pub fn lookup_sql(table: Table) -> &'static str {
                     ),
                 };
                 format!(
-                    "SELECT q.ord, {columns} FROM unnest($1::{array}) WITH ORDINALITY AS q(ip, ord) {joins} \
-                     WHERE {found}"
+                    "SELECT q.ord, {columns}, {correction_columns} FROM unnest($1::{array}) WITH ORDINALITY AS q(ip, ord) \
+                     {joins} {corrections} WHERE {found} OR c.start_ip IS NOT NULL"
                 )
             })
             .collect()
@@ -80,6 +96,16 @@ pub fn lookup_sql(table: Table) -> &'static str {
         .iter()
         .position(|t| *t == table)
         .expect("every table is in ALL")]
+}
+
+/// The language of the corrections a lookup of `table` applies: the
+/// table's own, or for a network table (asked by routes that ask no place
+/// table) English, as [`TableLang::of_v4`] says.
+fn correction_lang(table: Table) -> TableLang {
+    match table {
+        Table::Cn | Table::V6 => TableLang::ZhCn,
+        Table::En | Table::Asn | Table::AsnV6 => TableLang::En,
+    }
 }
 
 /// `table`'s value columns, in [`Table::columns`] order, each after
@@ -466,9 +492,10 @@ fn in_input_order(
                     found.place = Some(Located {
                         start,
                         end,
-                        place: place(&row)?,
+                        place: place(&row, 3)?,
                         source,
                         network: None,
+                        corrected: false,
                     });
                 }
                 3 + PLACE_COLUMNS.len()
@@ -476,16 +503,36 @@ fn in_input_order(
             None => 1,
         };
         found.network = network(&row, network_at)?;
+        found.correction = correction(&row, network_at + 2)?;
     }
     Ok(out)
 }
 
-/// Columns 3 to 10 of a place lookup's row: the place's, in
-/// [`PLACE_COLUMNS`] order.
-fn place(row: &Row) -> Result<Place, tokio_postgres::Error> {
+/// The correction in a lookup row's columns from `at` (its bounds, then
+/// its values), if one is in force for the address.
+fn correction(row: &Row, at: usize) -> Result<Option<Located>, StoreError> {
+    let (Some(start), Some(end)) = (
+        row.try_get::<_, Option<IpAddr>>(at)?,
+        row.try_get::<_, Option<IpAddr>>(at + 1)?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(Located {
+        place: place(row, at + 2)?,
+        start,
+        end,
+        source: Source::Correction,
+        network: None,
+        corrected: false,
+    }))
+}
+
+/// The place in a lookup row's columns from `at`, in [`PLACE_COLUMNS`]
+/// order.
+fn place(row: &Row, at: usize) -> Result<Place, tokio_postgres::Error> {
     let mut values = [""; 8];
     for (i, value) in values.iter_mut().enumerate() {
-        *value = row.try_get::<_, Option<&str>>(3 + i)?.unwrap_or("");
+        *value = row.try_get::<_, Option<&str>>(at + i)?.unwrap_or("");
     }
     Ok(Place::from_columns(values))
 }
