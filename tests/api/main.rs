@@ -7,6 +7,7 @@ mod helpers;
 
 mod change_report;
 mod cli;
+mod corrections;
 mod files;
 mod hostile;
 mod http;
