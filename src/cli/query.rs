@@ -37,7 +37,8 @@ pub fn query(args: QueryArgs) -> anyhow::Result<bool> {
 
 /// A table, one row per address; widths count display columns, so CJK
 /// names line up. An error row gives its number and message after the IP,
-/// and the network where the answer names one.
+/// and the network where the answer names one. A corrected answer says so
+/// beside its source.
 fn table(answers: &[GeoInfo]) -> String {
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let pair =
@@ -47,6 +48,10 @@ fn table(answers: &[GeoInfo]) -> String {
         Some(asn) => format!("AS{asn} {}", text(&g.geoip_as_org)),
         None => String::new(),
     };
+    let source = |g: &GeoInfo| match g.geoip_corrected {
+        Some(true) => format!("{} (corrected)", text(&g.geoip_source)),
+        _ => text(&g.geoip_source),
+    };
     let header = [
         "IP", "SOURCE", "COUNTRY", "PROVINCE", "CITY", "DISTRICT", "CARRIER", "NETWORK", "RANGE",
     ];
@@ -55,7 +60,7 @@ fn table(answers: &[GeoInfo]) -> String {
         .map(|g| match g.error_no.unwrap_or(0) {
             0 => vec![
                 text(&g.ip),
-                text(&g.geoip_source),
+                source(g),
                 pair(&g.geoip_country_code, &g.geoip_country_name),
                 pair(&g.geoip_province_code, &g.geoip_province_name),
                 pair(&g.geoip_city_code, &g.geoip_city_name),

@@ -24,6 +24,16 @@ const IPS: [&str; 9] = [
 #[tokio::test]
 async fn python_apache_thrift_client_sees_what_the_rust_client_sees() {
     let app = TestApp::spawn().await;
+    // A correction of 1.1.1.0/24's carrier, read by the lookups' own query.
+    app.db()
+        .client()
+        .await
+        .batch_execute(
+            "INSERT INTO ip_service_overrides (start_ip, end_ip, lang, carrier_name, reason) \
+             VALUES ('1.1.1.0', '1.1.1.255', 'zh-CN', 'Cloudflare', 'a test')",
+        )
+        .await
+        .unwrap();
     let generated = tempfile::tempdir().unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
     let status = Command::new("thrift")
@@ -83,6 +93,14 @@ async fn python_apache_thrift_client_sees_what_the_rust_client_sees() {
         (&json!(2), &json!(3320), &json!("Deutsche Telekom AG"))
     );
     assert!(by_ip[8].get("geoip_source").is_none(), "{}", by_ip[8]);
+    // The correction's flag: set on the corrected answer, unset elsewhere.
+    assert_eq!(
+        (&by_ip[5]["geoip_carrier"], &by_ip[5]["geoip_corrected"]),
+        (&json!("Cloudflare"), &json!(true)),
+        "{}",
+        by_ip[5]
+    );
+    assert!(by_ip[0].get("geoip_corrected").is_none(), "{}", by_ip[0]);
     for unset in ["geoip_asn", "geoip_as_org", "geoip_district_name"] {
         assert!(by_ip[4].get(unset).is_none(), "9.9.9.9 has no {unset}: {}", by_ip[4]);
         assert!(by_ip[6].get(unset).is_none(), "10.0.0.1 has no {unset}: {}", by_ip[6]);
