@@ -229,7 +229,8 @@ mod tests {
         ));
         let err = Cli::try_parse_from(["xm-ip-service", "export", "--database-url", "x", "--table", "v4"]).unwrap_err();
         assert!(
-            err.to_string().contains("[possible values: cn, en, v6, asn, asn-v6, overrides]"),
+            err.to_string()
+                .contains("[possible values: cn, en, v6, asn, asn-v6, overrides]"),
             "{err}"
         );
     }

@@ -10,8 +10,9 @@ use xm_ip_service::config::DataSource;
 use xm_ip_service::thrift::GeoInfo;
 
 use crate::cli::run;
-use crate::helpers::{eventually, local_settings, Options, TestApp};
+use crate::helpers::{eventually, local_settings, Options, TestApp, TestDb};
 use crate::http::{get, http};
+use crate::memory::{away_database, with_snapshots};
 
 /// Corrections of the fixture data: a partial one of a cn row (city and
 /// its code), one of a MaxMind answer (the carrier), one where no source
@@ -387,4 +388,38 @@ async fn file_mode_applies_overrides_csv_and_follows_its_rewrites() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_mode_keeps_the_corrections_in_its_snapshots() {
+    let db = TestDb::new().await.with_fixtures().await;
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO ip_service_overrides (start_ip, end_ip, lang, city_name, reason) \
+             VALUES ('183.62.57.0', '183.62.57.255', 'zh-CN', '深圳', 'a test')",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestApp::start(with_snapshots(&db.url, dir.path()), None, None).await;
+    let expected = first.by_ip(&["183.62.57.1"]).await;
+    assert_eq!(expected[0].geoip_city_name.as_deref(), Some("深圳"));
+    let path = xm_ip_service::data::source::disk::corrections_path(dir.path());
+    eventually(
+        Duration::from_secs(10),
+        "the corrections' snapshot was not written",
+        || async {
+            match xm_ip_service::data::source::disk::read_corrections(dir.path(), std::time::SystemTime::now()) {
+                Ok(Some(c)) if c.in_force() == 1 => Ok(()),
+                other => Err(format!("{:?}", other.map(|c| c.map(|c| c.in_force())))),
+            }
+        },
+    )
+    .await;
+    first.shutdown().await;
+    assert!(path.exists());
+
+    let second = TestApp::start(with_snapshots(&away_database(), dir.path()), None, None).await;
+    assert_eq!(second.by_ip(&["183.62.57.1"]).await, expected, "the database away");
 }

@@ -405,7 +405,7 @@ async fn rows_that_overlap_are_refused_and_the_old_snapshot_keeps_serving() {
 }
 
 /// A database URL on a port where nothing listens: the database is away.
-fn away_database() -> String {
+pub fn away_database() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -415,7 +415,7 @@ fn away_database() -> String {
 }
 
 /// Memory mode on `url` keeping its snapshots in `dir`.
-fn with_snapshots(url: &str, dir: &std::path::Path) -> xm_ip_service::config::Settings {
+pub fn with_snapshots(url: &str, dir: &std::path::Path) -> xm_ip_service::config::Settings {
     use xm_ip_service::config::{DataSource, LookupMode, Postgres};
     let mut pg = Postgres::at(url);
     pg.lookup = LookupMode::Memory;

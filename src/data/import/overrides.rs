@@ -463,31 +463,29 @@ fn within_limit(options: &OverridesImport, report: CorrectionReport) -> Result<C
 /// address, expired ones too; returns the bytes written.
 pub async fn export(client: &Client, out: &mut (dyn AsyncWrite + Unpin + Send)) -> Result<u64, ImportError> {
     let (rows, _) = store::load_corrections(client).await.map_err(ImportError::Live)?;
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    let write = |writer: &mut csv::Writer<Vec<u8>>, record: Vec<String>| {
-        writer
-            .write_record(record)
-            .map_err(|e| ImportError::Write(std::io::Error::other(e)))
-    };
-    write(&mut writer, COLUMNS.iter().map(|c| c.to_string()).collect())?;
-    for row in &rows {
-        let mut record = vec![row.start.to_string(), row.end.to_string(), row.lang.as_str().to_owned()];
-        record.extend(row.place.fields().columns().map(str::to_owned));
-        record.extend([
-            row.reason.clone(),
-            row.source.clone(),
-            row.expires_at
-                .map(|at| humantime::format_rfc3339_seconds(at).to_string())
-                .unwrap_or_default(),
-        ]);
-        write(&mut writer, record)?;
-    }
-    let bytes = writer
-        .into_inner()
-        .map_err(|e| ImportError::Write(std::io::Error::other(e.to_string())))?;
+    let bytes = to_csv(&rows);
     out.write_all(&bytes).await.map_err(ImportError::Write)?;
     out.flush().await.map_err(ImportError::Write)?;
     Ok(bytes.len() as u64)
+}
+
+/// `rows` as the CSV [`read`] takes, with a header; just the header for none.
+pub fn to_csv(rows: &[Correction]) -> Vec<u8> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut write = |record: &[&str]| writer.write_record(record).expect("writing to memory");
+    write(&COLUMNS);
+    for row in rows {
+        let (start, end) = (row.start.to_string(), row.end.to_string());
+        let expires_at = row
+            .expires_at
+            .map(|at| humantime::format_rfc3339_seconds(at).to_string())
+            .unwrap_or_default();
+        let mut record = vec![start.as_str(), &end, row.lang.as_str()];
+        record.extend(row.place.fields().columns());
+        record.extend([row.reason.as_str(), &row.source, &expires_at]);
+        write(&record);
+    }
+    writer.into_inner().expect("writing to memory")
 }
 
 /// The corrections file of a data directory, for file mode.

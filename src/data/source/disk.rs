@@ -9,7 +9,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::data::corrections::Corrections;
+use crate::data::import::{overrides, SourceError};
 use crate::data::index::{IndexError, Key, RangeIndex, Snapshot, TableIndex, Version};
+use crate::data::store::OVERRIDES;
 use crate::domain::{Family, Place, Table};
 
 const MAGIC: &[u8; 8] = b"XMIPSNAP";
@@ -60,13 +63,72 @@ fn checksum(bytes: &[u8]) -> u64 {
 /// file, synced, then renamed over the old one, so a reader never sees half
 /// a file, and several instances may share the directory.
 pub fn write(dir: &Path, table: Table, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+    write_framed(
+        &path_of(dir, table),
+        table.name(),
+        snapshot.version,
+        snapshot.data_time,
+        |out| match &snapshot.index {
+            TableIndex::V4(index) => write_index(out, index, |k| k.to_le_bytes().to_vec()),
+            TableIndex::V6(index) => write_index(out, index, |k| k.to_le_bytes().to_vec()),
+        },
+    )
+}
+
+/// Where the corrections' snapshot lives in `dir`.
+pub fn corrections_path(dir: &Path) -> PathBuf {
+    dir.join(format!("{OVERRIDES}.snapshot"))
+}
+
+/// Writes the corrections into `dir` as [`write`] writes a table: every
+/// row, expired or not, as the corrections CSV.
+pub fn write_corrections(dir: &Path, corrections: &Corrections) -> Result<(), SnapshotError> {
+    write_framed(
+        &corrections_path(dir),
+        OVERRIDES,
+        corrections.version,
+        corrections.data_time,
+        |out| out.extend_from_slice(&overrides::to_csv(corrections.rows())),
+    )
+}
+
+/// Reads the corrections' snapshot from `dir`, as they stand at `now`;
+/// `Ok(None)` when there is none.
+pub fn read_corrections(dir: &Path, now: SystemTime) -> Result<Option<Corrections>, SnapshotError> {
+    let path = corrections_path(dir);
+    let Some(framed) = read_framed(&path, OVERRIDES)? else {
+        return Ok(None);
+    };
+    let corrupt = |reason: String| SnapshotError::Corrupt {
+        path: path.clone(),
+        reason,
+    };
+    let rows = match overrides::read(framed.body()) {
+        Ok(rows) => rows,
+        Err(SourceError::Empty) => Vec::new(),
+        Err(err) => return Err(corrupt(err.to_string())),
+    };
+    Corrections::new(rows, framed.version, framed.data_time, now)
+        .map(Some)
+        .map_err(|err| corrupt(err.to_string()))
+}
+
+/// Writes `name`'s version, data time and the body `body` writes, with the
+/// magic, the format and a checksum, atomically to `path`.
+fn write_framed(
+    path: &Path,
+    name: &str,
+    version: Version,
+    data_time: Option<SystemTime>,
+    body: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), SnapshotError> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT.to_le_bytes());
-    let name = table.name().as_bytes();
+    let name = name.as_bytes();
     out.push(name.len() as u8);
     out.extend_from_slice(name);
-    match snapshot.version {
+    match version {
         Version::Postgres { relation, import_id } => {
             out.push(1);
             out.extend_from_slice(&relation.to_le_bytes());
@@ -76,7 +138,7 @@ pub fn write(dir: &Path, table: Table, snapshot: &Snapshot) -> Result<(), Snapsh
         // written as unknown, so the first check rebuilds it.
         _ => out.push(0),
     }
-    match snapshot.data_time.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+    match data_time.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
         Some(since) => {
             out.push(1);
             out.extend_from_slice(&since.as_secs().to_le_bytes());
@@ -84,14 +146,10 @@ pub fn write(dir: &Path, table: Table, snapshot: &Snapshot) -> Result<(), Snapsh
         }
         None => out.push(0),
     }
-    match &snapshot.index {
-        TableIndex::V4(index) => write_index(&mut out, index, |k| k.to_le_bytes().to_vec()),
-        TableIndex::V6(index) => write_index(&mut out, index, |k| k.to_le_bytes().to_vec()),
-    }
+    body(&mut out);
     let sum = checksum(&out);
     out.extend_from_slice(&sum.to_le_bytes());
 
-    let path = path_of(dir, table);
     // A name of its own, so that instances sharing the directory never
     // write into each other's temporary file; the rename is atomic.
     let unique = SystemTime::now()
@@ -100,15 +158,20 @@ pub fn write(dir: &Path, table: Table, snapshot: &Snapshot) -> Result<(), Snapsh
         .as_nanos();
     let temporary = path.with_extension(format!("snapshot.{}-{unique}.tmp", std::process::id()));
     let written = (|| {
-        std::fs::create_dir_all(dir)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(&out)?;
         file.sync_all()?;
-        std::fs::rename(&temporary, &path)
+        std::fs::rename(&temporary, path)
     })();
     if let Err(source) = written {
         let _ = std::fs::remove_file(&temporary);
-        return Err(SnapshotError::Write { path, source });
+        return Err(SnapshotError::Write {
+            path: path.to_owned(),
+            source,
+        });
     }
     Ok(())
 }
@@ -133,13 +196,48 @@ fn write_index<K: Key>(out: &mut Vec<u8>, index: &RangeIndex<K>, key: impl Fn(K)
 /// Reads `table`'s snapshot from `dir`; `Ok(None)` when there is none.
 pub fn read(dir: &Path, table: Table) -> Result<Option<Snapshot>, SnapshotError> {
     let path = path_of(dir, table);
-    let bytes = match std::fs::read(&path) {
+    let Some(framed) = read_framed(&path, table.name())? else {
+        return Ok(None);
+    };
+    let body = framed.body();
+    let mut r = Cursor { bytes: body, at: 0 };
+    let index = match table.family() {
+        Family::V4 => TableIndex::V4(
+            read_index(&mut r, |b| u32::from_le_bytes(b.try_into().expect("four bytes"))).map_err(|e| e.at(&path))?,
+        ),
+        Family::V6 => TableIndex::V6(
+            read_index(&mut r, |b| u128::from_le_bytes(b.try_into().expect("sixteen bytes")))
+                .map_err(|e| e.at(&path))?,
+        ),
+    };
+    if r.at != body.len() {
+        return Err(SnapshotError::Corrupt {
+            path,
+            reason: "bytes after the last range".to_owned(),
+        });
+    }
+    Ok(Some(Snapshot {
+        index,
+        version: framed.version,
+        data_time: framed.data_time,
+    }))
+}
+
+/// What [`write_framed`] wrote to `path` for `name`: the version, the data
+/// time and the body, checked; `Ok(None)` when there is no file.
+fn read_framed(path: &Path, name: &str) -> Result<Option<Framed>, SnapshotError> {
+    let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(SnapshotError::Read { path, source }),
+        Err(source) => {
+            return Err(SnapshotError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
     };
     let corrupt = |reason: &str| SnapshotError::Corrupt {
-        path: path.clone(),
+        path: path.to_owned(),
         reason: reason.to_owned(),
     };
     if bytes.len() < MAGIC.len() + 4 + 8 || &bytes[..MAGIC.len()] != MAGIC {
@@ -147,7 +245,7 @@ pub fn read(dir: &Path, table: Table) -> Result<Option<Snapshot>, SnapshotError>
     }
     let (body, sum) = bytes.split_at(bytes.len() - 8);
     if checksum(body) != u64::from_le_bytes(sum.try_into().expect("8 bytes")) {
-        return Err(SnapshotError::Checksum { path });
+        return Err(SnapshotError::Checksum { path: path.to_owned() });
     }
     let mut r = Cursor {
         bytes: body,
@@ -156,10 +254,13 @@ pub fn read(dir: &Path, table: Table) -> Result<Option<Snapshot>, SnapshotError>
     let truncated = || corrupt("truncated");
     let format = r.u32().ok_or_else(truncated)?;
     if format != FORMAT {
-        return Err(SnapshotError::Format { path, found: format });
+        return Err(SnapshotError::Format {
+            path: path.to_owned(),
+            found: format,
+        });
     }
     let name_len = r.take(1).ok_or_else(truncated)?[0] as usize;
-    if r.take(name_len).ok_or_else(truncated)? != table.name().as_bytes() {
+    if r.take(name_len).ok_or_else(truncated)? != name.as_bytes() {
         return Err(corrupt("the snapshot of another table"));
     }
     let version = match r.take(1).ok_or_else(truncated)?[0] {
@@ -181,23 +282,27 @@ pub fn read(dir: &Path, table: Table) -> Result<Option<Snapshot>, SnapshotError>
         }
         _ => None,
     };
-    let index = match table.family() {
-        Family::V4 => TableIndex::V4(
-            read_index(&mut r, |b| u32::from_le_bytes(b.try_into().expect("four bytes"))).map_err(|e| e.at(&path))?,
-        ),
-        Family::V6 => TableIndex::V6(
-            read_index(&mut r, |b| u128::from_le_bytes(b.try_into().expect("sixteen bytes")))
-                .map_err(|e| e.at(&path))?,
-        ),
-    };
-    if r.at != body.len() {
-        return Err(corrupt("bytes after the last range"));
-    }
-    Ok(Some(Snapshot {
-        index,
+    let body = r.at..body.len();
+    Ok(Some(Framed {
         version,
         data_time,
+        bytes,
+        body,
     }))
+}
+
+/// A snapshot file read and checked: its header, and where its body is.
+struct Framed {
+    version: Version,
+    data_time: Option<SystemTime>,
+    bytes: Vec<u8>,
+    body: std::ops::Range<usize>,
+}
+
+impl Framed {
+    fn body(&self) -> &[u8] {
+        &self.bytes[self.body.clone()]
+    }
 }
 
 /// Why an index could not be read back, before the path is known.

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 pub use files::{DataFiles, FileSource, FileTables, CORRECTIONS_FILE};
 
 use crate::config::{DataSource, LookupMode, Pool, Postgres, Settings};
+use crate::data::corrections::Corrections;
 use crate::data::index::Tables;
 use crate::data::mmdb::{GeoDb, MaxMind};
 use crate::data::ranges::Ranges;
@@ -220,6 +221,7 @@ async fn open_postgres(pg: &Postgres, metrics: &Arc<Metrics>) -> anyhow::Result<
             if let Some(dir) = &pg.snapshot_dir {
                 if let Some(snapshots) = read_snapshots(dir).await {
                     let tables = Arc::new(Tables::new(snapshots));
+                    tables.replace_corrections(read_corrections_snapshot(dir).await);
                     for table in Table::ALL {
                         tables.set_freshness(table, Freshness::FromSnapshotFile);
                     }
@@ -247,6 +249,7 @@ async fn open_postgres(pg: &Postgres, metrics: &Arc<Metrics>) -> anyhow::Result<
                     for table in Table::ALL {
                         postgres::keep_snapshot(&dir, table, tables.snapshot(table)).await;
                     }
+                    postgres::keep_corrections_snapshot(&dir, tables.corrections()).await;
                 });
             }
             (
@@ -290,6 +293,25 @@ async fn read_snapshots(dir: &Path) -> Option<Vec<(Table, crate::data::index::Sn
         Some(snapshots)
     });
     read.await.ok().flatten()
+}
+
+/// The corrections' snapshot in `dir`, as they stand now; none (until the
+/// first check reads them) if there is none or it is refused.
+async fn read_corrections_snapshot(dir: &Path) -> Corrections {
+    let dir = dir.to_owned();
+    let read = tokio::task::spawn_blocking(move || disk::read_corrections(&dir, std::time::SystemTime::now()));
+    match read.await {
+        Ok(Ok(Some(corrections))) => corrections,
+        Ok(Ok(None)) => {
+            info!("no snapshot of the corrections yet: none apply until the first check");
+            Corrections::none()
+        }
+        Ok(Err(err)) => {
+            warn!(error = %err, "corrections snapshot refused: none apply until the first check");
+            Corrections::none()
+        }
+        Err(_) => Corrections::none(),
+    }
 }
 
 /// The `wanted` tables from `files`, the mmdb among them, and what they

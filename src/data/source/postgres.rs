@@ -248,6 +248,9 @@ impl Reloader {
                     Ok(corrections) => {
                         info!(in_force = corrections.in_force(), "corrections reloaded into memory");
                         self.tables.replace_corrections(corrections);
+                        if let Some(dir) = &self.snapshot_dir {
+                            keep_corrections_snapshot(dir, self.tables.corrections()).await;
+                        }
                         return true;
                     }
                     Err(err) => {
@@ -435,6 +438,15 @@ pub async fn keep_snapshot(dir: &Path, table: Table, snapshot: Arc<Snapshot>) {
     let written = tokio::task::spawn_blocking(move || super::disk::write(&dir, table, &snapshot)).await;
     if let Ok(Err(err)) = written {
         warn!(error = %err, "cannot keep a snapshot of the table");
+    }
+}
+
+/// Writes the corrections' snapshot into `dir`, as [`keep_snapshot`] a table's.
+pub async fn keep_corrections_snapshot(dir: &Path, corrections: Arc<Corrections>) {
+    let dir = dir.to_owned();
+    let written = tokio::task::spawn_blocking(move || super::disk::write_corrections(&dir, &corrections)).await;
+    if let Ok(Err(err)) = written {
+        warn!(error = %err, "cannot keep a snapshot of the corrections");
     }
 }
 
