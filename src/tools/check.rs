@@ -2,8 +2,9 @@
 //! the importer refuses, found in rows written by any other means. No I/O
 //! here; `cli::check` streams the rows in.
 
+use crate::data::corrections::{ip_number, Correction};
 use crate::data::import::Codes;
-use crate::domain::{range_fault, PlaceBuf, PlaceFields, RangeFault, RowKind, Table};
+use crate::domain::{range_fault, Place, PlaceBuf, PlaceFields, RangeFault, RowKind, Table};
 
 /// Checks rows one at a time, remembering only the previous range.
 pub struct Checker {
@@ -103,9 +104,72 @@ impl Checker {
     }
 }
 
+/// Whether `correction` says nothing its source does not: `rows` (the
+/// source table's rows overlapping it, in address order) cover its whole
+/// range, each with every value the correction gives. Such a correction
+/// can go.
+pub fn agrees_with_source(correction: &Correction, rows: &[(u128, u128, Place)]) -> bool {
+    let (start, end) = (ip_number(correction.start), ip_number(correction.end));
+    let wanted = correction.place.fields().columns();
+    let mut next = start;
+    for (row_start, row_end, place) in rows {
+        if *row_start > next {
+            return false;
+        }
+        let values = place.fields().columns();
+        if wanted
+            .iter()
+            .zip(values)
+            .any(|(want, have)| !want.is_empty() && *want != have)
+        {
+            return false;
+        }
+        if *row_end >= end {
+            return true;
+        }
+        next = row_end + 1;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_correction_agrees_only_where_the_source_says_the_same_throughout() {
+        let correction = Correction {
+            start: "0.0.0.10".parse().unwrap(),
+            end: "0.0.0.19".parse().unwrap(),
+            lang: crate::domain::TableLang::ZhCn,
+            place: Place::from_columns(["", "", "", "", "", "深圳", "", ""]),
+            reason: "x".into(),
+            source: String::new(),
+            created_at: None,
+            expires_at: None,
+        };
+        let row = |start, end, city| {
+            (
+                start,
+                end,
+                Place::from_columns(["CN", "中国", "", "广东", "", city, "", ""]),
+            )
+        };
+        assert!(agrees_with_source(
+            &correction,
+            &[row(0, 14, "深圳"), row(15, 30, "深圳")]
+        ));
+        assert!(!agrees_with_source(
+            &correction,
+            &[row(0, 14, "深圳"), row(15, 30, "广州")]
+        ));
+        assert!(
+            !agrees_with_source(&correction, &[row(0, 14, "深圳"), row(16, 30, "深圳")]),
+            "a gap"
+        );
+        assert!(!agrees_with_source(&correction, &[row(0, 14, "深圳")]), "not covered");
+        assert!(!agrees_with_source(&correction, &[]));
+    }
 
     fn fields<'a>(codes: [&'a str; 3], names: [&'a str; 5]) -> PlaceFields<'a> {
         let [cc, pc, ci] = codes;

@@ -423,3 +423,35 @@ async fn memory_mode_keeps_the_corrections_in_its_snapshots() {
     let second = TestApp::start(with_snapshots(&away_database(), dir.path()), None, None).await;
     assert_eq!(second.by_ip(&["183.62.57.1"]).await, expected, "the database away");
 }
+
+#[tokio::test]
+async fn check_names_the_corrections_the_table_now_agrees_with() {
+    let app = TestApp::spawn().await;
+    let url = app.db().url.clone();
+    let csv = "network,lang,city_name,carrier_name,reason
+183.62.57.0/24,zh-CN,广州,电信,the table was wrong
+183.62.58.0/24,zh-CN,深圳,,still wrong
+183.62.57.0/24,en,Guangzhou,,the table was wrong
+240e::/24,zh-CN,深圳,,the table was wrong
+";
+    let (ok, _, stderr) = import_corrections(&url, csv, &[]).await;
+    assert!(ok, "{stderr}");
+    let (_, stdout, stderr) = run(&["check", "--database-url", &url]).await;
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("ip_service_overrides"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "ip_service_overrides 183.62.57.0 - 183.62.57.255 (en): ip_service_en now says the same throughout; the correction can go",
+            "ip_service_overrides 183.62.57.0 - 183.62.57.255 (zh-CN): ip_service_cn now says the same throughout; the correction can go",
+            "ip_service_overrides 240e:: - 240e:ff:ffff:ffff:ffff:ffff:ffff:ffff (zh-CN): ip_service_v6 now says the same throughout; the correction can go",
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("ip_service_overrides: 4 corrections in force, 3 agreeing with the table underneath"),
+        "{stderr}"
+    );
+}
