@@ -40,6 +40,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Resolve(args) => runtime()?.block_on(cli::resolve(args)),
+        Command::Audit(args) => runtime()?.block_on(cli::audit(args)),
         Command::Bench(options) => cli::bench(options),
         Command::Compare(options) => {
             if !cli::compare(options)? {

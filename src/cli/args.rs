@@ -53,6 +53,10 @@ pub enum Command {
     Resolve(ResolveArgs),
     /// Load an IP database file into a range table, atomically.
     Import(ImportArgs),
+    /// Compare the live answers with observations or another IP database
+    /// and report where they disagree; --propose writes the corrections
+    /// the observations support, for review and `import --table overrides`.
+    Audit(AuditArgs),
     /// Load a running server for a fixed time and report throughput and latency.
     Bench(LoadOptions),
     /// Send the same sampled addresses to two servers and count the answers
@@ -199,6 +203,62 @@ pub struct ResolveArgs {
     /// Addresses per request; at most the server's --max-batch.
     #[arg(long, default_value_t = 10_000)]
     pub batch: usize,
+    /// Give up on the server or the database after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("other").required(true).args(["observations", "against"])))]
+pub struct AuditArgs {
+    /// Observations to compare with: a CSV with a header naming ip and any
+    /// of country, province, city, carrier (names), count (the users or
+    /// queries behind the row; 1 if absent) and source.
+    #[arg(long)]
+    pub observations: Option<PathBuf>,
+    /// Another IP database to compare with: an .ipdb, an .mmdb (names in
+    /// --lang) or a range CSV. Every range of the live table is probed at
+    /// its bounds and three addresses inside, unless --sample is given.
+    #[arg(long, conflicts_with = "observations")]
+    pub against: Option<PathBuf>,
+    /// With --against: probe this many addresses instead, each at random
+    /// in a random range of the other database.
+    #[arg(long, requires = "against")]
+    pub sample: Option<usize>,
+    /// Ask this running server for the live answers (with --against, only
+    /// with --sample: a server cannot list its ranges).
+    #[arg(long, conflicts_with_all = ["data", "database_url"])]
+    pub addr: Option<String>,
+    /// The live data: the IP database files in this directory, as `serve --data` reads them.
+    #[arg(long, conflicts_with = "database_url")]
+    pub data: Option<PathBuf>,
+    /// The live data: this PostgreSQL database's tables and corrections, read into memory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// GeoIP2/GeoLite2 City database for the live answers' MaxMind fallback.
+    #[arg(long, conflicts_with = "addr")]
+    pub mmdb: Option<PathBuf>,
+    /// The language of the live answers compared, and of the corrections
+    /// proposed: zh-CN or en.
+    #[arg(long, default_value = "zh-CN")]
+    pub lang: String,
+    /// Write the corrections the observations support here, in the
+    /// corrections CSV, with reason and source filled in.
+    #[arg(long, requires = "observations")]
+    pub propose: Option<PathBuf>,
+    /// A proposal needs the observations agreeing on it to hold at least
+    /// this percentage of the weight of those giving that level.
+    #[arg(long, default_value_t = 80.0, value_parser = percent)]
+    pub agreement: f64,
+    /// ... and to number at least this many (never fewer than 2).
+    #[arg(long, default_value_t = 5)]
+    pub min_count: u64,
+    /// How many disagreements and breakdown rows the report lists.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
     /// Give up on the server or the database after this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,

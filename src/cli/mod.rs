@@ -2,16 +2,19 @@
 //! in its own file. Clap stays in this layer.
 
 mod args;
+mod audit;
 mod bench;
 mod check;
 mod export;
 mod import;
+mod live;
 mod migrate;
 mod query;
 mod resolve;
 mod values;
 
 pub use args::*;
+pub use audit::audit;
 pub use bench::{bench, compare};
 pub use check::check;
 pub use export::export;

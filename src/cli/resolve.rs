@@ -6,21 +6,18 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::live::{Answerer, LiveSource};
 use super::{ResolveArgs, ResolveFormat};
 use crate::answer::{self, csv_record, FIELDS};
 use crate::config::LookupMode;
-use crate::data::source;
 use crate::domain::{LookupError, Outcome};
-use crate::service::{Locator, Route};
-use crate::thrift::{geo_info, GeoInfo, GeoRequest, TIPServiceSyncClient};
-use crate::tools::client::{self, Wire};
+use crate::thrift::{geo_info, GeoInfo};
 use crate::tools::resolve::{address_in, Summary};
 
 /// Longest line read; the rest of a longer one is skipped and the line
@@ -29,7 +26,17 @@ const MAX_LINE: u64 = 64 * 1024;
 
 pub async fn resolve(args: ResolveArgs) -> anyhow::Result<()> {
     let mut input = Input::open(&args.files, args.field.map(usize::from), args.unique)?;
-    let answerer = Answerer::open(&args).await?;
+    let answerer = Answerer::open(&LiveSource {
+        addr: args.addr.as_deref(),
+        data: args.data.as_deref(),
+        database_url: args.database_url.as_deref(),
+        mmdb: args.mmdb.as_deref(),
+        lang: args.lang.as_deref(),
+        connections: args.connections,
+        timeout: args.timeout,
+        lookup: LookupMode::Postgres,
+    })
+    .await?;
     let mut output: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
         None => Box::new(io::stdout()),
@@ -49,7 +56,7 @@ pub async fn resolve(args: ResolveArgs) -> anyhow::Result<()> {
             if batch.is_empty() {
                 exhausted = true;
             } else {
-                in_flight.push_back(answerer.answer(batch));
+                in_flight.push_back(answer(answerer.clone(), batch));
             }
         }
         let Some(answers) = in_flight.next().await else { break };
@@ -211,106 +218,28 @@ fn skip_line(reader: &mut dyn BufRead) -> io::Result<()> {
     }
 }
 
-/// What answers the addresses: a running server or the lookups themselves.
-#[derive(Clone)]
-enum Answerer {
-    /// A running server: a pool of blocking Thrift clients, one per
-    /// connection, each used by one batch at a time.
-    Server {
-        addr: String,
-        clients: Arc<Mutex<Vec<client::Reconnecting>>>,
-        lang: Option<String>,
-    },
-    /// The lookups themselves, from files or PostgreSQL.
-    Local { locator: Locator, route: Route },
-}
-
-impl Answerer {
-    async fn open(args: &ResolveArgs) -> anyhow::Result<Answerer> {
-        if let Some(addr) = &args.addr {
-            let mut clients = Vec::new();
-            for _ in 0..args.connections.max(1) {
-                clients.push(
-                    client::Reconnecting::connect(addr, Wire::FRAMED_BINARY, args.timeout)
-                        .with_context(|| format!("cannot connect to {addr}"))?,
-                );
+/// The answers for one batch of input items, in order: the addresses
+/// answered together, the invalid lines as error 1 in their places.
+async fn answer(answerer: Answerer, batch: Vec<Item>) -> anyhow::Result<Vec<GeoInfo>> {
+    let addresses: Vec<String> = batch
+        .iter()
+        .filter_map(|item| match item {
+            Item::Address(address) => Some(address.clone()),
+            Item::Invalid { .. } => None,
+        })
+        .collect();
+    let mut answers = answerer.answer(addresses).await?.into_iter();
+    let merged = batch
+        .into_iter()
+        .map(|item| match item {
+            Item::Address(_) => answers.next().expect("one answer per address"),
+            Item::Invalid { text, reason } => {
+                let outcome: Outcome = Err(LookupError::InvalidIp(reason));
+                geo_info(&text, &outcome)
             }
-            return Ok(Answerer::Server {
-                addr: addr.clone(),
-                clients: Arc::new(Mutex::new(clients)),
-                lang: args.lang.clone(),
-            });
-        }
-        let route = Route::for_request(args.lang.as_deref()).map_err(|err| anyhow::anyhow!("--lang: {err}"))?;
-        let source = source::offline(
-            args.database_url.as_deref(),
-            args.data.as_deref(),
-            LookupMode::Postgres,
-            args.timeout,
-        );
-        let (ranges, maxmind) = source::open_offline(&source, args.mmdb.as_deref(), route.tables()).await?;
-        let locator = Locator::new(ranges, maxmind);
-        Ok(Answerer::Local { locator, route })
-    }
-
-    /// The answers for one batch, in order, run on its own task so that
-    /// batches proceed in parallel.
-    fn answer(&self, batch: Vec<Item>) -> impl std::future::Future<Output = anyhow::Result<Vec<GeoInfo>>> {
-        let answerer = self.clone();
-        async move {
-            let addresses: Vec<String> = batch
-                .iter()
-                .filter_map(|item| match item {
-                    Item::Address(address) => Some(address.clone()),
-                    Item::Invalid { .. } => None,
-                })
-                .collect();
-            let mut answers = match answerer {
-                Answerer::Server { addr, clients, lang } => {
-                    tokio::task::spawn_blocking(move || {
-                        let mut client = clients
-                            .lock()
-                            .expect("not poisoned")
-                            .pop()
-                            .expect("one client per batch in flight");
-                        let answered = client.call(|client| match &lang {
-                            Some(lang) => client.query_geo_info(GeoRequest::new(addresses.clone(), lang.clone())),
-                            None => client.query_geo_info_by_i_p(addresses.clone()),
-                        });
-                        clients.lock().expect("not poisoned").push(client);
-                        answered.with_context(|| format!("query to {addr} failed"))
-                    })
-                    .await??
-                }
-                Answerer::Local { locator, route } => {
-                    tokio::spawn(async move {
-                        let outcomes = locator.locate(&addresses, route).await;
-                        addresses
-                            .iter()
-                            .zip(&outcomes)
-                            .map(|(address, outcome)| geo_info(address, outcome))
-                            .collect::<Vec<_>>()
-                    })
-                    .await?
-                }
-            }
-            .into_iter();
-            let merged = batch
-                .into_iter()
-                .map(|item| match item {
-                    Item::Address(_) => answers.next().expect("one answer per address"),
-                    Item::Invalid { text, reason } => {
-                        let outcome: Outcome = Err(LookupError::InvalidIp(reason));
-                        geo_info(&text, &outcome)
-                    }
-                })
-                .collect();
-            if answers.next().is_some() {
-                bail!("the server sent more answers than addresses");
-            }
-            Ok(merged)
-        }
-    }
+        })
+        .collect();
+    Ok(merged)
 }
 
 /// The output rows: CSV with a header, or JSON lines.

@@ -4,7 +4,9 @@
 //! - [`loadgen`]: `bench` and `compare`.
 //! - [`resolve`]: log-line parsing and the summary of `resolve`.
 //! - [`check`]: a table's consistency.
+//! - [`audit`]: comparing the live answers with another source.
 
+pub mod audit;
 pub mod check;
 pub mod client;
 pub mod loadgen;

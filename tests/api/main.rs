@@ -5,6 +5,7 @@
 mod writers;
 mod helpers;
 
+mod audit;
 mod change_report;
 mod cli;
 mod corrections;

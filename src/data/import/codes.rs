@@ -39,6 +39,12 @@ pub struct Codes {
     county_level_cities: HashMap<(String, String), String>,
 }
 
+/// Whether two place names are one place: equal without the suffixes
+/// official names carry, ASCII case aside (广东 and 广东省, Beijing and BEIJING).
+pub fn same_place_name(a: &str, b: &str) -> bool {
+    short(a).eq_ignore_ascii_case(short(b))
+}
+
 fn short(name: &str) -> &str {
     let name = name.trim();
     SUFFIXES

@@ -25,7 +25,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use change::ChangeReport;
-pub use codes::Codes;
+pub use codes::{same_place_name, Codes};
 pub use csv_file::COLUMNS as CSV_COLUMNS;
 pub use export::export;
 pub use load::{import, ImportOptions, ImportOutcome};

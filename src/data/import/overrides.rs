@@ -165,6 +165,17 @@ fn parse_row<'a>(field: &impl Fn(&str) -> &'a str, by_network: bool) -> Result<C
         ));
     }
     codes.fill(&mut place);
+    if place.country_name.is_empty() && place.country_code.is_empty() {
+        // A province or city corrected alone: its GB/T 2260 code if the
+        // dictionary knows it as Chinese, so that code and name agree.
+        let mut chinese = PlaceBuf {
+            country_name: "中国".into(),
+            ..place.clone()
+        };
+        codes.fill(&mut chinese);
+        place.province_code = chinese.province_code;
+        place.city_code = chinese.city_code;
+    }
     let place = place.build();
     for (column, value) in PLACE_COLUMNS.iter().zip(place.fields().columns()) {
         check_width(column.name, value, column.width)?;

@@ -140,14 +140,20 @@ pub async fn load_tables(source: &DataSource) -> anyhow::Result<Tables> {
 }
 
 /// What a server on `source` would answer from, without a server:
-/// PostgreSQL per call, or files read for only `tables`. What `resolve`
-/// answers from offline.
+/// PostgreSQL per call (or its tables and corrections read into memory
+/// first, as `source` says), or files read for only `tables`. What
+/// `resolve` and `audit` answer from offline.
 pub async fn open_offline(
     source: &DataSource,
     mmdb: Option<&Path>,
     tables: &[Table],
 ) -> anyhow::Result<(Ranges, Option<MaxMind>)> {
     let (ranges, file_mmdb) = match find(source)? {
+        Resolved::Postgres(pg) if pg.lookup == LookupMode::Memory => {
+            let tables = Tables::new(postgres::load_tables(&pg.url, pg.pool.timeout).await?);
+            tables.replace_corrections(postgres::load_corrections(&pg.url, pg.pool.timeout).await?);
+            (Ranges::Memory(Arc::new(tables)), None)
+        }
         Resolved::Postgres(pg) => (
             Ranges::Postgres(Store::new(&pg.url, pg.pool, Arc::new(Metrics::new()))?),
             None,
