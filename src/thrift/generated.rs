@@ -51,6 +51,11 @@ use thrift::server::TProcessor;
 /// filled"), with fields 17 and 18 set. They are unset for errors 1, 3
 /// and 4.
 /// 
+/// A correction (ip_service_overrides) outranks every source: its values
+/// replace the answer's in answers of its language, and geoip_corrected
+/// (19) says so. Where no source knows the place, a correction is the
+/// answer (error_no 0, geoip_source "correction").
+/// 
 /// An optional field (13 and later) is set only when it has a value: never
 /// to an empty string, so that a client's isSet says something. Fields
 /// 1-12 are always set, empty where there is nothing, as old clients
