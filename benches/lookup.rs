@@ -5,6 +5,7 @@
 //!   range, and 1,000 such lookups as one batch; the same in the ASN table,
 //!   and both as a lookup makes them;
 //! - one MaxMind lookup with names in Chinese;
+//! - the server's lookup, one and 1,000, with no corrections and with 10,000;
 //! - one request of 1,000 addresses in memory mode: decode, look up, encode;
 //! - one answer written as JSON, and 1,000 as a Thrift reply.
 //!
@@ -17,7 +18,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use xm_ip_service::answer::{self, Answer};
-use xm_ip_service::data::index::{Builder, RangeIndex, TableIndex, Tables};
+use xm_ip_service::data::corrections::{Correction, Corrections};
+use xm_ip_service::data::index::{Builder, RangeIndex, TableIndex, Tables, Version};
 use xm_ip_service::data::mmdb::{GeoDb, MaxMind};
 use xm_ip_service::data::ranges::Ranges;
 use xm_ip_service::data::source::{DataFiles, FileSource};
@@ -162,6 +164,62 @@ fn index(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1000));
     for (tables, what) in [(&without, "without"), (&data.tables, "with")] {
         group.bench_function(format!("batch of 1,000 {what} the network, cn {}", data.what), |b| {
+            b.iter(|| {
+                i = (i + 1) % batches.len();
+                std::hint::black_box(tables.lookup_v4(Some(V4Table::Cn), &batches[i]))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Lookups as the server makes them with no corrections and with 10,000
+/// (each a /24 where a sampled address lies, so some lookups meet one).
+fn corrections(c: &mut Criterion) {
+    let data = load();
+    let keys: Vec<u32> = addresses(&data.tables, 1 << 20)
+        .iter()
+        .map(|a| u32::from(a.parse::<Ipv4Addr>().unwrap()))
+        .collect();
+    let with = load().tables;
+    let mut blocks: Vec<u32> = keys.iter().map(|k| k & !0xff).collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    let step = blocks.len() / 10_000;
+    let rows: Vec<Correction> = blocks
+        .iter()
+        .step_by(step.max(1))
+        .take(10_000)
+        .map(|&block| Correction {
+            start: IpAddr::V4(Ipv4Addr::from(block)),
+            end: IpAddr::V4(Ipv4Addr::from(block | 0xff)),
+            lang: TableLang::ZhCn,
+            place: xm_ip_service::domain::Place::from_columns(["", "", "", "", "", "", "", "联通"]),
+            reason: "bench".into(),
+            source: String::new(),
+            created_at: None,
+            expires_at: None,
+        })
+        .collect();
+    let count = rows.len();
+    with.replace_corrections(Corrections::new(rows, Version::Absent, None, std::time::SystemTime::now()).unwrap());
+    let mut group = c.benchmark_group("corrections");
+    let mut i = 0;
+    for (tables, what) in [(&data.tables, "none".to_owned()), (&with, format!("{count}"))] {
+        group.bench_function(format!("one lookup, {what} corrections, cn {}", data.what), |b| {
+            b.iter(|| {
+                i = (i + 1) & (keys.len() - 1);
+                std::hint::black_box(tables.lookup_one_v4(Some(V4Table::Cn), Ipv4Addr::from(keys[i])))
+            })
+        });
+    }
+    let batches: Vec<Vec<Ipv4Addr>> = keys
+        .chunks(1000)
+        .map(|chunk| chunk.iter().map(|&k| Ipv4Addr::from(k)).collect())
+        .collect();
+    group.throughput(Throughput::Elements(1000));
+    for (tables, what) in [(&data.tables, "none".to_owned()), (&with, format!("{count}"))] {
+        group.bench_function(format!("batch of 1,000, {what} corrections, cn {}", data.what), |b| {
             b.iter(|| {
                 i = (i + 1) % batches.len();
                 std::hint::black_box(tables.lookup_v4(Some(V4Table::Cn), &batches[i]))
@@ -324,6 +382,6 @@ fn unframed(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5));
-    targets = index, maxmind, request, encode, unframed
+    targets = index, corrections, maxmind, request, encode, unframed
 }
 criterion_main!(benches);
