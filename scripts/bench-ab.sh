@@ -7,7 +7,9 @@
 # 4, then wrk POSTing HTTP batches of 1,000 on 4 connections, printing one
 # line per run; compare medians, not single runs.
 # SHAPES (default "single batch http-batch") picks which of the three run.
-# OLD_TARGET keeps REV's build between runs.
+# OLD_TARGET keeps REV's build between runs. CORRECTIONS=N imports about N
+# corrections (made from the cn table's ranges, scripts/lib.sh) before the
+# runs; a build from before corrections ignores them.
 #   scripts/bench-ab.sh 159c601
 set -euo pipefail
 rev=${1:?usage: scripts/bench-ab.sh REV}
@@ -27,6 +29,11 @@ new=$bin
 xm_scratch_db ab
 url=$scratch_url
 DATABASE_URL=$url RUST_LOG=warn scripts/load-real-data.sh >/dev/null
+if [ -n "${CORRECTIONS:-}" ]; then
+  every=$(($("$new" export --database-url "$url" --table cn | wc -l) / CORRECTIONS))
+  xm_corrections "$url" "$every" 1000000 >"$XM_WORK/overrides.csv"
+  "$new" import --database-url "$url" --table overrides "$XM_WORK/overrides.csv" | tail -n 1
+fi
 xm_need_wrk
 xm_wrk_batch_script 1000 "$XM_WORK/batch.lua"
 for round in $(seq "$rounds"); do

@@ -199,3 +199,28 @@ xm_peak_rss_mb() { # SERVER WHILE
   done
   echo "$peak"
 }
+
+# xm_corrections URL EVERY_CN EVERY_V6: a corrections CSV made from the
+# live tables' own ranges, so that sampled addresses meet them: every
+# EVERY_CN-th cn range and EVERY_V6-th v6 range gets a zh-CN carrier
+# correction (every sixth of those already expired), every second of the
+# cn ones an English city too.
+xm_corrections() {
+  local url=$1 every_cn=$2 every_v6=$3
+  { "$bin" export --database-url "$url" --table cn; "$bin" export --database-url "$url" --table v6 | tail -n +2; } |
+    python3 -c '
+import csv, sys
+every_cn, every_v6 = int(sys.argv[1]), int(sys.argv[2])
+rows = list(csv.reader(sys.stdin))[1:]
+out = csv.writer(sys.stdout, lineterminator="\n")
+out.writerow(["start_ip", "end_ip", "lang", "city_name", "carrier_name", "reason", "source", "expires_at"])
+for i, row in enumerate(rows):
+    every = every_v6 if ":" in row[0] else every_cn
+    if i % every:
+        continue
+    expired = "2001-01-01" if (i // every) % 6 == 5 else ""
+    out.writerow([row[0], row[1], "zh-CN", "", "校正运营商", "a test correction", "script", expired])
+    if ":" not in row[0] and (i // every) % 2 == 0:
+        out.writerow([row[0], row[1], "en", "Corrected City", "", "a test correction", "script", ""])
+' "$every_cn" "$every_v6"
+}

@@ -507,21 +507,21 @@ impl<K: Key> Builder<K> {
     }
 }
 
-/// Searches `indexes` (two at most; `None` for one not asked) for each of
+/// Searches `indexes` (`None` for one not asked) for each of
 /// `keys`, giving `each` the entry each index holds for each key, in key
 /// order. Lookups are memory-bound, so keys go in chunks, and each step of
 /// a chunk's searches is started for all of them before the next: the
 /// directory read and the middle of the entries asked for, the search,
-/// the row asked for, its text asked for, then the results. The two
+/// the row asked for, its text asked for, then the results. The
 /// indexes' misses overlap.
-pub fn search_together<K: Key>(
-    indexes: [Option<&RangeIndex<K>>; 2],
+pub fn search_together<K: Key, const N: usize>(
+    indexes: [Option<&RangeIndex<K>>; N],
     keys: &[K],
-    mut each: impl FnMut([Option<usize>; 2]),
+    mut each: impl FnMut([Option<usize>; N]),
 ) {
     const CHUNK: usize = 16;
-    let mut bounds = [[None; 2]; CHUNK];
-    let mut found = [[None; 2]; CHUNK];
+    let mut bounds = [[None; N]; CHUNK];
+    let mut found = [[None; N]; CHUNK];
     for chunk in keys.chunks(CHUNK) {
         for (bounds, &key) in bounds.iter_mut().zip(chunk) {
             for (bound, index) in bounds.iter_mut().zip(indexes) {
@@ -799,17 +799,14 @@ impl Tables {
         let network_index = K::index_of(&networks.index);
         let corrections = self.corrections.load();
         let correction_index = K::corrections_of(&corrections, ask.lang);
-        let mut at = 0;
         search_together(
-            [place_index.map(|(index, _)| index), network_index],
+            [place_index.map(|(index, _)| index), network_index, correction_index],
             keys,
-            |[place, network]| {
-                let correction = correction_index.and_then(|index| index.locate(keys[at], Source::Correction));
-                at += 1;
+            |[place, network, correction]| {
                 each(Found {
                     place: place.and_then(|i| place_index.map(|(index, source)| index.answer(i, source))),
                     network: network.and_then(|i| network_index?.network_at(i)),
-                    correction,
+                    correction: correction.and_then(|i| Some(correction_index?.answer(i, Source::Correction))),
                 })
             },
         );

@@ -388,25 +388,23 @@ pub struct FileWatch {
     pub metrics: Arc<Metrics>,
 }
 
-impl FileWatch {
-    /// The files as they are now, and the tables whose file changed.
-    fn changed_files(&self) -> Result<(DataFiles, Vec<Table>), ImportError> {
-        let files = self.files.rescanned()?;
-        let changed = files.changed(|table| self.tables.snapshot(table).version)?;
-        Ok((files, changed))
-    }
-}
-
 impl Refresh for FileWatch {
     /// Reads again the tables whose file changed since it was loaded, and
     /// the corrections if their file did or one of them has expired. The
     /// directory is read again each time: a file may have been added,
     /// renamed or removed, so everything is checked whatever `_which` says.
     async fn check(&mut self, _which: ToCheck) -> bool {
-        let corrections = self.check_corrections();
-        let (files, changed) = match self.changed_files() {
-            Ok((_, changed)) if changed.is_empty() => return corrections,
-            Ok(found) => found,
+        let files = match self.files.rescanned() {
+            Ok(files) => files,
+            Err(err) => {
+                warn!(error = %err, "the data files cannot be read; the tables keep their data");
+                return false;
+            }
+        };
+        let corrections = self.check_corrections(&files);
+        let changed = match files.changed(|table| self.tables.snapshot(table).version) {
+            Ok(changed) if changed.is_empty() => return corrections,
+            Ok(changed) => changed,
             Err(err) => {
                 warn!(error = %err, "the data files cannot be read; the tables keep their data");
                 return corrections;
@@ -444,16 +442,13 @@ impl Refresh for FileWatch {
 }
 
 impl FileWatch {
-    /// Reads the corrections file again if it changed (or came, or went),
-    /// or holds the same ones without those that have expired. Returns
-    /// whether the corrections were replaced.
-    fn check_corrections(&self) -> bool {
+    /// Reads the corrections file of `files` (the directory as it is now)
+    /// again if it changed (or came, or went), or holds the same ones
+    /// without those that have expired. Returns whether the corrections
+    /// were replaced.
+    fn check_corrections(&self, files: &DataFiles) -> bool {
         let held = self.tables.corrections();
         let now = SystemTime::now();
-        let files = match self.files.rescanned() {
-            Ok(files) => files,
-            Err(_) => return false,
-        };
         if files.corrections_version() == held.version {
             if !held.has_expired(now) {
                 return false;
