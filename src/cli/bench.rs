@@ -23,8 +23,8 @@ pub fn bench(options: LoadOptions) -> anyhow::Result<()> {
 
 /// Runs `compare`: the count of differing answers, and the first few.
 pub fn compare(options: CompareOptions) -> anyhow::Result<bool> {
-    let (compared, differing, shown) = loadgen::compare(&options, options.show)?;
-    for difference in &shown {
+    let found = loadgen::compare(&options, options.show)?;
+    for difference in &found.shown {
         println!(
             "{:?} {}:\n  {}: {}\n  {}: {}",
             difference.method,
@@ -35,6 +35,9 @@ pub fn compare(options: CompareOptions) -> anyhow::Result<bool> {
             to_json(&difference.got)
         );
     }
-    println!("{compared} answers compared, {differing} differences");
-    Ok(differing == 0)
+    println!(
+        "{} answers compared ({} of them corrected), {} differences",
+        found.compared, found.corrected, found.differing
+    );
+    Ok(found.differing == 0)
 }

@@ -613,10 +613,20 @@ pub struct Difference {
     pub got: GeoInfo,
 }
 
-/// Sends the same sampled addresses to both servers and returns how many
-/// were compared and the answers that differ (at most `keep` in full, with
-/// the total count).
-pub fn compare(options: &CompareOptions, keep: usize) -> anyhow::Result<(u64, u64, Vec<Difference>)> {
+/// What [`compare`] found.
+pub struct Comparison {
+    pub compared: u64,
+    /// Answers the first server marked corrected: how much of the
+    /// comparison the corrections took part in.
+    pub corrected: u64,
+    pub differing: u64,
+    /// The first differences, in full.
+    pub shown: Vec<Difference>,
+}
+
+/// Sends the same sampled addresses to both servers and counts the
+/// answers compared and those that differ (at most `keep` in full).
+pub fn compare(options: &CompareOptions, keep: usize) -> anyhow::Result<Comparison> {
     let targets = [
         target(&options.addr, options.allow_remote)?,
         target(&options.against, options.allow_remote)?,
@@ -632,7 +642,7 @@ pub fn compare(options: &CompareOptions, keep: usize) -> anyhow::Result<(u64, u6
                 .with_context(|| format!("cannot connect to {t}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (mut compared, mut differing, mut kept) = (0, 0, Vec::new());
+    let (mut compared, mut corrected, mut differing, mut kept) = (0, 0, 0, Vec::new());
     for &method in &options.method {
         let mut left = options.count;
         while left > 0 {
@@ -658,6 +668,7 @@ pub fn compare(options: &CompareOptions, keep: usize) -> anyhow::Result<(u64, u6
                 );
             }
             compared += expected.len() as u64;
+            corrected += expected.iter().filter(|g| g.geoip_corrected == Some(true)).count() as u64;
             for (expected, got) in expected.into_iter().zip(got) {
                 if expected != got {
                     differing += 1;
@@ -668,5 +679,10 @@ pub fn compare(options: &CompareOptions, keep: usize) -> anyhow::Result<(u64, u6
             }
         }
     }
-    Ok((compared, differing, kept))
+    Ok(Comparison {
+        compared,
+        corrected,
+        differing,
+        shown: kept,
+    })
 }
