@@ -362,6 +362,7 @@ async fn file_mode_applies_overrides_csv_and_follows_its_rewrites() {
     std::fs::write(dir.path().join("overrides.csv"), CORRECTIONS).unwrap();
     let mut settings = local_settings(DataSource::Files(dir.path().to_owned()));
     settings.reload_interval = Duration::from_millis(100);
+    settings.http.addr = Some("127.0.0.1:0".parse().unwrap());
     let files = TestApp::start(settings, None, None).await;
     let g = files.by_ip(&["183.62.57.1", "183.62.56.1", "5.5.5.5"]).await;
     let got: Vec<Seen> = g.iter().map(seen).collect();
@@ -373,6 +374,16 @@ async fn file_mode_applies_overrides_csv_and_follows_its_rewrites() {
             answer(0, "correction", "德国", "", "", "", true),
         ]
     );
+    // The other APIs: one address over HTTP, and English answers.
+    let one = get(http(&files), "/api/ip_query?ip=183.62.57.1").await.json();
+    assert_eq!(
+        (&one["geoip_city_name"], &one["geoip_corrected"]),
+        (&Value::from("深圳"), &Value::from(true)),
+        "{one}"
+    );
+    // No en table and no MaxMind here: the English correction alone answers.
+    let en = files.with_lang("en", &["183.62.57.1"]).await.remove(0);
+    assert_eq!(seen(&en), answer(0, "correction", "", "Shenzhen", "", "", true));
     let next = dir.path().join("next.tmp");
     std::fs::write(&next, "network,carrier_name,reason\n183.62.56.0/24,联通,moved\n").unwrap();
     std::fs::rename(&next, dir.path().join("overrides.csv")).unwrap();
