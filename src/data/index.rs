@@ -32,6 +32,8 @@ pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
     fn slot(self) -> usize;
     /// The second-level slot: the `SUB_BITS` after the top 16.
     fn sub_slot(self) -> usize;
+    /// The key's top [`Coverage::BITS`] bits.
+    fn coverage_bit(self) -> usize;
     fn ip(self) -> IpAddr;
     /// The index of a table of this key's family.
     fn index_of(table: &TableIndex) -> Option<&RangeIndex<Self>>;
@@ -50,6 +52,10 @@ impl Key for u32 {
 
     fn sub_slot(self) -> usize {
         (self >> 8) as usize & 0xff
+    }
+
+    fn coverage_bit(self) -> usize {
+        (self >> (32 - Coverage::BITS)) as usize
     }
 
     fn ip(self) -> IpAddr {
@@ -80,6 +86,10 @@ impl Key for u128 {
 
     fn sub_slot(self) -> usize {
         (self >> 100) as usize & 0xfff
+    }
+
+    fn coverage_bit(self) -> usize {
+        (self >> (128 - Coverage::BITS)) as usize
     }
 
     fn ip(self) -> IpAddr {
@@ -180,6 +190,45 @@ pub struct RangeIndex<K> {
     /// Each distinct place once; entries point into it.
     places: Vec<Place>,
     directory: Directory,
+    /// For a sparse index, where its ranges are at all.
+    coverage: Option<Coverage>,
+}
+
+/// Indexes of at most this many ranges (the corrections, small tables)
+/// carry a [`Coverage`]: an address far from all of them then costs one
+/// bit's read, not the directory's and the entries' misses.
+const SPARSE: usize = 1 << 16;
+
+/// Which blocks of addresses (IPv4 /20s; for IPv6 the top 20 bits) hold
+/// any address of a sparse index's ranges: 128 KiB.
+struct Coverage(Box<[u64]>);
+
+impl Coverage {
+    const BITS: u32 = 20;
+
+    fn new<K: Key>(entries: &[Entry<K>]) -> Coverage {
+        let mut words = vec![0u64; (1 << Self::BITS) / 64];
+        for entry in entries {
+            let (mut bit, last) = (entry.start.coverage_bit(), entry.end.coverage_bit());
+            while bit <= last {
+                if bit % 64 == 0 && bit + 63 <= last {
+                    words[bit / 64] = u64::MAX;
+                    bit += 64;
+                } else {
+                    words[bit / 64] |= 1 << (bit % 64);
+                    bit += 1;
+                }
+            }
+        }
+        Coverage(words.into_boxed_slice())
+    }
+
+    /// Whether `key` may be in a range; `false` means it is in none.
+    #[inline]
+    fn may_hold<K: Key>(&self, key: K) -> bool {
+        let bit = key.coverage_bit();
+        self.0[bit / 64] >> (bit % 64) & 1 == 1
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -231,6 +280,11 @@ impl<K: Key> RangeIndex<K> {
     fn start_search(&self, key: K) -> Option<(usize, usize)> {
         if self.entries.is_empty() {
             return None;
+        }
+        if let Some(coverage) = &self.coverage {
+            if !coverage.may_hold(key) {
+                return None;
+            }
         }
         let (lo, hi) = self.directory.bounds(key);
         prefetch(self.entries.as_ptr().wrapping_add((lo + hi) / 2));
@@ -372,6 +426,7 @@ impl<K: Key> RangeIndex<K> {
             .sum();
         self.entries.len() * std::mem::size_of::<Entry<K>>()
             + self.directory.heap_bytes()
+            + self.coverage.as_ref().map_or(0, |c| c.0.len() * 8)
             + self.places.capacity() * std::mem::size_of::<Place>()
             + text
     }
@@ -501,6 +556,7 @@ impl<K: Key> Builder<K> {
         let entries = self.entries.finish();
         RangeIndex {
             directory: Directory::new(&entries),
+            coverage: (!entries.is_empty() && entries.len() <= SPARSE).then(|| Coverage::new(&entries)),
             entries,
             places: self.places,
         }
@@ -958,6 +1014,46 @@ mod tests {
         let one_by_one: Vec<_> = keys.iter().map(|&k| index.locate(k, Source::Cn)).collect();
         assert_eq!(index.locate_all(&keys, Source::Cn), one_by_one);
         assert!(one_by_one.iter().any(Option::is_some) && one_by_one.iter().any(Option::is_none));
+    }
+
+    #[test]
+    fn a_sparse_index_finds_what_the_slow_search_finds() {
+        let mut x = 11u64;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x >> 16
+        };
+        for round in 0..20 {
+            // A few hundred ranges, some tiny, some spanning many /20s,
+            // some across a 64-block boundary of the coverage map.
+            let mut starts: Vec<u32> = (0..300).map(|_| next() as u32).collect();
+            starts.sort_unstable();
+            starts.dedup();
+            let mut ranges: Vec<(u32, u32)> = Vec::new();
+            for pair in starts.windows(2) {
+                let room = pair[1] - pair[0] - 1;
+                let len = match next() % 3 {
+                    0 => 0,
+                    1 => (next() as u32) % 4096,
+                    _ => (next() as u32) % (1 << 26),
+                };
+                ranges.push((pair[0], pair[0] + len.min(room)));
+            }
+            let mut builder = Builder::default();
+            for &(start, end) in &ranges {
+                builder.push_fields(start, end, fields("x")).unwrap();
+            }
+            let index = builder.finish();
+            assert!(index.coverage.is_some(), "a sparse index has a coverage map");
+            let mut keys: Vec<u32> = (0..2000).map(|_| next() as u32).collect();
+            for &(start, end) in &ranges {
+                keys.extend([start, end, start.wrapping_sub(1), end.wrapping_add(1)]);
+            }
+            for key in keys {
+                let found = index.get(key).map(|(s, e, _)| (s, e));
+                assert_eq!(found, naive(&ranges, key), "round {round}, key {key:#x}");
+            }
+        }
     }
 
     /// The greatest start at or below `key`, if its end reaches `key`,
