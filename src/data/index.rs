@@ -32,7 +32,7 @@ pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
     fn slot(self) -> usize;
     /// The second-level slot: the `SUB_BITS` after the top 16.
     fn sub_slot(self) -> usize;
-    /// The key's top [`Coverage::BITS`] bits.
+    /// The key's top `Coverage::BITS` bits.
     fn coverage_bit(self) -> usize;
     fn ip(self) -> IpAddr;
     /// The index of a table of this key's family.

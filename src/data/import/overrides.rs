@@ -242,7 +242,7 @@ pub struct CorrectionReport {
     pub kept: usize,
     /// Of the live corrections, the share removed or changed.
     pub changed_percent: f64,
-    /// Up to [`REPORT_LINES`] of each, as `+ range (lang) column=value …: reason`.
+    /// Up to `REPORT_LINES` of each, as `+ range (lang) column=value …: reason`.
     pub added_rows: Vec<String>,
     pub removed_rows: Vec<String>,
 }

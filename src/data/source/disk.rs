@@ -80,7 +80,7 @@ pub fn corrections_path(dir: &Path) -> PathBuf {
     dir.join(format!("{OVERRIDES}.snapshot"))
 }
 
-/// Writes the corrections into `dir` as [`write`] writes a table: every
+/// Writes the corrections into `dir` as [`write()`] writes a table: every
 /// row, expired or not, as the corrections CSV.
 pub fn write_corrections(dir: &Path, corrections: &Corrections) -> Result<(), SnapshotError> {
     write_framed(
