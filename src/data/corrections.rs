@@ -50,6 +50,30 @@ impl Correction {
         self.place.fields().columns().iter().any(|value| !value.is_empty())
     }
 
+    /// Whether `other` says the same: every field but when it was stored.
+    pub fn says_the_same(&self, other: &Correction) -> bool {
+        let Correction {
+            created_at: _,
+            start,
+            end,
+            lang,
+            place,
+            reason,
+            source,
+            expires_at,
+        } = self;
+        (start, end, lang, place, reason, source, expires_at)
+            == (
+                &other.start,
+                &other.end,
+                &other.lang,
+                &other.place,
+                &other.reason,
+                &other.source,
+                &other.expires_at,
+            )
+    }
+
     /// The correction's range and language, for messages.
     pub fn describe(&self) -> String {
         format!("{} - {} ({})", self.start, self.end, self.lang.as_str())

@@ -258,7 +258,7 @@ async fn an_expired_correction_stops_applying_without_an_import() {
         .spawn_beside(Options::memory().with(|s| s.reload_interval = Duration::from_millis(200)))
         .await;
     let url = app.db().url.clone();
-    let soon = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3));
+    let soon = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(8));
     let csv = format!(
         "network,city_name,reason,expires_at\n183.62.57.0/24,深圳,until the move,{soon}\n183.62.56.0/24,佛山,for good,\n"
     );
@@ -280,7 +280,7 @@ async fn an_expired_correction_stops_applying_without_an_import() {
     })
     .await;
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "the expired correction still applies",
         || async {
             let (p, m) = (cities(app.by_ip(&probes).await), cities(memory.by_ip(&probes).await));

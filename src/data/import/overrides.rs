@@ -249,17 +249,14 @@ pub struct CorrectionReport {
 
 impl CorrectionReport {
     fn compare(live: &[Correction], new: &[Correction]) -> CorrectionReport {
-        let same = |a: &Correction, b: &Correction| {
-            Correction {
-                created_at: None,
-                ..a.clone()
-            } == Correction {
-                created_at: None,
-                ..b.clone()
-            }
+        let (live_by_start, new_by_start) = (by_start(live), by_start(new));
+        let held = |row: &Correction, by_start: &HashMap<(TableLang, IpAddr), &Correction>| {
+            by_start
+                .get(&(row.lang, row.start))
+                .is_some_and(|other| other.says_the_same(row))
         };
-        let added: Vec<&Correction> = new.iter().filter(|n| !live.iter().any(|l| same(l, n))).collect();
-        let removed: Vec<&Correction> = live.iter().filter(|l| !new.iter().any(|n| same(l, n))).collect();
+        let added: Vec<&Correction> = new.iter().filter(|n| !held(n, &live_by_start)).collect();
+        let removed: Vec<&Correction> = live.iter().filter(|l| !held(l, &new_by_start)).collect();
         let lines = |rows: &[&Correction], sign: char| rows.iter().take(REPORT_LINES).map(|r| line(r, sign)).collect();
         CorrectionReport {
             table: OVERRIDES,
@@ -276,6 +273,12 @@ impl CorrectionReport {
             removed_rows: lines(&removed, '-'),
         }
     }
+}
+
+/// Corrections by language and start: within a language, no two start
+/// at one address.
+fn by_start(rows: &[Correction]) -> HashMap<(TableLang, IpAddr), &Correction> {
+    rows.iter().map(|row| ((row.lang, row.start), row)).collect()
 }
 
 /// One correction as a report line.
@@ -406,13 +409,11 @@ async fn replace(
         .await?;
     let (live, _) = store::load_corrections(&tx).await.map_err(ImportError::Live)?;
     let report = within_limit(options, CorrectionReport::compare(&live, &rows))?;
+    let live_by_start = by_start(&live);
     for row in &mut rows {
-        let kept = live.iter().find(|l| {
-            Correction {
-                created_at: None,
-                ..(*l).clone()
-            } == *row
-        });
+        let kept = live_by_start
+            .get(&(row.lang, row.start))
+            .filter(|l| l.says_the_same(row));
         row.created_at = kept.and_then(|l| l.created_at);
     }
     tx.execute(&format!("DELETE FROM {OVERRIDES}"), &[]).await?;
