@@ -334,7 +334,8 @@ async fn open_files(files: DataFiles, wanted: &[Table]) -> anyhow::Result<(Arc<T
 }
 
 /// One line per table: ranges, distinct places, memory and data age; a
-/// warning for each empty table, whose addresses only MaxMind can answer.
+/// warning for each empty table, whose addresses only MaxMind can answer;
+/// then the corrections held.
 fn log_tables(tables: &Tables, wanted: &[Table], took: Duration) {
     for &table in wanted {
         let snapshot = tables.snapshot(table);
@@ -349,6 +350,12 @@ fn log_tables(tables: &Tables, wanted: &[Table], took: Duration) {
         );
         warn_if_empty(table, index.len() as u64);
     }
+    let corrections = tables.corrections();
+    info!(
+        in_force = corrections.in_force(),
+        expired = corrections.rows().len() - corrections.in_force(),
+        "corrections loaded into memory"
+    );
     info!(seconds = format!("{:.2}", took.as_secs_f64()), "tables ready");
 }
 
