@@ -774,6 +774,22 @@ impl Tables {
         self.corrections.store(Arc::new(corrections));
     }
 
+    /// Drops the corrections that have expired by `now`, if any have;
+    /// needs no source. Returns whether any had.
+    pub fn expire_corrections(&self, now: SystemTime) -> bool {
+        let held = self.corrections();
+        if !held.has_expired(now) {
+            return false;
+        }
+        let rebuilt = held.rebuilt(now);
+        tracing::info!(
+            in_force = rebuilt.in_force(),
+            "corrections expired; the rest still apply"
+        );
+        self.replace_corrections(rebuilt);
+        true
+    }
+
     /// The current snapshot of `table`.
     pub fn snapshot(&self, table: Table) -> Arc<Snapshot> {
         self.slots[slot_of(table)].load_full()

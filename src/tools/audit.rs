@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::data::corrections::{ip_number, Correction};
-use crate::data::import::{same_place_name, Codes, Origin, SourceError};
+use crate::data::import::{csv_headers, same_place_name, Codes, Origin, SourceError};
 use crate::domain::{Family, Place, PlaceBuf, TableLang};
 use crate::thrift::GeoInfo;
 
@@ -176,12 +176,7 @@ pub struct Observation {
 /// `source`; refuses a bad row with its line.
 pub fn read_observations(bytes: &[u8]) -> Result<Vec<Observation>, SourceError> {
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes);
-    let headers: Vec<String> = reader
-        .headers()
-        .map_err(|e| SourceError::NotFormat(format!("cannot read the CSV header: {e}")))?
-        .iter()
-        .map(|h| h.trim().to_owned())
-        .collect();
+    let headers = csv_headers(&mut reader)?;
     let column = |names: &[&str]| headers.iter().position(|h| names.contains(&h.as_str()));
     let ip_at = column(&["ip"]).ok_or_else(|| SourceError::NotFormat("the header has no ip column".into()))?;
     let at = [

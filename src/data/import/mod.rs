@@ -123,6 +123,16 @@ pub enum SourceError {
     NetworkFormat(&'static str),
 }
 
+/// A CSV's header, each name trimmed.
+pub fn csv_headers(reader: &mut csv::Reader<&[u8]>) -> Result<Vec<String>, SourceError> {
+    Ok(reader
+        .headers()
+        .map_err(|e| SourceError::NotFormat(format!("cannot read the CSV header: {e}")))?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect())
+}
+
 /// Why an import failed; the live table is untouched in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {

@@ -59,12 +59,7 @@ const REPORT_LINES: usize = 20;
 /// language and family that overlap, naming both.
 pub fn read(bytes: &[u8]) -> Result<Vec<Correction>, SourceError> {
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes);
-    let headers: Vec<String> = reader
-        .headers()
-        .map_err(|e| SourceError::NotFormat(format!("cannot read the CSV header: {e}")))?
-        .iter()
-        .map(|h| h.trim().to_owned())
-        .collect();
+    let headers = super::csv_headers(&mut reader)?;
     let at: HashMap<&str, usize> = headers.iter().enumerate().map(|(i, h)| (h.as_str(), i)).collect();
     if let Some(unknown) = headers
         .iter()

@@ -450,16 +450,7 @@ impl FileWatch {
         let held = self.tables.corrections();
         let now = SystemTime::now();
         if files.corrections_version() == held.version {
-            if !held.has_expired(now) {
-                return false;
-            }
-            let rebuilt = held.rebuilt(now);
-            info!(
-                in_force = rebuilt.in_force(),
-                "corrections expired; the rest still apply"
-            );
-            self.tables.replace_corrections(rebuilt);
-            return true;
+            return self.tables.expire_corrections(now);
         }
         match files.corrections(now) {
             Ok(corrections) => {

@@ -261,16 +261,7 @@ impl Reloader {
             Ok(_) => {}
             Err(err) => debug!(error = %err.cause(), "cannot check the corrections for an import"),
         }
-        if !held.has_expired(now) {
-            return false;
-        }
-        let rebuilt = held.rebuilt(now);
-        info!(
-            in_force = rebuilt.in_force(),
-            "corrections expired; the rest still apply"
-        );
-        self.tables.replace_corrections(rebuilt);
-        true
+        self.tables.expire_corrections(now)
     }
 
     /// Forgets the announcements that `changed` answers, or that waited too long.
