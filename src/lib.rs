@@ -45,3 +45,4 @@ pub mod serve;
 pub mod service;
 pub mod thrift;
 pub mod tools;
+pub mod watch;
