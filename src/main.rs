@@ -41,6 +41,15 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Resolve(args) => runtime()?.block_on(cli::resolve(args)),
         Command::Audit(args) => runtime()?.block_on(cli::audit(args)),
+        Command::Watch(args) => {
+            let runtime = runtime()?;
+            let changed = runtime.block_on(cli::watch(args, shutdown_signal()))?;
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            if changed {
+                std::process::exit(cli::CHANGED);
+            }
+            Ok(())
+        }
         Command::Bench(options) => cli::bench(options),
         Command::Compare(options) => {
             if !cli::compare(options)? {

@@ -57,6 +57,11 @@ pub enum Command {
     /// and report where they disagree; --propose writes the corrections
     /// the observations support, for review and `import --table overrides`.
     Audit(AuditArgs),
+    /// Resolve a list of names on a schedule, locate their addresses, and
+    /// alert when the addresses, where they are, or what is expected of
+    /// them change. With --once: one round, then exit status 0 when
+    /// nothing changed, 3 when something did, 1 on error.
+    Watch(WatchArgs),
     /// Load a running server for a fixed time and report throughput and latency.
     Bench(LoadOptions),
     /// Send the same sampled addresses to two servers and count the answers
@@ -123,6 +128,9 @@ pub struct ImportArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+/// `watch --once`'s exit status when it confirmed a change.
+pub const CHANGED: i32 = 3;
 
 /// `query`'s exit status when the server answered but not every address
 /// was found: distinct from 1, "could not ask".
@@ -294,4 +302,40 @@ mod tests {
             "{err}"
         );
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// The watch's config file (TOML; see the README's "Watching domains").
+    #[arg(long, env = "XM_WATCH_CONFIG")]
+    pub config: PathBuf,
+    /// One round of every name, then exit (for cron).
+    #[arg(long)]
+    pub once: bool,
+    /// With --once, print the changes as JSON, one object a line.
+    #[arg(long, requires = "once")]
+    pub json: bool,
+    /// Locate addresses through this running server over Thrift.
+    #[arg(long, conflicts_with = "data")]
+    pub addr: Option<String>,
+    /// Locate addresses from the IP database files in this directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Keep the watch's state here (tables watch_names, watch_events), and
+    /// locate addresses from its tables unless --addr or --data is given.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// GeoIP2/GeoLite2 City database for the MaxMind fallback offline.
+    #[arg(long, conflicts_with = "addr")]
+    pub mmdb: Option<PathBuf>,
+    /// Keep the watch's state in this file when no database is given.
+    #[arg(long, env = "XM_WATCH_STATE", default_value = "watch-state.json")]
+    pub state: PathBuf,
+    /// Serve /metrics and /v1/watch (each name's state and latest events)
+    /// here, e.g. 127.0.0.1:9465.
+    #[arg(long, env = "XM_WATCH_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Give up on the server or the database after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }

@@ -9,7 +9,6 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use super::live::{Answerer, LiveSource};
 use super::AuditArgs;
 use crate::config::LookupMode;
 use crate::data::import::{overrides, read_ranges, schema_limits, Format, RangeBuilder};
@@ -17,6 +16,7 @@ use crate::data::index::{Builder, Key, RangeIndex, Tables};
 use crate::domain::{Family, Lang, Table, TableLang};
 use crate::thrift::GeoInfo;
 use crate::tools::audit::{read_observations, Audit, Claim, Level};
+use crate::tools::live::{Answerer, LiveSource};
 
 /// Addresses asked of the live data at once.
 const BATCH: usize = 10_000;

@@ -7,11 +7,11 @@ mod bench;
 mod check;
 mod export;
 mod import;
-mod live;
 mod migrate;
 mod query;
 mod resolve;
 mod values;
+mod watch;
 
 pub use args::*;
 pub use audit::audit;
@@ -22,3 +22,4 @@ pub use import::import;
 pub use migrate::migrate;
 pub use query::query;
 pub use resolve::resolve;
+pub use watch::watch;

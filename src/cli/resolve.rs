@@ -12,12 +12,12 @@ use anyhow::Context;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::live::{Answerer, LiveSource};
 use super::{ResolveArgs, ResolveFormat};
 use crate::answer::{self, csv_record, FIELDS};
 use crate::config::LookupMode;
 use crate::domain::{LookupError, Outcome};
 use crate::thrift::{geo_info, GeoInfo};
+use crate::tools::live::{Answerer, LiveSource};
 use crate::tools::resolve::{address_in, Summary};
 
 /// Longest line read; the rest of a longer one is skipped and the line

@@ -186,6 +186,9 @@ pub struct NameState {
     /// The last round's result: "ok" or a failure's name.
     #[serde(default)]
     pub last_result: String,
+    /// Unix seconds of the first round.
+    #[serde(default)]
+    pub first_checked: Option<u64>,
     /// Rounds that resolved, to tell a window still filling.
     #[serde(default)]
     pub resolved_rounds: u64,
@@ -257,9 +260,15 @@ impl ChangeKind {
 }
 
 impl NameState {
+    /// When the name was first checked.
+    pub fn first_checked_at(&self) -> Option<u64> {
+        self.first_checked
+    }
+
     /// Takes one round's observation; returns the change it confirms.
     pub fn observe(&mut self, domain: &Domain, observation: Observation, now: u64) -> Option<Change> {
         self.checked_at = Some(now);
+        self.first_checked.get_or_insert(now);
         let view = match observation {
             Observation::Resolved { chain, addresses } => {
                 self.resolved_at = Some(now);
@@ -548,10 +557,7 @@ mod tests {
             compare,
             window,
             routes: Vec::new(),
-            expect: Expect {
-                must_resolve: true,
-                ..Expect::default()
-            },
+            expect: Expect::default(),
         }
     }
 
@@ -605,7 +611,7 @@ mod tests {
         assert_eq!(change.kinds, [ChangeKind::AddressesChanged, ChangeKind::PlacesChanged]);
         assert_eq!(change.added[0].ip.to_string(), "2.2.2.2");
         assert_eq!(change.removed[0].ip.to_string(), "1.1.1.1");
-        assert_eq!(change.places_added, [hb.clone()]);
+        assert_eq!(change.places_added, std::slice::from_ref(&hb));
         assert_eq!(change.places_removed, [gd]);
         assert_eq!(
             state.observe(&domain, resolved(&[("2.2.2.2", hb)]), 4),
@@ -667,8 +673,8 @@ mod tests {
         let p = place("广东", "电信");
         let mut state = NameState::default();
         let rounds = ["1.1.1.1", "1.1.1.2", "1.1.1.3"];
-        for round in 0..3 {
-            state.observe(&domain, resolved(&[(rounds[round], p.clone())]), round as u64);
+        for (round, ip) in rounds.iter().enumerate() {
+            state.observe(&domain, resolved(&[(ip, p.clone())]), round as u64);
         }
         // The confirmed view grew as the window filled; from now on the
         // same three rotate without a change.

@@ -69,7 +69,7 @@ pub enum Compare {
 }
 
 /// Expectations; an empty list allows anything.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     /// Country codes (`CN`) or names, as answers give them.
@@ -93,6 +93,20 @@ pub struct Expect {
 
 fn yes() -> bool {
     true
+}
+
+impl Default for Expect {
+    fn default() -> Self {
+        Expect {
+            countries: Vec::new(),
+            provinces: Vec::new(),
+            carriers: Vec::new(),
+            networks: Vec::new(),
+            min_addresses: None,
+            max_addresses: None,
+            must_resolve: true,
+        }
+    }
 }
 
 /// Where alerts go.
@@ -632,6 +646,7 @@ mod tests {
         assert_eq!(config.domains[1].compare, Compare::Places);
         assert_eq!(config.domains[1].expect.max_addresses, Some(4));
         assert!(config.domains[1].expect.must_resolve);
+        assert!(config.domains[0].expect.must_resolve, "without an expect table too");
         assert_eq!(config.domains[1].routes, ["ops"]);
     }
 

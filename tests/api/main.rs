@@ -23,4 +23,6 @@ mod replica;
 mod resilience;
 mod resolve;
 mod storage;
+mod watch;
+mod watch_peers;
 mod wire;

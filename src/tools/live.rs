@@ -1,4 +1,4 @@
-//! What answers addresses for the offline tools (`resolve`, `audit`): a
+//! What answers addresses for the offline tools (`resolve`, `audit`, `watch`): a
 //! running server over Thrift, or the lookups themselves on files or
 //! PostgreSQL, exactly as a server on them would answer.
 

@@ -1,0 +1,253 @@
+//! What the watch shows: its Prometheus metrics, and each name's state
+//! and latest events over HTTP (`watch --listen`).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use super::change::{ChangeKind, NameState};
+use super::state::{Delivery, Event};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    /// A route's name from the config file: a fixed set.
+    route: String,
+    outcome: &'static str,
+}
+
+/// The watch's metrics, in a registry of its own.
+pub struct WatchMetrics {
+    registry: Registry,
+    names: Gauge,
+    resolutions: Family<ResultLabel, Counter>,
+    changes: Family<KindLabel, Counter>,
+    alerts: Family<RouteLabel, Counter>,
+    oldest_unresolved: Gauge<f64, AtomicU64>,
+}
+
+impl WatchMetrics {
+    pub fn new(routes: impl IntoIterator<Item = String>) -> WatchMetrics {
+        let mut registry = Registry::with_prefix("xm_watch");
+        let metrics = WatchMetrics {
+            names: Gauge::default(),
+            resolutions: Family::default(),
+            changes: Family::default(),
+            alerts: Family::default(),
+            oldest_unresolved: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("names", "Names watched", metrics.names.clone());
+        registry.register(
+            "resolutions",
+            "Rounds of a name, by result (ok or the failure)",
+            metrics.resolutions.clone(),
+        );
+        registry.register("changes", "Changes confirmed, by kind", metrics.changes.clone());
+        registry.register(
+            "alerts",
+            "Alerts by route and outcome (sent, failed)",
+            metrics.alerts.clone(),
+        );
+        registry.register(
+            "oldest_unresolved_seconds",
+            "Longest time a watched name has gone without resolving (since its last success, or since it was first checked)",
+            metrics.oldest_unresolved.clone(),
+        );
+        for kind in ChangeKind::ALL {
+            let _ = metrics.changes.get_or_create(&KindLabel { kind: kind.as_str() });
+        }
+        for route in routes {
+            for outcome in ["sent", "failed"] {
+                let _ = metrics.alerts.get_or_create(&RouteLabel {
+                    route: route.clone(),
+                    outcome,
+                });
+            }
+        }
+        WatchMetrics { registry, ..metrics }
+    }
+
+    pub fn names(&self, count: usize) {
+        self.names.set(count as i64);
+    }
+
+    pub fn resolution(&self, result: &str) {
+        let result = match result {
+            "ok" => "ok",
+            "nxdomain" => "nxdomain",
+            "servfail" => "servfail",
+            "refused" => "refused",
+            "timeout" => "timeout",
+            "noaddresses" => "noaddresses",
+            _ => "error",
+        };
+        self.resolutions.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn change(&self, kind: ChangeKind) {
+        self.changes.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
+    }
+
+    pub fn alert(&self, route: &str, sent: bool) {
+        let outcome = if sent { "sent" } else { "failed" };
+        self.alerts
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn oldest_unresolved(&self, seconds: f64) {
+        self.oldest_unresolved.set(seconds);
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String");
+        text
+    }
+}
+
+/// Each name's state and latest events, for the endpoint.
+pub struct Board {
+    history: usize,
+    names: Mutex<BTreeMap<String, NameStatus>>,
+}
+
+#[derive(Clone, Serialize)]
+pub struct NameStatus {
+    pub name: String,
+    pub state: NameState,
+    pub events: VecDeque<Event>,
+}
+
+impl Board {
+    pub fn new(history: usize, names: &[String], states: &HashMap<String, NameState>, recent: Vec<Event>) -> Board {
+        let mut board: BTreeMap<String, NameStatus> = names
+            .iter()
+            .map(|name| {
+                let status = NameStatus {
+                    name: name.clone(),
+                    state: states.get(name).cloned().unwrap_or_default(),
+                    events: VecDeque::new(),
+                };
+                (name.clone(), status)
+            })
+            .collect();
+        for event in recent {
+            if let Some(status) = board.get_mut(&event.change.name) {
+                status.events.push_back(event);
+            }
+        }
+        Board {
+            history,
+            names: Mutex::new(board),
+        }
+    }
+
+    pub fn update(&self, name: &str, state: &NameState) {
+        if let Some(status) = self.names.lock().expect("not poisoned").get_mut(name) {
+            status.state = state.clone();
+        }
+    }
+
+    pub fn event(&self, event: &Event) {
+        if let Some(status) = self.names.lock().expect("not poisoned").get_mut(&event.change.name) {
+            status.events.push_back(event.clone());
+            while status.events.len() > self.history {
+                status.events.pop_front();
+            }
+        }
+    }
+
+    pub fn delivered(&self, name: &str, id: u64, route: &str, delivery: Delivery) {
+        if let Some(status) = self.names.lock().expect("not poisoned").get_mut(name) {
+            if let Some(event) = status.events.iter_mut().find(|event| event.id == id) {
+                event.deliveries.insert(route.to_owned(), delivery);
+            }
+        }
+    }
+
+    fn all(&self) -> Vec<NameStatus> {
+        self.names.lock().expect("not poisoned").values().cloned().collect()
+    }
+
+    fn one(&self, name: &str) -> Option<NameStatus> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.names.lock().expect("not poisoned").get(&name).cloned()
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    board: Arc<Board>,
+    metrics: Arc<WatchMetrics>,
+}
+
+/// Serves `/metrics`, `/v1/watch` and `/v1/watch/{name}` until the
+/// process ends.
+pub async fn serve(listen: SocketAddr, board: Arc<Board>, metrics: Arc<WatchMetrics>) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {listen}: {err}"))?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/v1/watch", get(all_names))
+        .route("/v1/watch/{name}", get(one_name))
+        .with_state(Shared { board, metrics });
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(error = %err, "the watch's status listener stopped");
+        }
+    });
+    Ok(bound)
+}
+
+async fn metrics_text(State(shared): State<Shared>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn all_names(State(shared): State<Shared>) -> Response {
+    Json(serde_json::json!({ "names": shared.board.all() })).into_response()
+}
+
+async fn one_name(State(shared): State<Shared>, Path(name): Path<String>) -> Response {
+    match shared.board.one(&name) {
+        Some(status) => Json(status).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("{name} is not watched") })),
+        )
+            .into_response(),
+    }
+}
