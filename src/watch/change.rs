@@ -87,6 +87,49 @@ impl Place {
     }
 }
 
+/// Addresses and where each is, sorted by address. A name has a few, so
+/// a sorted vector: a map's first node costs about 2 KiB even for one
+/// entry, and a watch keeps several copies of ten thousand names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Addresses(Vec<(IpAddr, Place)>);
+
+impl Addresses {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.0.binary_search_by(|(at, _)| at.cmp(ip)).is_ok()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &Place)> {
+        self.0.iter().map(|(ip, place)| (ip, place))
+    }
+
+    pub fn ips(&self) -> impl Iterator<Item = &IpAddr> {
+        self.0.iter().map(|(ip, _)| ip)
+    }
+
+    pub fn places(&self) -> impl Iterator<Item = &Place> {
+        self.0.iter().map(|(_, place)| place)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The last of each address wins, as in a map.
+impl FromIterator<(IpAddr, Place)> for Addresses {
+    fn from_iter<I: IntoIterator<Item = (IpAddr, Place)>>(pairs: I) -> Self {
+        let map: BTreeMap<IpAddr, Place> = pairs.into_iter().collect();
+        let mut addresses: Vec<(IpAddr, Place)> = map.into_iter().collect();
+        addresses.shrink_to_fit();
+        Addresses(addresses)
+    }
+}
+
 /// Why a name did not resolve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,7 +167,7 @@ pub enum Observation {
     Resolved {
         /// The CNAME chain from the name to the addresses' owner.
         chain: Vec<String>,
-        addresses: BTreeMap<IpAddr, Place>,
+        addresses: Addresses,
     },
     Failed {
         failure: Failure,
@@ -140,7 +183,7 @@ pub struct View {
     #[serde(default)]
     pub detail: String,
     /// The addresses of the window's rounds and where each is.
-    pub addresses: BTreeMap<IpAddr, Place>,
+    pub addresses: Addresses,
     pub chain: Vec<String>,
     /// The expectations broken, each with what breaks it.
     pub broken: BTreeMap<String, String>,
@@ -148,7 +191,7 @@ pub struct View {
 
 impl View {
     fn places(&self) -> BTreeSet<&Place> {
-        self.addresses.values().collect()
+        self.addresses.places().collect()
     }
 
     /// Whether two views count as the same under `compare`.
@@ -156,7 +199,7 @@ impl View {
         self.failure.is_some() == other.failure.is_some()
             && self.broken.keys().eq(other.broken.keys())
             && match compare {
-                Compare::Addresses => self.addresses.keys().eq(other.addresses.keys()),
+                Compare::Addresses => self.addresses.ips().eq(other.addresses.ips()),
                 Compare::Places => self.places() == other.places(),
             }
     }
@@ -177,7 +220,7 @@ pub struct NameState {
     pub pending: Option<Pending>,
     /// The last rounds' addresses that resolved, newest last (the window).
     #[serde(default)]
-    pub recent: VecDeque<BTreeMap<IpAddr, Place>>,
+    pub recent: VecDeque<Addresses>,
     /// Unix seconds of the last round, and of the last that resolved.
     #[serde(default)]
     pub checked_at: Option<u64>,
@@ -279,7 +322,7 @@ impl NameState {
                 while self.recent.len() > domain.window as usize {
                     self.recent.pop_front();
                 }
-                let pooled: BTreeMap<IpAddr, Place> = self
+                let pooled: Addresses = self
                     .recent
                     .iter()
                     .flat_map(|round| round.iter().map(|(ip, place)| (*ip, place.clone())))
@@ -360,13 +403,13 @@ fn empty_view() -> View {
     View {
         failure: None,
         detail: String::new(),
-        addresses: BTreeMap::new(),
+        addresses: Addresses::default(),
         chain: Vec::new(),
         broken: BTreeMap::new(),
     }
 }
 
-fn located(addresses: &BTreeMap<IpAddr, Place>) -> Vec<Located> {
+fn located(addresses: &Addresses) -> Vec<Located> {
     addresses
         .iter()
         .map(|(ip, place)| Located {
@@ -387,8 +430,8 @@ fn change(domain: &Domain, old: &View, new: &View, now: u64) -> Change {
     let (added, removed) = if new.failure.is_some() {
         (Vec::new(), Vec::new())
     } else {
-        let added = new.addresses.iter().filter(|(ip, _)| !old.addresses.contains_key(ip));
-        let removed = old.addresses.iter().filter(|(ip, _)| !new.addresses.contains_key(ip));
+        let added = new.addresses.iter().filter(|(ip, _)| !old.addresses.contains(ip));
+        let removed = old.addresses.iter().filter(|(ip, _)| !new.addresses.contains(ip));
         let pair = |it: &mut dyn Iterator<Item = (&IpAddr, &Place)>| {
             it.map(|(ip, place)| Located {
                 ip: *ip,
@@ -469,7 +512,7 @@ fn change(domain: &Domain, old: &View, new: &View, now: u64) -> Change {
 
 /// The expectations `addresses` break, each with the addresses that break
 /// it. `count` is the round's own number of addresses.
-pub fn broken(expect: &Expect, addresses: &BTreeMap<IpAddr, Place>, count: usize) -> BTreeMap<String, String> {
+pub fn broken(expect: &Expect, addresses: &Addresses, count: usize) -> BTreeMap<String, String> {
     let mut broken = BTreeMap::new();
     let mut check = |key: &str, allowed: &[String], field: fn(&Place) -> Vec<&str>, same: fn(&str, &str) -> bool| {
         if allowed.is_empty() {
@@ -512,7 +555,7 @@ pub fn broken(expect: &Expect, addresses: &BTreeMap<IpAddr, Place>, count: usize
     );
     if !expect.networks.is_empty() {
         let outside: Vec<String> = addresses
-            .keys()
+            .ips()
             .filter(|ip| !expect.networks.iter().any(|network| network.contains(**ip)))
             .map(IpAddr::to_string)
             .collect();

@@ -90,7 +90,9 @@ impl Dns {
         };
         let mut cnames = HashMap::new();
         let mut addresses = BTreeSet::new();
-        let mut nxdomain = 0;
+        // The first family's failure; it decides only if neither family
+        // has an address (a server that refuses AAAA still resolves).
+        let mut failed: Option<(Failure, String)> = None;
         for (family, lookup) in [("A", a), ("AAAA", aaaa)] {
             match lookup {
                 Ok(lookup) => {
@@ -109,28 +111,20 @@ impl Dns {
                         }
                     }
                 }
-                Err(err) => match failure_of(&err) {
-                    None => {}
-                    Some(Failure::NxDomain) => nxdomain += 1,
-                    Some(failure) => {
-                        return Resolution::Failed {
-                            failure,
-                            detail: format!("{family}: {err}"),
+                Err(err) => {
+                    if let Some(failure) = failure_of(&err) {
+                        let detail = match failure {
+                            Failure::NxDomain => "the name does not exist".to_owned(),
+                            _ => format!("{family}: {err}"),
                         };
+                        failed.get_or_insert((failure, detail));
                     }
-                },
+                }
             }
         }
         if addresses.is_empty() {
-            let (failure, detail) = if nxdomain > 0 {
-                (Failure::NxDomain, "the name does not exist")
-            } else {
-                (Failure::NoAddresses, "no A or AAAA records")
-            };
-            return Resolution::Failed {
-                failure,
-                detail: detail.into(),
-            };
+            let (failure, detail) = failed.unwrap_or((Failure::NoAddresses, "no A or AAAA records".to_owned()));
+            return Resolution::Failed { failure, detail };
         }
         Resolution::Resolved {
             chain: chain(name, &cnames),

@@ -32,7 +32,7 @@ pub struct Watcher {
     alerter: Alerter,
     metrics: Arc<WatchMetrics>,
     board: Arc<Board>,
-    states: HashMap<String, NameState>,
+    states: HashMap<String, Arc<NameState>>,
     /// Where the status endpoint listens, if it does.
     pub listening: Option<SocketAddr>,
 }
@@ -97,6 +97,7 @@ impl Watcher {
 
     /// One round of the names at `which`; returns the changes it confirmed.
     pub async fn round(&mut self, which: &[usize]) -> anyhow::Result<Vec<Change>> {
+        let started = Instant::now();
         let dns = &self.dns;
         let domains = &self.domains;
         let resolutions: Vec<(usize, Resolution)> = stream::iter(which.iter().copied())
@@ -105,7 +106,9 @@ impl Watcher {
             .collect()
             .await;
 
+        let resolved = started.elapsed();
         let places = self.locate(&resolutions).await?;
+        let located = started.elapsed() - resolved;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -124,7 +127,11 @@ impl Watcher {
                 },
                 Resolution::Failed { failure, detail } => Observation::Failed { failure, detail },
             };
-            let mut state = self.states.get(&domain.name).cloned().unwrap_or_default();
+            let mut state = self
+                .states
+                .get(&domain.name)
+                .map(|state| NameState::clone(state))
+                .unwrap_or_default();
             let change = state.observe(domain, observation, now);
             self.metrics.resolution(&state.last_result);
             if let Some(change) = change {
@@ -143,7 +150,7 @@ impl Watcher {
                     deliveries,
                 });
             }
-            updated.push((domain.name.clone(), state));
+            updated.push((domain.name.clone(), Arc::new(state)));
         }
 
         // Kept before anything is sent: a crash now re-sends, never forgets.
@@ -167,6 +174,15 @@ impl Watcher {
             changes.push(event.change);
         }
         self.metrics.oldest_unresolved(self.oldest_unresolved(now));
+        tracing::info!(
+            names = which.len(),
+            addresses = places.len(),
+            changes = changes.len(),
+            resolving = ?resolved,
+            locating = ?located,
+            total = ?started.elapsed(),
+            "round done"
+        );
         Ok(changes)
     }
 

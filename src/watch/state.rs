@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -35,7 +36,9 @@ pub enum Delivery {
 /// What a store holds at start-up.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    pub names: HashMap<String, NameState>,
+    /// Shared with the store and the status board: a watch of many names
+    /// keeps one copy of each state.
+    pub names: HashMap<String, Arc<NameState>>,
     /// The latest events of each name, oldest first, at most `history`.
     pub recent: Vec<Event>,
     /// Events with an alert still to send.
@@ -81,7 +84,7 @@ impl StateStore {
 
     /// Keeps the names' new states and their new events (ids assigned),
     /// all or nothing.
-    pub async fn save(&self, states: &[(String, NameState)], events: Vec<Event>) -> anyhow::Result<Vec<Event>> {
+    pub async fn save(&self, states: &[(String, Arc<NameState>)], events: Vec<Event>) -> anyhow::Result<Vec<Event>> {
         match self {
             StateStore::File(file) => file.save(states, events).await,
             StateStore::Postgres(pg) => pg.save(states, events).await,
@@ -101,7 +104,7 @@ impl StateStore {
 
 #[derive(Default, Serialize, Deserialize)]
 struct FileData {
-    names: HashMap<String, NameState>,
+    names: HashMap<String, Arc<NameState>>,
     events: Vec<Event>,
     next_id: u64,
 }
@@ -122,9 +125,9 @@ impl FileStore {
         }
     }
 
-    async fn save(&self, states: &[(String, NameState)], events: Vec<Event>) -> anyhow::Result<Vec<Event>> {
+    async fn save(&self, states: &[(String, Arc<NameState>)], events: Vec<Event>) -> anyhow::Result<Vec<Event>> {
         let mut data = self.data.lock().await;
-        let before_names: Vec<(String, Option<NameState>)> = states
+        let before_names: Vec<(String, Option<Arc<NameState>>)> = states
             .iter()
             .map(|(name, _)| (name.clone(), data.names.get(name).cloned()))
             .collect();
@@ -297,11 +300,11 @@ impl PgStore {
         Ok(loaded)
     }
 
-    async fn save(&self, states: &[(String, NameState)], events: Vec<Event>) -> anyhow::Result<Vec<Event>> {
+    async fn save(&self, states: &[(String, Arc<NameState>)], events: Vec<Event>) -> anyhow::Result<Vec<Event>> {
         let names: Vec<&str> = states.iter().map(|(name, _)| name.as_str()).collect();
         let values = states
             .iter()
-            .map(|(_, state)| serde_json::to_value(state))
+            .map(|(_, state)| serde_json::to_value(&**state))
             .collect::<Result<Vec<_>, _>>()
             .context("cannot encode a watch state")?;
         let encoded = events

@@ -141,12 +141,17 @@ pub struct Board {
 #[derive(Clone, Serialize)]
 pub struct NameStatus {
     pub name: String,
-    pub state: NameState,
+    pub state: Arc<NameState>,
     pub events: VecDeque<Event>,
 }
 
 impl Board {
-    pub fn new(history: usize, names: &[String], states: &HashMap<String, NameState>, recent: Vec<Event>) -> Board {
+    pub fn new(
+        history: usize,
+        names: &[String],
+        states: &HashMap<String, Arc<NameState>>,
+        recent: Vec<Event>,
+    ) -> Board {
         let mut board: BTreeMap<String, NameStatus> = names
             .iter()
             .map(|name| {
@@ -169,7 +174,7 @@ impl Board {
         }
     }
 
-    pub fn update(&self, name: &str, state: &NameState) {
+    pub fn update(&self, name: &str, state: &Arc<NameState>) {
         if let Some(status) = self.names.lock().expect("not poisoned").get_mut(name) {
             status.state = state.clone();
         }
