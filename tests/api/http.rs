@@ -429,7 +429,14 @@ async fn the_openapi_description_lists_the_endpoints() {
     assert_eq!(answer.status, 200);
     let doc = answer.json();
     assert_eq!(doc["openapi"], "3.0.3");
-    for path in ["/api/ip_query", "/metrics", "/healthz", "/readyz"] {
+    for path in [
+        "/api/ip_query",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/v1/watch",
+        "/v1/watch/{name}",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} is not described");
     }
     let mut fields: Vec<&str> = doc["components"]["schemas"]["GeoInfo"]["properties"]

@@ -455,3 +455,59 @@ async fn bad_config_gets_one_clear_line_naming_the_key() {
         "{err}"
     );
 }
+
+/// The README's example config, pointed at this test's DNS server and
+/// receivers, confirms a change on its first round and exits 3.
+#[tokio::test]
+async fn the_example_config_prints_a_change_and_exits_3() {
+    let dns = TestDns::start().await;
+    dns.set("www.example.com", Entry::Addresses(vec!["8.8.8.8"]));
+    dns.set(
+        "static.example.com",
+        Entry::Addresses(vec!["183.62.57.1", "183.62.57.2"]),
+    );
+    dns.set("login.example.com", Entry::Addresses(vec!["203.0.113.7"]));
+    let robots = Receiver::start(0).await;
+    let smtp = SmtpSink::start().await;
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/watch.example.toml")).unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let password = secrets.path().join("smtp-password");
+    std::fs::write(&password, "pw\n").unwrap();
+    let config = example
+        .replace("127.0.0.1:5353", &dns.addr.to_string())
+        .replace("server = \"smtp.example.com\"", "server = \"127.0.0.1\"")
+        .replace("port = 587", &format!("port = {}", smtp.addr.port()))
+        .replace("tls = \"starttls\"", "tls = \"none\"")
+        .replace("/run/secrets/smtp-password", &password.display().to_string());
+    assert_ne!(config, example);
+    let setup = Setup::new(&config);
+    let mut command = setup.command(&["--once"]);
+    for (variable, path) in [
+        ("XM_WATCH_OPS_WEBHOOK", "ops"),
+        ("XM_WATCH_WECOM_WEBHOOK", "wecom"),
+        ("XM_WATCH_DINGTALK_WEBHOOK", "ding?access_token=t"),
+        ("XM_WATCH_SLACK_WEBHOOK", "slack"),
+    ] {
+        command.env(variable, robots.url(path));
+    }
+    command
+        .env("XM_WATCH_DINGTALK_SECRET", "SEC")
+        .env("XM_WATCH_SMTP_USER", "watch");
+    let out = command.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("www.example.com: expectation broken"), "{stdout}");
+    assert!(stdout.contains("countries: 8.8.8.8 (美国"), "{stdout}");
+    assert!(
+        !stdout.contains("static.example.com") && !stdout.contains("login.example.com"),
+        "{stdout}"
+    );
+    assert_eq!(robots.at("ops").len(), 1);
+    assert_eq!(robots.at("wecom").len(), 1);
+    assert_eq!(smtp.messages().len(), 1);
+}

@@ -218,7 +218,8 @@ impl SmtpSink {
                         }
                         let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
                         let reply: &[u8] = match verb.as_str() {
-                            "EHLO" | "HELO" => b"250-sink\r\n250 8BITMIME\r\n",
+                            "EHLO" | "HELO" => b"250-sink\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n",
+                            "AUTH" => b"235 accepted\r\n",
                             "DATA" => {
                                 data = Some(String::new());
                                 b"354 go on\r\n"
