@@ -30,7 +30,9 @@
 //! - [`serve`]: the running service: start-up, the Thrift and HTTP
 //!   listeners, the per-core runtimes, the byte budgets.
 //! - [`tools`] and [`cli`]: the binary's other commands (`query`,
-//!   `resolve`, `bench`, `compare`, `check`, `import`, `export`).
+//!   `resolve`, `bench`, `compare`, `check`, `import`, `export`, `audit`).
+//! - [`watch`]: the domain watch (`watch`): resolving names on a schedule,
+//!   confirming changes, keeping state, alerting.
 
 pub mod answer;
 pub mod cli;
