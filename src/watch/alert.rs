@@ -254,7 +254,7 @@ impl Sender {
             .await
             .map_err(|err| format!("POST failed: {}", without_url(err)))?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        let text = body_start(response).await;
         if !status.is_success() {
             return Err(format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()));
         }
@@ -268,6 +268,20 @@ impl Sender {
         }
         Ok(())
     }
+}
+
+/// The first 64 KiB of a reply's body: a receiver cannot make the watch
+/// hold more.
+async fn body_start(mut response: reqwest::Response) -> String {
+    const LIMIT: usize = 64 * 1024;
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk[..chunk.len().min(LIMIT - body.len())]);
+        if body.len() >= LIMIT {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// reqwest's error and its causes, without its URL, which may hold a token.

@@ -470,6 +470,11 @@ async fn the_example_config_prints_a_change_and_exits_3() {
     let robots = Receiver::start(0).await;
     let smtp = SmtpSink::start().await;
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/watch.example.toml")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("```toml\n{example}```")),
+        "the README shows deploy/watch.example.toml as it is"
+    );
     let secrets = tempfile::tempdir().unwrap();
     let password = secrets.path().join("smtp-password");
     std::fs::write(&password, "pw\n").unwrap();
