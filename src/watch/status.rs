@@ -5,18 +5,22 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use super::change::{ChangeKind, NameState};
 use super::state::{Delivery, Event};
@@ -213,8 +217,15 @@ struct Shared {
     metrics: Arc<WatchMetrics>,
 }
 
+/// Connections the status listener serves at once; more are closed.
+const MAX_CONNECTIONS: usize = 64;
+/// A request's head must arrive, and a connection end, within these.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Serves `/metrics`, `/v1/watch` and `/v1/watch/{name}` until the
-/// process ends.
+/// process ends, to at most [`MAX_CONNECTIONS`] peers at once, each with
+/// a time limit, so that no scraper can hold the watch's memory.
 pub async fn serve(listen: SocketAddr, board: Arc<Board>, metrics: Arc<WatchMetrics>) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -225,9 +236,25 @@ pub async fn serve(listen: SocketAddr, board: Arc<Board>, metrics: Arc<WatchMetr
         .route("/v1/watch", get(all_names))
         .route("/v1/watch/{name}", get(one_name))
         .with_state(Shared { board, metrics });
+    let service = TowerToHyperService::new(app);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
+    let room = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            tracing::error!(error = %err, "the watch's status listener stopped");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let Ok(admitted) = room.clone().try_acquire_owned() else {
+                continue;
+            };
+            let (http, service) = (http.clone(), service.clone());
+            tokio::spawn(async move {
+                let connection = http.serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+                drop(admitted);
+            });
         }
     });
     Ok(bound)

@@ -516,3 +516,58 @@ async fn the_example_config_prints_a_change_and_exits_3() {
     assert_eq!(robots.at("wecom").len(), 1);
     assert_eq!(smtp.messages().len(), 1);
 }
+
+/// The status listener serves 64 connections at once and closes the rest
+/// at once, so idle peers cannot starve a scraper for long.
+#[tokio::test]
+async fn the_status_listener_turns_away_connections_over_its_cap() {
+    use tokio::io::AsyncReadExt;
+
+    let dns = TestDns::start().await;
+    dns.set("www.watch.test", Entry::Addresses(vec!["183.62.57.1"]));
+    let setup = Setup::new(&config(&dns, "[[domains]]\nname = \"www.watch.test\"\n"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let watch = setup.start(&["--listen", &listen.to_string()]);
+    eventually(Duration::from_secs(20), "the status listener", || async {
+        tokio::net::TcpStream::connect(listen)
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(listen).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut over = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), over.read(&mut byte))
+        .await
+        .expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop(idle.pop());
+    eventually(Duration::from_secs(10), "a freed slot serves again", || async {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(listen)
+            .await
+            .map_err(|err| err.to_string())?;
+        stream
+            .write_all(b"GET /v1/watch HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|err| err.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .await
+            .map_err(|err| err.to_string())?;
+        answer.starts_with("HTTP/1.1 200").then_some(()).ok_or(answer)
+    })
+    .await;
+    stop(watch).await;
+}
