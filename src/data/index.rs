@@ -1078,6 +1078,59 @@ mod tests {
         ranges.iter().rev().find(|r| r.0 <= key).filter(|r| r.1 >= key).copied()
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any table (ranges clustered, so that some slots are crowded and
+        /// some sub-slots long), any addresses: one by one and in batches,
+        /// the index finds what the slow search finds.
+        #[test]
+        fn the_index_finds_what_a_plain_search_finds(
+            cuts in proptest::collection::btree_set(
+                proptest::prop_oneof![
+                    0x0a0b_0000u32..0x0a0b_4000,
+                    0x0a0c_0000u32..0x0a0c_0100,
+                    proptest::num::u32::ANY,
+                ],
+                2..3000,
+            ),
+            gaps in proptest::collection::vec(proptest::bool::ANY, 1500),
+            keys in proptest::collection::vec(
+                proptest::prop_oneof![0x0a0b_0000u32..0x0a0c_0200, proptest::num::u32::ANY],
+                1..400,
+            ),
+        ) {
+            // Consecutive cuts bound a range; a pair is left a gap where
+            // `gaps` says so.
+            let cuts: Vec<u32> = cuts.into_iter().collect();
+            let mut ranges = Vec::new();
+            for (i, pair) in cuts.windows(2).enumerate() {
+                if !gaps[i % gaps.len()] && pair[1] > pair[0] {
+                    ranges.push((pair[0], pair[1] - 1));
+                }
+            }
+            let mut builder = Builder::default();
+            for &(start, end) in &ranges {
+                builder.push_fields(start, end, fields("x")).unwrap();
+            }
+            let index = builder.finish();
+            let mut probes = keys.clone();
+            probes.extend(ranges.iter().flat_map(|&(start, end)| [start, end, end.wrapping_add(1)]).take(600));
+            for &key in &probes {
+                proptest::prop_assert_eq!(index.get(key).map(|(s, e, _)| (s, e)), naive(&ranges, key), "key {:#x}", key);
+            }
+            let batch = index.locate_all(&probes, Source::Cn);
+            for (&key, found) in probes.iter().zip(&batch) {
+                let v4 = |ip: IpAddr| match ip {
+                    IpAddr::V4(v4) => u32::from(v4),
+                    IpAddr::V6(_) => unreachable!("a v4 index"),
+                };
+                let found = found.as_ref().map(|l| (v4(l.start), v4(l.end)));
+                proptest::prop_assert_eq!(found, naive(&ranges, key), "batch, key {:#x}", key);
+            }
+        }
+    }
+
     /// `n` ranges, each followed by a gap, with bounds `at(0)`, `at(1)`, …
     fn crowded_ranges<K: Key>(at: impl Fn(u64) -> K, n: u64) -> Vec<(K, K)> {
         (0..n).map(|i| (at(2 * i), at(2 * i + 1))).collect()

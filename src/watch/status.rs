@@ -224,7 +224,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves `/metrics`, `/v1/watch` and `/v1/watch/{name}` until the
-/// process ends, to at most [`MAX_CONNECTIONS`] peers at once, each with
+/// process ends, to at most `MAX_CONNECTIONS` peers at once, each with
 /// a time limit, so that no scraper can hold the watch's memory.
 pub async fn serve(listen: SocketAddr, board: Arc<Board>, metrics: Arc<WatchMetrics>) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
