@@ -303,11 +303,6 @@ impl ChangeKind {
 }
 
 impl NameState {
-    /// When the name was first checked.
-    pub fn first_checked_at(&self) -> Option<u64> {
-        self.first_checked
-    }
-
     /// Takes one round's observation; returns the change it confirms.
     pub fn observe(&mut self, domain: &Domain, observation: Observation, now: u64) -> Option<Change> {
         self.checked_at = Some(now);

@@ -216,7 +216,7 @@ impl Watcher {
             .iter()
             .filter_map(|domain| self.states.get(&domain.name))
             .filter(|state| state.last_result != "ok")
-            .map(|state| now.saturating_sub(state.resolved_at.or(state.first_checked_at()).unwrap_or(now)))
+            .map(|state| now.saturating_sub(state.resolved_at.or(state.first_checked).unwrap_or(now)))
             .max()
             .unwrap_or(0) as f64
     }
