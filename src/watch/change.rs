@@ -175,6 +175,17 @@ pub enum Observation {
     },
 }
 
+impl Observation {
+    /// "ok", or the failure's name: the round's result as the state and
+    /// the metrics give it.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Observation::Resolved { .. } => "ok",
+            Observation::Failed { failure, .. } => failure.as_str(),
+        }
+    }
+}
+
 /// What a name's answers come to, as compared from round to round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct View {
@@ -307,11 +318,11 @@ impl NameState {
     pub fn observe(&mut self, domain: &Domain, observation: Observation, now: u64) -> Option<Change> {
         self.checked_at = Some(now);
         self.first_checked.get_or_insert(now);
+        self.last_result = observation.result().into();
         let view = match observation {
             Observation::Resolved { chain, addresses } => {
                 self.resolved_at = Some(now);
                 self.resolved_rounds += 1;
-                self.last_result = "ok".into();
                 let count = addresses.len();
                 self.recent.push_back(addresses);
                 while self.recent.len() > domain.window as usize {
@@ -332,7 +343,6 @@ impl NameState {
                 }
             }
             Observation::Failed { failure, detail } => {
-                self.last_result = failure.as_str().into();
                 // A failing name keeps what it last resolved to.
                 let last = self.confirmed.as_ref();
                 View {
@@ -414,6 +424,27 @@ fn located(addresses: &Addresses) -> Vec<Located> {
         .collect()
 }
 
+/// The addresses of `these` that `those` lacks.
+fn only_in(these: &Addresses, those: &Addresses) -> Vec<Located> {
+    these
+        .iter()
+        .filter(|(ip, _)| !those.contains(ip))
+        .map(|(ip, place)| Located {
+            ip: *ip,
+            place: place.clone(),
+        })
+        .collect()
+}
+
+/// The places of `these` that `those` lacks.
+fn places_only_in(these: &View, those: &View) -> Vec<Place> {
+    these
+        .places()
+        .difference(&those.places())
+        .map(|place| (*place).clone())
+        .collect()
+}
+
 /// The change from `old` to `new`.
 fn change(domain: &Domain, old: &View, new: &View, now: u64) -> Change {
     let mut kinds = Vec::new();
@@ -422,42 +453,23 @@ fn change(domain: &Domain, old: &View, new: &View, now: u64) -> Change {
         (Some(_), None) => kinds.push(ChangeKind::Recovered),
         _ => {}
     }
-    let (added, removed) = if new.failure.is_some() {
-        (Vec::new(), Vec::new())
+    // A failing view keeps its last addresses; nothing was added or removed.
+    let resolving = new.failure.is_none();
+    let (added, removed, places_added, places_removed) = if resolving {
+        (
+            only_in(&new.addresses, &old.addresses),
+            only_in(&old.addresses, &new.addresses),
+            places_only_in(new, old),
+            places_only_in(old, new),
+        )
     } else {
-        let added = new.addresses.iter().filter(|(ip, _)| !old.addresses.contains(ip));
-        let removed = old.addresses.iter().filter(|(ip, _)| !new.addresses.contains(ip));
-        let pair = |it: &mut dyn Iterator<Item = (&IpAddr, &Place)>| {
-            it.map(|(ip, place)| Located {
-                ip: *ip,
-                place: place.clone(),
-            })
-            .collect::<Vec<_>>()
-        };
-        (pair(&mut { added }), pair(&mut { removed }))
+        Default::default()
     };
     // A first view is a baseline, not a change of addresses.
     let baseline = old.addresses.is_empty() && old.failure.is_none() && old.chain.is_empty();
     if !baseline && (!added.is_empty() || !removed.is_empty()) {
         kinds.push(ChangeKind::AddressesChanged);
     }
-    let (old_places, new_places) = (old.places(), new.places());
-    let places_added: Vec<Place> = if new.failure.is_some() {
-        Vec::new()
-    } else {
-        new_places
-            .difference(&old_places)
-            .map(|place| (*place).clone())
-            .collect()
-    };
-    let places_removed: Vec<Place> = if new.failure.is_some() {
-        Vec::new()
-    } else {
-        old_places
-            .difference(&new_places)
-            .map(|place| (*place).clone())
-            .collect()
-    };
     if !baseline && (!places_added.is_empty() || !places_removed.is_empty()) {
         kinds.push(ChangeKind::PlacesChanged);
     }
@@ -496,11 +508,7 @@ fn change(domain: &Domain, old: &View, new: &View, now: u64) -> Change {
         broken,
         restored,
         old: located(&old.addresses),
-        new: if new.failure.is_some() {
-            Vec::new()
-        } else {
-            located(&new.addresses)
-        },
+        new: if resolving { located(&new.addresses) } else { Vec::new() },
         chain: new.chain.clone(),
     }
 }

@@ -132,8 +132,8 @@ impl Watcher {
                 .get(&domain.name)
                 .map(|state| NameState::clone(state))
                 .unwrap_or_default();
+            self.metrics.resolution(observation.result());
             let change = state.observe(domain, observation, now);
-            self.metrics.resolution(&state.last_result);
             if let Some(change) = change {
                 let deliveries = if change.alert {
                     domain

@@ -268,7 +268,7 @@ impl PgStore {
                     .query(
                         "SELECT id, change, deliveries FROM (
                             SELECT *, row_number() OVER (PARTITION BY name ORDER BY id DESC) AS nth FROM watch_events
-                         ) e WHERE nth <= $1 OR deliveries::text LIKE '%\"pending\"%' ORDER BY id",
+                         ) e WHERE nth <= $1 OR jsonb_path_exists(deliveries, '$.* ? (@ == \"pending\")') ORDER BY id",
                         &[&(history as i64)],
                     )
                     .await?;

@@ -84,6 +84,18 @@ async fn sent(hook: &Receiver, count: usize) -> Result<(), String> {
     }
 }
 
+/// A config whose names alert one webhook route, `hook`, at `hook`;
+/// `defaults` adds to the [defaults] table.
+fn hooked(dns: &TestDns, hook: &Receiver, defaults: &str, domains: &str) -> String {
+    config(
+        dns,
+        &format!(
+            "[defaults]\n{defaults}routes = [\"hook\"]\n[routes.hook]\nkind = \"webhook\"\nurl = \"{}\"\n{domains}",
+            hook.url("hook")
+        ),
+    )
+}
+
 /// Stops a long-running watch as an operator would.
 async fn stop(mut child: Child) {
     let pid = child.id().unwrap() as i32;
@@ -100,13 +112,7 @@ async fn an_address_change_alerts_once_after_confirmation_naming_the_places() {
     dns.set("www.watch.test", Entry::Cname("edge.cdn.test"));
     dns.set("edge.cdn.test", Entry::Addresses(vec!["183.62.57.1"]));
     let hook = Receiver::start(0).await;
-    let setup = Setup::new(&config(
-        &dns,
-        &format!(
-            "[defaults]\nroutes = [\"hook\"]\n[routes.hook]\nkind = \"webhook\"\nurl = \"{}\"\n[[domains]]\nname = \"www.watch.test\"\n",
-            hook.url("hook")
-        ),
-    ));
+    let setup = Setup::new(&hooked(&dns, &hook, "", "[[domains]]\nname = \"www.watch.test\"\n"));
 
     let (code, out, err) = setup.once(&[]).await;
     assert_eq!((code, out.as_str()), (0, ""), "a first round is a baseline: {err}");
@@ -142,14 +148,11 @@ async fn an_address_change_alerts_once_after_confirmation_naming_the_places() {
 async fn a_flapping_round_robin_does_not_alert() {
     let dns = TestDns::start().await;
     let hook = Receiver::start(0).await;
-    let setup = Setup::new(&config(
+    let setup = Setup::new(&hooked(
         &dns,
-        &format!(
-            "[defaults]\nroutes = [\"hook\"]\n[routes.hook]\nkind = \"webhook\"\nurl = \"{}\"\n\
-             [[domains]]\nname = \"rr.watch.test\"\n\
-             [[domains]]\nname = \"pool.watch.test\"\ncompare = \"places\"\n",
-            hook.url("hook")
-        ),
+        &hook,
+        "",
+        "[[domains]]\nname = \"rr.watch.test\"\n[[domains]]\nname = \"pool.watch.test\"\ncompare = \"places\"\n",
     ));
     // rr: two answers in turn, each in either order; pool: one member of
     // a pool in one place at a time.
@@ -175,13 +178,7 @@ async fn nxdomain_alerts_and_then_recovers_with_the_state_in_postgres() {
     let dns = TestDns::start().await;
     dns.set("gone.watch.test", Entry::Addresses(vec!["183.62.57.1"]));
     let hook = Receiver::start(0).await;
-    let setup = Setup::new(&config(
-        &dns,
-        &format!(
-            "[defaults]\nroutes = [\"hook\"]\n[routes.hook]\nkind = \"webhook\"\nurl = \"{}\"\n[[domains]]\nname = \"gone.watch.test\"\n",
-            hook.url("hook")
-        ),
-    ));
+    let setup = Setup::new(&hooked(&dns, &hook, "", "[[domains]]\nname = \"gone.watch.test\"\n"));
     let with_db = ["--database-url", db.url.as_str()];
     assert_eq!(setup.once(&with_db).await.0, 0);
     dns.set("gone.watch.test", Entry::NxDomain);
@@ -264,12 +261,11 @@ async fn a_restart_does_not_realert_but_alerts_what_changed_while_down() {
     let dns = TestDns::start().await;
     dns.set("www.watch.test", Entry::Addresses(vec!["183.62.57.1"]));
     let hook = Receiver::start(0).await;
-    let setup = Setup::new(&config(
+    let setup = Setup::new(&hooked(
         &dns,
-        &format!(
-            "[defaults]\ninterval = \"200ms\"\nroutes = [\"hook\"]\n[routes.hook]\nkind = \"webhook\"\nurl = \"{}\"\n[[domains]]\nname = \"www.watch.test\"\n",
-            hook.url("hook")
-        ),
+        &hook,
+        "interval = \"200ms\"\n",
+        "[[domains]]\nname = \"www.watch.test\"\n",
     ));
     let args = ["--database-url", db.url.as_str()];
     let watch = setup.start(&args);
