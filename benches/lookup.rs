@@ -389,6 +389,20 @@ fn realistic(c: &mut Criterion) {
     group.bench_function(format!("index find, asn ({} ranges)", asn.len()), |b| {
         b.iter(|| keys.iter().map(|&k| asn.network(k).is_some() as usize).sum::<usize>())
     });
+    // The same finds as a batch makes them: 1,000 keys searched together.
+    let found_together = |index: &RangeIndex<u32>| {
+        let mut found = 0;
+        for chunk in keys.chunks(1000) {
+            index.get_all(chunk, |range| found += range.is_some() as usize);
+        }
+        found
+    };
+    group.bench_function(format!("index find in batches of 1,000, cn {}", data.what), |b| {
+        b.iter(|| found_together(cn))
+    });
+    group.bench_function("index find in batches of 1,000, asn", |b| {
+        b.iter(|| found_together(asn))
+    });
     group.bench_function(format!("find and answer, cn {}", data.what), |b| {
         b.iter(|| {
             keys.iter()
@@ -401,6 +415,15 @@ fn realistic(c: &mut Criterion) {
             distinct
                 .iter()
                 .map(|&ip| geo.lookup(IpAddr::V4(ip), Lang::ZhCn).unwrap().is_some() as usize)
+                .sum::<usize>()
+        })
+    });
+    let ips: Vec<IpAddr> = distinct.iter().map(|&ip| IpAddr::V4(ip)).collect();
+    group.bench_function("maxmind in batches of 1,000", |b| {
+        b.iter(|| {
+            ips.chunks(1000)
+                .flat_map(|chunk| geo.lookup_all(chunk, Lang::ZhCn))
+                .map(|answer| answer.unwrap().is_some() as usize)
                 .sum::<usize>()
         })
     });

@@ -7,8 +7,7 @@
 //! [`Answer::write`], after the IDL (an optional field with a new id); the
 //! README's contributor notes list the other files.
 
-use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::domain::{echo, Located, LookupError, Network, Outcome};
 
@@ -256,12 +255,7 @@ pub fn write_json(view: &impl View, out: &mut Vec<u8>) {
         fn ip(&mut self, field: Field, value: IpAddr) {
             self.key(field);
             self.out.push(b'"');
-            match value {
-                IpAddr::V4(v4) => push_ipv4(self.out, v4),
-                IpAddr::V6(v6) => {
-                    let _ = write!(self.out, "{v6}");
-                }
-            }
+            push_ip(self.out, value);
             self.out.push(b'"');
         }
         fn flag(&mut self, field: Field, value: bool) {
@@ -321,6 +315,59 @@ fn json_string(out: &mut Vec<u8>, value: &str) {
     }
     out.extend_from_slice(&bytes[plain..]);
     out.push(b'"');
+}
+
+/// Appends `ip`'s text as `Display` writes it, without `fmt`.
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => push_ipv4(out, v4),
+        IpAddr::V6(v6) => push_ipv6(out, v6),
+    }
+}
+
+/// Appends an IPv6 address's text in RFC 5952's short form as `Display`
+/// writes it: groups in lowercase hex without leading zeros, the longest
+/// run of two or more zero groups (the first of equal runs) as `::`, and a
+/// mapped IPv4 address as `::ffff:a.b.c.d`.
+fn push_ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        out.extend_from_slice(b"::ffff:");
+        return push_ipv4(out, v4);
+    }
+    let groups = ip.segments();
+    // (first group, groups) of the longest run of zeros, and of the current one.
+    let (mut longest, mut run) = ((0, 0), (0, 0));
+    for (i, &group) in groups.iter().enumerate() {
+        if group != 0 {
+            run.1 = 0;
+            continue;
+        }
+        if run.1 == 0 {
+            run.0 = i;
+        }
+        run.1 += 1;
+        if run.1 > longest.1 {
+            longest = run;
+        }
+    }
+    let push_groups = |out: &mut Vec<u8>, groups: &[u16]| {
+        for (i, &group) in groups.iter().enumerate() {
+            if i > 0 {
+                out.push(b':');
+            }
+            let digits = (4 - group.leading_zeros() as usize / 4).max(1);
+            for digit in (0..digits).rev() {
+                out.push(b"0123456789abcdef"[usize::from(group >> (4 * digit) & 0xf)]);
+            }
+        }
+    };
+    if longest.1 > 1 {
+        push_groups(out, &groups[..longest.0]);
+        out.extend_from_slice(b"::");
+        push_groups(out, &groups[longest.0 + longest.1..]);
+    } else {
+        push_groups(out, &groups);
+    }
 }
 
 /// Appends an IPv4 address's dotted text, without `fmt`: each octet's
@@ -409,6 +456,27 @@ mod tests {
 
     use super::*;
     use crate::domain::{Place, Source};
+
+    proptest::proptest! {
+        /// IPv6 text as `Display` writes it, for groups that are often
+        /// zero (runs of zeros of every length and place), mapped IPv4
+        /// addresses and any other.
+        #[test]
+        fn ipv6_text_is_what_display_writes(
+            groups in proptest::array::uniform8(proptest::prop_oneof![
+                proptest::strategy::Just(0u16),
+                proptest::strategy::Just(0xffff),
+                proptest::num::u16::ANY,
+                0u16..0x100,
+            ]),
+        ) {
+            for ip in [Ipv6Addr::from(groups), Ipv4Addr::from(u32::from(groups[6]) << 16 | u32::from(groups[7])).to_ipv6_mapped()] {
+                let mut out = Vec::new();
+                push_ip(&mut out, IpAddr::V6(ip));
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+            }
+        }
+    }
 
     #[test]
     fn the_fields_are_numbered_in_order() {

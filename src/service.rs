@@ -2,11 +2,11 @@
 //! MaxMind is asked instead, and what a failure turns into. Knows neither
 //! Thrift nor SQL, nor whether the tables are in PostgreSQL or in memory.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracing::warn;
 
-use crate::data::mmdb::{GeoDb, MaxMind};
+use crate::data::mmdb::{MaxMind, MmdbError};
 use crate::data::ranges::Ranges;
 pub use crate::domain::TableLang;
 use crate::domain::{Addr, Found, Lang, Located, LookupError, Network, Outcome, Table, Unavailable, V4Table};
@@ -100,6 +100,19 @@ enum MaxMindAnswer {
     Failed,
 }
 
+impl MaxMindAnswer {
+    fn of(answer: Result<Option<Located>, MmdbError>, ip: IpAddr) -> MaxMindAnswer {
+        match answer {
+            Ok(Some(answer)) => MaxMindAnswer::Found(answer),
+            Ok(None) => MaxMindAnswer::NoAnswer,
+            Err(err) => {
+                warn!(error = %err, %ip, "MaxMind lookup failed");
+                MaxMindAnswer::Failed
+            }
+        }
+    }
+}
+
 /// The service: the range tables and the optional MaxMind database.
 #[derive(Clone)]
 pub struct Locator {
@@ -134,18 +147,47 @@ impl Locator {
         let (mut rows4, mut rows6) = self.ask_tables(&parsed, route).await;
         let geo = self.maxmind.as_ref().map(MaxMind::current);
         let mut outcomes = Vec::with_capacity(parsed.len());
-        for (i, addr) in parsed.into_iter().enumerate() {
-            if i > 0 && i % DECIDE_CHUNK == 0 {
+        for (n, chunk) in parsed.chunks(DECIDE_CHUNK).enumerate() {
+            if n > 0 {
                 tokio::task::yield_now().await;
             }
             // Each family's rows are in the order of its addresses.
-            outcomes.push(addr.and_then(|addr| {
-                let (table, beside) = match addr {
-                    Addr::V4(_) => rows4.next(),
-                    Addr::V6(_) => rows6.next(),
-                };
-                decide(addr, table, beside, geo.as_deref(), route.lang())
-            }));
+            let tables: Vec<_> = chunk
+                .iter()
+                .map(|addr| {
+                    let addr = addr.clone()?;
+                    let (table, beside) = match addr {
+                        Addr::V4(_) => rows4.next(),
+                        Addr::V6(_) => rows6.next(),
+                    };
+                    Ok((addr, table, beside))
+                })
+                .collect();
+            // MaxMind's answers for the addresses the tables do not place
+            // in China, searched together.
+            let fallbacks: Vec<IpAddr> = tables
+                .iter()
+                .flatten()
+                .filter(|(_, table, _)| table.wants_maxmind())
+                .map(|(addr, ..)| addr.ip())
+                .collect();
+            let mut maxmind = geo
+                .as_ref()
+                .map(|geo| geo.lookup_all(&fallbacks, route.lang()))
+                .unwrap_or_default()
+                .into_iter()
+                .zip(fallbacks);
+            for entry in tables {
+                outcomes.push(entry.and_then(|(addr, table, beside)| {
+                    decide(table, beside, || match maxmind.next() {
+                        Some((answer, ip)) => {
+                            debug_assert_eq!(ip, addr.ip(), "MaxMind's answers in the order asked");
+                            MaxMindAnswer::of(answer, ip)
+                        }
+                        None => MaxMindAnswer::Off,
+                    })
+                }));
+            }
         }
         outcomes
     }
@@ -163,7 +205,10 @@ impl Locator {
             Addr::V6(ip) => TableAnswer::of(self.ranges.lookup_one_v6(route.asks_v6(), ip).await, route.asks_v6()),
         };
         let geo = self.maxmind.as_ref().map(MaxMind::current);
-        decide(addr, table, beside, geo.as_deref(), route.lang())
+        decide(table, beside, || match geo {
+            Some(geo) => MaxMindAnswer::of(geo.lookup(addr.ip(), route.lang()), addr.ip()),
+            None => MaxMindAnswer::Off,
+        })
     }
 
     /// One lookup per family the batch holds, both at once: the place
@@ -234,6 +279,12 @@ struct Beside {
 }
 
 impl TableAnswer {
+    /// Whether MaxMind is asked after this answer: unless it is a row in
+    /// China (as [`place`] decides).
+    fn wants_maxmind(&self) -> bool {
+        !matches!(self, TableAnswer::Row(row) if row.place.is_china())
+    }
+
     /// What one lookup says: the place table's answer (if `asked`; a row
     /// with no names is no row), the network and the correction. A failed
     /// lookup of a route that asks no place table costs only those.
@@ -260,9 +311,9 @@ impl TableAnswer {
 /// the tables know, which an address of unknown place carries too; then
 /// the correction, which outranks every source: its values replace the
 /// answer's, or make the answer where no source knew the place.
-fn decide(addr: Addr, table: TableAnswer, beside: Beside, geo: Option<&GeoDb>, lang: Lang) -> Outcome {
+fn decide(table: TableAnswer, beside: Beside, maxmind: impl FnOnce() -> MaxMindAnswer) -> Outcome {
     let Beside { network, correction } = beside;
-    let outcome = match place(addr, table, geo, lang) {
+    let outcome = match place(table, maxmind) {
         Ok(located) => Ok(Located { network, ..located }),
         Err(LookupError::NotFound(_)) => Err(LookupError::NotFound(network)),
         Err(other) => Err(other),
@@ -278,24 +329,14 @@ fn decide(addr: Addr, table: TableAnswer, beside: Beside, geo: Option<&GeoDb>, l
     }
 }
 
-/// The China rule and the fallback order for one address.
-fn place(addr: Addr, table: TableAnswer, geo: Option<&GeoDb>, lang: Lang) -> Outcome {
+/// The China rule and the fallback order for one address; `maxmind` is
+/// asked only where the table's answer is not in China.
+fn place(table: TableAnswer, maxmind: impl FnOnce() -> MaxMindAnswer) -> Outcome {
     let table = match table {
         TableAnswer::Row(row) if row.place.is_china() => return Ok(row),
         other => other,
     };
-    let maxmind = match geo {
-        None => MaxMindAnswer::Off,
-        Some(geo) => match geo.lookup(addr.ip(), lang) {
-            Ok(Some(answer)) => MaxMindAnswer::Found(answer),
-            Ok(None) => MaxMindAnswer::NoAnswer,
-            Err(err) => {
-                warn!(error = %err, ip = %addr.ip(), "MaxMind lookup failed");
-                MaxMindAnswer::Failed
-            }
-        },
-    };
-    match (table, maxmind) {
+    match (table, maxmind()) {
         (_, MaxMindAnswer::Found(answer)) => Ok(answer),
         (TableAnswer::Row(row), _) => Ok(row),
         (TableAnswer::Failed(reason), _) => Err(LookupError::Backend(reason)),

@@ -1,6 +1,6 @@
-//! The in-memory range index: each table's ranges as sorted start and end
-//! arrays searched through a first-level table on the top 16 bits, each
-//! range pointing at one of the table's distinct places, stored once. An
+//! The in-memory range index: each table's ranges in address order,
+//! searched as [`crate::data::starts`] says, each range pointing at one of
+//! the table's distinct places, stored once. An
 //! index is immutable; [`Tables`] swaps whole indexes in atomically, so a
 //! lookup never takes a lock and a batch reads one snapshot. No I/O here:
 //! `store` fills indexes from PostgreSQL and `import` from files.
@@ -17,6 +17,7 @@ use hashbrown::HashTable;
 
 use crate::data::corrections::Corrections;
 use crate::data::digest::{place_digest, TableDigest};
+use crate::data::starts::Starts;
 use crate::domain::{
     range_fault, Family, Found, Located, Network, Place, PlaceFields, RangeFault, Source, Table, TableLang, V4Table,
 };
@@ -28,10 +29,15 @@ pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
     /// How many bits a crowded slot's second-level table splits on.
     const SUB_BITS: u32;
     const FAMILY: Family;
+    /// Whether a bucket's starts are searched in their low 16 bits:
+    /// every start of a bucket shares the bits above them.
+    const LOW_KEYS: bool;
     /// The first-level slot: the key's top 16 bits.
     fn slot(self) -> usize;
     /// The second-level slot: the `SUB_BITS` after the top 16.
     fn sub_slot(self) -> usize;
+    /// The low 16 bits, when [`Key::LOW_KEYS`].
+    fn low(self) -> u16;
     /// The key's top `Coverage::BITS` bits.
     fn coverage_bit(self) -> usize;
     fn ip(self) -> IpAddr;
@@ -45,6 +51,7 @@ impl Key for u32 {
     /// /24s: a /16 of many small ranges splits by its /24s.
     const SUB_BITS: u32 = 8;
     const FAMILY: Family = Family::V4;
+    const LOW_KEYS: bool = true;
 
     fn slot(self) -> usize {
         (self >> 16) as usize
@@ -52,6 +59,10 @@ impl Key for u32 {
 
     fn sub_slot(self) -> usize {
         (self >> 8) as usize & 0xff
+    }
+
+    fn low(self) -> u16 {
+        self as u16
     }
 
     fn coverage_bit(self) -> usize {
@@ -79,6 +90,7 @@ impl Key for u128 {
     /// quarter of qqwry's ranges), which registries hand out by /29 to /32.
     const SUB_BITS: u32 = 12;
     const FAMILY: Family = Family::V6;
+    const LOW_KEYS: bool = false;
 
     fn slot(self) -> usize {
         (self >> 112) as usize
@@ -86,6 +98,11 @@ impl Key for u128 {
 
     fn sub_slot(self) -> usize {
         (self >> 100) as usize & 0xfff
+    }
+
+    /// Unused: IPv6 buckets are searched in their full starts.
+    fn low(self) -> u16 {
+        self as u16
     }
 
     fn coverage_bit(self) -> usize {
@@ -108,78 +125,6 @@ impl Key for u128 {
     }
 }
 
-const SLOTS: usize = 1 << 16;
-/// A slot holding more ranges than this gets a second-level table.
-const CROWDED: u32 = 48;
-const NOT_CROWDED: u32 = u32::MAX;
-
-/// Where a key's search begins and ends in the sorted entries: a table on
-/// the top 16 bits, and for crowded slots a second table on the next bits,
-/// so that a search is a few steps within a cache line or two.
-struct Directory {
-    /// Per slot: how many ranges start below it; `SLOTS + 1` entries.
-    slots: Box<[u32]>,
-    /// Per slot: where its second-level table starts in `subs`, if it has one.
-    crowded: Box<[u32]>,
-    /// Second-level tables of `2^SUB_BITS + 1` entries: how many ranges
-    /// start below each sub-slot.
-    subs: Box<[u32]>,
-}
-
-impl Directory {
-    fn new<K: Key>(entries: &[Entry<K>]) -> Directory {
-        let mut slots = vec![0u32; SLOTS + 1];
-        for entry in entries {
-            slots[entry.start.slot() + 1] += 1;
-        }
-        for s in 1..=SLOTS {
-            slots[s] += slots[s - 1];
-        }
-        let subs_per_table = (1usize << K::SUB_BITS) + 1;
-        let mut crowded = vec![NOT_CROWDED; SLOTS];
-        let mut subs = Vec::new();
-        for slot in 0..SLOTS {
-            let (lo, hi) = (slots[slot], slots[slot + 1]);
-            if hi - lo <= CROWDED {
-                continue;
-            }
-            crowded[slot] = subs.len() as u32;
-            let table = subs.len();
-            subs.resize(table + subs_per_table, 0);
-            for entry in &entries[lo as usize..hi as usize] {
-                subs[table + entry.start.sub_slot() + 1] += 1;
-            }
-            subs[table] = lo;
-            for sub in 1..subs_per_table {
-                subs[table + sub] += subs[table + sub - 1];
-            }
-        }
-        Directory {
-            slots: slots.into_boxed_slice(),
-            crowded: crowded.into_boxed_slice(),
-            subs: subs.into_boxed_slice(),
-        }
-    }
-
-    /// The entries whose starts share `key`'s slot (or sub-slot); every
-    /// entry before them starts below `key`.
-    #[inline]
-    fn bounds<K: Key>(&self, key: K) -> (usize, usize) {
-        let slot = key.slot();
-        match self.crowded[slot] {
-            NOT_CROWDED => (self.slots[slot] as usize, self.slots[slot + 1] as usize),
-            table => {
-                let at = table as usize + key.sub_slot();
-                (self.subs[at] as usize, self.subs[at + 1] as usize)
-            }
-        }
-    }
-
-    fn heap_bytes(&self) -> usize {
-        (self.slots.len() + self.crowded.len() + self.subs.len()) * 4
-    }
-}
-
 /// One table's ranges. Lookups answer exactly as the PostgreSQL probe
 /// does: the range with the greatest start at or below the address, if its
 /// end reaches the address.
@@ -189,7 +134,8 @@ pub struct RangeIndex<K> {
     entries: HugePages<Entry<K>>,
     /// Each distinct place once; entries point into it.
     places: Vec<Place>,
-    directory: Directory,
+    /// The search over the entries' starts.
+    starts: Starts<K>,
     /// For a sparse index, where its ranges are at all.
     coverage: Option<Coverage>,
 }
@@ -242,8 +188,12 @@ impl<K: Key> RangeIndex<K> {
     /// The range holding `key`, as `(start, end, place)`.
     #[inline]
     pub fn get(&self, key: K) -> Option<(K, K, &Place)> {
-        let entry = &self.entries[self.find(key)?];
-        Some((entry.start, entry.end, &self.places[entry.place as usize]))
+        self.find(key).map(|i| self.range_at(i))
+    }
+
+    fn range_at(&self, i: usize) -> (K, K, &Place) {
+        let entry = &self.entries[i];
+        (entry.start, entry.end, &self.places[entry.place as usize])
     }
 
     /// The answer for `key` from a place table, sharing the range's place.
@@ -258,6 +208,13 @@ impl<K: Key> RangeIndex<K> {
         self.find(key).and_then(|i| self.network_at(i))
     }
 
+    /// [`RangeIndex::get`] for each of `keys`, searched together.
+    pub fn get_all<'a>(&'a self, keys: &[K], mut each: impl FnMut(Option<(K, K, &'a Place)>)) {
+        search_together([Some(self), None], keys, |[found, _]| {
+            each(found.map(|i| self.range_at(i)))
+        });
+    }
+
     /// [`RangeIndex::locate`] for each of `keys`.
     pub fn locate_all(&self, keys: &[K], source: Source) -> Vec<Option<Located>> {
         let mut out = Vec::with_capacity(keys.len());
@@ -270,12 +227,13 @@ impl<K: Key> RangeIndex<K> {
     /// The entry holding `key`.
     #[inline]
     fn find(&self, key: K) -> Option<usize> {
-        let bounds = self.start_search(key)?;
-        self.finish_search(key, bounds)
+        let bucket = self.start_search(key)?;
+        let i = self.rank(key, bucket)?;
+        self.holds(key, i).then_some(i)
     }
 
-    /// A search's first step: the entries it looks at (none in an empty
-    /// index), the middle one asked for.
+    /// A search's first step: the bucket of entries it looks at (none in
+    /// an empty index, or far from a sparse index's ranges), asked for.
     #[inline]
     fn start_search(&self, key: K) -> Option<(usize, usize)> {
         if self.entries.is_empty() {
@@ -286,17 +244,30 @@ impl<K: Key> RangeIndex<K> {
                 return None;
             }
         }
-        let (lo, hi) = self.directory.bounds(key);
-        prefetch(self.entries.as_ptr().wrapping_add((lo + hi) / 2));
+        let (lo, hi) = self.starts.bucket(key);
+        if !K::LOW_KEYS {
+            prefetch(self.entries.as_ptr().wrapping_add((lo + hi) / 2));
+        }
         Some((lo, hi))
     }
 
-    /// A search's end: the entry holding `key` among `lo..hi`.
+    /// A search's second step: the last entry starting at or below `key`
+    /// (in its bucket, or before it), asked for.
     #[inline]
-    fn finish_search(&self, key: K, (lo, hi): (usize, usize)) -> Option<usize> {
-        // Ranges starting in earlier slots all start below `key`.
-        let i = (lo + self.entries[lo..hi].partition_point(|e| e.start <= key)).checked_sub(1)?;
-        (self.entries[i].end >= key).then_some(i)
+    fn rank(&self, key: K, (lo, hi): (usize, usize)) -> Option<usize> {
+        let below = self.starts.rank(key, (lo, hi), || {
+            self.entries[lo..hi].partition_point(|e| e.start <= key)
+        });
+        let i = below.checked_sub(1)?;
+        prefetch(&self.entries[i]);
+        Some(i)
+    }
+
+    /// A search's end: whether entry `i`, the last starting at or below
+    /// `key`, reaches it.
+    #[inline]
+    fn holds(&self, key: K, i: usize) -> bool {
+        self.entries[i].end >= key
     }
 
     /// The row values of entry `i`.
@@ -425,7 +396,7 @@ impl<K: Key> RangeIndex<K> {
             .map(|p| p.fields().columns().concat().len() + 16)
             .sum();
         self.entries.len() * std::mem::size_of::<Entry<K>>()
-            + self.directory.heap_bytes()
+            + self.starts.heap_bytes()
             + self.coverage.as_ref().map_or(0, |c| c.0.len() * 8)
             + self.places.capacity() * std::mem::size_of::<Place>()
             + text
@@ -555,7 +526,7 @@ impl<K: Key> Builder<K> {
         self.places.shrink_to_fit();
         let entries = self.entries.finish();
         RangeIndex {
-            directory: Directory::new(&entries),
+            starts: Starts::new(entries.len(), |i| entries[i].start),
             coverage: (!entries.is_empty() && entries.len() <= SPARSE).then(|| Coverage::new(&entries)),
             entries,
             places: self.places,
@@ -567,42 +538,50 @@ impl<K: Key> Builder<K> {
 /// `keys`, giving `each` the entry each index holds for each key, in key
 /// order. Lookups are memory-bound, so keys go in chunks, and each step of
 /// a chunk's searches is started for all of them before the next: the
-/// directory read and the middle of the entries asked for, the search,
-/// the row asked for, its text asked for, then the results. The
-/// indexes' misses overlap.
+/// bucket asked for, the entry its search lands on asked for, whether that
+/// entry holds the key and its row asked for, the row's text asked for,
+/// then the results. The keys' and the indexes' misses overlap.
 pub fn search_together<K: Key, const N: usize>(
     indexes: [Option<&RangeIndex<K>>; N],
     keys: &[K],
     mut each: impl FnMut([Option<usize>; N]),
 ) {
     const CHUNK: usize = 16;
-    let mut bounds = [[None; N]; CHUNK];
+    let mut buckets = [[None; N]; CHUNK];
     let mut found = [[None; N]; CHUNK];
     for chunk in keys.chunks(CHUNK) {
-        for (bounds, &key) in bounds.iter_mut().zip(chunk) {
-            for (bound, index) in bounds.iter_mut().zip(indexes) {
-                *bound = index.and_then(|index| index.start_search(key));
+        let (buckets, found) = (&mut buckets[..chunk.len()], &mut found[..chunk.len()]);
+        for (buckets, &key) in buckets.iter_mut().zip(chunk) {
+            for (bucket, index) in buckets.iter_mut().zip(indexes) {
+                *bucket = index.and_then(|index| index.start_search(key));
             }
         }
-        for ((found, bounds), &key) in found.iter_mut().zip(&bounds).zip(chunk) {
-            for ((found, bound), index) in found.iter_mut().zip(bounds).zip(indexes) {
-                *found = match (index, *bound) {
-                    (Some(index), Some(bound)) => index.finish_search(key, bound),
+        for ((found, buckets), &key) in found.iter_mut().zip(&*buckets).zip(chunk) {
+            for ((found, bucket), index) in found.iter_mut().zip(buckets).zip(indexes) {
+                *found = match (index, *bucket) {
+                    (Some(index), Some(bucket)) => index.rank(key, bucket),
                     _ => None,
                 };
+            }
+        }
+        for (found, &key) in found.iter_mut().zip(chunk) {
+            for (found, index) in found.iter_mut().zip(indexes) {
                 if let (Some(index), Some(i)) = (index, *found) {
-                    prefetch(index.row(i));
+                    *found = index.holds(key, i).then_some(i);
+                    if found.is_some() {
+                        prefetch(index.row(i));
+                    }
                 }
             }
         }
-        for found in &found[..chunk.len()] {
+        for found in &*found {
             for (found, index) in found.iter().zip(indexes) {
                 if let (Some(index), Some(i)) = (index, *found) {
                     prefetch(index.row(i).text_ptr());
                 }
             }
         }
-        for &found in &found[..chunk.len()] {
+        for &found in &*found {
             each(found);
         }
     }
@@ -1150,7 +1129,7 @@ mod tests {
             b6.push_fields(start, end, fields("x")).unwrap();
         }
         let (i4, i6) = (b4.finish(), b6.finish());
-        assert!(!i4.directory.subs.is_empty() && !i6.directory.subs.is_empty());
+        assert!(i4.starts.crowded_slots() > 0 && i6.starts.crowded_slots() > 0);
         let mut x = 0x1234_5678_9abc_def0_u64;
         for _ in 0..20_000 {
             x ^= x << 13;

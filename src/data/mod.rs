@@ -12,6 +12,7 @@
 //! - [`digest`]: the table digest that tells applied rows from edited ones.
 //! - [`ranges`]: the seam the lookup rules see: PostgreSQL or the index.
 //! - [`mmdb`]: the MaxMind City reader.
+//! - [`starts`]: the search over sorted range starts both use.
 
 pub mod corrections;
 pub mod digest;
@@ -20,4 +21,5 @@ pub mod index;
 pub mod mmdb;
 pub mod ranges;
 pub mod source;
+pub mod starts;
 pub mod store;

@@ -5,13 +5,12 @@
 //! field) or making a protocol call per field. Also the generated
 //! `GeoInfo` as a view, and a view as a `GeoInfo`.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::protocol::Protocol;
 use super::reader::Kind;
 use super::GeoInfo;
-use crate::answer::{self, push_ipv4, Answer, Field, FieldSink, View};
+use crate::answer::{self, push_ip, Answer, Field, FieldSink, View};
 use crate::domain::Outcome;
 
 /// Appends the fields of one struct, in the compact protocol or the binary.
@@ -87,25 +86,17 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
 
     /// A string field holding `ip`'s text, written in place.
     fn ip(&mut self, id: i16, ip: IpAddr) {
-        match ip {
-            IpAddr::V4(v4) => {
-                self.header(Kind::String, id);
-                // The text is 7 to 15 bytes: its length prefix is patched after.
-                let at = self.out.len();
-                self.out.extend_from_slice(if COMPACT { &[0] } else { &[0; 4] });
-                push_ipv4(self.out, v4);
-                let len = self.out.len() - at - if COMPACT { 1 } else { 4 };
-                if COMPACT {
-                    self.out[at] = len as u8;
-                } else {
-                    self.out[at..at + 4].copy_from_slice(&(len as i32).to_be_bytes());
-                }
-            }
-            IpAddr::V6(v6) => {
-                let mut text = V6Text { buf: [0; 48], len: 0 };
-                write!(text, "{v6}").expect("IPv6 text is at most 45 bytes");
-                self.string(id, std::str::from_utf8(&text.buf[..text.len]).expect("ASCII"));
-            }
+        self.header(Kind::String, id);
+        // The text is 3 to 39 bytes (one byte of compact length): its
+        // length prefix is patched after.
+        let at = self.out.len();
+        self.out.extend_from_slice(if COMPACT { &[0] } else { &[0; 4] });
+        push_ip(self.out, ip);
+        let len = self.out.len() - at - if COMPACT { 1 } else { 4 };
+        if COMPACT {
+            self.out[at] = len as u8;
+        } else {
+            self.out[at..at + 4].copy_from_slice(&(len as i32).to_be_bytes());
         }
     }
 
@@ -138,24 +129,6 @@ impl<const COMPACT: bool> FieldSink for Fields<'_, COMPACT> {
     #[inline]
     fn flag(&mut self, field: Field, value: bool) {
         self.bool(field.id, value);
-    }
-}
-
-/// IPv6 text on the stack: at most 45 bytes (with an embedded IPv4 tail).
-struct V6Text {
-    buf: [u8; 48],
-    len: usize,
-}
-
-impl std::fmt::Write for V6Text {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(std::fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
     }
 }
 
@@ -424,7 +397,7 @@ mod tests {
             "1.20.0.255",
         ] {
             let mut out = Vec::new();
-            push_ipv4(&mut out, text.parse().unwrap());
+            push_ip(&mut out, text.parse().unwrap());
             assert_eq!(String::from_utf8(out).unwrap(), text);
         }
     }
