@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracing::warn;
 
-use crate::data::mmdb::{MaxMind, MmdbError};
+use crate::data::mmdb::{GeoDb, MaxMind, MmdbError};
 use crate::data::ranges::Ranges;
 pub use crate::domain::TableLang;
 use crate::domain::{Addr, Found, Lang, Located, LookupError, Network, Outcome, Table, Unavailable, V4Table};
@@ -100,6 +100,14 @@ enum MaxMindAnswer {
     Failed,
 }
 
+/// MaxMind's answer for one address.
+fn lookup_maxmind(geo: Option<&GeoDb>, addr: Addr, lang: Lang) -> MaxMindAnswer {
+    match geo {
+        Some(geo) => MaxMindAnswer::of(geo.lookup(addr.ip(), lang), addr.ip()),
+        None => MaxMindAnswer::Off,
+    }
+}
+
 impl MaxMindAnswer {
     fn of(answer: Result<Option<Located>, MmdbError>, ip: IpAddr) -> MaxMindAnswer {
         match answer {
@@ -151,40 +159,43 @@ impl Locator {
             if n > 0 {
                 tokio::task::yield_now().await;
             }
-            // Each family's rows are in the order of its addresses.
-            let tables: Vec<_> = chunk
-                .iter()
-                .map(|addr| {
-                    let addr = addr.clone()?;
+            // MaxMind's answers for the addresses the tables will not place
+            // in China, searched together; each family's rows are in the
+            // order of its addresses.
+            let (mut ahead4, mut ahead6) = (0, 0);
+            let mut fallbacks = Vec::new();
+            for addr in chunk.iter().flatten() {
+                let (rows, ahead) = match addr {
+                    Addr::V4(_) => (&rows4, &mut ahead4),
+                    Addr::V6(_) => (&rows6, &mut ahead6),
+                };
+                if rows.leaves_to_maxmind(*ahead) {
+                    fallbacks.push(addr.ip());
+                }
+                *ahead += 1;
+            }
+            let mut maxmind = match &geo {
+                Some(geo) => geo.lookup_all(&fallbacks, route.lang()),
+                None => Vec::new(),
+            }
+            .into_iter()
+            .zip(fallbacks)
+            .peekable();
+            for addr in chunk {
+                outcomes.push(addr.clone().and_then(|addr| {
                     let (table, beside) = match addr {
                         Addr::V4(_) => rows4.next(),
                         Addr::V6(_) => rows6.next(),
                     };
-                    Ok((addr, table, beside))
-                })
-                .collect();
-            // MaxMind's answers for the addresses the tables do not place
-            // in China, searched together.
-            let fallbacks: Vec<IpAddr> = tables
-                .iter()
-                .flatten()
-                .filter(|(_, table, _)| table.wants_maxmind())
-                .map(|(addr, ..)| addr.ip())
-                .collect();
-            let mut maxmind = geo
-                .as_ref()
-                .map(|geo| geo.lookup_all(&fallbacks, route.lang()))
-                .unwrap_or_default()
-                .into_iter()
-                .zip(fallbacks);
-            for entry in tables {
-                outcomes.push(entry.and_then(|(addr, table, beside)| {
-                    decide(table, beside, || match maxmind.next() {
-                        Some((answer, ip)) => {
-                            debug_assert_eq!(ip, addr.ip(), "MaxMind's answers in the order asked");
-                            MaxMindAnswer::of(answer, ip)
+                    decide(table, beside, || {
+                        match maxmind.next_if(|(_, ip)| *ip == addr.ip()) {
+                            Some((answer, ip)) => MaxMindAnswer::of(answer, ip),
+                            // Not foreseen: asked on its own (never so far).
+                            None => {
+                                debug_assert!(false, "MaxMind asked for {addr:?} unforeseen");
+                                lookup_maxmind(geo.as_deref(), addr, route.lang())
+                            }
                         }
-                        None => MaxMindAnswer::Off,
                     })
                 }));
             }
@@ -205,10 +216,7 @@ impl Locator {
             Addr::V6(ip) => TableAnswer::of(self.ranges.lookup_one_v6(route.asks_v6(), ip).await, route.asks_v6()),
         };
         let geo = self.maxmind.as_ref().map(MaxMind::current);
-        decide(table, beside, || match geo {
-            Some(geo) => MaxMindAnswer::of(geo.lookup(addr.ip(), route.lang()), addr.ip()),
-            None => MaxMindAnswer::Off,
-        })
+        decide(table, beside, || lookup_maxmind(geo.as_deref(), addr, route.lang()))
     }
 
     /// One lookup per family the batch holds, both at once: the place
@@ -260,6 +268,21 @@ impl FamilyRows {
         }
     }
 
+    /// Whether the answer `ahead` rows from the next is left to MaxMind,
+    /// as [`place`] will decide: all but a row in China.
+    fn leaves_to_maxmind(&self, ahead: usize) -> bool {
+        let row_in_china = |found: &Found| {
+            found
+                .place
+                .as_ref()
+                .is_some_and(|row| !row.place.is_blank() && row.place.is_china())
+        };
+        match &self.found {
+            Ok(rows) => !(self.asked && rows.as_slice().get(ahead).is_some_and(row_in_china)),
+            Err(_) => true,
+        }
+    }
+
     /// The next address's table answer, network and correction.
     fn next(&mut self) -> (TableAnswer, Beside) {
         let found = match &mut self.found {
@@ -279,12 +302,6 @@ struct Beside {
 }
 
 impl TableAnswer {
-    /// Whether MaxMind is asked after this answer: unless it is a row in
-    /// China (as [`place`] decides).
-    fn wants_maxmind(&self) -> bool {
-        !matches!(self, TableAnswer::Row(row) if row.place.is_china())
-    }
-
     /// What one lookup says: the place table's answer (if `asked`; a row
     /// with no names is no row), the network and the correction. A failed
     /// lookup of a route that asks no place table costs only those.

@@ -2,7 +2,6 @@
 //! decodes only what an answer needs, and [`MaxMind`], the live handle
 //! that swaps in a replaced file without a restart.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -11,6 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use hashbrown::hash_table::Entry;
+use hashbrown::HashTable;
 use ipnetwork::IpNetwork;
 use maxminddb::{LookupResult, MaxMindDbError, Reader, WithinOptions};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -332,8 +333,9 @@ struct PlaceCache {
 }
 
 /// Places by record and language key; `None` for a record that names no
-/// country, which is no answer either.
-type Shard = HashMap<u64, Option<Place>>;
+/// country, which is no answer either. Keys are hashed by a multiply, not
+/// SipHash: they are offsets in a trusted file, and every fallback asks.
+type Shard = HashTable<(u64, Option<Place>)>;
 
 /// Shards, so that the workers seldom wait for each other.
 const CACHE_SHARDS: usize = 16;
@@ -345,35 +347,45 @@ const CACHE_SHARD_PLACES: usize = 16_384;
 impl PlaceCache {
     fn new() -> PlaceCache {
         PlaceCache {
-            shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..CACHE_SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
         }
     }
 
-    /// The key of a record's place in a language, and its shard.
-    fn key(offset: usize, lang: Lang) -> (u64, usize) {
+    /// The key of a record's place in a language, its hash and its shard.
+    fn key(offset: usize, lang: Lang) -> (u64, u64, usize) {
         let key = (offset as u64) << 3 | lang as u64;
-        // Offsets are spread but aligned; mix before picking a shard.
+        (key, Self::hash(key), (Self::hash(key) >> 32) as usize % CACHE_SHARDS)
+    }
+
+    /// Offsets are spread but aligned: mixed so that low bits and high
+    /// bits both vary.
+    fn hash(key: u64) -> u64 {
         let mixed = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (key, (mixed >> 32) as usize % CACHE_SHARDS)
+        mixed ^ mixed >> 29
     }
 
     fn get(&self, offset: usize, lang: Lang) -> Option<Option<Place>> {
-        let (key, shard) = PlaceCache::key(offset, lang);
+        let (key, hash, shard) = PlaceCache::key(offset, lang);
         let shard = self.shards[shard]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        shard.get(&key).cloned()
+        shard.find(hash, |(k, _)| *k == key).map(|(_, place)| place.clone())
     }
 
     fn insert(&self, offset: usize, lang: Lang, place: Option<Place>) {
-        let (key, shard) = PlaceCache::key(offset, lang);
+        let (key, hash, shard) = PlaceCache::key(offset, lang);
         let mut shard = self.shards[shard]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if shard.len() >= CACHE_SHARD_PLACES {
             shard.clear();
         }
-        shard.insert(key, place);
+        match shard.entry(hash, |(k, _)| *k == key, |(k, _)| Self::hash(*k)) {
+            Entry::Occupied(mut held) => held.get_mut().1 = place,
+            Entry::Vacant(room) => {
+                room.insert((key, place));
+            }
+        }
     }
 }
 
