@@ -775,12 +775,13 @@ impl Located {
 /// What the range tables hold for one address: its row in the place table
 /// a route asks (none if it asks none, or the table has no row), the
 /// network announcing it, and the correction in force for it in the
-/// route's language (as an answer from [`Source::Correction`]).
+/// route's language (as an answer from [`Source::Correction`]). Boxed:
+/// seldom there, and a batch moves every address's `Found` about.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Found {
     pub place: Option<Located>,
     pub network: Option<Network>,
-    pub correction: Option<Located>,
+    pub correction: Option<Box<Located>>,
 }
 
 /// Why a source could not answer: the short reason a client is told,

@@ -298,7 +298,7 @@ impl FamilyRows {
 #[derive(Debug, Default)]
 struct Beside {
     network: Option<Network>,
-    correction: Option<Located>,
+    correction: Option<Box<Located>>,
 }
 
 impl TableAnswer {
@@ -340,7 +340,7 @@ fn decide(table: TableAnswer, beside: Beside, maxmind: impl FnOnce() -> MaxMindA
         (Err(LookupError::NotFound(network)), Some(correction)) => Ok(Located {
             network,
             corrected: true,
-            ..correction
+            ..*correction
         }),
         (outcome, _) => outcome,
     }

@@ -857,7 +857,8 @@ impl Tables {
                 each(Found {
                     place: place.and_then(|i| place_index.map(|(index, source)| index.answer(i, source))),
                     network: network.and_then(|i| network_index?.network_at(i)),
-                    correction: correction.and_then(|i| Some(correction_index?.answer(i, Source::Correction))),
+                    correction: correction
+                        .and_then(|i| Some(Box::new(correction_index?.answer(i, Source::Correction)))),
                 })
             },
         );

@@ -503,7 +503,7 @@ fn in_input_order(
             None => 1,
         };
         found.network = network(&row, network_at)?;
-        found.correction = correction(&row, network_at + 2)?;
+        found.correction = correction(&row, network_at + 2)?.map(Box::new);
     }
     Ok(out)
 }
