@@ -100,6 +100,25 @@ enum MaxMindAnswer {
     Failed,
 }
 
+/// The addresses of `chunk` whose answers the tables will leave to
+/// MaxMind, in order; each family's rows are in the order of its
+/// addresses, the next ones those of `chunk`.
+fn leaves_to_maxmind(chunk: &[Result<Addr, LookupError>], rows4: &FamilyRows, rows6: &FamilyRows) -> Vec<IpAddr> {
+    let (mut ahead4, mut ahead6) = (0, 0);
+    let mut fallbacks = Vec::new();
+    for addr in chunk.iter().flatten() {
+        let (rows, ahead) = match addr {
+            Addr::V4(_) => (rows4, &mut ahead4),
+            Addr::V6(_) => (rows6, &mut ahead6),
+        };
+        if rows.leaves_to_maxmind(*ahead) {
+            fallbacks.push(addr.ip());
+        }
+        *ahead += 1;
+    }
+    fallbacks
+}
+
 /// MaxMind's answer for one address.
 fn lookup_maxmind(geo: Option<&GeoDb>, addr: Addr, lang: Lang) -> MaxMindAnswer {
     match geo {
@@ -160,26 +179,14 @@ impl Locator {
                 tokio::task::yield_now().await;
             }
             // MaxMind's answers for the addresses the tables will not place
-            // in China, searched together; each family's rows are in the
-            // order of its addresses.
-            let (mut ahead4, mut ahead6) = (0, 0);
-            let mut fallbacks = Vec::new();
-            for addr in chunk.iter().flatten() {
-                let (rows, ahead) = match addr {
-                    Addr::V4(_) => (&rows4, &mut ahead4),
-                    Addr::V6(_) => (&rows6, &mut ahead6),
-                };
-                if rows.leaves_to_maxmind(*ahead) {
-                    fallbacks.push(addr.ip());
-                }
-                *ahead += 1;
-            }
+            // in China, searched together.
             let mut maxmind = match &geo {
-                Some(geo) => geo.lookup_all(&fallbacks, route.lang()),
-                None => Vec::new(),
+                Some(geo) => {
+                    let fallbacks = leaves_to_maxmind(chunk, &rows4, &rows6);
+                    geo.lookup_all(&fallbacks, route.lang()).into_iter().zip(fallbacks)
+                }
+                None => Vec::new().into_iter().zip(Vec::new()),
             }
-            .into_iter()
-            .zip(fallbacks)
             .peekable();
             for addr in chunk {
                 outcomes.push(addr.clone().and_then(|addr| {
@@ -187,14 +194,12 @@ impl Locator {
                         Addr::V4(_) => rows4.next(),
                         Addr::V6(_) => rows6.next(),
                     };
-                    decide(table, beside, || {
-                        match maxmind.next_if(|(_, ip)| *ip == addr.ip()) {
-                            Some((answer, ip)) => MaxMindAnswer::of(answer, ip),
-                            // Not foreseen: asked on its own (never so far).
-                            None => {
-                                debug_assert!(false, "MaxMind asked for {addr:?} unforeseen");
-                                lookup_maxmind(geo.as_deref(), addr, route.lang())
-                            }
+                    decide(table, beside, || match maxmind.next_if(|(_, ip)| *ip == addr.ip()) {
+                        Some((answer, ip)) => MaxMindAnswer::of(answer, ip),
+                        None => {
+                            // Never so far: an address not foreseen is asked on its own.
+                            debug_assert!(geo.is_none(), "MaxMind asked for {addr:?} unforeseen");
+                            lookup_maxmind(geo.as_deref(), addr, route.lang())
                         }
                     })
                 }));
