@@ -140,6 +140,9 @@ pub struct RangeIndex<K> {
     coverage: Option<Coverage>,
 }
 
+/// A slot of more ranges than this gets a second-level table.
+const CROWDED: u32 = 48;
+
 /// Indexes of at most this many ranges (the corrections, small tables)
 /// carry a [`Coverage`]: an address far from all of them then costs one
 /// bit's read, not the directory's and the entries' misses.
@@ -526,7 +529,7 @@ impl<K: Key> Builder<K> {
         self.places.shrink_to_fit();
         let entries = self.entries.finish();
         RangeIndex {
-            starts: Starts::new(entries.len(), |i| entries[i].start),
+            starts: Starts::new(entries.len(), |i| entries[i].start, CROWDED),
             coverage: (!entries.is_empty() && entries.len() <= SPARSE).then(|| Coverage::new(&entries)),
             entries,
             places: self.places,

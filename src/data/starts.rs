@@ -10,8 +10,6 @@ use crate::data::index::Key;
 use crate::memory::{prefetch, Growing, HugePages};
 
 const SLOTS: usize = 1 << 16;
-/// A slot holding more starts than this gets a second-level table.
-const CROWDED: u32 = 48;
 const NOT_CROWDED: u32 = u32::MAX;
 /// Buckets up to this many low keys are counted; larger ones (a crowded
 /// /24, rare) are halved.
@@ -27,8 +25,10 @@ pub struct Starts<K> {
 }
 
 impl<K: Key> Starts<K> {
-    /// The search over `len` sorted starts, the `i`-th given by `start(i)`.
-    pub fn new(len: usize, start: impl Fn(usize) -> K) -> Starts<K> {
+    /// The search over `len` sorted starts, the `i`-th given by `start(i)`;
+    /// a slot of more than `crowded` starts gets a second-level table (of
+    /// 257 or 4,097 counts: a threshold too low costs memory).
+    pub fn new(len: usize, start: impl Fn(usize) -> K, crowded: u32) -> Starts<K> {
         let mut low = Growing::default();
         if K::LOW_KEYS {
             low.reserve(len);
@@ -37,7 +37,7 @@ impl<K: Key> Starts<K> {
             }
         }
         Starts {
-            directory: Directory::new(len, start),
+            directory: Directory::new(len, start, crowded),
             low: low.finish(),
             family: std::marker::PhantomData,
         }
@@ -97,7 +97,7 @@ struct Directory {
 }
 
 impl Directory {
-    fn new<K: Key>(len: usize, start: impl Fn(usize) -> K) -> Directory {
+    fn new<K: Key>(len: usize, start: impl Fn(usize) -> K, crowded_above: u32) -> Directory {
         let mut slots = vec![0u32; SLOTS + 1];
         for i in 0..len {
             slots[start(i).slot() + 1] += 1;
@@ -110,7 +110,7 @@ impl Directory {
         let mut subs = Vec::new();
         for slot in 0..SLOTS {
             let (lo, hi) = (slots[slot], slots[slot + 1]);
-            if hi - lo <= CROWDED {
+            if hi - lo <= crowded_above {
                 continue;
             }
             crowded[slot] = subs.len() as u32;
