@@ -415,20 +415,18 @@ fn empty_view() -> View {
 }
 
 fn located(addresses: &Addresses) -> Vec<Located> {
-    addresses
-        .iter()
-        .map(|(ip, place)| Located {
-            ip: *ip,
-            place: place.clone(),
-        })
-        .collect()
+    located_where(addresses, |_| true)
 }
 
 /// The addresses of `these` that `those` lacks.
 fn only_in(these: &Addresses, those: &Addresses) -> Vec<Located> {
-    these
+    located_where(these, |ip| !those.contains(ip))
+}
+
+fn located_where(addresses: &Addresses, wanted: impl Fn(&IpAddr) -> bool) -> Vec<Located> {
+    addresses
         .iter()
-        .filter(|(ip, _)| !those.contains(ip))
+        .filter(|(ip, _)| wanted(ip))
         .map(|(ip, place)| Located {
             ip: *ip,
             place: place.clone(),
