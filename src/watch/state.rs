@@ -143,7 +143,7 @@ impl FileStore {
         for (name, state) in states {
             data.names.insert(name.clone(), state.clone());
         }
-        if let Err(err) = self.write(&mut data) {
+        if let Err(err) = self.write(&mut data).await {
             // Leave memory as the file is.
             data.events.truncate(before_events);
             data.next_id = before_id;
@@ -163,37 +163,42 @@ impl FileStore {
         if let Some(event) = data.events.iter_mut().find(|event| event.id == id) {
             event.deliveries.insert(route.to_owned(), delivery);
         }
-        self.write(&mut data)
+        self.write(&mut data).await
     }
 
     /// Trims the history, then replaces the file: a temporary file beside
-    /// it, synced, renamed over it, and the directory synced.
-    fn write(&self, data: &mut FileData) -> anyhow::Result<()> {
+    /// it, synced, renamed over it, and the directory synced. The writing
+    /// and syncing run on a blocking thread: an fsync can take seconds on
+    /// a busy disk, and on a runtime worker it stalled other tasks (the
+    /// status listener's accept loop among them).
+    async fn write(&self, data: &mut FileData) -> anyhow::Result<()> {
         let keep = latest_per_name(&data.events, self.history);
         let keep_ids: std::collections::HashSet<u64> = keep.iter().map(|event| event.id).collect();
         data.events
             .retain(|event| keep_ids.contains(&event.id) || has_pending(event));
         let bytes = serde_json::to_vec(&*data).context("cannot encode the watch state")?;
-        let dir = self
-            .path
+        let path = self.path.clone();
+        let dir = path
             .parent()
             .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         let tmp = dir.join(format!(
             ".{}.tmp",
-            self.path
-                .file_name()
-                .map(|name| name.to_string_lossy())
-                .unwrap_or_default()
+            path.file_name().map(|name| name.to_string_lossy()).unwrap_or_default()
         ));
-        let write = || -> std::io::Result<()> {
+        let shown = path.display().to_string();
+        let write = move || -> std::io::Result<()> {
             let mut file = std::fs::File::create(&tmp)?;
             file.write_all(&bytes)?;
             file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            std::fs::File::open(dir)?.sync_all()
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&dir)?.sync_all()
         };
-        write().with_context(|| format!("cannot write {}", self.path.display()))
+        tokio::task::spawn_blocking(write)
+            .await
+            .context("the state writer stopped")?
+            .with_context(|| format!("cannot write {shown}"))
     }
 }
 
