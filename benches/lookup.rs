@@ -26,6 +26,7 @@ use xm_ip_service::data::mmdb::{GeoDb, MaxMind};
 use xm_ip_service::data::ranges::Ranges;
 use xm_ip_service::data::source::{DataFiles, FileSource};
 use xm_ip_service::domain::{Lang, PlaceFields, Source, Table, V4Table};
+use xm_ip_service::inputs::Inputs;
 use xm_ip_service::service::Locator;
 use xm_ip_service::service::TableLang;
 use xm_ip_service::thrift::codec::{self, Call, Framing, Protocol, Reply, Wire};
@@ -287,7 +288,7 @@ fn request(c: &mut Criterion) {
         framing: Framing::Framed,
         protocol: Protocol::Binary { strict: true },
     };
-    let ips = addresses(&data.tables, 1000);
+    let ips = addresses(&data.tables, 1000).into();
     let message = xm_ip_service::thrift::calls::encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips });
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let mut group = c.benchmark_group("request");
@@ -311,10 +312,10 @@ fn request(c: &mut Criterion) {
 /// place's constant fields once could save.
 fn encode(c: &mut Criterion) {
     let data = load();
-    let ips = addresses(&data.tables, 1000);
+    let ips: Inputs = addresses(&data.tables, 1000).into();
     let locator = Locator::new(Ranges::Memory(data.tables.clone()), Some(data.maxmind.clone()));
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let outcomes = runtime.block_on(locator.locate(&ips, xm_ip_service::service::Route::Tables(TableLang::ZhCn)));
+    let outcomes = runtime.block_on(locator.locate(ips.iter(), xm_ip_service::service::Route::Tables(TableLang::ZhCn)));
     let found = ips
         .iter()
         .zip(&outcomes)
@@ -462,7 +463,7 @@ fn unframed(c: &mut Criterion) {
     };
     let limit = 16_384_000;
     // Ten thousand 1,600-byte strings: the batch limit's worth, near the frame limit.
-    let ips = vec!["x".repeat(1_600); 10_000];
+    let ips = std::iter::repeat_n("x".repeat(1_600), 10_000).collect();
     let message = xm_ip_service::thrift::calls::encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips });
     assert!(message.len() <= limit);
     let decode = |buf: &[u8], found: codec::MessageSpan| {

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use xm_ip_service::inputs::Inputs;
 use xm_ip_service::thrift::calls::encode_call;
 use xm_ip_service::thrift::codec::Call;
 
@@ -14,7 +15,7 @@ mod invariants;
 fn main() -> anyhow::Result<()> {
     let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "fuzz/corpus/decode".into()));
     std::fs::create_dir_all(&dir)?;
-    let ips = |list: &[&str]| list.iter().map(|ip| ip.to_string()).collect::<Vec<_>>();
+    let ips = |list: &[&str]| list.iter().collect::<Inputs>();
     let calls = [
         (
             "by_ip",
@@ -30,7 +31,7 @@ fn main() -> anyhow::Result<()> {
                 lang: "en".into(),
             },
         ),
-        ("empty", Call::QueryGeoInfoByIp { ips: Vec::new() }),
+        ("empty", Call::QueryGeoInfoByIp { ips: Inputs::new() }),
         ("unknown", Call::Unknown),
     ];
     let mut written = 0;

@@ -16,6 +16,7 @@
 //!   - [`answer`]: the one view of an answer, its sixteen fields and the
 //!     error numbers, that every output writes from. **An answer field** is
 //!     one line in `FIELDS` and one in `Answer::write`.
+//!   - [`inputs`]: a request's input texts, in one buffer.
 //!   - [`service`]: the lookup rules that combine the tables and MaxMind.
 //!   - [`metrics`]: the Prometheus metrics. **A metric** is a field and a
 //!     recording method there.
@@ -41,6 +42,7 @@ pub mod data;
 pub mod domain;
 pub mod format;
 pub mod health;
+pub mod inputs;
 pub mod memory;
 pub mod metrics;
 pub mod serve;

@@ -166,11 +166,13 @@ impl Locator {
     }
 
     /// Answers every input, in order, one outcome each.
-    pub async fn locate(&self, inputs: &[String], route: Route) -> Vec<Outcome> {
-        if let [input] = inputs {
+    pub async fn locate<'a>(&self, inputs: impl ExactSizeIterator<Item = &'a str>, route: Route) -> Vec<Outcome> {
+        let mut inputs = inputs;
+        if inputs.len() == 1 {
+            let input = inputs.next().expect("one input");
             return vec![self.locate_one(input, route).await];
         }
-        let parsed: Vec<Result<Addr, LookupError>> = inputs.iter().map(|s| Addr::parse(s)).collect();
+        let parsed: Vec<Result<Addr, LookupError>> = inputs.map(Addr::parse).collect();
         let (mut rows4, mut rows6) = self.ask_tables(&parsed, route).await;
         let geo = self.maxmind.as_ref().map(MaxMind::current);
         let mut outcomes = Vec::with_capacity(parsed.len());

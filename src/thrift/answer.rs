@@ -302,10 +302,11 @@ mod tests {
 
     use super::*;
     use crate::domain::{Located, LookupError, Network, Place, Source};
+    use crate::inputs::Inputs;
     use crate::thrift::codec::{encode, Framing, Reply, Wire};
 
     /// A whole reply as the crate's protocols and the generated writer make it.
-    fn generated_reply(o: &mut dyn TOutputProtocol, inputs: &[String], outcomes: &[Outcome]) {
+    fn generated_reply(o: &mut dyn TOutputProtocol, inputs: &Inputs, outcomes: &[Outcome]) {
         let name = "queryGeoInfoByIP";
         o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Reply, 7))
             .unwrap();
@@ -324,7 +325,7 @@ mod tests {
         o.write_message_end().unwrap();
     }
 
-    fn outcomes() -> (Vec<String>, Vec<Outcome>) {
+    fn outcomes() -> (Inputs, Vec<Outcome>) {
         let carrier = "电信".repeat(80);
         let place = Place::from_columns(["CN", "中国", "440000", "广东", "440100", "广州", "天河区", &carrier]);
         let found = |start: &str, end: &str, source| {
@@ -352,7 +353,8 @@ mod tests {
             ("8.8.4.4", Err(LookupError::NotFound(None))),
             ("9.9.9.9", Err(LookupError::UnsupportedLang("x".repeat(300)))),
         ];
-        answers.into_iter().map(|(i, o)| (i.to_owned(), o)).unzip()
+        let (inputs, outcomes): (Vec<&str>, _) = answers.into_iter().unzip();
+        (inputs.into_iter().collect(), outcomes)
     }
 
     #[test]

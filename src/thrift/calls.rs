@@ -8,6 +8,7 @@ use thrift::protocol::{
 
 use super::codec::{message, Call, MessageType, Method, Protocol, Wire, WireError};
 use super::reader::{bad, Kind, Reader};
+use crate::inputs::Inputs;
 use crate::answer::{ErrorNo, ERROR_NO};
 
 /// Encodes a call to the method `call` stands for, frame header included.
@@ -16,10 +17,10 @@ pub fn encode_call(wire: Wire, seq: i32, call: &Call) -> Vec<u8> {
 }
 
 fn write_call(o: &mut dyn TOutputProtocol, seq: i32, call: &Call) -> thrift::Result<()> {
-    let list = |o: &mut dyn TOutputProtocol, ips: &[String]| {
+    let list = |o: &mut dyn TOutputProtocol, ips: &Inputs| {
         o.write_field_begin(&TFieldIdentifier::new("ipList", TType::List, 1))?;
         o.write_list_begin(&TListIdentifier::new(TType::String, ips.len() as i32))?;
-        for ip in ips {
+        for ip in ips.iter() {
             o.write_string(ip)?;
         }
         o.write_list_end()?;

@@ -20,6 +20,7 @@ pub use super::framing::{detect, Framing, MessageCheck, MessageSpan, Wire};
 pub use super::protocol::{Protocol, WireError};
 use super::reader::{bad, Kind, Reader};
 use crate::domain::Outcome;
+use crate::inputs::Inputs;
 
 /// The IDL's methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,14 +92,14 @@ impl std::fmt::Display for MessageType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     QueryGeoInfoByIp {
-        ips: Vec<String>,
+        ips: Inputs,
     },
     QueryGeoInfo {
-        ips: Vec<String>,
+        ips: Inputs,
         lang: String,
     },
     QueryI18nGeoInfoByIp {
-        ips: Vec<String>,
+        ips: Inputs,
     },
     /// A method this service does not have; its arguments were skipped.
     Unknown,
@@ -115,10 +116,11 @@ impl Call {
         }
     }
 
-    pub fn ips(&self) -> &[String] {
+    pub fn ips(&self) -> &Inputs {
+        static NONE: Inputs = Inputs::new();
         match self {
             Call::QueryGeoInfoByIp { ips } | Call::QueryGeoInfo { ips, .. } | Call::QueryI18nGeoInfoByIp { ips } => ips,
-            Call::Unknown => &[],
+            Call::Unknown => &NONE,
         }
     }
 }
@@ -233,8 +235,8 @@ impl Reader<'_> {
     }
 
     /// `(1: list<string> ipList)`; an unset list is an empty batch.
-    fn ip_list_args(&mut self) -> Result<Vec<String>, WireError> {
-        let mut ips = Vec::new();
+    fn ip_list_args(&mut self) -> Result<Inputs, WireError> {
+        let mut ips = Inputs::default();
         self.fields(|r, kind, id| {
             if (id, kind) != (1, Kind::List) {
                 return Ok(false);
@@ -247,7 +249,7 @@ impl Reader<'_> {
 
     /// `(1: GeoRequest req)`, where `GeoRequest { 1: list<string> ipList, 2: string lang }`.
     fn geo_request_args(&mut self) -> Result<Call, WireError> {
-        let (mut ips, mut lang) = (Vec::new(), String::new());
+        let (mut ips, mut lang) = (Inputs::default(), String::new());
         self.fields(|r, kind, id| {
             if (id, kind) != (1, Kind::Struct) {
                 return Ok(false);
@@ -270,7 +272,7 @@ impl Reader<'_> {
 pub enum Reply<'a> {
     /// One answer per input, in input order.
     Answers {
-        inputs: &'a [String],
+        inputs: &'a Inputs,
         outcomes: Vec<Outcome>,
     },
     Exception(ApplicationError),
@@ -387,7 +389,7 @@ mod tests {
 
     #[test]
     fn a_list_over_the_batch_limit_is_walked_over_and_refused_whole() {
-        let ips: Vec<String> = ["1.1.1.1", "", "2.2.2.2"].map(String::from).to_vec();
+        let ips: Inputs = ["1.1.1.1", "", "2.2.2.2"].into_iter().collect();
         let msg = encode_call(
             Wire::new(Framing::Buffered, Protocol::Compact),
             9,
@@ -401,7 +403,7 @@ mod tests {
 
     #[test]
     fn a_list_over_the_limit_is_refused_from_the_first_bytes_as_it_would_be_whole() {
-        let ips: Vec<String> = (0..20).map(|i| format!("10.0.0.{i}")).collect();
+        let ips: Inputs = (0..20).map(|i| format!("10.0.0.{i}")).collect();
         let calls = [
             Call::QueryGeoInfoByIp { ips: ips.clone() },
             Call::QueryI18nGeoInfoByIp { ips: ips.clone() },
@@ -436,7 +438,7 @@ mod tests {
 
     #[test]
     fn calls_decode_as_sent_and_replies_are_summarised() {
-        let ips = vec!["1.2.3.4".to_owned(), "nope".to_owned()];
+        let ips: Inputs = ["1.2.3.4", "nope"].into_iter().collect();
         let outcomes = vec![
             Err(crate::domain::LookupError::NotFound(None)),
             Err(crate::domain::LookupError::InvalidIp("nope".into())),
@@ -474,7 +476,7 @@ mod tests {
     #[test]
     fn a_reply_to_long_invalid_inputs_is_smaller_than_the_request() {
         let wire = Wire::FRAMED_BINARY;
-        let ips = vec!["x".repeat(1_630); 10_000];
+        let ips: Inputs = std::iter::repeat_n("x".repeat(1_630), 10_000).collect();
         let request = encode_call(wire, 1, &Call::QueryGeoInfoByIp { ips: ips.clone() });
         assert!(
             request.len() <= crate::config::DEFAULT_MAX_FRAME + 4,

@@ -95,7 +95,7 @@ impl Handler {
             }
         };
         debug!(ips = ips.len(), ?route, "lookup");
-        let outcomes = self.locator.locate(ips, route).await;
+        let outcomes = self.locator.locate(ips.iter(), route).await;
         self.metrics.answered(Api::Thrift, method, &outcomes, started.elapsed());
         Reply::Answers { inputs: ips, outcomes }
     }

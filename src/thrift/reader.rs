@@ -3,6 +3,7 @@
 //! that are really there before anything is allocated.
 
 use super::protocol::{Protocol, WireError, BINARY_VERSION_1, COMPACT_ID};
+use crate::inputs::Inputs;
 
 /// The longest method name accepted; real ones are under 40 bytes.
 pub const MAX_NAME: usize = 256;
@@ -216,11 +217,7 @@ impl<'a> Reader<'a> {
     /// Strings are decoded leniently: an address with invalid UTF-8 is one
     /// bad item (error 1), not a reason to refuse the whole batch.
     pub fn string(&mut self) -> Result<String, WireError> {
-        let bytes = self.bytes()?;
-        Ok(match std::str::from_utf8(bytes) {
-            Ok(text) => text.to_owned(),
-            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-        })
+        Ok(String::from_utf8_lossy(self.bytes()?).into_owned())
     }
 
     /// The message header: name, type and sequence number, the name not
@@ -404,7 +401,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn string_list(&mut self) -> Result<Vec<String>, WireError> {
+    /// A list of strings, into one buffer, each as leniently as [`Reader::string`].
+    pub fn string_list(&mut self) -> Result<Inputs, WireError> {
         let (kind, size) = self.list_begin()?;
         if kind != Kind::String {
             return Err(bad(format!("ipList holds {kind:?}, not strings")));
@@ -419,12 +417,12 @@ impl<'a> Reader<'a> {
                 self.skip(Kind::String, 1)?;
             }
             self.over_batch = Some(size);
-            return Ok(Vec::new());
+            return Ok(Inputs::default());
         }
         // Reserve only for what has arrived, not for what was announced.
-        let mut out = Vec::with_capacity(size.min(self.remaining()));
+        let mut out = Inputs::with_capacity(size.min(self.remaining()), self.remaining());
         for _ in 0..size {
-            out.push(self.string()?);
+            out.push(&String::from_utf8_lossy(self.bytes()?));
         }
         Ok(out)
     }

@@ -40,9 +40,12 @@ pub enum LoadCall {
 impl LoadCall {
     fn call(self, ips: Vec<String>) -> Call {
         match self {
-            LoadCall::ByIp => Call::QueryGeoInfoByIp { ips },
-            LoadCall::English => Call::QueryGeoInfo { ips, lang: "en".into() },
-            LoadCall::I18n => Call::QueryI18nGeoInfoByIp { ips },
+            LoadCall::ByIp => Call::QueryGeoInfoByIp { ips: ips.into() },
+            LoadCall::English => Call::QueryGeoInfo {
+                ips: ips.into(),
+                lang: "en".into(),
+            },
+            LoadCall::I18n => Call::QueryI18nGeoInfoByIp { ips: ips.into() },
         }
     }
 }

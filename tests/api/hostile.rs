@@ -37,7 +37,7 @@ fn read_until_closed(mut socket: &TcpStream, within: Duration) -> (usize, bool) 
 /// a write blocks for 5 s.
 fn pipeline(app: &TestApp, addresses: usize, requests: usize) -> (TcpStream, std::thread::JoinHandle<()>) {
     let ips = vec!["183.62.57.1".to_owned(); addresses];
-    let request = calls::encode_call(Wire::FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips });
+    let request = calls::encode_call(Wire::FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips: ips.into() });
     let socket = TcpStream::connect(app.addr).unwrap();
     let writer = socket.try_clone().unwrap();
     let pipelining = std::thread::spawn(move || {
@@ -181,7 +181,7 @@ async fn shutdown_aborts_a_request_still_running_when_its_timeout_expires() {
         Wire::FRAMED_BINARY,
         1,
         &Call::QueryGeoInfoByIp {
-            ips: vec!["9.9.9.9".into()],
+            ips: vec!["9.9.9.9".to_owned()].into(),
         },
     );
     (&socket).write_all(&request).unwrap();
@@ -217,7 +217,7 @@ async fn shutdown_lets_a_running_request_send_its_whole_reply_then_closes_at_the
     .await;
     let socket = TcpStream::connect(app.addr).unwrap();
     let call = Call::QueryGeoInfoByIp {
-        ips: vec!["9.9.9.9".into()],
+        ips: vec!["9.9.9.9".to_owned()].into(),
     };
     (&socket)
         .write_all(&calls::encode_call(Wire::FRAMED_BINARY, 1, &call))
@@ -263,7 +263,7 @@ async fn an_input_longer_than_any_address_is_echoed_only_in_part() {
 /// A framed `queryGeoInfoByIP` of `strings` inputs of 1,700 bytes each.
 fn large_request(strings: usize) -> Vec<u8> {
     let ips = vec!["x".repeat(1_700); strings];
-    calls::encode_call(Wire::FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips })
+    calls::encode_call(Wire::FRAMED_BINARY, 1, &Call::QueryGeoInfoByIp { ips: ips.into() })
 }
 
 /// Connections that each send the first 90% of `request` and then hold,

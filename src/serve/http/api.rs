@@ -513,7 +513,7 @@ impl ApiState {
             );
         }
         let outcomes = match Route::for_request(lang) {
-            Ok(route) => self.locator.locate(&ips, route).await,
+            Ok(route) => self.locator.locate(ips.iter().map(String::as_str), route).await,
             Err(err) => vec![Err(err); ips.len()],
         };
         self.metrics.answered_items(Api::Http, &outcomes);
