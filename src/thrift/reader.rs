@@ -422,7 +422,12 @@ impl<'a> Reader<'a> {
         // Reserve only for what has arrived, not for what was announced.
         let mut out = Inputs::with_capacity(size.min(self.remaining()), self.remaining());
         for _ in 0..size {
-            out.push(&String::from_utf8_lossy(self.bytes()?));
+            let bytes = self.bytes()?;
+            // from_utf8 has a fast path for ASCII, which addresses are.
+            match std::str::from_utf8(bytes) {
+                Ok(text) => out.push(text),
+                Err(_) => out.push(&String::from_utf8_lossy(bytes)),
+            }
         }
         Ok(out)
     }
