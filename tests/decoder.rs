@@ -17,7 +17,8 @@ fn any_call() -> impl Strategy<Value = Call> {
     let ips = prop::collection::vec(any::<String>(), 0..40);
     prop_oneof![
         ips.clone().prop_map(|ips| Call::QueryGeoInfoByIp { ips: ips.into() }),
-        ips.clone().prop_map(|ips| Call::QueryI18nGeoInfoByIp { ips: ips.into() }),
+        ips.clone()
+            .prop_map(|ips| Call::QueryI18nGeoInfoByIp { ips: ips.into() }),
         (ips, any::<String>()).prop_map(|(ips, lang)| Call::QueryGeoInfo { ips: ips.into(), lang }),
         Just(Call::Unknown),
     ]
@@ -70,7 +71,13 @@ proptest! {
 fn a_list_of_a_million_empty_strings_holds_no_more_than_a_batch() {
     // Compact, unframed: one byte per element on the wire, 24 bytes per
     // `String` if it were built; over the batch limit nothing is.
-    let mut message = calls::encode_call(WIRES[3], 1, &Call::QueryGeoInfoByIp { ips: Default::default() });
+    let mut message = calls::encode_call(
+        WIRES[3],
+        1,
+        &Call::QueryGeoInfoByIp {
+            ips: Default::default(),
+        },
+    );
     message.truncate(message.len() - 2); // the empty list's header and the end of the arguments
     message.extend_from_slice(&[0xf8, 0xc0, 0x84, 0x3d]); // a list of 1,000,000 strings
     message.extend(std::iter::repeat_n(0u8, 1_000_000));

@@ -8,8 +8,8 @@ use thrift::protocol::{
 
 use super::codec::{message, Call, MessageType, Method, Protocol, Wire, WireError};
 use super::reader::{bad, Kind, Reader};
-use crate::inputs::Inputs;
 use crate::answer::{ErrorNo, ERROR_NO};
+use crate::inputs::Inputs;
 
 /// Encodes a call to the method `call` stands for, frame header included.
 pub fn encode_call(wire: Wire, seq: i32, call: &Call) -> Vec<u8> {

@@ -111,7 +111,10 @@ impl Answerer {
             }
             Answerer::Local(local) => {
                 tokio::spawn(async move {
-                    let outcomes = local.locator.locate(addresses.iter().map(String::as_str), local.route).await;
+                    let outcomes = local
+                        .locator
+                        .locate(addresses.iter().map(String::as_str), local.route)
+                        .await;
                     addresses
                         .iter()
                         .zip(&outcomes)

@@ -536,17 +536,35 @@ async fn the_status_listener_turns_away_connections_over_its_cap() {
             .map_err(|err| err.to_string())
     })
     .await;
-    let mut idle = Vec::new();
-    for _ in 0..64 {
-        idle.push(tokio::net::TcpStream::connect(listen).await.unwrap());
+    // One more than the cap, idle. The probe above may still hold its
+    // slot while the first of them arrive (on a loaded box it has been
+    // seen to), so which of them are turned away is not fixed: only that
+    // some are, at once, and that no more than 64 are held.
+    let mut peers = Vec::new();
+    for _ in 0..65 {
+        peers.push(tokio::net::TcpStream::connect(listen).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut over = tokio::net::TcpStream::connect(listen).await.unwrap();
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(5), over.read(&mut byte))
+    let reads = peers.into_iter().map(|mut peer| async move {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(3), peer.read(&mut byte)).await;
+        match read {
+            Err(_) => Some(peer),
+            Ok(read) => {
+                assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+                None
+            }
+        }
+    });
+    let mut idle: Vec<_> = futures_util::future::join_all(reads)
         .await
-        .expect("closed at once");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        (63..=64).contains(&idle.len()),
+        "{} of 65 connections held, not at most the cap of 64 with the rest closed at once",
+        idle.len()
+    );
     drop(idle.pop());
     eventually(Duration::from_secs(10), "a freed slot serves again", || async {
         use tokio::io::AsyncWriteExt;
