@@ -4,6 +4,9 @@
 
 use std::fmt;
 
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
 /// The inputs of one request, as sent, in order.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Inputs {
@@ -76,6 +79,52 @@ impl fmt::Debug for Inputs {
     }
 }
 
+/// A list of strings (an HTTP batch's `ips`), each appended as it is
+/// read: no `String` per address here either.
+impl<'de> Deserialize<'de> for Inputs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Inputs, D::Error> {
+        struct List;
+        impl<'de> Visitor<'de> for List {
+            type Value = Inputs;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut list: A) -> Result<Inputs, A::Error> {
+                let mut inputs = Inputs::default();
+                while list.next_element_seed(Append(&mut inputs))?.is_some() {}
+                Ok(inputs)
+            }
+        }
+        deserializer.deserialize_seq(List)
+    }
+}
+
+/// One string of a list, appended to the inputs.
+struct Append<'a>(&'a mut Inputs);
+
+impl<'de> DeserializeSeed<'de> for Append<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for Append<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, input: &str) -> Result<(), E> {
+        self.0.push(input);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +137,18 @@ mod tests {
         assert_eq!(inputs.iter().collect::<Vec<_>>(), given);
         assert_eq!(format!("{inputs:?}"), format!("{given:?}"));
         assert!(Inputs::default().is_empty());
+    }
+
+    #[test]
+    fn a_json_list_reads_as_a_vec_of_strings_would() {
+        let json = r#"["1.2.3.4", "", "\u4e2d\u56fd", "a\"b"]"#;
+        let inputs: Inputs = serde_json::from_str(json).unwrap();
+        let strings: Vec<String> = serde_json::from_str(json).unwrap();
+        assert_eq!(inputs, Inputs::from(strings));
+        for bad in [r#"["1.2.3.4", 5]"#, r#""1.2.3.4""#, r#"[null]"#] {
+            let ours = serde_json::from_str::<Inputs>(bad).unwrap_err().to_string();
+            let theirs = serde_json::from_str::<Vec<String>>(bad).unwrap_err().to_string();
+            assert_eq!(ours, theirs);
+        }
     }
 }

@@ -285,7 +285,7 @@ pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply<'_>) -> Ve
     let name = request_name.rsplit_once(':').map_or(request_name, |(_, method)| method);
     match reply {
         Reply::Answers { inputs, outcomes } => {
-            let size = 64 + name.len() + inputs.iter().map(|input| answer::size_hint(input)).sum::<usize>();
+            let size = 64 + name.len() + inputs.iter().map(answer::size_hint).sum::<usize>();
             let mut out = frame_start(wire, size);
             with_protocol(&mut out, wire.protocol, |o| {
                 o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Reply, seq))?;

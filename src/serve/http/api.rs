@@ -26,6 +26,7 @@ use super::reply::{Charge, ReplyRoom};
 use crate::answer::{self, Answer};
 use crate::config::Http;
 use crate::domain::LookupError;
+use crate::inputs::Inputs;
 use crate::metrics::{Api, Metrics, Rejection, RequestSeries};
 use crate::serve::budget::{reply_cost, Budget, Reservation};
 use crate::serve::workers::BatchLane;
@@ -261,7 +262,7 @@ async fn query_get(State(state): State<Arc<ApiState>>, query: Result<Query<Singl
 #[derive(Deserialize)]
 struct QueryBody {
     ip: Option<String>,
-    ips: Option<Vec<String>>,
+    ips: Option<Inputs>,
     lang: Option<String>,
 }
 
@@ -500,7 +501,7 @@ impl ApiState {
 
     /// A batch: one `GeoInfo` per input, in order, errors per item; its
     /// reply holds `charge` until it has left.
-    async fn batch(&self, ips: Vec<String>, lang: Option<&str>, charge: Charge) -> Response {
+    async fn batch(&self, ips: Inputs, lang: Option<&str>, charge: Charge) -> Response {
         if ips.len() > self.max_batch {
             self.metrics.rejected(Api::Http, Rejection::BatchOverLimit);
             return error(
@@ -513,7 +514,7 @@ impl ApiState {
             );
         }
         let outcomes = match Route::for_request(lang) {
-            Ok(route) => self.locator.locate(ips.iter().map(String::as_str), route).await,
+            Ok(route) => self.locator.locate(ips.iter(), route).await,
             Err(err) => vec![Err(err); ips.len()],
         };
         self.metrics.answered_items(Api::Http, &outcomes);
