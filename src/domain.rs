@@ -686,6 +686,23 @@ pub fn range_fault(previous: Option<(u128, u128)>, start: u128, end: u128) -> Op
     }
 }
 
+/// An AS number's digits, as `str::parse::<u32>` reads them but for
+/// digits only (no sign): every lookup of a network reads one, and the
+/// general parser's checks were 5% of a lookup.
+fn parse_asn(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() || digits.len() > 10 {
+        return None;
+    }
+    let mut asn = 0u64;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        asn = asn * 10 + u64::from(digit - b'0');
+    }
+    u32::try_from(asn).ok()
+}
+
 /// The autonomous system announcing an address: a network table's row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Network {
@@ -701,7 +718,7 @@ impl Network {
     /// A network row's values (see [`Place`]); `None` unless its AS number
     /// is one (the importer and the table's CHECK refuse any other).
     pub fn from_row(row: &Place) -> Option<Network> {
-        let asn = row.field(0).parse().ok()?;
+        let asn = parse_asn(row.field(0).as_bytes())?;
         Some(Network {
             text: row.text.clone(),
             asn,
@@ -846,6 +863,18 @@ mod tests {
             proptest::prop_assert_eq!(parse_ipv4(text.as_bytes()), std, "{:?}", text);
             let text = Ipv4Addr::from(ip).to_string();
             proptest::prop_assert_eq!(parse_ipv4(text.as_bytes()), Some(Ipv4Addr::from(ip)));
+        }
+
+        /// The AS number reader reads digits as std does, up to u32::MAX
+        /// and no further, and refuses anything else (a sign included).
+        #[test]
+        fn the_asn_reader_reads_digits_as_std_does(
+            text in "[0-9]{0,12}|[0-9a -]{1,11}|4294967[0-9]{3}",
+            asn in proptest::num::u32::ANY,
+        ) {
+            proptest::prop_assert_eq!(parse_asn(text.as_bytes()), text.parse::<u32>().ok(), "{:?}", text);
+            proptest::prop_assert_eq!(parse_asn(asn.to_string().as_bytes()), Some(asn));
+            proptest::prop_assert_eq!(parse_asn(format!("+{asn}").as_bytes()), None);
         }
     }
 
