@@ -166,8 +166,7 @@ impl Locator {
     }
 
     /// Answers every input, in order, one outcome each.
-    pub async fn locate<'a>(&self, inputs: impl ExactSizeIterator<Item = &'a str>, route: Route) -> Vec<Outcome> {
-        let mut inputs = inputs;
+    pub async fn locate<'a>(&self, mut inputs: impl ExactSizeIterator<Item = &'a str>, route: Route) -> Vec<Outcome> {
         if inputs.len() == 1 {
             let input = inputs.next().expect("one input");
             return vec![self.locate_one(input, route).await];
