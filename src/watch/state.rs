@@ -169,8 +169,7 @@ impl FileStore {
     /// Trims the history, then replaces the file: a temporary file beside
     /// it, synced, renamed over it, and the directory synced. The writing
     /// and syncing run on a blocking thread: an fsync can take seconds on
-    /// a busy disk, and on a runtime worker it stalled other tasks (the
-    /// status listener's accept loop among them).
+    /// a busy disk, which a runtime worker should not wait out.
     async fn write(&self, data: &mut FileData) -> anyhow::Result<()> {
         let keep = latest_per_name(&data.events, self.history);
         let keep_ids: std::collections::HashSet<u64> = keep.iter().map(|event| event.id).collect();
@@ -187,7 +186,6 @@ impl FileStore {
             ".{}.tmp",
             path.file_name().map(|name| name.to_string_lossy()).unwrap_or_default()
         ));
-        let shown = path.display().to_string();
         let write = move || -> std::io::Result<()> {
             let mut file = std::fs::File::create(&tmp)?;
             file.write_all(&bytes)?;
@@ -198,7 +196,7 @@ impl FileStore {
         tokio::task::spawn_blocking(write)
             .await
             .context("the state writer stopped")?
-            .with_context(|| format!("cannot write {shown}"))
+            .with_context(|| format!("cannot write {}", self.path.display()))
     }
 }
 
