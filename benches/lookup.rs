@@ -16,9 +16,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use xm_ip_service::answer::{self, Answer};
 use xm_ip_service::data::corrections::{Correction, Corrections};
 use xm_ip_service::data::index::{Builder, RangeIndex, TableIndex, Tables, Version};
@@ -150,7 +150,7 @@ fn index(c: &mut Criterion) {
             std::hint::black_box(asn.network(keys[i]))
         })
     });
-    let without = without_networks();
+    let without = without_networks(&data.tables);
     for (tables, what) in [(&without, "without"), (&data.tables, "with")] {
         group.bench_function(format!("one lookup {what} the network, cn {}", data.what), |b| {
             b.iter(|| {
@@ -159,6 +159,41 @@ fn index(c: &mut Criterion) {
             })
         });
     }
+    // What the network adds to one lookup, as the difference of the two
+    // lookups above timed in alternate blocks of a few hundred: the box's
+    // drift, as large as the difference between runs, falls on both alike.
+    // Each side draws its own addresses, so neither finds the other's lines
+    // in cache.
+    // Equal samples of many blocks each, not criterion's rising counts
+    // whose first samples hold a block or two.
+    group.sampling_mode(SamplingMode::Flat);
+    group.bench_function(
+        format!("one lookup, what the network adds (interleaved), cn {}", data.what),
+        |b| {
+            b.iter_custom(|iters| {
+                const BLOCK: u64 = 256;
+                let mut spent = [Duration::ZERO; 2];
+                let mut done = 0;
+                while done < iters {
+                    let n = BLOCK.min(iters - done);
+                    for (side, tables) in [&without, &data.tables].into_iter().enumerate() {
+                        let started = Instant::now();
+                        for _ in 0..n {
+                            i = (i + 1) & (keys.len() - 1);
+                            let key = keys[(i + side * keys.len() / 2) & (keys.len() - 1)];
+                            std::hint::black_box(tables.lookup_one_v4(Some(V4Table::Cn), Ipv4Addr::from(key)));
+                        }
+                        spent[side] += started.elapsed();
+                    }
+                    done += n;
+                }
+                // Criterion takes no zero or negative time: a sample where the
+                // network seemed free counts as a nanosecond, which errs high.
+                spent[1].saturating_sub(spent[0]).max(Duration::from_nanos(1))
+            })
+        },
+    );
+    group.sampling_mode(SamplingMode::Auto);
     // A different batch each time, so that no batch is answered from cache.
     let batches: Vec<Vec<Ipv4Addr>> = keys
         .chunks(1000)
@@ -234,19 +269,14 @@ fn corrections(c: &mut Criterion) {
 
 /// The same tables loaded again with the network tables empty: what a
 /// lookup cost before there was network data.
-fn without_networks() -> Arc<Tables> {
-    let tables = load().tables;
-    for table in [Table::Asn, Table::AsnV6] {
-        tables.replace(
-            table,
-            xm_ip_service::data::index::Snapshot {
-                index: TableIndex::empty(table),
-                version: xm_ip_service::data::index::Version::Absent,
-                data_time: None,
-            },
-        );
+/// `tables`' place tables, the very snapshots, beside empty network tables:
+/// a lookup through both reads the same memory but for the network.
+fn without_networks(tables: &Tables) -> Arc<Tables> {
+    let without = Tables::new(Vec::new());
+    for table in [Table::Cn, Table::En, Table::V6] {
+        without.replace(table, tables.snapshot(table));
     }
-    tables
+    Arc::new(without)
 }
 
 fn maxmind(c: &mut Criterion) {

@@ -209,14 +209,14 @@ pub const WARM_AHEAD: usize = 8;
 pub fn warm(outcome: &Outcome) {
     let network = match outcome {
         Ok(located) => {
-            crate::memory::prefetch(located.place.text_ptr());
+            located.place.prefetch();
             located.network.as_ref()
         }
         Err(LookupError::NotFound(network)) => network.as_ref(),
         Err(_) => None,
     };
     if let Some(network) = network {
-        crate::memory::prefetch(network.text_ptr());
+        network.prefetch();
     }
 }
 

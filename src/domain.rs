@@ -2,7 +2,8 @@
 //! answers. No I/O lives here.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
+
+use triomphe::HeaderSlice;
 
 /// Inputs longer than this are rejected before parsing; the longest valid
 /// IPv6 text (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`) is 45 bytes.
@@ -491,16 +492,20 @@ impl<'a> PlaceFields<'a> {
 }
 
 /// Where an address is: names and codes, all the text in one shared
-/// allocation, so that a copy costs a reference count and an answer's text
-/// sits in one or two cache lines. Built from [`PlaceFields`].
+/// allocation with the ends that cut it into fields, so that a copy costs
+/// a reference count, an index's array of places is 16 bytes a place, and
+/// an answer's text sits in one or two cache lines. Built from
+/// [`PlaceFields`].
 ///
 /// A network table's row is held the same way, its values in the first
 /// [`NETWORK_COLUMNS`] slots, so that every table shares the index, the
 /// importer and the snapshots; [`Network`] reads it.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Place {
-    text: Arc<str>,
-    /// Where each field ends in `text`, in [`PLACE_COLUMNS`] order.
+pub struct Place(triomphe::Arc<HeaderSlice<PlaceHeader, str>>);
+
+#[derive(PartialEq, Eq, Hash)]
+struct PlaceHeader {
+    /// Where each field ends in the text, in [`PLACE_COLUMNS`] order.
     ends: [u32; 8],
     /// [`Place::is_china`] and [`Place::is_blank`], decided once: every
     /// lookup asks, and need not read the text to know.
@@ -516,12 +521,12 @@ impl Place {
             text.push_str(field);
             text.len() as u32
         });
-        Place {
-            text: Arc::from(text),
+        let header = PlaceHeader {
             ends,
             china: is_china(fields.country_code, fields.country_name),
             blank: fields.is_blank(),
-        }
+        };
+        Place(triomphe::Arc::from_header_and_str(header, &text))
     }
 
     /// A place from values in [`PLACE_COLUMNS`] order.
@@ -532,8 +537,9 @@ impl Place {
     /// The field at `i` in [`PLACE_COLUMNS`] order.
     #[inline]
     fn field(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.text[start..self.ends[i] as usize]
+        let ends = &self.0.header.ends;
+        let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+        &self.0.slice[start..ends[i] as usize]
     }
 
     /// Every field, by name.
@@ -574,22 +580,28 @@ impl Place {
         self.field(7)
     }
 
-    /// Where the place's text is, for asking the cache for it ahead of
-    /// use: no field is sliced, so the text itself is not read.
+    /// Asks for the place to be loaded ahead of use: its count and ends,
+    /// and the start of its text, which may begin on the next cache line.
     #[inline]
-    pub fn text_ptr(&self) -> *const u8 {
-        self.text.as_ptr()
+    pub fn prefetch(&self) {
+        crate::memory::prefetch(triomphe::Arc::as_ptr(&self.0));
+        crate::memory::prefetch(self.0.slice.as_ptr());
+    }
+
+    /// The size of the place's allocation: its count, ends and text.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<usize>() + std::mem::size_of_val::<HeaderSlice<PlaceHeader, str>>(&self.0)
     }
 
     /// A row whose names are all empty says nothing and counts as no row.
     pub fn is_blank(&self) -> bool {
-        self.blank
+        self.0.header.blank
     }
 
     /// Whether this place is in China: the rule that keeps a table row from
     /// being handed to MaxMind.
     pub fn is_china(&self) -> bool {
-        self.china
+        self.0.header.china
     }
 }
 
@@ -704,12 +716,10 @@ fn parse_asn(digits: &[u8]) -> Option<u32> {
 /// The autonomous system announcing an address: a network table's row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Network {
-    /// The row's text, shared with the table: the AS number's digits, then
-    /// the organisation (a network row's other values are empty).
-    text: Arc<str>,
+    /// The row, shared with the table: the AS number's digits, then the
+    /// organisation (a network row's other values are empty).
+    row: Place,
     asn: u32,
-    /// Where the organisation starts in `text`.
-    org_at: u32,
 }
 
 impl Network {
@@ -717,11 +727,7 @@ impl Network {
     /// is one (the importer and the table's CHECK refuse any other).
     pub fn from_row(row: &Place) -> Option<Network> {
         let asn = parse_asn(row.field(0).as_bytes())?;
-        Some(Network {
-            text: row.text.clone(),
-            asn,
-            org_at: row.ends[0],
-        })
+        Some(Network { row: row.clone(), asn })
     }
 
     /// A network from its parts, for tests and samples.
@@ -734,15 +740,15 @@ impl Network {
         self.asn
     }
 
-    /// Where the network's text is (see [`Place::text_ptr`]).
+    /// Asks for the network's row to be loaded (see [`Place::prefetch`]).
     #[inline]
-    pub fn text_ptr(&self) -> *const u8 {
-        self.text.as_ptr()
+    pub fn prefetch(&self) {
+        self.row.prefetch();
     }
 
     /// The organisation's name, as the data gives it.
     pub fn org(&self) -> &str {
-        &self.text[self.org_at as usize..]
+        self.row.field(1)
     }
 }
 

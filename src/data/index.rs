@@ -392,12 +392,7 @@ impl<K: Key> RangeIndex<K> {
 
     /// Bytes held by the arrays and the places, for the start-up log.
     pub fn heap_bytes(&self) -> usize {
-        // Each place's text is one allocation, two counts before it.
-        let text: usize = self
-            .places
-            .iter()
-            .map(|p| p.fields().columns().concat().len() + 16)
-            .sum();
+        let text: usize = self.places.iter().map(Place::heap_bytes).sum();
         self.entries.len() * std::mem::size_of::<Entry<K>>()
             + self.starts.heap_bytes()
             + self.coverage.as_ref().map_or(0, |c| c.0.len() * 8)
@@ -542,7 +537,7 @@ impl<K: Key> Builder<K> {
 /// order. Lookups are memory-bound, so keys go in chunks, and each step of
 /// a chunk's searches is started for all of them before the next: the
 /// bucket asked for, the entry its search lands on asked for, whether that
-/// entry holds the key and its row asked for, the row's text asked for,
+/// entry holds the key and its row asked for, the row's shared text asked for,
 /// then the results. The keys' and the indexes' misses overlap.
 pub fn search_together<K: Key, const N: usize>(
     indexes: [Option<&RangeIndex<K>>; N],
@@ -580,7 +575,7 @@ pub fn search_together<K: Key, const N: usize>(
         for found in &*found {
             for (found, index) in found.iter().zip(indexes) {
                 if let (Some(index), Some(i)) = (index, *found) {
-                    prefetch(index.row(i).text_ptr());
+                    index.row(i).prefetch();
                 }
             }
         }
@@ -791,14 +786,16 @@ impl Tables {
     }
 
     /// Makes `snapshot` the one lookups of `table` see from now on;
-    /// lookups already running finish on the old one.
-    pub fn replace(&self, table: Table, snapshot: Snapshot) {
+    /// lookups already running finish on the old one. A snapshot may be
+    /// shared with other tables.
+    pub fn replace(&self, table: Table, snapshot: impl Into<Arc<Snapshot>>) {
+        let snapshot = snapshot.into();
         assert_eq!(
             snapshot.index.family(),
             table.family(),
             "{table:?} index of the wrong family"
         );
-        self.slots[slot_of(table)].store(Arc::new(snapshot));
+        self.slots[slot_of(table)].store(snapshot);
         self.set_freshness(table, Freshness::Current);
     }
 
