@@ -3,7 +3,8 @@
 //! the built-in sample):
 //! - one index lookup in the full cn table, at a random address of a random
 //!   range, and 1,000 such lookups as one batch; the same in the ASN table,
-//!   and both as a lookup makes them;
+//!   and both as a lookup makes them, and what the network adds to one
+//!   lookup, timed with and without in alternate blocks;
 //! - one MaxMind lookup with names in Chinese;
 //! - the server's lookup, one and 1,000, with no corrections and with 10,000;
 //! - issue 31's realistic case: 128,000 distinct addresses, each once, through
