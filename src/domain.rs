@@ -503,12 +503,18 @@ impl<'a> PlaceFields<'a> {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Place(triomphe::Arc<HeaderSlice<PlaceHeader, str>>);
 
+/// What every lookup reads of a place besides its text, decided once.
 #[derive(PartialEq, Eq, Hash)]
 struct PlaceHeader {
-    /// Where each field ends in the text, in [`PLACE_COLUMNS`] order.
-    ends: [u32; 8],
-    /// [`Place::is_china`] and [`Place::is_blank`], decided once: every
-    /// lookup asks, and need not read the text to know.
+    /// Where each field but the last ends in the text, in
+    /// [`PLACE_COLUMNS`] order; the last ends with the text.
+    ends: [u32; 7],
+    /// The first field as an AS number, when `is_network`: a network
+    /// row's number, read once here instead of on every lookup.
+    asn: u32,
+    is_network: bool,
+    /// [`Place::is_china`] and [`Place::is_blank`]: every lookup asks,
+    /// and need not read the text to know.
     china: bool,
     blank: bool,
 }
@@ -521,8 +527,11 @@ impl Place {
             text.push_str(field);
             text.len() as u32
         });
+        let asn = parse_asn(columns[0].as_bytes());
         let header = PlaceHeader {
-            ends,
+            ends: std::array::from_fn(|i| ends[i]),
+            asn: asn.unwrap_or(0),
+            is_network: asn.is_some(),
             china: is_china(fields.country_code, fields.country_name),
             blank: fields.is_blank(),
         };
@@ -537,9 +546,10 @@ impl Place {
     /// The field at `i` in [`PLACE_COLUMNS`] order.
     #[inline]
     fn field(&self, i: usize) -> &str {
-        let ends = &self.0.header.ends;
+        let (ends, text) = (&self.0.header.ends, &self.0.slice);
         let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-        &self.0.slice[start..ends[i] as usize]
+        let end = ends.get(i).map_or(text.len(), |&end| end as usize);
+        &text[start..end]
     }
 
     /// Every field, by name.
@@ -588,7 +598,7 @@ impl Place {
         crate::memory::prefetch(self.0.slice.as_ptr());
     }
 
-    /// The size of the place's allocation: its count, ends and text.
+    /// The size of the place's allocation: its count, header and text.
     pub fn heap_bytes(&self) -> usize {
         std::mem::size_of::<usize>() + std::mem::size_of_val::<HeaderSlice<PlaceHeader, str>>(&self.0)
     }
@@ -699,8 +709,8 @@ pub fn range_fault(previous: Option<(u128, u128)>, start: u128, end: u128) -> Op
 }
 
 /// An AS number's digits, as `str::parse::<u32>` reads them but for
-/// digits only (no sign): every lookup of a network reads one, and the
-/// general parser's checks were 5% of a lookup.
+/// digits only (no sign): every place is asked whether its first field is
+/// one.
 fn parse_asn(digits: &[u8]) -> Option<u32> {
     if digits.is_empty() {
         return None;
@@ -717,17 +727,17 @@ fn parse_asn(digits: &[u8]) -> Option<u32> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Network {
     /// The row, shared with the table: the AS number's digits, then the
-    /// organisation (a network row's other values are empty).
+    /// organisation (a network row's other values are empty); its header
+    /// holds the number read.
     row: Place,
-    asn: u32,
 }
 
 impl Network {
     /// A network row's values (see [`Place`]); `None` unless its AS number
     /// is one (the importer and the table's CHECK refuse any other).
+    #[inline]
     pub fn from_row(row: &Place) -> Option<Network> {
-        let asn = parse_asn(row.field(0).as_bytes())?;
-        Some(Network { row: row.clone(), asn })
+        row.0.header.is_network.then(|| Network { row: row.clone() })
     }
 
     /// A network from its parts, for tests and samples.
@@ -737,7 +747,7 @@ impl Network {
     }
 
     pub fn asn(&self) -> u32 {
-        self.asn
+        self.row.0.header.asn
     }
 
     /// Asks for the network's row to be loaded (see [`Place::prefetch`]).
