@@ -1,7 +1,7 @@
 //! MaxMind GeoIP2/GeoLite2 City files: every network of a family, mapped
 //! exactly as the service maps a MaxMind answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -39,6 +39,11 @@ pub fn ranges_into(
         .within(all, WithinOptions::default())
         .map_err(|e| SourceError::NotFormat(e.to_string()))?;
     let mut places: HashMap<usize, Option<Place>> = HashMap::new();
+    // Records differ in what is not stored (postal codes, coordinates):
+    // half a million of them name some 120,000 places. Each record's place
+    // is the one already made for the same values, so that the load holds
+    // one allocation per place, not one per record.
+    let mut distinct: HashSet<Place> = HashSet::new();
     for found in networks {
         let found = found.map_err(|e| SourceError::NotFormat(e.to_string()))?;
         let network = found.network().map_err(|e| SourceError::NotFormat(e.to_string()))?;
@@ -66,7 +71,14 @@ pub fn ranges_into(
                 let place = place.map(|place| {
                     let mut place = PlaceBuf::from(&place);
                     codes.fill(&mut place);
-                    place.build()
+                    let place = place.build();
+                    match distinct.get(&place) {
+                        Some(made) => made.clone(),
+                        None => {
+                            distinct.insert(place.clone());
+                            place
+                        }
+                    }
                 });
                 places.insert(offset, place.clone());
                 place
