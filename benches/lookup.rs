@@ -164,9 +164,8 @@ fn index(c: &mut Criterion) {
     // lookups above timed in alternate blocks of a few hundred: the box's
     // drift, as large as the difference between runs, falls on both alike.
     // Each side draws its own addresses, so neither finds the other's lines
-    // in cache.
-    // Equal samples of many blocks each, not criterion's rising counts
-    // whose first samples hold a block or two.
+    // in cache. Samples are equal, of many blocks each, not criterion's
+    // rising counts whose first samples hold a block or two.
     group.sampling_mode(SamplingMode::Flat);
     group.bench_function(
         format!("one lookup, what the network adds (interleaved), cn {}", data.what),
@@ -268,8 +267,6 @@ fn corrections(c: &mut Criterion) {
     group.finish();
 }
 
-/// The same tables loaded again with the network tables empty: what a
-/// lookup cost before there was network data.
 /// `tables`' place tables, the very snapshots, beside empty network tables:
 /// a lookup through both reads the same memory but for the network.
 fn without_networks(tables: &Tables) -> Arc<Tables> {

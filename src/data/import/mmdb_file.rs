@@ -1,7 +1,8 @@
 //! MaxMind GeoIP2/GeoLite2 City files: every network of a family, mapped
 //! exactly as the service maps a MaxMind answer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -43,7 +44,7 @@ pub fn ranges_into(
     // half a million of them name some 120,000 places. Each record's place
     // is the one already made for the same values, so that the load holds
     // one allocation per place, not one per record.
-    let mut distinct: HashSet<Place> = HashSet::new();
+    let mut distinct: hashbrown::HashSet<Place, RandomState> = hashbrown::HashSet::with_hasher(RandomState::new());
     for found in networks {
         let found = found.map_err(|e| SourceError::NotFormat(e.to_string()))?;
         let network = found.network().map_err(|e| SourceError::NotFormat(e.to_string()))?;
@@ -71,14 +72,7 @@ pub fn ranges_into(
                 let place = place.map(|place| {
                     let mut place = PlaceBuf::from(&place);
                     codes.fill(&mut place);
-                    let place = place.build();
-                    match distinct.get(&place) {
-                        Some(made) => made.clone(),
-                        None => {
-                            distinct.insert(place.clone());
-                            place
-                        }
-                    }
+                    distinct.get_or_insert(place.build()).clone()
                 });
                 places.insert(offset, place.clone());
                 place
