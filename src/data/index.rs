@@ -134,6 +134,14 @@ pub struct RangeIndex<K> {
     entries: HugePages<Entry<K>>,
     /// Each distinct place once; entries point into it.
     places: Vec<Place>,
+    /// For a network table, where each entry's place lies, in 8-byte
+    /// steps from the first place's [`Place::address`] (0 when too far):
+    /// the place is asked for as soon as its entry is, not after `places`
+    /// says which it is. That is one dependent miss less, so the network's
+    /// search hides under the place table's, which it runs beside (4 bytes
+    /// a range; empty for the place tables, where it would cost 16 MB).
+    near: HugePages<i32>,
+    first_place: usize,
     /// The search over the entries' starts.
     starts: Starts<K>,
     /// For a sparse index, where its ranges are at all.
@@ -263,6 +271,9 @@ impl<K: Key> RangeIndex<K> {
         });
         let i = below.checked_sub(1)?;
         prefetch(&self.entries[i]);
+        if let Some(near) = self.near.get(i) {
+            prefetch(near);
+        }
         Some(i)
     }
 
@@ -288,6 +299,14 @@ impl<K: Key> RangeIndex<K> {
             source,
             network: None,
             corrected: false,
+        }
+    }
+
+    /// Asks for entry `i`'s place, where a network table knows it lies.
+    #[inline]
+    fn prefetch_place(&self, i: usize) {
+        if let Some(&near) = self.near.get(i) {
+            Place::prefetch_at(self.first_place.wrapping_add_signed(near as isize * 8));
         }
     }
 
@@ -394,6 +413,7 @@ impl<K: Key> RangeIndex<K> {
     pub fn heap_bytes(&self) -> usize {
         let text: usize = self.places.iter().map(Place::heap_bytes).sum();
         self.entries.len() * std::mem::size_of::<Entry<K>>()
+            + self.near.len() * 4
             + self.starts.heap_bytes()
             + self.coverage.as_ref().map_or(0, |c| c.0.len() * 8)
             + self.places.capacity() * std::mem::size_of::<Place>()
@@ -523,10 +543,21 @@ impl<K: Key> Builder<K> {
     pub fn finish(mut self) -> RangeIndex<K> {
         self.places.shrink_to_fit();
         let entries = self.entries.finish();
+        let first_place = self.places.first().map_or(0, Place::address);
+        let mut near = Growing::default();
+        if !self.places.is_empty() && self.places.iter().all(Place::is_network) {
+            near.reserve(entries.len());
+            for entry in entries.iter() {
+                let at = self.places[entry.place as usize].address();
+                near.push(i32::try_from((at as isize - first_place as isize) >> 3).unwrap_or(0));
+            }
+        }
         RangeIndex {
             starts: Starts::new(entries.len(), |i| entries[i].start, CROWDED),
             coverage: (!entries.is_empty() && entries.len() <= SPARSE).then(|| Coverage::new(&entries)),
             entries,
+            near: near.finish(),
+            first_place,
             places: self.places,
         }
     }
@@ -568,6 +599,7 @@ pub fn search_together<K: Key, const N: usize>(
                     *found = index.holds(key, i).then_some(i);
                     if found.is_some() {
                         prefetch(index.row(i));
+                        index.prefetch_place(i);
                     }
                 }
             }
@@ -939,6 +971,25 @@ mod tests {
             assert_eq!(name_at(&index, key), want, "key {key:#x}");
         }
         assert_eq!(index.get(0x0001_0000).map(|(s, e, _)| (s, e)), Some((20, 0x0001_0005)));
+    }
+
+    #[test]
+    fn a_network_table_knows_where_each_place_lies_and_a_place_table_does_not() {
+        let mut networks = Builder::default();
+        let mut places = Builder::default();
+        for i in 0..1000u32 {
+            let (asn, org) = ((i % 37).to_string(), format!("AS {}", i % 37));
+            let network = Place::from_columns([&asn, &org, "", "", "", "", "", ""]);
+            networks.push_place(i * 10, i * 10 + 5, &network).unwrap();
+            places.push_fields(i * 10, i * 10 + 5, fields(&org)).unwrap();
+        }
+        let (networks, places) = (networks.finish(), places.finish());
+        assert_eq!(networks.near.len(), 1000);
+        for (entry, &near) in networks.entries.iter().zip(networks.near.iter()) {
+            let at = networks.first_place.wrapping_add_signed(near as isize * 8);
+            assert_eq!(at, networks.places[entry.place as usize].address());
+        }
+        assert!(places.near.is_empty());
     }
 
     /// `index`'s places and ranges, to compare two indexes whole.
