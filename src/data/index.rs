@@ -137,9 +137,9 @@ pub struct RangeIndex<K> {
     /// For a network table, where each entry's place lies, in 8-byte
     /// steps from the first place's [`Place::address`] (0 when too far):
     /// the place is asked for as soon as its entry is, not after `places`
-    /// says which it is. That is one dependent miss less, so the network's
-    /// search hides under the place table's, which it runs beside (4 bytes
-    /// a range; empty for the place tables, where it would cost 16 MB).
+    /// says which it is: one dependent miss less for the network's search,
+    /// which a lookup adds to the place table's (4 bytes a range; empty for
+    /// the place tables, where it would cost 16 MB).
     near: HugePages<i32>,
     first_place: usize,
     /// The search over the entries' starts.
@@ -568,8 +568,9 @@ impl<K: Key> Builder<K> {
 /// order. Lookups are memory-bound, so keys go in chunks, and each step of
 /// a chunk's searches is started for all of them before the next: the
 /// bucket asked for, the entry its search lands on asked for, whether that
-/// entry holds the key and its row asked for, the row's shared text asked for,
-/// then the results. The keys' and the indexes' misses overlap.
+/// entry holds the key and its row asked for (a network table's place too:
+/// it knows where that lies), the row's shared text asked for, then the
+/// results. The keys' and the indexes' misses overlap.
 pub fn search_together<K: Key, const N: usize>(
     indexes: [Option<&RangeIndex<K>>; N],
     keys: &[K],
