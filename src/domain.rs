@@ -609,7 +609,7 @@ impl Place {
     #[inline]
     pub fn prefetch_at(address: usize) {
         crate::memory::prefetch(address as *const u8);
-        crate::memory::prefetch((address + std::mem::size_of::<PlaceHeader>()) as *const u8);
+        crate::memory::prefetch(address.wrapping_add(std::mem::size_of::<PlaceHeader>()) as *const u8);
     }
 
     /// The size of the place's allocation: its count, header and text.
@@ -881,6 +881,13 @@ mod tests {
 
     fn v4(s: &str) -> Addr {
         Addr::V4(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_place_text_starts_where_prefetch_at_asks_for_it() {
+        let place = Place::from_columns(["CN", "中国", "", "广东", "", "广州", "", "电信"]);
+        let text = place.0.slice.as_ptr() as usize;
+        assert_eq!(text, place.address() + std::mem::size_of::<PlaceHeader>());
     }
 
     proptest::proptest! {
