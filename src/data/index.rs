@@ -413,7 +413,7 @@ impl<K: Key> RangeIndex<K> {
     pub fn heap_bytes(&self) -> usize {
         let text: usize = self.places.iter().map(Place::heap_bytes).sum();
         self.entries.len() * std::mem::size_of::<Entry<K>>()
-            + self.near.len() * 4
+            + self.near.len() * std::mem::size_of::<i32>()
             + self.starts.heap_bytes()
             + self.coverage.as_ref().map_or(0, |c| c.0.len() * 8)
             + self.places.capacity() * std::mem::size_of::<Place>()

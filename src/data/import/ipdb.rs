@@ -2,12 +2,11 @@
 //! children per node, and tab-separated records, one block of fields per
 //! language. IPv4 lives under `::ffff:0:0/96` of the same trie.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::{Codes, Family, Origin, Range, RangeBuilder, RangeSink, SourceError};
+use super::{Codes, Family, Origin, Range, RangeBuilder, RangeSink, SharedPlaces, SourceError};
 use crate::domain::{Place, PlaceBuf};
 
 #[derive(Debug, Deserialize)]
@@ -129,11 +128,8 @@ impl<'a> Ipdb<'a> {
             field("country_code"),
         ];
         let mut places: HashMap<u32, Place> = HashMap::new();
-        // Records differ in fields the tables do not keep (owner, continent):
-        // qqwry's 178,475 IPv4 records name 42,974 places. Each record's place is
-        // the one already made for the same values, so that the load holds
-        // one allocation per place, not one per record.
-        let mut distinct: hashbrown::HashSet<Place, RandomState> = hashbrown::HashSet::with_hasher(RandomState::new());
+        // qqwry's 178,475 IPv4 records name 42,974 places.
+        let mut shared = SharedPlaces::default();
         let mut leaf = |start: u128, end: u128, pointer: u32| -> Result<(), SourceError> {
             let place = match places.get(&pointer) {
                 Some(place) => place.clone(),
@@ -150,7 +146,7 @@ impl<'a> Ipdb<'a> {
                         ..PlaceBuf::default()
                     };
                     codes.fill(&mut place);
-                    let place = distinct.get_or_insert(place.build()).clone();
+                    let place = shared.share(place.build());
                     places.insert(pointer, place.clone());
                     place
                 }

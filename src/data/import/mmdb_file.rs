@@ -1,14 +1,13 @@
 //! MaxMind GeoIP2/GeoLite2 City files: every network of a family, mapped
 //! exactly as the service maps a MaxMind answer.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use maxminddb::{Reader, WithinOptions};
 
-use super::{Codes, Family, Origin, Range, RangeBuilder, RangeSink, SourceError};
+use super::{Codes, Family, Origin, Range, RangeBuilder, RangeSink, SharedPlaces, SourceError};
 use crate::data::mmdb::decode_place;
 use crate::domain::{Lang, Place, PlaceBuf};
 
@@ -40,11 +39,8 @@ pub fn ranges_into(
         .within(all, WithinOptions::default())
         .map_err(|e| SourceError::NotFormat(e.to_string()))?;
     let mut places: HashMap<usize, Option<Place>> = HashMap::new();
-    // Records differ in what is not stored (postal codes, coordinates):
-    // half a million of them name some 120,000 places. Each record's place
-    // is the one already made for the same values, so that the load holds
-    // one allocation per place, not one per record.
-    let mut distinct: hashbrown::HashSet<Place, RandomState> = hashbrown::HashSet::with_hasher(RandomState::new());
+    // Half a million records name some 120,000 places.
+    let mut shared = SharedPlaces::default();
     for found in networks {
         let found = found.map_err(|e| SourceError::NotFormat(e.to_string()))?;
         let network = found.network().map_err(|e| SourceError::NotFormat(e.to_string()))?;
@@ -72,7 +68,7 @@ pub fn ranges_into(
                 let place = place.map(|place| {
                     let mut place = PlaceBuf::from(&place);
                     codes.fill(&mut place);
-                    distinct.get_or_insert(place.build()).clone()
+                    shared.share(place.build())
                 });
                 places.insert(offset, place.clone());
                 place

@@ -104,6 +104,21 @@ impl RangeSink for RangeBuilder {
     }
 }
 
+/// The places a file reader has made, by value. A file's records often
+/// differ in values no table keeps (qqwry's owners, MaxMind's postal
+/// codes), so many records name one place; each gets the place already made
+/// for its values, and a load holds one allocation per place, not one per
+/// record.
+#[derive(Default)]
+struct SharedPlaces(hashbrown::HashSet<Place, std::collections::hash_map::RandomState>);
+
+impl SharedPlaces {
+    /// The place with `place`'s values, made before or now.
+    fn share(&mut self, place: Place) -> Place {
+        self.0.get_or_insert(place).clone()
+    }
+}
+
 /// What is wrong with a source file.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
