@@ -14,6 +14,7 @@
 //!
 //! `cargo bench --bench lookup`
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
@@ -103,11 +104,17 @@ fn generated(ranges: u32, places: u32) -> RangeIndex<u32> {
 }
 
 fn addresses(tables: &Tables, n: usize) -> Vec<String> {
+    sample(tables, n, 0)
+}
+
+/// `n` addresses as `bench` draws them, `ipv6_percent` of them IPv6 (from
+/// the v6 table's ranges).
+fn sample(tables: &Tables, n: usize, ipv6_percent: u8) -> Vec<String> {
     let options = SampleOptions {
         sample_database_url: None,
         sample_data: None,
         china_percent: 70,
-        ipv6_percent: 0,
+        ipv6_percent,
         invalid_percent: 0,
         seed: 7,
     };
@@ -291,8 +298,7 @@ fn maxmind(c: &mut Criterion) {
             std::hint::black_box(geo.lookup(ips[i], Lang::ZhCn).unwrap())
         })
     });
-    // The same database with its IPv4 networks held as a table (IPv6
-    // addresses still walk the tree).
+    // The same database with its networks held as tables.
     let ranged = open_mmdb(&data.mmdb);
     ranged.build_networks().unwrap();
     c.bench_function(
@@ -371,20 +377,12 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-/// Issue 31's realistic case: 128,000 distinct addresses drawn as `bench`
-/// draws them (70% in China), each looked up once per iteration, so that
-/// the figure per address is that of traffic missing the caches, not of a
-/// batch already hot. Each case reports the time per address.
-fn realistic(c: &mut Criterion) {
-    const N: usize = 128_000;
-    let data = load();
-    let mut distinct: Vec<Ipv4Addr> = addresses(&data.tables, 2 * N)
-        .iter()
-        .map(|a| a.parse().unwrap())
-        .collect();
+/// At most `n` distinct addresses of `drawn`, in a random order (a fixed
+/// shuffle).
+fn distinct_shuffled<T: std::str::FromStr<Err: fmt::Debug> + Ord>(drawn: Vec<String>, n: usize) -> Vec<T> {
+    let mut distinct: Vec<T> = drawn.iter().map(|a| a.parse().unwrap()).collect();
     distinct.sort_unstable();
     distinct.dedup();
-    // Back into a random order (a fixed shuffle), then the first N.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for i in (1..distinct.len()).rev() {
         state ^= state << 13;
@@ -392,7 +390,18 @@ fn realistic(c: &mut Criterion) {
         state ^= state << 17;
         distinct.swap(i, (state % (i as u64 + 1)) as usize);
     }
-    distinct.truncate(N);
+    distinct.truncate(n);
+    distinct
+}
+
+/// Issue 31's realistic case: 128,000 distinct addresses drawn as `bench`
+/// draws them (70% in China), each looked up once per iteration, so that
+/// the figure per address is that of traffic missing the caches, not of a
+/// batch already hot. Each case reports the time per address.
+fn realistic(c: &mut Criterion) {
+    const N: usize = 128_000;
+    let data = load();
+    let distinct: Vec<Ipv4Addr> = distinct_shuffled(addresses(&data.tables, 2 * N), N);
     let keys: Vec<u32> = distinct.iter().map(|&ip| u32::from(ip)).collect();
     let snapshot = data.tables.snapshot(Table::Cn);
     let TableIndex::V4(cn) = &snapshot.index else {
@@ -456,6 +465,35 @@ fn realistic(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
+    // IPv6 fallbacks, as many distinct ones as the sampler gives, in
+    // batches: walking the tree against the IPv6 network table, in one run.
+    let v6: Vec<IpAddr> = distinct_shuffled(sample(&data.tables, 2 * N, 100), N);
+    let walked = open_mmdb(&data.mmdb);
+    for (db, ip) in [&walked, &geo]
+        .into_iter()
+        .flat_map(|db| v6.iter().map(move |&ip| (db, ip)))
+    {
+        let _ = db.lookup(ip, Lang::ZhCn);
+    }
+    let v6_chunks = |db: &GeoDb| {
+        v6.chunks(1000)
+            .flat_map(|chunk| db.lookup_all(chunk, Lang::ZhCn))
+            .map(|answer| answer.unwrap().is_some() as usize)
+            .sum::<usize>()
+    };
+    group.throughput(Throughput::Elements(v6.len() as u64));
+    group.bench_function(
+        format!("maxmind IPv6 in batches of 1,000, tree walk ({} addresses)", v6.len()),
+        |b| b.iter(|| v6_chunks(&walked)),
+    );
+    group.bench_function(
+        format!(
+            "maxmind IPv6 in batches of 1,000, network table ({} addresses)",
+            v6.len()
+        ),
+        |b| b.iter(|| v6_chunks(&geo)),
+    );
+    group.throughput(Throughput::Elements(keys.len() as u64));
     group.bench_function(format!("one lookup as the server makes it, cn {}", data.what), |b| {
         b.iter(|| {
             distinct

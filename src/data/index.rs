@@ -32,6 +32,12 @@ pub trait Key: Copy + Ord + fmt::Debug + Send + Sync + Into<u128> + 'static {
     /// Whether a bucket's starts are searched in their low 16 bits:
     /// every start of a bucket shares the bits above them.
     const LOW_KEYS: bool;
+    const MIN: Self;
+    const MAX: Self;
+    /// The key one below; `self` is above [`Key::MIN`].
+    fn before(self) -> Self;
+    /// The key one above; `self` is below [`Key::MAX`].
+    fn after(self) -> Self;
     /// The first-level slot: the key's top 16 bits.
     fn slot(self) -> usize;
     /// The second-level slot: the `SUB_BITS` after the top 16.
@@ -52,6 +58,16 @@ impl Key for u32 {
     const SUB_BITS: u32 = 8;
     const FAMILY: Family = Family::V4;
     const LOW_KEYS: bool = true;
+    const MIN: u32 = u32::MIN;
+    const MAX: u32 = u32::MAX;
+
+    fn before(self) -> u32 {
+        self - 1
+    }
+
+    fn after(self) -> u32 {
+        self + 1
+    }
 
     fn slot(self) -> usize {
         (self >> 16) as usize
@@ -91,6 +107,16 @@ impl Key for u128 {
     const SUB_BITS: u32 = 12;
     const FAMILY: Family = Family::V6;
     const LOW_KEYS: bool = false;
+    const MIN: u128 = u128::MIN;
+    const MAX: u128 = u128::MAX;
+
+    fn before(self) -> u128 {
+        self - 1
+    }
+
+    fn after(self) -> u128 {
+        self + 1
+    }
 
     fn slot(self) -> usize {
         (self >> 112) as usize

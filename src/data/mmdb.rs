@@ -18,6 +18,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use crate::data::index::Key;
 use crate::data::starts::Starts;
 use crate::domain::{Lang, Located, Place, PlaceFields, Source};
 use crate::memory::prefetch;
@@ -59,62 +60,97 @@ pub struct GeoDb {
     /// The file's path, or a name for built-in data.
     label: String,
     places: PlaceCache,
-    /// Every IPv4 network of the file, once built.
-    networks: OnceLock<Networks>,
+    /// Every network of the file, once built.
+    networks: OnceLock<NetworkTables>,
 }
 
-/// The file's IPv4 networks flattened into one sorted table: where each
-/// starts and the record it points to, gaps included, so that a network
-/// ends where the next begins. A fallback then finds its network with a
-/// short search in memory instead of a walk down the file's tree (a cache
-/// miss a level, the cost of a lookup), and its place in the place cache,
-/// in any language; a place not cached yet comes from the walk, which
-/// caches it. Ten bytes a network (its start and record, and the start's
-/// low 16 bits again for the search), and the directory: 31 MB for
-/// GeoLite2 City's three million, gaps included.
-struct Networks {
-    starts: Starts<u32>,
-    networks: Box<[Network]>,
+/// The file's networks of one family flattened into one sorted table: where
+/// each starts and the record it points to, gaps included, so that a
+/// network ends where the next begins. A fallback then finds its network
+/// with a short search in memory instead of a walk down the file's tree (a
+/// cache miss a level, the cost of a lookup), and its place in the place
+/// cache, in any language; a place not cached yet comes from the walk,
+/// which caches it. An IPv4 network costs ten bytes (its start and record,
+/// and the start's low 16 bits again for the search), an IPv6 one twenty;
+/// with the directories, 31 MB for GeoLite2 City's three million IPv4
+/// networks and 11 MB for its half million IPv6 ones, gaps included.
+struct Networks<K> {
+    starts: Starts<K>,
+    networks: Box<[Network<K>]>,
 }
 
+/// Packed to 4 bytes, so that an IPv6 network takes 20 bytes, not 32.
 #[derive(Clone, Copy)]
-struct Network {
-    start: u32,
-    /// The record's offset in the data section, or [`NO_RECORD`].
+#[repr(C, packed(4))]
+struct Network<K> {
+    start: K,
+    /// The record's offset in the data section, [`NO_RECORD`] or [`IN_TREE`].
     record: u32,
 }
 
+/// The file's networks of both families, once built.
+struct NetworkTables {
+    v4: Networks<u32>,
+    /// None for an IPv4-only file.
+    v6: Option<Networks<u128>>,
+}
+
+/// How far a search of the [`NetworkTables`] has come.
+#[derive(Clone, Copy)]
+enum Search {
+    /// The bucket of networks to search, asked for.
+    V4(usize, usize),
+    V6(usize, usize),
+    /// The network found, asked for.
+    FoundV4(usize),
+    FoundV6(usize),
+    /// No table for the address: walk the tree.
+    Tree,
+}
+
 /// A /16 of more networks than this gets a second-level table. At the
-/// range index's 48, half of GeoLite2's /16s had one, doubling the table
-/// (24 -> 49 MB); at 256 it is 31 MB, and a bucket of up to 256 is
-/// searched in its low keys (counted up to 64, halved above).
+/// range index's 48, half of GeoLite2's IPv4 /16s had one, doubling the
+/// table (24 -> 49 MB); at 256 it is 31 MB, and an IPv4 bucket of up to
+/// 256 is searched in its low keys (counted up to 64, halved above).
 const CROWDED: u32 = 256;
 
 /// A gap between networks: addresses the file holds no record for.
 const NO_RECORD: u32 = u32::MAX;
 
-fn v4_key(ip: IpAddr) -> Option<u32> {
-    match ip {
-        IpAddr::V4(v4) => Some(u32::from(v4)),
-        IpAddr::V6(_) => None,
-    }
-}
+/// IPv6 addresses the table leaves to the tree walk: where the tree keeps
+/// its IPv4 networks (`::/96`) or points to them again (its aliases, such
+/// as `::ffff:0:0/96`, 6to4 and Teredo), which would take millions of
+/// rows to flatten.
+const IN_TREE: u32 = u32::MAX - 1;
 
-impl Networks {
-    /// The network holding `ip`: its first and last address and record.
+impl<K: Key> Networks<K> {
+    fn new(networks: Vec<Network<K>>) -> Networks<K> {
+        Networks {
+            starts: Starts::new(networks.len(), |i| networks[i].start, CROWDED),
+            networks: networks.into_boxed_slice(),
+        }
+    }
+
+    /// The bucket of networks sharing `ip`'s top bits, asked for (for
+    /// IPv6, whose buckets are searched in the networks, its middle one).
     #[inline]
-    fn find(&self, ip: u32) -> (u32, u32, u32) {
-        self.at(self.rank(ip, self.starts.bucket(ip)))
+    fn bucket(&self, ip: K) -> (usize, usize) {
+        let (lo, hi) = self.starts.bucket(ip);
+        if !K::LOW_KEYS {
+            prefetch(self.networks.as_ptr().wrapping_add((lo + hi) / 2));
+        }
+        (lo, hi)
     }
 
     /// The number of the network holding `ip`, given its bucket; the
     /// network asked for.
     #[inline]
-    fn rank(&self, ip: u32, (lo, hi): (usize, usize)) -> usize {
+    fn rank(&self, ip: K, (lo, hi): (usize, usize)) -> usize {
         let below = self.starts.rank(ip, (lo, hi), || {
-            self.networks[lo..hi].partition_point(|n| n.start <= ip)
+            self.networks[lo..hi].partition_point(|n| { n.start } <= ip)
         });
-        // The table starts at 0.0.0.0, so some network starts at or below `ip`.
+        // The table starts at the family's first address, so some network
+        // starts at or below `ip`.
         let i = below - 1;
         prefetch(&self.networks[i]);
         i
@@ -122,14 +158,99 @@ impl Networks {
 
     /// Network `i`'s first and last address and record.
     #[inline]
-    fn at(&self, i: usize) -> (u32, u32, u32) {
-        let end = self.networks.get(i + 1).map_or(u32::MAX, |next| next.start - 1);
-        (self.networks[i].start, end, self.networks[i].record)
+    fn at(&self, i: usize) -> (IpAddr, IpAddr, u32) {
+        let end = self.networks.get(i + 1).map_or(K::MAX, |next| next.start.before());
+        (self.networks[i].start.ip(), end.ip(), self.networks[i].record)
     }
 
     fn heap_bytes(&self) -> usize {
-        self.starts.heap_bytes() + self.networks.len() * std::mem::size_of::<Network>()
+        self.starts.heap_bytes() + self.networks.len() * std::mem::size_of::<Network<K>>()
     }
+}
+
+impl NetworkTables {
+    /// The network holding `ip`, if a table has its family.
+    #[inline]
+    fn find(&self, ip: IpAddr) -> Option<(IpAddr, IpAddr, u32)> {
+        let search = self.bucket(ip);
+        self.at(self.rank(ip, search))
+    }
+
+    /// A search's first step: `ip`'s bucket, asked for.
+    #[inline]
+    fn bucket(&self, ip: IpAddr) -> Search {
+        match (ip, &self.v6) {
+            (IpAddr::V4(v4), _) => {
+                let (lo, hi) = self.v4.bucket(u32::from(v4));
+                Search::V4(lo, hi)
+            }
+            (IpAddr::V6(v6), Some(table)) => {
+                let (lo, hi) = table.bucket(u128::from(v6));
+                Search::V6(lo, hi)
+            }
+            (IpAddr::V6(_), None) => Search::Tree,
+        }
+    }
+
+    /// A search's second step: the network holding `ip`, asked for.
+    #[inline]
+    fn rank(&self, ip: IpAddr, search: Search) -> Search {
+        match (ip, search, &self.v6) {
+            (IpAddr::V4(v4), Search::V4(lo, hi), _) => Search::FoundV4(self.v4.rank(u32::from(v4), (lo, hi))),
+            (IpAddr::V6(v6), Search::V6(lo, hi), Some(table)) => Search::FoundV6(table.rank(u128::from(v6), (lo, hi))),
+            _ => Search::Tree,
+        }
+    }
+
+    /// A search's end: the network found, as `(start, end, record)`.
+    #[inline]
+    fn at(&self, search: Search) -> Option<(IpAddr, IpAddr, u32)> {
+        match (search, &self.v6) {
+            (Search::FoundV4(i), _) => Some(self.v4.at(i)),
+            (Search::FoundV6(i), Some(table)) => Some(table.at(i)),
+            _ => None,
+        }
+    }
+}
+
+fn v4_bounds(network: IpNetwork) -> Option<(u32, u32)> {
+    match network {
+        IpNetwork::V4(net) => Some((net.network().into(), net.broadcast().into())),
+        IpNetwork::V6(_) => None,
+    }
+}
+
+fn v6_bounds(network: IpNetwork) -> Option<(u128, u128)> {
+    match network {
+        IpNetwork::V6(net) => Some((net.network().into(), net.broadcast().into())),
+        IpNetwork::V4(_) => None,
+    }
+}
+
+/// Collects a table's rows from the file's networks (`(start, end,
+/// record)` in address order, those of the other family left out),
+/// `gap` filling the space between them.
+fn flatten<K: Key>(
+    found: impl Iterator<Item = Result<(K, K, u32), MmdbError>>,
+    mut gap: impl FnMut(K, K, &mut Vec<Network<K>>) -> Result<(), MmdbError>,
+) -> Result<Vec<Network<K>>, MmdbError> {
+    let mut networks: Vec<Network<K>> = Vec::new();
+    // The first address no network read so far holds.
+    let mut next = Some(K::MIN);
+    for found in found {
+        let (start, end, record) = found?;
+        match next {
+            Some(next) if start > next => gap(next, start.before(), &mut networks)?,
+            Some(next) if start == next => {}
+            _ => return Err(MmdbError::Networks("networks out of order")),
+        }
+        networks.push(Network { start, record });
+        next = (end < K::MAX).then(|| end.after());
+    }
+    if let Some(next) = next {
+        gap(next, K::MAX, &mut networks)?;
+    }
+    Ok(networks)
 }
 
 impl GeoDb {
@@ -176,49 +297,90 @@ impl GeoDb {
         })
     }
 
-    /// Builds the table of IPv4 networks (0.15 s of CPU for GeoLite2
-    /// City: call it off the request path); lookups use it from then on.
+    /// Builds the tables of networks (0.15 s of CPU for GeoLite2 City's
+    /// IPv4 ones: call it off the request path); lookups use them from
+    /// then on.
     pub fn build_networks(&self) -> Result<(), MmdbError> {
-        let all: IpNetwork = "0.0.0.0/0".parse().expect("a valid network");
-        let mut networks: Vec<Network> = Vec::new();
-        // The first address no network read so far holds.
-        let mut next = Some(0u32);
-        for found in self.reader.within(all, WithinOptions::default())? {
-            let found = found?;
-            let network = found.network()?;
-            let (IpAddr::V4(start), IpAddr::V4(end)) = (network.network(), network.broadcast()) else {
-                continue;
-            };
-            let (start, end) = (u32::from(start), u32::from(end));
-            let record = found.offset().map_or(Ok(NO_RECORD), u32::try_from);
-            let record = record.map_err(|_| MmdbError::Networks("a record lies beyond 4 GiB"))?;
-            match next {
-                Some(next) if start > next => networks.push(Network {
-                    start: next,
-                    record: NO_RECORD,
-                }),
-                Some(next) if start == next => {}
-                _ => return Err(MmdbError::Networks("networks out of order")),
-            }
-            networks.push(Network { start, record });
-            next = end.checked_add(1);
-        }
-        if let Some(next) = next {
-            networks.push(Network {
-                start: next,
+        let no_record = |start, _, out: &mut Vec<_>| {
+            out.push(Network {
+                start,
                 record: NO_RECORD,
             });
-        }
-        let _ = self.networks.set(Networks {
-            starts: Starts::new(networks.len(), |i| networks[i].start, CROWDED),
-            networks: networks.into_boxed_slice(),
+            Ok(())
+        };
+        let v4 = flatten(self.networks_in("0.0.0.0/0", v4_bounds)?, no_record)?;
+        let v6 = match self.reader.metadata().ip_version {
+            6 => Some(flatten(self.networks_in("::/0", v6_bounds)?, |from, to, out| {
+                self.fill_v6_gap(from, to, out)
+            })?),
+            _ => None,
+        };
+        let _ = self.networks.set(NetworkTables {
+            v4: Networks::new(v4),
+            v6: v6.map(Networks::new),
         });
         Ok(())
     }
 
+    /// The file's networks within `all` whose bounds `bounds` gives (those
+    /// of the family asked for), as `(start, end, record)`, in address order.
+    fn networks_in<K: Key>(
+        &self,
+        all: &str,
+        bounds: fn(IpNetwork) -> Option<(K, K)>,
+    ) -> Result<impl Iterator<Item = Result<(K, K, u32), MmdbError>> + '_, MmdbError> {
+        let all: IpNetwork = all.parse().expect("a valid network");
+        let found = self.reader.within(all, WithinOptions::default())?;
+        Ok(found.filter_map(move |found| {
+            let row = || {
+                let found = found?;
+                let Some((start, end)) = bounds(found.network()?) else {
+                    return Ok(None);
+                };
+                match found.offset().map(u32::try_from) {
+                    None => Ok(Some((start, end, NO_RECORD))),
+                    Some(Ok(record)) if record < IN_TREE => Ok(Some((start, end, record))),
+                    Some(_) => Err(MmdbError::Networks("a record lies beyond 4 GiB")),
+                }
+            };
+            row().transpose()
+        }))
+    }
+
+    /// Rows for the IPv6 addresses `from..=to` that no network the file
+    /// lists holds: where the tree holds nothing, [`NO_RECORD`]; from the
+    /// first address it answers (an alias of its IPv4 networks, which the
+    /// listing leaves out), [`IN_TREE`] to the gap's end.
+    fn fill_v6_gap(&self, mut from: u128, to: u128, out: &mut Vec<Network<u128>>) -> Result<(), MmdbError> {
+        loop {
+            let result = self.reader.lookup(IpAddr::V6(from.into()))?;
+            let empty_to = match (result.offset(), result.network()?) {
+                (None, IpNetwork::V6(empty)) => u128::from(empty.broadcast()).min(to),
+                _ => {
+                    out.push(Network {
+                        start: from,
+                        record: IN_TREE,
+                    });
+                    return Ok(());
+                }
+            };
+            if out.last().is_none_or(|last| last.record != NO_RECORD) {
+                out.push(Network {
+                    start: from,
+                    record: NO_RECORD,
+                });
+            }
+            if empty_to == to {
+                return Ok(());
+            }
+            from = empty_to + 1;
+        }
+    }
+
     /// Bytes the table of networks holds, once built.
     pub fn networks_bytes(&self) -> Option<usize> {
-        self.networks.get().map(Networks::heap_bytes)
+        let networks = self.networks.get()?;
+        Some(networks.v4.heap_bytes() + networks.v6.as_ref().map_or(0, Networks::heap_bytes))
     }
 
     pub fn label(&self) -> &str {
@@ -243,56 +405,58 @@ impl GeoDb {
     /// that language is missing. A record with neither `country` nor
     /// `registered_country` is no answer.
     pub fn lookup(&self, ip: IpAddr, lang: Lang) -> Result<Option<Located>, MmdbError> {
-        match (ip, self.networks.get()) {
-            (IpAddr::V4(v4), Some(networks)) => self.answer(ip, networks.find(u32::from(v4)), lang),
-            _ => self.lookup_in_tree(ip, lang),
+        match self.networks.get() {
+            Some(networks) => self.answer(ip, networks.find(ip), lang),
+            None => self.lookup_in_tree(ip, lang),
         }
     }
 
-    /// [`GeoDb::lookup`] for each of `ips`, in order. The IPv4 addresses'
-    /// searches of the network table go in chunks, each step started for
-    /// all of a chunk's addresses before the next, so that their misses
-    /// overlap.
+    /// [`GeoDb::lookup`] for each of `ips`, in order. The searches of the
+    /// network tables go in chunks, each step started for all of a
+    /// chunk's addresses before the next, so that their misses overlap.
     pub fn lookup_all(&self, ips: &[IpAddr], lang: Lang) -> Vec<Result<Option<Located>, MmdbError>> {
         const CHUNK: usize = 16;
         let Some(networks) = self.networks.get() else {
             return ips.iter().map(|&ip| self.lookup_in_tree(ip, lang)).collect();
         };
         let mut out = Vec::with_capacity(ips.len());
-        let (mut buckets, mut found) = ([None; CHUNK], [None; CHUNK]);
+        let mut searches = [Search::Tree; CHUNK];
         for chunk in ips.chunks(CHUNK) {
-            for (bucket, &ip) in buckets.iter_mut().zip(chunk) {
-                *bucket = v4_key(ip).map(|ip| networks.starts.bucket(ip));
+            for (search, &ip) in searches.iter_mut().zip(chunk) {
+                *search = networks.bucket(ip);
             }
-            for ((found, bucket), &ip) in found.iter_mut().zip(buckets).zip(chunk) {
-                *found = bucket.zip(v4_key(ip)).map(|(bucket, ip)| networks.rank(ip, bucket));
+            for (search, &ip) in searches.iter_mut().zip(chunk) {
+                *search = networks.rank(ip, *search);
             }
-            for (found, &ip) in found.iter().zip(chunk) {
-                out.push(match found {
-                    Some(i) => self.answer(ip, networks.at(*i), lang),
-                    None => self.lookup_in_tree(ip, lang),
-                });
+            for (&search, &ip) in searches.iter().zip(chunk) {
+                out.push(self.answer(ip, networks.at(search), lang));
             }
         }
         out
     }
 
-    /// The answer for `ip` in network `(start, end, record)` of the
-    /// table: from the place cache, else from a walk of the tree.
+    /// The answer for `ip` in network `(start, end, record)` of a table,
+    /// from the place cache, or else (a place not cached yet, an address
+    /// the table leaves to the tree, or no table) from a walk of the tree.
     fn answer(
         &self,
         ip: IpAddr,
-        (start, end, record): (u32, u32, u32),
+        network: Option<(IpAddr, IpAddr, u32)>,
         lang: Lang,
     ) -> Result<Option<Located>, MmdbError> {
-        if record == NO_RECORD {
-            return Ok(None);
+        let Some((start, end, record)) = network else {
+            return self.lookup_in_tree(ip, lang);
+        };
+        match record {
+            NO_RECORD => return Ok(None),
+            IN_TREE => return self.lookup_in_tree(ip, lang),
+            _ => {}
         }
         match self.places.get(record as usize, lang) {
             Some(place) => Ok(place.map(|place| Located {
                 place,
-                start: IpAddr::V4(start.into()),
-                end: IpAddr::V4(end.into()),
+                start,
+                end,
                 source: Source::MaxMind,
                 network: None,
                 corrected: false,
@@ -601,7 +765,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
 #[derive(Clone)]
 pub struct MaxMind {
     current: Arc<ArcSwap<GeoDb>>,
-    /// Whether each database served gets its table of IPv4 networks.
+    /// Whether each database served gets its tables of networks.
     networks: bool,
 }
 
@@ -618,7 +782,7 @@ impl MaxMind {
         }
     }
 
-    /// When `wanted`, builds the table of IPv4 networks of this database
+    /// When `wanted`, builds the tables of networks of this database
     /// and of each one that replaces it, each on a thread of its own;
     /// lookups walk the tree until it is ready.
     pub fn with_networks(mut self, wanted: bool) -> MaxMind {
@@ -652,7 +816,7 @@ fn build_networks_aside(db: Arc<GeoDb>) {
                 mmdb = db.label(),
                 megabytes = db.networks_bytes().unwrap_or_default() / 1_000_000,
                 seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
-                "MaxMind IPv4 networks held as a table"
+                "MaxMind networks held as tables"
             ),
             Err(err) => warn!(mmdb = db.label(), error = %err, "MaxMind answers stay on the tree walk"),
         }
@@ -664,75 +828,148 @@ fn build_networks_aside(db: Arc<GeoDb>) {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
 
-    #[test]
-    fn the_network_table_answers_every_ipv4_address_as_the_tree_walk_does() {
-        let sample = include_bytes!("../../data/sample/GeoLite2-City-sample.mmdb");
-        let db = GeoDb::from_static(sample, "sample").unwrap();
-        // Every network's edges and their neighbours, and addresses spread
-        // over the whole space.
-        let mut probes: Vec<u32> = Vec::new();
-        let all: IpNetwork = "0.0.0.0/0".parse().unwrap();
-        for found in db.reader.within(all, WithinOptions::default()).unwrap() {
-            let network = found.unwrap().network().unwrap();
-            if let (IpAddr::V4(start), IpAddr::V4(end)) = (network.network(), network.broadcast()) {
-                let (start, end) = (u32::from(start), u32::from(end));
-                probes.extend([start.wrapping_sub(1), start, end, end.wrapping_add(1)]);
-            }
-        }
-        assert!(probes.len() > 100, "the sample has networks");
-        let mut x = 1u32;
-        probes.extend((0..20_000).map(|_| {
-            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            x
-        }));
-        let by_tree = |lang| -> Vec<Option<Located>> {
-            probes
-                .iter()
-                .map(|&ip| db.lookup_in_tree(Ipv4Addr::from(ip).into(), lang).unwrap())
-                .collect()
-        };
-        // From a reader of its own: the table's lookups start with a cold
+    const SAMPLE: &[u8] = include_bytes!("../../data/sample/GeoLite2-City-sample.mmdb");
+
+    /// Each of the sample's networks within `all`, as its first and last
+    /// address.
+    fn sample_networks(all: &str) -> Vec<(IpAddr, IpAddr)> {
+        let db = GeoDb::from_static(SAMPLE, "sample").unwrap();
+        let all: IpNetwork = all.parse().unwrap();
+        let found = db.reader.within(all, WithinOptions::default()).unwrap();
+        found
+            .map(|found| {
+                let network = found.unwrap().network().unwrap();
+                (network.network(), network.broadcast())
+            })
+            .collect()
+    }
+
+    /// A pseudo-random number after `x`.
+    fn next(x: &mut u64) -> u64 {
+        *x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        *x >> 11
+    }
+
+    /// Holds the sample's network tables to the tree walk for `probes`: one
+    /// by one with the place cache cold and then warm, in each language,
+    /// and in batches; returns the answers.
+    fn answers_as_the_tree_does(probes: &[IpAddr]) -> Vec<Option<Located>> {
+        let db = GeoDb::from_static(SAMPLE, "sample").unwrap();
+        let by_tree =
+            |lang| -> Vec<Option<Located>> { probes.iter().map(|&ip| db.lookup_in_tree(ip, lang).unwrap()).collect() };
+        // From a reader of its own: the tables' lookups start with a cold
         // place cache, then run again with it warm.
-        let flat = GeoDb::from_static(sample, "sample").unwrap();
+        let flat = GeoDb::from_static(SAMPLE, "sample").unwrap();
         flat.build_networks().unwrap();
         assert!(flat.networks_bytes().is_some());
         for lang in [Lang::ZhCn, Lang::En, Lang::Ja] {
             let expected = by_tree(lang);
             for _ in 0..2 {
-                let found: Vec<_> = probes
-                    .iter()
-                    .map(|&ip| flat.lookup(Ipv4Addr::from(ip).into(), lang).unwrap())
-                    .collect();
+                let found: Vec<_> = probes.iter().map(|&ip| flat.lookup(ip, lang).unwrap()).collect();
                 assert_eq!(found, expected, "{lang:?}");
                 assert!(found.iter().any(Option::is_some) && found.iter().any(Option::is_none));
             }
         }
-        // In batches, IPv6 addresses (::a.b.c.d, where the tree keeps its
-        // IPv4 networks) among them: what one by one gives.
-        let mixed: Vec<IpAddr> = probes
-            .iter()
-            .enumerate()
-            .map(|(i, &ip)| match i % 5 {
-                0 => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(ip))),
-                _ => IpAddr::V4(ip.into()),
-            })
-            .collect();
-        let one_by_one: Vec<_> = mixed.iter().map(|&ip| flat.lookup(ip, Lang::En).unwrap()).collect();
-        assert!(
-            one_by_one.iter().step_by(5).any(Option::is_some),
-            "some IPv6 address is known"
-        );
+        let one_by_one: Vec<_> = probes.iter().map(|&ip| flat.lookup(ip, Lang::En).unwrap()).collect();
         for batch in [1, 7, 1000] {
-            let together: Vec<_> = mixed
+            let together: Vec<_> = probes
                 .chunks(batch)
                 .flat_map(|chunk| flat.lookup_all(chunk, Lang::En))
                 .map(Result::unwrap)
                 .collect();
             assert_eq!(together, one_by_one, "batches of {batch}");
         }
+        one_by_one
+    }
+
+    #[test]
+    fn the_network_table_answers_every_ipv4_address_as_the_tree_walk_does() {
+        // Every network's edges and their neighbours, and addresses spread
+        // over the whole space.
+        let mut probes: Vec<u32> = Vec::new();
+        for (start, end) in sample_networks("0.0.0.0/0") {
+            if let (IpAddr::V4(start), IpAddr::V4(end)) = (start, end) {
+                let (start, end) = (u32::from(start), u32::from(end));
+                probes.extend([start.wrapping_sub(1), start, end, end.wrapping_add(1)]);
+            }
+        }
+        assert!(probes.len() > 100, "the sample has networks");
+        let mut x = 1;
+        probes.extend((0..20_000).map(|_| next(&mut x) as u32));
+        // IPv6 addresses (::a.b.c.d, where the tree keeps its IPv4
+        // networks) among them.
+        let mixed: Vec<IpAddr> = probes
+            .iter()
+            .enumerate()
+            .map(|(i, &ip)| match i % 5 {
+                0 => IpAddr::V6(Ipv6Addr::from(u128::from(ip))),
+                _ => IpAddr::V4(ip.into()),
+            })
+            .collect();
+        let answers = answers_as_the_tree_does(&mixed);
+        assert!(
+            answers.iter().step_by(5).any(Option::is_some),
+            "some IPv6 address is known"
+        );
+    }
+
+    #[test]
+    fn the_ipv6_network_table_answers_as_the_tree_walk_does() {
+        let networks = sample_networks("::/0");
+        let mut probes: Vec<u128> = Vec::new();
+        for &(start, end) in &networks {
+            if let (IpAddr::V6(start), IpAddr::V6(end)) = (start, end) {
+                let (start, end) = (u128::from(start), u128::from(end));
+                probes.extend([start.wrapping_sub(1), start, end, end.wrapping_add(1)]);
+            }
+        }
+        assert!(probes.len() > 100, "the sample has IPv6 networks");
+        let mut x = 7;
+        let mut random =
+            || (u128::from(next(&mut x)) << 75) ^ (u128::from(next(&mut x)) << 22) ^ u128::from(next(&mut x));
+        for _ in 0..10_000 {
+            // Anywhere, in global unicast space, and in the tree's IPv4
+            // space and its aliases of it (IPv4-mapped, 6to4, Teredo),
+            // where an IPv4 address the sample knows may sit.
+            let v4 = u128::from(u32::from(Ipv4Addr::new(81, 2, 69, 142)) ^ (random() as u32 & 0xffff));
+            probes.extend([
+                random(),
+                random() >> 3 | 0x2000 << 112,
+                v4,
+                0xffff << 32 | v4,
+                0x2002 << 112 | v4 << 80,
+                0x2001_0000 << 96 | !v4 & 0xffff_ffff,
+            ]);
+        }
+        let probes: Vec<IpAddr> = probes.into_iter().map(|ip| IpAddr::V6(ip.into())).collect();
+        let answers = answers_as_the_tree_does(&probes);
+        assert!(answers
+            .iter()
+            .flatten()
+            .any(|found| matches!(found.start, IpAddr::V6(start) if start.segments()[0] >= 0x2000)));
+
+        // The table answers global unicast space itself, and leaves the
+        // tree's IPv4 space to the walk (the sample has no aliases of it:
+        // `tests/api/real_data.rs` holds those on the real file).
+        let db = GeoDb::from_static(SAMPLE, "sample").unwrap();
+        db.build_networks().unwrap();
+        let table = db.networks.get().unwrap().v6.as_ref().unwrap();
+        let record_of = |ip: &str| {
+            let ip: Ipv6Addr = ip.parse().unwrap();
+            table.at(table.rank(u128::from(ip), table.bucket(u128::from(ip)))).2
+        };
+        assert_eq!(record_of("::81.2.69.142"), IN_TREE);
+        let (known, _) = networks
+            .iter()
+            .find(|(start, _)| matches!(start, IpAddr::V6(s) if s.segments()[0] >= 0x2000))
+            .unwrap();
+        assert!(record_of(&known.to_string()) < IN_TREE);
+        assert_eq!(record_of("3fff:ffff::1"), NO_RECORD);
     }
 }

@@ -985,7 +985,7 @@ async fn mmdb_ranges_answer_as_the_tree_walk_and_are_built_again_for_a_replaced_
         &[],
     )
     .await;
-    let held = "MaxMind IPv4 networks held as a table";
+    let held = "MaxMind networks held as tables";
     until_logged(&server, held, 1).await;
     // Each field as the tree walk gives it (serve_answers_and_exits_cleanly_on_sigterm),
     // the network's bounds included, in zh-CN and English.

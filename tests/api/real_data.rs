@@ -74,8 +74,8 @@ async fn real_qqwry_over_an_edited_copy_reports_exactly_the_edits() {
 
 #[test]
 #[ignore = "needs data/ from scripts/fetch-data.sh"]
-fn geolite2_answers_from_the_network_table_are_the_tree_walks_answers() {
-    use std::net::{IpAddr, Ipv4Addr};
+fn geolite2_answers_from_the_network_tables_are_the_tree_walks_answers() {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     use xm_ip_service::data::mmdb::GeoDb;
     use xm_ip_service::domain::Lang;
 
@@ -83,16 +83,52 @@ fn geolite2_answers_from_the_network_table_are_the_tree_walks_answers() {
     let tree = GeoDb::open(&path).unwrap();
     let table = GeoDb::open(&path).unwrap();
     table.build_networks().unwrap();
-    let mut x = 7u32;
+    let mut x = 7u64;
+    let mut next = || {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        x >> 11
+    };
+    let mut probes = Vec::new();
     for _ in 0..500_000 {
-        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        let ip = IpAddr::V4(Ipv4Addr::from(x));
-        for lang in [Lang::ZhCn, Lang::En, Lang::Ja] {
-            assert_eq!(
-                table.lookup(ip, lang).unwrap(),
-                tree.lookup(ip, lang).unwrap(),
-                "{ip} {lang:?}"
-            );
+        let v4 = next() as u32;
+        let v6 = (u128::from(next()) << 75) ^ (u128::from(next()) << 22) ^ u128::from(next());
+        probes.push(IpAddr::V4(Ipv4Addr::from(v4)));
+        // IPv6 anywhere, in global unicast space (whose allocations
+        // crowd into 2001::/16 and 2a00::/12), and where the tree keeps
+        // its IPv4 networks or aliases them: ::a.b.c.d, IPv4-mapped, 6to4
+        // and Teredo.
+        for v6 in [
+            v6,
+            v6 >> 3 | 0x2000 << 112,
+            v6 >> 16 | 0x2001 << 112,
+            v6 >> 12 | 0x2a0 << 116,
+            v6 >> 32 | 0x2a02 << 112,
+            u128::from(v4),
+            0xffff << 32 | u128::from(v4),
+            0x2002 << 112 | u128::from(v4) << 80,
+            0x2001_0000 << 96 | u128::from(!v4),
+        ] {
+            probes.push(IpAddr::V6(Ipv6Addr::from(v6)));
         }
+    }
+    let mut known = 0;
+    for &ip in &probes {
+        for lang in [Lang::ZhCn, Lang::En] {
+            let found = table.lookup(ip, lang).unwrap();
+            assert_eq!(found, tree.lookup(ip, lang).unwrap(), "{ip} {lang:?}");
+            known += usize::from(found.is_some() && ip.is_ipv6());
+        }
+    }
+    assert!(known > 1_000_000, "{known} IPv6 answers");
+    for chunk in probes.chunks(1_000).step_by(10) {
+        let together: Vec<_> = table
+            .lookup_all(chunk, Lang::En)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let one_by_one: Vec<_> = chunk.iter().map(|&ip| tree.lookup(ip, Lang::En).unwrap()).collect();
+        assert_eq!(together, one_by_one);
     }
 }

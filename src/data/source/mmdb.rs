@@ -30,8 +30,8 @@ enum FileCheck {
 
 impl MmdbFile {
     /// Opens `path`, remembering its version so that a replacement is
-    /// noticed; with `networks`, each version's IPv4 networks are also
-    /// held as a table ([`MaxMind::with_networks`]).
+    /// noticed; with `networks`, each version's networks are also
+    /// held as tables ([`MaxMind::with_networks`]).
     pub fn open(path: &Path, metrics: Arc<Metrics>, networks: bool) -> Result<MmdbFile, MmdbError> {
         let seen = signature(path).ok();
         let maxmind = MaxMind::open(path)?;
