@@ -71,19 +71,20 @@ pub struct GeoDb {
 /// cache miss a level, the cost of a lookup), and its place in the place
 /// cache, in any language; a place not cached yet comes from the walk,
 /// which caches it. An IPv4 network costs ten bytes (its start and record,
-/// and the start's low 16 bits again for the search), an IPv6 one twenty;
-/// with the directories, 31 MB for GeoLite2 City's three million IPv4
-/// networks and 11 MB for its half million IPv6 ones, gaps included.
-struct Networks<K> {
+/// and the start's low 16 bits again for the search), an IPv6 one twelve
+/// (see [`Stored`]); with the directories, 31 MB for GeoLite2 City's three
+/// million IPv4 networks and 6 MB for its half million IPv6 ones, gaps
+/// included.
+struct Networks<K: Stored> {
     starts: Starts<K>,
-    networks: Box<[Network<K>]>,
+    networks: Box<[Network<K::Start>]>,
 }
 
-/// Packed to 4 bytes, so that an IPv6 network takes 20 bytes, not 32.
+/// Packed to 4 bytes, so that an IPv6 row takes 12 bytes, not 16.
 #[derive(Clone, Copy)]
 #[repr(C, packed(4))]
-struct Network<K> {
-    start: K,
+struct Network<S> {
+    start: S,
     /// The record's offset in the data section, [`NO_RECORD`] or [`IN_TREE`].
     record: u32,
 }
@@ -123,11 +124,53 @@ const NO_RECORD: u32 = u32::MAX;
 /// rows to flatten.
 const IN_TREE: u32 = u32::MAX - 1;
 
-impl<K: Key> Networks<K> {
+/// How a table keeps its starts. An IPv6 table keeps their top 64 bits:
+/// a network the file lists down to a /64 or shorter starts and ends on a
+/// /64's edges, and a /64 that holds longer networks (a tenth of
+/// GeoLite2's) is left to the tree walk whole ([`by_64`]).
+trait Stored: Key {
+    type Start: Copy;
+    fn stored(self) -> Self::Start;
+    fn full(start: Self::Start) -> Self;
+}
+
+impl Stored for u32 {
+    type Start = u32;
+
+    fn stored(self) -> u32 {
+        self
+    }
+
+    fn full(start: u32) -> u32 {
+        start
+    }
+}
+
+impl Stored for u128 {
+    type Start = u64;
+
+    fn stored(self) -> u64 {
+        (self >> 64) as u64
+    }
+
+    fn full(start: u64) -> u128 {
+        u128::from(start) << 64
+    }
+}
+
+impl<K: Stored> Networks<K> {
+    /// The table of `networks`, whose starts `K::stored` keeps whole.
     fn new(networks: Vec<Network<K>>) -> Networks<K> {
+        let networks: Box<[Network<K::Start>]> = networks
+            .into_iter()
+            .map(|n| Network {
+                start: n.start.stored(),
+                record: n.record,
+            })
+            .collect();
         Networks {
-            starts: Starts::new(networks.len(), |i| networks[i].start, CROWDED),
-            networks: networks.into_boxed_slice(),
+            starts: Starts::new(networks.len(), |i| K::full(networks[i].start), CROWDED),
+            networks,
         }
     }
 
@@ -147,7 +190,7 @@ impl<K: Key> Networks<K> {
     #[inline]
     fn rank(&self, ip: K, (lo, hi): (usize, usize)) -> usize {
         let below = self.starts.rank(ip, (lo, hi), || {
-            self.networks[lo..hi].partition_point(|n| { n.start } <= ip)
+            self.networks[lo..hi].partition_point(|n| K::full(n.start) <= ip)
         });
         // The table starts at the family's first address, so some network
         // starts at or below `ip`.
@@ -159,12 +202,15 @@ impl<K: Key> Networks<K> {
     /// Network `i`'s first and last address and record.
     #[inline]
     fn at(&self, i: usize) -> (IpAddr, IpAddr, u32) {
-        let end = self.networks.get(i + 1).map_or(K::MAX, |next| next.start.before());
-        (self.networks[i].start.ip(), end.ip(), self.networks[i].record)
+        let end = self
+            .networks
+            .get(i + 1)
+            .map_or(K::MAX, |next| K::full(next.start).before());
+        (K::full(self.networks[i].start).ip(), end.ip(), self.networks[i].record)
     }
 
     fn heap_bytes(&self) -> usize {
-        self.starts.heap_bytes() + self.networks.len() * std::mem::size_of::<Network<K>>()
+        self.starts.heap_bytes() + self.networks.len() * std::mem::size_of::<Network<K::Start>>()
     }
 }
 
@@ -253,6 +299,41 @@ fn flatten<K: Key>(
     Ok(networks)
 }
 
+/// IPv6 rows whose starts are all a /64's first address: each /64 in
+/// which a row starts elsewhere (it holds networks longer than /64, or a
+/// gap between them) becomes one [`IN_TREE`] row, and the row that covered
+/// its end goes on from the next /64 (only a gap or [`IN_TREE`] can: a
+/// network that starts inside a /64 ends inside it).
+fn by_64(rows: &[Network<u128>]) -> Vec<Network<u128>> {
+    let slash_64 = |start: u128| start >> 64;
+    let mut out: Vec<Network<u128>> = Vec::with_capacity(rows.len());
+    let mut push = |start: u128, record: u32| match out.last() {
+        Some(last) if last.record == record && record >= IN_TREE => {}
+        _ => out.push(Network { start, record }),
+    };
+    let mut i = 0;
+    while i < rows.len() {
+        let (start, record) = (rows[i].start, rows[i].record);
+        let same = rows[i..]
+            .iter()
+            .take_while(|n| slash_64(n.start) == slash_64(start))
+            .count();
+        if same == 1 && start as u64 == 0 {
+            push(start, record);
+        } else {
+            push(slash_64(start) << 64, IN_TREE);
+            // The next /64, unless it is the next row's own.
+            let next = slash_64(start) + 1;
+            let covered = rows.get(i + same).is_none_or(|n| slash_64(n.start) > next);
+            if next <= u64::MAX as u128 && covered {
+                push(next << 64, rows[i + same - 1].record);
+            }
+        }
+        i += same;
+    }
+    out
+}
+
 impl GeoDb {
     /// Maps `path` and checks that it is a City-type database, so that a
     /// wrong file fails at start-up rather than answering every lookup empty.
@@ -317,7 +398,7 @@ impl GeoDb {
         };
         let _ = self.networks.set(NetworkTables {
             v4: Networks::new(v4),
-            v6: v6.map(Networks::new),
+            v6: v6.map(|v6| Networks::new(by_64(&v6))),
         });
         Ok(())
     }
@@ -917,6 +998,31 @@ mod tests {
             answers.iter().step_by(5).any(Option::is_some),
             "some IPv6 address is known"
         );
+    }
+
+    #[test]
+    fn a_slash_64_with_longer_networks_or_a_gap_starting_inside_it_is_left_to_the_tree() {
+        let row = |hi: u128, lo: u128, record| Network {
+            start: hi << 64 | lo,
+            record,
+        };
+        let rows = [
+            row(0, 0, NO_RECORD),
+            row(1, 0, 10),
+            // A /65 and the /65 after it; then a /126 and a gap from
+            // inside its /64 to the end of 5's.
+            row(2, 0, 11),
+            row(2, 1 << 63, 12),
+            row(3, 0, 13),
+            row(3, 4, NO_RECORD),
+            row(6, 0, 14),
+        ];
+        let kept: Vec<(u128, u32)> = by_64(&rows).iter().map(|n| ({ n.start } >> 64, n.record)).collect();
+        assert_eq!(kept, [(0, NO_RECORD), (1, 10), (2, IN_TREE), (4, NO_RECORD), (6, 14)]);
+        // The last /64 mixed: nothing after it.
+        let top = u64::MAX as u128;
+        let kept = by_64(&[row(top, 0, 20), row(top, 1, NO_RECORD)]);
+        assert_eq!(kept.iter().map(|n| n.record).collect::<Vec<_>>(), [IN_TREE]);
     }
 
     #[test]
