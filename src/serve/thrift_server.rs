@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use thrift::ApplicationErrorKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
@@ -45,7 +46,7 @@ pub const READ_AHEAD: usize = 16 * 1024;
 /// aborts what is still running, and returns once every connection task
 /// has ended.
 pub async fn run(listener: TcpListener, handler: Handler, limits: Thrift, requests: Requests, shutdown: impl Future) {
-    let stop = CancellationToken::new();
+    let stop = Stop::default();
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
     let limits = Arc::new(limits);
@@ -76,7 +77,7 @@ pub async fn run(listener: TcpListener, handler: Handler, limits: Thrift, reques
         _ = shutdown => {}
     }
     drop(acceptor);
-    stop.cancel();
+    stop.begin();
     tracker.close();
     if tokio::time::timeout(requests.shutdown_timeout, tracker.wait())
         .await
@@ -100,13 +101,38 @@ struct ConnectionContext {
     /// Most addresses in one request; a longer list is refused while it is
     /// decoded, before anything is allocated for it.
     max_batch: usize,
-    stop: CancellationToken,
+    stop: Stop,
     /// Request bytes in buffers beyond the read-ahead.
     requests: Budget,
     /// Large replies, and replies stalled on their peer.
     replies: Budget,
     /// Warnings about peers, one line per reason per interval.
     warnings: Arc<Throttle>,
+}
+
+/// Shutdown as the connections see it: the token their waits select on,
+/// and a flag for the check every message makes before it starts
+/// (`CancellationToken::is_cancelled` takes the token tree's mutex, which
+/// every connection shares).
+#[derive(Clone, Default)]
+struct Stop {
+    token: CancellationToken,
+    begun: Arc<AtomicBool>,
+}
+
+impl Stop {
+    fn begin(&self) {
+        self.begun.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    fn has_begun(&self) -> bool {
+        self.begun.load(Ordering::Acquire)
+    }
+
+    fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
 }
 
 async fn accept_loop(
@@ -306,7 +332,7 @@ impl Connection {
             };
             let room = self.make_room_for_reply(wire, &found).await?;
             // Requests already buffered are not started once shutdown has begun.
-            if self.shared.stop.is_cancelled() {
+            if self.shared.stop.has_begun() {
                 return Err(Closed::Shutdown);
             }
             let message = &self.buf[found.body..found.end];
