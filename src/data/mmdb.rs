@@ -70,19 +70,20 @@ pub struct GeoDb {
 /// with a short search in memory instead of a walk down the file's tree (a
 /// cache miss a level, the cost of a lookup), and its place in the place
 /// cache, in any language; a place not cached yet comes from the walk,
-/// which caches it. An IPv4 network costs ten bytes (its start and record,
-/// and the start's low 16 bits again for the search), an IPv6 one twelve
-/// (see [`Stored`]); with the directories, 31 MB for GeoLite2 City's three
-/// million IPv4 networks and 6 MB for its half million IPv6 ones, gaps
-/// included.
+/// which caches it. An IPv4 network costs eight bytes (its record, its
+/// start's low 16 bits for the search and its top 16 bits), an IPv6 one
+/// twelve (see [`Stored`]); with the directories, 25 MB for GeoLite2
+/// City's three million IPv4 networks and 7 MB for its half million IPv6
+/// ones, gaps included.
 struct Networks<K: Stored> {
     starts: Starts<K>,
     networks: Box<[Network<K::Start>]>,
 }
 
-/// Packed to 4 bytes, so that an IPv6 row takes 12 bytes, not 16.
+/// Packed to 2 bytes, so that a row takes 6 bytes (IPv4) or 12 (IPv6),
+/// not 8 or 16.
 #[derive(Clone, Copy)]
-#[repr(C, packed(4))]
+#[repr(C, packed(2))]
 struct Network<S> {
     start: S,
     /// The record's offset in the data section, [`NO_RECORD`] or [`IN_TREE`].
@@ -94,19 +95,6 @@ struct NetworkTables {
     v4: Networks<u32>,
     /// None for an IPv4-only file.
     v6: Option<Networks<u128>>,
-}
-
-/// How far a search of the [`NetworkTables`] has come.
-#[derive(Clone, Copy)]
-enum Search {
-    /// The bucket of networks to search, asked for.
-    V4(usize, usize),
-    V6(usize, usize),
-    /// The network found, asked for.
-    FoundV4(usize),
-    FoundV6(usize),
-    /// No table for the address: walk the tree.
-    Tree,
 }
 
 /// A /16 of more networks than this gets a second-level table. At the
@@ -124,25 +112,28 @@ const NO_RECORD: u32 = u32::MAX;
 /// rows to flatten.
 const IN_TREE: u32 = u32::MAX - 1;
 
-/// How a table keeps its starts. An IPv6 table keeps their top 64 bits:
-/// a network the file lists down to a /64 or shorter starts and ends on a
-/// /64's edges, and a /64 that holds longer networks (a tenth of
-/// GeoLite2's) is left to the tree walk whole ([`by_64`]).
+/// How a table keeps its starts. An IPv4 table keeps their top 16 bits
+/// beside the record: the search's low keys hold the rest. An IPv6 table
+/// keeps their top 64 bits: a network the file lists down to a /64 or
+/// shorter starts and ends on a /64's edges, and a /64 that holds longer
+/// networks (a tenth of GeoLite2's) is left to the tree walk whole
+/// ([`by_64`]).
 trait Stored: Key {
     type Start: Copy;
     fn stored(self) -> Self::Start;
-    fn full(start: Self::Start) -> Self;
+    /// The start again, from what a row keeps and its low key.
+    fn full(start: Self::Start, low: u16) -> Self;
 }
 
 impl Stored for u32 {
-    type Start = u32;
+    type Start = u16;
 
-    fn stored(self) -> u32 {
-        self
+    fn stored(self) -> u16 {
+        (self >> 16) as u16
     }
 
-    fn full(start: u32) -> u32 {
-        start
+    fn full(start: u16, low: u16) -> u32 {
+        u32::from(start) << 16 | u32::from(low)
     }
 }
 
@@ -153,7 +144,8 @@ impl Stored for u128 {
         (self >> 64) as u64
     }
 
-    fn full(start: u64) -> u128 {
+    /// IPv6 has no low keys.
+    fn full(start: u64, _: u16) -> u128 {
         u128::from(start) << 64
     }
 }
@@ -161,17 +153,22 @@ impl Stored for u128 {
 impl<K: Stored> Networks<K> {
     /// The table of `networks`, whose starts `K::stored` keeps whole.
     fn new(networks: Vec<Network<K>>) -> Networks<K> {
-        let networks: Box<[Network<K::Start>]> = networks
-            .into_iter()
-            .map(|n| Network {
-                start: n.start.stored(),
-                record: n.record,
-            })
-            .collect();
         Networks {
-            starts: Starts::new(networks.len(), |i| K::full(networks[i].start), CROWDED),
-            networks,
+            starts: Starts::new(networks.len(), |i| networks[i].start, CROWDED),
+            networks: networks
+                .into_iter()
+                .map(|n| Network {
+                    start: n.start.stored(),
+                    record: n.record,
+                })
+                .collect(),
         }
+    }
+
+    /// Row `i`'s start.
+    #[inline]
+    fn start(&self, i: usize) -> K {
+        K::full(self.networks[i].start, self.starts.low_key(i))
     }
 
     /// The bucket of networks sharing `ip`'s top bits, asked for (for
@@ -190,7 +187,8 @@ impl<K: Stored> Networks<K> {
     #[inline]
     fn rank(&self, ip: K, (lo, hi): (usize, usize)) -> usize {
         let below = self.starts.rank(ip, (lo, hi), || {
-            self.networks[lo..hi].partition_point(|n| K::full(n.start) <= ip)
+            // IPv6 only: IPv4 buckets are searched in their low keys.
+            self.networks[lo..hi].partition_point(|n| K::full(n.start, 0) <= ip)
         });
         // The table starts at the family's first address, so some network
         // starts at or below `ip`.
@@ -202,11 +200,12 @@ impl<K: Stored> Networks<K> {
     /// Network `i`'s first and last address and record.
     #[inline]
     fn at(&self, i: usize) -> (IpAddr, IpAddr, u32) {
-        let end = self
-            .networks
-            .get(i + 1)
-            .map_or(K::MAX, |next| K::full(next.start).before());
-        (K::full(self.networks[i].start).ip(), end.ip(), self.networks[i].record)
+        let end = if i + 1 < self.networks.len() {
+            self.start(i + 1).before()
+        } else {
+            K::MAX
+        };
+        (self.start(i).ip(), end.ip(), self.networks[i].record)
     }
 
     fn heap_bytes(&self) -> usize {
@@ -218,43 +217,39 @@ impl NetworkTables {
     /// The network holding `ip`, if a table has its family.
     #[inline]
     fn find(&self, ip: IpAddr) -> Option<(IpAddr, IpAddr, u32)> {
-        let search = self.bucket(ip);
-        self.at(self.rank(ip, search))
+        let bucket = self.bucket(ip)?;
+        Some(self.at(ip, self.rank(ip, bucket)))
     }
 
-    /// A search's first step: `ip`'s bucket, asked for.
+    /// A search's first step: `ip`'s bucket, asked for; none without a
+    /// table of its family.
     #[inline]
-    fn bucket(&self, ip: IpAddr) -> Search {
+    fn bucket(&self, ip: IpAddr) -> Option<(usize, usize)> {
+        match ip {
+            IpAddr::V4(v4) => Some(self.v4.bucket(u32::from(v4))),
+            IpAddr::V6(v6) => Some(self.v6.as_ref()?.bucket(u128::from(v6))),
+        }
+    }
+
+    /// A search's second step: the network holding `ip` in its bucket,
+    /// asked for.
+    #[inline]
+    fn rank(&self, ip: IpAddr, bucket: (usize, usize)) -> usize {
         match (ip, &self.v6) {
-            (IpAddr::V4(v4), _) => {
-                let (lo, hi) = self.v4.bucket(u32::from(v4));
-                Search::V4(lo, hi)
-            }
-            (IpAddr::V6(v6), Some(table)) => {
-                let (lo, hi) = table.bucket(u128::from(v6));
-                Search::V6(lo, hi)
-            }
-            (IpAddr::V6(_), None) => Search::Tree,
+            (IpAddr::V4(v4), _) => self.v4.rank(u32::from(v4), bucket),
+            (IpAddr::V6(v6), Some(table)) => table.rank(u128::from(v6), bucket),
+            // Never asked: without a table an IPv6 address has no bucket.
+            (IpAddr::V6(_), None) => 0,
         }
     }
 
-    /// A search's second step: the network holding `ip`, asked for.
+    /// A search's end: network `i` of `ip`'s table, as `(start, end, record)`.
     #[inline]
-    fn rank(&self, ip: IpAddr, search: Search) -> Search {
-        match (ip, search, &self.v6) {
-            (IpAddr::V4(v4), Search::V4(lo, hi), _) => Search::FoundV4(self.v4.rank(u32::from(v4), (lo, hi))),
-            (IpAddr::V6(v6), Search::V6(lo, hi), Some(table)) => Search::FoundV6(table.rank(u128::from(v6), (lo, hi))),
-            _ => Search::Tree,
-        }
-    }
-
-    /// A search's end: the network found, as `(start, end, record)`.
-    #[inline]
-    fn at(&self, search: Search) -> Option<(IpAddr, IpAddr, u32)> {
-        match (search, &self.v6) {
-            (Search::FoundV4(i), _) => Some(self.v4.at(i)),
-            (Search::FoundV6(i), Some(table)) => Some(table.at(i)),
-            _ => None,
+    fn at(&self, ip: IpAddr, i: usize) -> (IpAddr, IpAddr, u32) {
+        match (ip, &self.v6) {
+            (IpAddr::V4(_), _) => self.v4.at(i),
+            (IpAddr::V6(_), Some(table)) => table.at(i),
+            (IpAddr::V6(_), None) => (ip, ip, IN_TREE),
         }
     }
 }
@@ -501,16 +496,16 @@ impl GeoDb {
             return ips.iter().map(|&ip| self.lookup_in_tree(ip, lang)).collect();
         };
         let mut out = Vec::with_capacity(ips.len());
-        let mut searches = [Search::Tree; CHUNK];
+        let (mut buckets, mut found) = ([None; CHUNK], [None; CHUNK]);
         for chunk in ips.chunks(CHUNK) {
-            for (search, &ip) in searches.iter_mut().zip(chunk) {
-                *search = networks.bucket(ip);
+            for (bucket, &ip) in buckets.iter_mut().zip(chunk) {
+                *bucket = networks.bucket(ip);
             }
-            for (search, &ip) in searches.iter_mut().zip(chunk) {
-                *search = networks.rank(ip, *search);
+            for ((found, bucket), &ip) in found.iter_mut().zip(buckets).zip(chunk) {
+                *found = bucket.map(|bucket| networks.rank(ip, bucket));
             }
-            for (&search, &ip) in searches.iter().zip(chunk) {
-                out.push(self.answer(ip, networks.at(search), lang));
+            for (found, &ip) in found.iter().zip(chunk) {
+                out.push(self.answer(ip, found.map(|i| networks.at(ip, i)), lang));
             }
         }
         out

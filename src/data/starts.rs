@@ -72,6 +72,16 @@ impl<K: Key> Starts<K> {
         }
     }
 
+    /// Start `i`'s low 16 bits (0 for a family without low keys).
+    #[inline]
+    pub fn low_key(&self, i: usize) -> u16 {
+        if K::LOW_KEYS {
+            self.low[i]
+        } else {
+            0
+        }
+    }
+
     pub fn heap_bytes(&self) -> usize {
         self.directory.heap_bytes() + self.low.len() * 2
     }
