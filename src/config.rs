@@ -22,11 +22,11 @@ pub struct Settings {
     #[arg(long, env = "XM_IP_MMDB")]
     pub mmdb: Option<PathBuf>,
     /// Hold the mmdb's IPv4 and IPv6 networks as flat tables, built on a
-    /// thread after start-up and after each replacement (43 MB and 0.4 s
+    /// thread after start-up and after each replacement (32 MB and 0.4 s
     /// for GeoLite2 City): a fallback finds its network there instead of
-    /// walking the file's tree, a few per cent of an HTTP request, three
-    /// times faster for IPv6 (BENCHMARKS.md). `false` keeps only the tree
-    /// walk.
+    /// walking the file's tree, a few per cent of an HTTP request, and
+    /// three times faster for IPv6 (BENCHMARKS.md). `false` keeps only the
+    /// tree walk.
     #[arg(long, env = "XM_IP_MMDB_RANGES", default_value_t = true, action = clap::ArgAction::Set)]
     pub mmdb_ranges: bool,
     /// How often the in-memory tables and the mmdb file are checked for
