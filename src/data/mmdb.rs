@@ -93,8 +93,8 @@ struct Network<S> {
 /// The file's networks of both families, once built.
 struct NetworkTables {
     v4: Networks<u32>,
-    /// None for an IPv4-only file.
-    v6: Option<Networks<u128>>,
+    /// For an IPv4-only file, one row leaving every address to the tree.
+    v6: Networks<u128>,
 }
 
 /// A /16 of more networks than this gets a second-level table. At the
@@ -216,20 +216,18 @@ impl<K: Stored> Networks<K> {
 }
 
 impl NetworkTables {
-    /// The network holding `ip`, if a table has its family.
+    /// The network holding `ip`.
     #[inline]
-    fn find(&self, ip: IpAddr) -> Option<(IpAddr, IpAddr, u32)> {
-        let bucket = self.bucket(ip)?;
-        Some(self.at(ip, self.rank(ip, bucket)))
+    fn find(&self, ip: IpAddr) -> (IpAddr, IpAddr, u32) {
+        self.at(ip, self.rank(ip, self.bucket(ip)))
     }
 
-    /// A search's first step: `ip`'s bucket, asked for; none without a
-    /// table of its family.
+    /// A search's first step: `ip`'s bucket, asked for.
     #[inline]
-    fn bucket(&self, ip: IpAddr) -> Option<(usize, usize)> {
+    fn bucket(&self, ip: IpAddr) -> (usize, usize) {
         match ip {
-            IpAddr::V4(v4) => Some(self.v4.bucket(u32::from(v4))),
-            IpAddr::V6(v6) => Some(self.v6.as_ref()?.bucket(u128::from(v6))),
+            IpAddr::V4(v4) => self.v4.bucket(u32::from(v4)),
+            IpAddr::V6(v6) => self.v6.bucket(u128::from(v6)),
         }
     }
 
@@ -237,21 +235,18 @@ impl NetworkTables {
     /// asked for.
     #[inline]
     fn rank(&self, ip: IpAddr, bucket: (usize, usize)) -> usize {
-        match (ip, &self.v6) {
-            (IpAddr::V4(v4), _) => self.v4.rank(u32::from(v4), bucket),
-            (IpAddr::V6(v6), Some(table)) => table.rank(u128::from(v6), bucket),
-            // Never asked: without a table an IPv6 address has no bucket.
-            (IpAddr::V6(_), None) => 0,
+        match ip {
+            IpAddr::V4(v4) => self.v4.rank(u32::from(v4), bucket),
+            IpAddr::V6(v6) => self.v6.rank(u128::from(v6), bucket),
         }
     }
 
     /// A search's end: network `i` of `ip`'s table, as `(start, end, record)`.
     #[inline]
     fn at(&self, ip: IpAddr, i: usize) -> (IpAddr, IpAddr, u32) {
-        match (ip, &self.v6) {
-            (IpAddr::V4(_), _) => self.v4.at(i),
-            (IpAddr::V6(_), Some(table)) => table.at(i),
-            (IpAddr::V6(_), None) => (ip, ip, IN_TREE),
+        match ip {
+            IpAddr::V4(_) => self.v4.at(i),
+            IpAddr::V6(_) => self.v6.at(i),
         }
     }
 }
@@ -387,14 +382,17 @@ impl GeoDb {
         };
         let v4 = flatten(self.networks_in("0.0.0.0/0", v4_bounds)?, no_record)?;
         let v6 = match self.reader.metadata().ip_version {
-            6 => Some(flatten(self.networks_in("::/0", v6_bounds)?, |from, to, out| {
+            6 => by_64(&flatten(self.networks_in("::/0", v6_bounds)?, |from, to, out| {
                 self.fill_v6_gap(from, to, out)
             })?),
-            _ => None,
+            _ => vec![Network {
+                start: 0,
+                record: IN_TREE,
+            }],
         };
         let _ = self.networks.set(NetworkTables {
             v4: Networks::new(v4),
-            v6: v6.map(|v6| Networks::new(by_64(&v6))),
+            v6: Networks::new(v6),
         });
         Ok(())
     }
@@ -457,7 +455,7 @@ impl GeoDb {
     /// Bytes the table of networks holds, once built.
     pub fn networks_bytes(&self) -> Option<usize> {
         let networks = self.networks.get()?;
-        Some(networks.v4.heap_bytes() + networks.v6.as_ref().map_or(0, Networks::heap_bytes))
+        Some(networks.v4.heap_bytes() + networks.v6.heap_bytes())
     }
 
     pub fn label(&self) -> &str {
@@ -497,33 +495,30 @@ impl GeoDb {
             return ips.iter().map(|&ip| self.lookup_in_tree(ip, lang)).collect();
         };
         let mut out = Vec::with_capacity(ips.len());
-        let (mut buckets, mut found) = ([None; CHUNK], [None; CHUNK]);
+        let (mut buckets, mut found) = ([(0, 0); CHUNK], [0; CHUNK]);
         for chunk in ips.chunks(CHUNK) {
             for (bucket, &ip) in buckets.iter_mut().zip(chunk) {
                 *bucket = networks.bucket(ip);
             }
-            for ((found, bucket), &ip) in found.iter_mut().zip(buckets).zip(chunk) {
-                *found = bucket.map(|bucket| networks.rank(ip, bucket));
+            for ((found, &bucket), &ip) in found.iter_mut().zip(&buckets).zip(chunk) {
+                *found = networks.rank(ip, bucket);
             }
-            for (found, &ip) in found.iter().zip(chunk) {
-                out.push(self.answer(ip, found.map(|i| networks.at(ip, i)), lang));
+            for (&found, &ip) in found.iter().zip(chunk) {
+                out.push(self.answer(ip, networks.at(ip, found), lang));
             }
         }
         out
     }
 
     /// The answer for `ip` in network `(start, end, record)` of a table,
-    /// from the place cache, or else (a place not cached yet, an address
-    /// the table leaves to the tree, or no table) from a walk of the tree.
+    /// from the place cache, or else (a place not cached yet, or an
+    /// address the table leaves to the tree) from a walk of the tree.
     fn answer(
         &self,
         ip: IpAddr,
-        network: Option<(IpAddr, IpAddr, u32)>,
+        (start, end, record): (IpAddr, IpAddr, u32),
         lang: Lang,
     ) -> Result<Option<Located>, MmdbError> {
-        let Some((start, end, record)) = network else {
-            return self.lookup_in_tree(ip, lang);
-        };
         match record {
             NO_RECORD => return Ok(None),
             IN_TREE => return self.lookup_in_tree(ip, lang),
@@ -1061,7 +1056,7 @@ mod tests {
         // `tests/api/real_data.rs` holds those on the real file).
         let db = GeoDb::from_static(SAMPLE, "sample").unwrap();
         db.build_networks().unwrap();
-        let table = db.networks.get().unwrap().v6.as_ref().unwrap();
+        let table = &db.networks.get().unwrap().v6;
         let record_of = |ip: &str| {
             let ip: Ipv6Addr = ip.parse().unwrap();
             table.at(table.rank(u128::from(ip), table.bucket(u128::from(ip)))).2
