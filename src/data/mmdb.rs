@@ -40,8 +40,10 @@ pub enum MmdbError {
 }
 
 /// The bytes of a database: a mapped file, or one compiled into the binary.
+/// The mapping is shared with [`GeoDb`], which gives back its tree's pages
+/// once the tables are built.
 pub enum Bytes {
-    Mapped(memmap2::Mmap),
+    Mapped(Arc<memmap2::Mmap>),
     Static(&'static [u8]),
 }
 
@@ -62,6 +64,8 @@ pub struct GeoDb {
     places: PlaceCache,
     /// Every network of the file, once built.
     networks: OnceLock<NetworkTables>,
+    /// The file's mapping, if it is one.
+    mapped: Option<Arc<memmap2::Mmap>>,
 }
 
 /// The file's networks of one family flattened into one sorted table: where
@@ -341,7 +345,7 @@ impl GeoDb {
         // SAFETY: the mapping stays valid while the file is replaced by a
         // rename (the old inode lives on); rewriting the file in place is
         // documented as unsupported.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| open_error(e.into()))?;
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| open_error(e.into()))?);
         GeoDb::from_bytes(Bytes::Mapped(map), label)
     }
 
@@ -351,6 +355,10 @@ impl GeoDb {
     }
 
     fn from_bytes(bytes: Bytes, label: String) -> Result<GeoDb, MmdbError> {
+        let mapped = match &bytes {
+            Bytes::Mapped(map) => Some(map.clone()),
+            Bytes::Static(_) => None,
+        };
         let reader = Reader::from_source(bytes).map_err(|source| MmdbError::Open {
             path: label.clone(),
             source,
@@ -367,6 +375,7 @@ impl GeoDb {
             label,
             places: PlaceCache::new(),
             networks: OnceLock::new(),
+            mapped,
         })
     }
 
@@ -394,7 +403,29 @@ impl GeoDb {
             v4: Networks::new(v4),
             v6: Networks::new(v6),
         });
+        self.release_tree();
         Ok(())
+    }
+
+    /// Gives back the pages of the file's search tree that building the
+    /// tables read (all of it, some 30 MB for GeoLite2 City), which the
+    /// tables now stand in for: only the few addresses left to the tree
+    /// walk read it again, faulting their pages back in from the page
+    /// cache. Without this a server holds the whole tree resident.
+    fn release_tree(&self) {
+        let Some(map) = &self.mapped else {
+            return;
+        };
+        let metadata = self.reader.metadata();
+        let tree = metadata.node_count as usize * usize::from(metadata.record_size) / 4;
+        // SAFETY: the mapping is a read-only shared mapping of a file that
+        // is never rewritten in place (see `open`), so dropping its pages
+        // loses nothing: a later read faults the same bytes back in.
+        if let Err(err) =
+            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, tree.min(map.len())) }
+        {
+            warn!(mmdb = %self.label, error = %err, "cannot give back the pages of MaxMind's tree");
+        }
     }
 
     /// The file's networks within `all` whose bounds `bounds` gives (those
@@ -905,6 +936,37 @@ mod tests {
     use super::*;
 
     const SAMPLE: &[u8] = include_bytes!("../../data/sample/GeoLite2-City-sample.mmdb");
+    const SAMPLE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/sample/GeoLite2-City-sample.mmdb");
+
+    /// Bytes of the mapping that starts at `start` resident in this process.
+    fn resident(start: *const u8) -> usize {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let head = format!("{:x}-", start as usize);
+        let mut lines = smaps.lines().skip_while(|line| !line.starts_with(&head));
+        let rss = lines.find_map(|line| line.strip_prefix("Rss:")).expect("the mapping");
+        rss.trim().trim_end_matches("kB").trim().parse::<usize>().unwrap() * 1024
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn building_the_tables_gives_back_the_pages_of_the_tree_it_read() {
+        let db = GeoDb::open(Path::new(SAMPLE_PATH)).unwrap();
+        let map = db.mapped.clone().unwrap();
+        let metadata = db.reader.metadata();
+        let tree = metadata.node_count as usize * usize::from(metadata.record_size) / 4;
+        assert!(tree > 64 * 1024, "a tree of {tree} bytes is too small to tell");
+        let networks = db.networks_in("::/0", v6_bounds).unwrap().count();
+        assert!(networks > 0);
+        assert!(resident(map.as_ptr()) >= tree / 2, "the listing read the tree");
+        db.build_networks().unwrap();
+        let after = resident(map.as_ptr());
+        assert!(after < tree / 4, "{after} bytes of a {tree}-byte tree still resident");
+        // The tree answers again, from pages faulted back in.
+        let ip: IpAddr = "8.8.8.8".parse().unwrap();
+        let walked = db.lookup_in_tree(ip, Lang::En).unwrap();
+        assert!(walked.is_some());
+        assert_eq!(db.lookup(ip, Lang::En).unwrap(), walked);
+    }
 
     /// Each of the sample's networks within `all`, as its first and last
     /// address.
@@ -935,9 +997,10 @@ mod tests {
         let db = GeoDb::from_static(SAMPLE, "sample").unwrap();
         let by_tree =
             |lang| -> Vec<Option<Located>> { probes.iter().map(|&ip| db.lookup_in_tree(ip, lang).unwrap()).collect() };
-        // From a reader of its own: the tables' lookups start with a cold
-        // place cache, then run again with it warm.
-        let flat = GeoDb::from_static(SAMPLE, "sample").unwrap();
+        // From a reader of its own, of the file mapped as a server maps it
+        // (whose tree's pages the build gives back): the tables' lookups
+        // start with a cold place cache, then run again with it warm.
+        let flat = GeoDb::open(Path::new(SAMPLE_PATH)).unwrap();
         flat.build_networks().unwrap();
         assert!(flat.networks_bytes().is_some());
         for lang in [Lang::ZhCn, Lang::En, Lang::Ja] {
