@@ -49,8 +49,14 @@ impl Method {
     /// The method `name` calls, with or without a multiplexing client's
     /// service prefix.
     pub fn parse(name: &str) -> Option<Method> {
-        let name = name.strip_prefix(SERVICE_PREFIX).unwrap_or(name);
-        Method::ALL.into_iter().find(|method| method.name() == name)
+        Method::parse_bytes(name.as_bytes())
+    }
+
+    /// [`Method::parse`] of a name not yet known to be UTF-8 (one that is
+    /// not names no method).
+    pub fn parse_bytes(name: &[u8]) -> Option<Method> {
+        let name = name.strip_prefix(SERVICE_PREFIX.as_bytes()).unwrap_or(name);
+        Method::ALL.into_iter().find(|method| method.name().as_bytes() == name)
     }
 }
 
@@ -199,7 +205,7 @@ pub fn announced_batch(prefix: &[u8], protocol: Protocol, size: usize) -> Option
     reader.prefix_only = true;
     // Every request passes here: read the name in place, uncopied.
     let (name, ..) = reader.message_header().ok()?;
-    let _ = reader.call(Method::parse(std::str::from_utf8(name).ok()?));
+    let _ = reader.call(Method::parse_bytes(name));
     reader.announced
 }
 
