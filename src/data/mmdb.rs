@@ -408,7 +408,7 @@ impl GeoDb {
     }
 
     /// Gives back the pages of the file's search tree that building the
-    /// tables read (all of it, some 30 MB for GeoLite2 City), which the
+    /// tables read (all of it, 26 MB of GeoLite2 City), which the
     /// tables now stand in for: only the few addresses left to the tree
     /// walk read it again, faulting their pages back in from the page
     /// cache. Without this a server holds the whole tree resident.

@@ -52,8 +52,8 @@ impl Method {
         Method::parse_bytes(name.as_bytes())
     }
 
-    /// [`Method::parse`] of a name not yet known to be UTF-8 (one that is
-    /// not names no method).
+    /// [`Method::parse`] of a name not yet checked to be UTF-8 (one that
+    /// is not names no method).
     pub fn parse_bytes(name: &[u8]) -> Option<Method> {
         let name = name.strip_prefix(SERVICE_PREFIX.as_bytes()).unwrap_or(name);
         Method::ALL.into_iter().find(|method| method.name().as_bytes() == name)
