@@ -416,16 +416,21 @@ impl GeoDb {
         let Some(map) = &self.mapped else {
             return;
         };
-        let metadata = self.reader.metadata();
-        let tree = metadata.node_count as usize * usize::from(metadata.record_size) / 4;
         // SAFETY: the mapping is a read-only shared mapping of a file that
         // is never rewritten in place (see `open`), so dropping its pages
         // loses nothing: a later read faults the same bytes back in.
-        if let Err(err) =
-            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, tree.min(map.len())) }
-        {
+        if let Err(err) = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, self.tree_bytes().min(map.len()))
+        } {
             warn!(mmdb = %self.label, error = %err, "cannot give back the pages of MaxMind's tree");
         }
+    }
+
+    /// The size of the file's search tree, at its start: two records of
+    /// `record_size` bits a node.
+    fn tree_bytes(&self) -> usize {
+        let metadata = self.reader.metadata();
+        metadata.node_count as usize * usize::from(metadata.record_size) / 4
     }
 
     /// The file's networks within `all` whose bounds `bounds` gives (those
@@ -960,8 +965,7 @@ mod tests {
     fn building_the_tables_gives_back_the_pages_of_the_tree_it_read() {
         let db = GeoDb::open(Path::new(SAMPLE_PATH)).unwrap();
         let map = db.mapped.clone().unwrap();
-        let metadata = db.reader.metadata();
-        let tree = &map[..metadata.node_count as usize * usize::from(metadata.record_size) / 4];
+        let tree = &map[..db.tree_bytes()];
         let pages = tree.len() / 4096;
         assert!(pages >= 16, "a tree of {pages} pages is too small to tell");
         let networks = db.networks_in("::/0", v6_bounds).unwrap().count();
