@@ -350,24 +350,34 @@ fn push_ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
             longest = run;
         }
     }
-    let push_groups = |out: &mut Vec<u8>, groups: &[u16]| {
+    // Gathered here, at most 39 bytes, and appended in one fixed-size
+    // copy, as `push_ipv4` does: a push per digit checked the buffer's room.
+    let mut text = [0u8; 40];
+    let mut len = 0;
+    let push_groups = |text: &mut [u8; 40], len: &mut usize, groups: &[u16]| {
         for (i, &group) in groups.iter().enumerate() {
             if i > 0 {
-                out.push(b':');
+                text[*len] = b':';
+                *len += 1;
             }
             let digits = (4 - group.leading_zeros() as usize / 4).max(1);
             for digit in (0..digits).rev() {
-                out.push(b"0123456789abcdef"[usize::from(group >> (4 * digit) & 0xf)]);
+                text[*len] = b"0123456789abcdef"[usize::from(group >> (4 * digit) & 0xf)];
+                *len += 1;
             }
         }
     };
     if longest.1 > 1 {
-        push_groups(out, &groups[..longest.0]);
-        out.extend_from_slice(b"::");
-        push_groups(out, &groups[longest.0 + longest.1..]);
+        push_groups(&mut text, &mut len, &groups[..longest.0]);
+        text[len..len + 2].copy_from_slice(b"::");
+        len += 2;
+        push_groups(&mut text, &mut len, &groups[longest.0 + longest.1..]);
     } else {
-        push_groups(out, &groups);
+        push_groups(&mut text, &mut len, &groups);
     }
+    let at = out.len();
+    out.extend_from_slice(&text);
+    out.truncate(at + len);
 }
 
 /// Appends an IPv4 address's dotted text, without `fmt`: each octet's

@@ -35,7 +35,13 @@ impl Addr {
     /// Parses one input: trimmed, a dotted quad or any IPv6 text form,
     /// nothing else (no CIDR, port, zone index or leading-zero octets).
     pub fn parse(input: &str) -> Result<Addr, LookupError> {
-        let text = input.trim();
+        // Text that begins and ends with a visible ASCII character has
+        // nothing to trim; looking at two bytes is cheaper than `trim`'s
+        // Unicode-aware walk from both ends.
+        let text = match input.as_bytes() {
+            [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => input,
+            _ => input.trim(),
+        };
         if text.is_empty() {
             return Err(LookupError::InvalidIp("empty address".into()));
         }
@@ -72,26 +78,33 @@ impl Addr {
 
 /// A dotted quad as std's parser reads it (four decimal octets of one to
 /// three digits, none with a leading zero, none over 255), in one pass
-/// without its general machinery: most inputs are IPv4. `None` for
-/// anything else, which std's parser then judges.
+/// over the bytes without its general machinery: most inputs are IPv4.
+/// `None` for anything else, which std's parser then judges.
 fn parse_ipv4(text: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = text.split(|&b| b == b'.');
-    for octet in &mut octets {
-        let part = parts.next()?;
-        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
-            return None;
-        }
-        let mut n = 0u16;
-        for &digit in part {
-            if !digit.is_ascii_digit() {
+    // The octet being read, its value so far and its digits.
+    let (mut part, mut value, mut digits) = (0, 0u16, 0);
+    for &byte in text {
+        if byte == b'.' {
+            if digits == 0 || part == 3 {
                 return None;
             }
-            n = n * 10 + u16::from(digit - b'0');
+            octets[part] = u8::try_from(value).ok()?;
+            (part, value, digits) = (part + 1, 0, 0);
+            continue;
         }
-        *octet = u8::try_from(n).ok()?;
+        let digit = byte.wrapping_sub(b'0');
+        // A fourth digit, or one after a leading zero, is no octet.
+        if digit > 9 || digits == 3 || (digits == 1 && value == 0) {
+            return None;
+        }
+        (value, digits) = (value * 10 + u16::from(digit), digits + 1);
     }
-    parts.next().is_none().then_some(Ipv4Addr::from(octets))
+    if part != 3 || digits == 0 {
+        return None;
+    }
+    octets[3] = u8::try_from(value).ok()?;
+    Some(Ipv4Addr::from(octets))
 }
 
 /// A language an answer can be in. The tables hold zh-CN and en; every

@@ -32,6 +32,31 @@ impl Inputs {
         }
     }
 
+    /// Inputs sent as bytes, `ends` where each ends in `bytes`, checked
+    /// to be UTF-8 in one pass over the whole (a pass per input cost more
+    /// than its address's lookup). An input that is not UTF-8 is kept with
+    /// U+FFFD in place of what is not, as `String::from_utf8_lossy` makes it.
+    pub fn from_bytes(bytes: Vec<u8>, ends: Vec<u32>) -> Inputs {
+        match String::from_utf8(bytes) {
+            // Valid as a whole and cut only between characters: so is
+            // each input.
+            Ok(text) if ends.iter().all(|&end| text.is_char_boundary(end as usize)) => Inputs { text, ends },
+            Ok(text) => Inputs::lossy(text.as_bytes(), &ends),
+            Err(err) => Inputs::lossy(err.as_bytes(), &ends),
+        }
+    }
+
+    /// Each input of `bytes` on its own, made UTF-8 where it is not.
+    fn lossy(bytes: &[u8], ends: &[u32]) -> Inputs {
+        let mut inputs = Inputs::with_capacity(ends.len(), bytes.len());
+        let mut start = 0;
+        for &end in ends {
+            inputs.push(&String::from_utf8_lossy(&bytes[start..end as usize]));
+            start = end as usize;
+        }
+        inputs
+    }
+
     pub fn push(&mut self, input: &str) {
         self.text.push_str(input);
         let end = u32::try_from(self.text.len()).expect("a request's inputs fit in 4 GiB");
@@ -137,6 +162,30 @@ mod tests {
         assert_eq!(inputs.iter().collect::<Vec<_>>(), given);
         assert_eq!(format!("{inputs:?}"), format!("{given:?}"));
         assert!(Inputs::default().is_empty());
+    }
+
+    /// Bytes that are not UTF-8, or whose inputs cut a character that the
+    /// whole holds, come back input by input as `from_utf8_lossy` makes
+    /// them; UTF-8 comes back as sent.
+    #[test]
+    fn inputs_from_bytes_are_each_made_utf8_on_their_own() {
+        let cases: [&[&[u8]]; 4] = [
+            &[b"1.2.3.4", b"", "中国".as_bytes()],
+            &[b"1.2.3.4", b"\xff\xfe", b"::1"],
+            // "中" is E4 B8 AD: valid as a whole, not as two inputs.
+            &[b"a\xe4\xb8", b"\xadb"],
+            &[b"\xe4", b"\xb8\xad"],
+        ];
+        for given in cases {
+            let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+            for input in given {
+                bytes.extend_from_slice(input);
+                ends.push(bytes.len() as u32);
+            }
+            let inputs = Inputs::from_bytes(bytes, ends);
+            let expected: Vec<String> = given.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+            assert_eq!(inputs.iter().collect::<Vec<_>>(), expected);
+        }
     }
 
     #[test]

@@ -420,16 +420,14 @@ impl<'a> Reader<'a> {
             return Ok(Inputs::default());
         }
         // Reserve only for what has arrived, not for what was announced.
-        let mut out = Inputs::with_capacity(size.min(self.remaining()), self.remaining());
+        let mut bytes = Vec::with_capacity(self.remaining());
+        let mut ends = Vec::with_capacity(size.min(self.remaining()));
         for _ in 0..size {
-            let bytes = self.bytes()?;
-            // from_utf8 has a fast path for ASCII, which addresses are.
-            match std::str::from_utf8(bytes) {
-                Ok(text) => out.push(text),
-                Err(_) => out.push(&String::from_utf8_lossy(bytes)),
-            }
+            bytes.extend_from_slice(self.bytes()?);
+            // Within the message, so far below 4 GiB.
+            ends.push(bytes.len() as u32);
         }
-        Ok(out)
+        Ok(Inputs::from_bytes(bytes, ends))
     }
 
     /// Visits each field of a struct, skipping those `visit` declines.
