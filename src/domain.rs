@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::ip_text;
 use triomphe::HeaderSlice;
 
 /// Inputs longer than this are rejected before parsing; the longest valid
@@ -51,18 +52,15 @@ impl Addr {
                 text.len()
             )));
         }
-        if let Some(v4) = parse_ipv4(text.as_bytes()) {
-            return Ok(Addr::V4(v4));
-        }
-        // std's parser is strict: it rejects leading zeros, CIDR suffixes,
-        // ports, brackets and zone indexes.
-        match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => Ok(Addr::V4(v4)),
-            Ok(IpAddr::V6(v6)) => Ok(match v6.to_ipv4_mapped() {
+        // As std's parser reads them: leading zeros, CIDR suffixes, ports,
+        // brackets and zone indexes are refused.
+        match ip_text::parse(text.as_bytes()) {
+            Some(IpAddr::V4(v4)) => Ok(Addr::V4(v4)),
+            Some(IpAddr::V6(v6)) => Ok(match v6.to_ipv4_mapped() {
                 Some(v4) => Addr::V4(v4),
                 None => Addr::V6(v6),
             }),
-            Err(_) => Err(LookupError::InvalidIp(format!(
+            None => Err(LookupError::InvalidIp(format!(
                 "{text:?} is not an IPv4 or IPv6 address"
             ))),
         }
@@ -74,37 +72,6 @@ impl Addr {
             Addr::V6(v6) => IpAddr::V6(v6),
         }
     }
-}
-
-/// A dotted quad as std's parser reads it (four decimal octets of one to
-/// three digits, none with a leading zero, none over 255), in one pass
-/// over the bytes without its general machinery: most inputs are IPv4.
-/// `None` for anything else, which std's parser then judges.
-fn parse_ipv4(text: &[u8]) -> Option<Ipv4Addr> {
-    let mut octets = [0u8; 4];
-    // The octet being read, its value so far and its digits.
-    let (mut part, mut value, mut digits) = (0, 0u16, 0);
-    for &byte in text {
-        if byte == b'.' {
-            if digits == 0 || part == 3 {
-                return None;
-            }
-            octets[part] = u8::try_from(value).ok()?;
-            (part, value, digits) = (part + 1, 0, 0);
-            continue;
-        }
-        let digit = byte.wrapping_sub(b'0');
-        // A fourth digit, or one after a leading zero, is no octet.
-        if digit > 9 || digits == 3 || (digits == 1 && value == 0) {
-            return None;
-        }
-        (value, digits) = (value * 10 + u16::from(digit), digits + 1);
-    }
-    if part != 3 || digits == 0 {
-        return None;
-    }
-    octets[3] = u8::try_from(value).ok()?;
-    Some(Ipv4Addr::from(octets))
 }
 
 /// A language an answer can be in. The tables hold zh-CN and en; every
@@ -904,20 +871,6 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The quick IPv4 reader accepts what std's accepts, as std reads
-        /// it, and nothing std refuses: over text of digits and dots (and a
-        /// stray other character), and over every address's own text.
-        #[test]
-        fn the_quick_ipv4_reader_reads_as_std_does(
-            text in "[0-9.]{0,17}|[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9]{1,4}\\.[0-9 +a:/-]{1,4}",
-            ip in proptest::num::u32::ANY,
-        ) {
-            let std = text.parse::<Ipv4Addr>().ok();
-            proptest::prop_assert_eq!(parse_ipv4(text.as_bytes()), std, "{:?}", text);
-            let text = Ipv4Addr::from(ip).to_string();
-            proptest::prop_assert_eq!(parse_ipv4(text.as_bytes()), Some(Ipv4Addr::from(ip)));
-        }
-
         /// The AS number reader reads digits as std does, up to u32::MAX
         /// and no further, and refuses anything else (a sign included).
         #[test]

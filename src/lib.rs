@@ -43,6 +43,7 @@ pub mod domain;
 pub mod format;
 pub mod health;
 pub mod inputs;
+pub mod ip_text;
 pub mod memory;
 pub mod metrics;
 pub mod serve;
