@@ -14,9 +14,10 @@ use crate::answer::{self, push_ip, Answer, Field, FieldSink, View};
 use crate::domain::Outcome;
 
 /// Appends the fields of one struct, in the compact protocol or the binary.
-/// A field's header and its length or number are gathered in a [`Head`]
-/// and appended in one write: each of a `Vec`'s pushes checks its room and
-/// stores its length again, and an answer is about twenty fields.
+/// A field's header and its length or number are appended in one write (a
+/// binary one as a fixed-size array, a compact one gathered in a [`Head`]):
+/// each of a `Vec`'s pushes checks its room and stores its length again,
+/// and an answer is about twenty fields.
 struct Fields<'a, const COMPACT: bool> {
     out: &'a mut Vec<u8>,
     /// The compact protocol sends field ids as deltas.
@@ -24,22 +25,28 @@ struct Fields<'a, const COMPACT: bool> {
 }
 
 impl<const COMPACT: bool> Fields<'_, COMPACT> {
-    /// A field's header, to which the caller adds its length or value.
+    /// A binary field's header and its `N` bytes of length or value.
     #[inline]
-    fn header(&mut self, kind: Kind, id: i16) -> Head {
-        let mut head = Head::default();
-        if COMPACT {
-            self.compact_header(&mut head, kind.codes().1, id);
-        } else {
-            head.push(kind.codes().0);
-            head.extend(&id.to_be_bytes());
-        }
-        head
+    fn binary<const N: usize>(&mut self, kind: Kind, id: i16, value: [u8; N]) {
+        let mut bytes = [0u8; 11];
+        bytes[0] = kind.codes().0;
+        bytes[1..3].copy_from_slice(&id.to_be_bytes());
+        bytes[3..3 + N].copy_from_slice(&value);
+        self.out.extend_from_slice(&bytes[..3 + N]);
+    }
+
+    /// A compact field's header and its length or value as a varint.
+    #[inline]
+    fn compact(&mut self, kind: Kind, id: i16, varint: u64) {
+        let mut head = self.compact_header(kind.codes().1, id);
+        head.varint(varint);
+        head.append_to(self.out);
     }
 
     /// A compact field header: the id as a delta where it fits.
     #[inline]
-    fn compact_header(&mut self, head: &mut Head, code: u8, id: i16) {
+    fn compact_header(&mut self, code: u8, id: i16) -> Head {
+        let mut head = Head::default();
         let delta = id - self.last_id;
         if (1..=15).contains(&delta) {
             head.push((delta as u8) << 4 | code);
@@ -48,23 +55,22 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
             head.varint(zigzag(i64::from(id)));
         }
         self.last_id = id;
+        head
     }
 
-    /// A string's header and length, the length of a `len`-byte string.
+    /// A string field's header and the length `len`.
     #[inline]
-    fn string_head(&mut self, id: i16, len: usize) -> Head {
-        let mut head = self.header(Kind::String, id);
+    fn string_header(&mut self, id: i16, len: usize) {
         if COMPACT {
-            head.varint(len as u64);
+            self.compact(Kind::String, id, len as u64);
         } else {
-            head.extend(&(len as i32).to_be_bytes());
+            self.binary(Kind::String, id, (len as i32).to_be_bytes());
         }
-        head
     }
 
     #[inline]
     fn string(&mut self, id: i16, value: &str) {
-        self.string_head(id, value.len()).append_to(self.out);
+        self.string_header(id, value.len());
         // An empty string's copy would still be a call to memcpy.
         if !value.is_empty() {
             self.out.extend_from_slice(value.as_bytes());
@@ -72,43 +78,36 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
     }
 
     fn i32(&mut self, id: i16, value: i32) {
-        let mut head = self.header(Kind::I32, id);
         if COMPACT {
-            head.varint(zigzag(i64::from(value)));
+            self.compact(Kind::I32, id, zigzag(i64::from(value)));
         } else {
-            head.extend(&value.to_be_bytes());
+            self.binary(Kind::I32, id, value.to_be_bytes());
         }
-        head.append_to(self.out);
     }
 
     fn i64(&mut self, id: i16, value: i64) {
-        let mut head = self.header(Kind::I64, id);
         if COMPACT {
-            head.varint(zigzag(value));
+            self.compact(Kind::I64, id, zigzag(value));
         } else {
-            head.extend(&value.to_be_bytes());
+            self.binary(Kind::I64, id, value.to_be_bytes());
         }
-        head.append_to(self.out);
     }
 
     /// A bool field: in the compact protocol its value is the header's
     /// type code (1 true, 2 false), in the binary a byte after it.
     fn bool(&mut self, id: i16, value: bool) {
-        let mut head = Head::default();
         if COMPACT {
-            self.compact_header(&mut head, if value { 1 } else { 2 }, id);
+            self.compact_header(if value { 1 } else { 2 }, id).append_to(self.out);
         } else {
-            head = self.header(Kind::Bool, id);
-            head.push(u8::from(value));
+            self.binary(Kind::Bool, id, [u8::from(value)]);
         }
-        head.append_to(self.out);
     }
 
     /// A string field holding `ip`'s text, written in place.
     fn ip(&mut self, id: i16, ip: IpAddr) {
         // The text is 3 to 39 bytes (one byte of compact length): its
         // length prefix is patched after.
-        self.string_head(id, 0).append_to(self.out);
+        self.string_header(id, 0);
         let at = self.out.len();
         push_ip(self.out, ip);
         let len = self.out.len() - at;
@@ -124,8 +123,8 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
     }
 }
 
-/// A field's header and its length or number, gathered before they are
-/// appended in one write (at most 3 bytes of compact header and 10 of
+/// A compact field's header and its length or value, gathered before
+/// they are appended in one write (at most 3 bytes of header and 10 of
 /// varint).
 #[derive(Default)]
 struct Head {
@@ -138,12 +137,6 @@ impl Head {
     fn push(&mut self, byte: u8) {
         self.bytes[self.len] = byte;
         self.len += 1;
-    }
-
-    #[inline]
-    fn extend(&mut self, bytes: &[u8]) {
-        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
     }
 
     #[inline]
