@@ -7,6 +7,8 @@
 
 use std::net::IpAddr;
 
+use thrift::protocol::TMessageType;
+
 use super::protocol::Protocol;
 use super::reader::Kind;
 use super::GeoInfo;
@@ -48,7 +50,8 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
     fn compact_header(&mut self, code: u8, id: i16) -> Head {
         let mut head = Head::default();
         let delta = id - self.last_id;
-        if (1..=15).contains(&delta) {
+        // As the crate writes it: 15 would fit, but it writes the long form.
+        if (1..15).contains(&delta) {
             head.push((delta as u8) << 4 | code);
         } else {
             head.push(code);
@@ -197,6 +200,55 @@ fn zigzag(n: i64) -> u64 {
 /// the heap rather than a fresh mapping.
 pub fn size_hint(input: &str) -> usize {
     input.len() + 240
+}
+
+/// Appends a reply's message header, its result's `success` field header
+/// and the header of that list of `count` answers, as the crate's
+/// protocols write them (a test holds the two byte-equal), without the
+/// `String`s the crate's identifiers allocate on every reply.
+pub fn write_reply_header(out: &mut Vec<u8>, protocol: Protocol, name: &str, seq: i32, count: usize) {
+    let reply = u8::from(TMessageType::Reply);
+    let (list, answer) = (Kind::List.codes(), Kind::Struct.codes());
+    match protocol {
+        Protocol::Binary { strict } => {
+            if strict {
+                // The version, 1, and the message type.
+                out.extend_from_slice(&[0x80, 0x01, 0, reply]);
+            }
+            out.extend_from_slice(&(name.len() as i32).to_be_bytes());
+            out.extend_from_slice(name.as_bytes());
+            if !strict {
+                out.push(reply);
+            }
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(&[list.0, 0, 0, answer.0]);
+            out.extend_from_slice(&(count as i32).to_be_bytes());
+        }
+        Protocol::Compact => {
+            // The protocol id, then the message type over the version, 1.
+            let mut head = Head::default();
+            head.push(0x82);
+            head.push(reply << 5 | 1);
+            // The sequence number as unsigned, not zigzagged.
+            head.varint(u64::from(seq as u32));
+            head.varint(name.len() as u64);
+            head.append_to(out);
+            out.extend_from_slice(name.as_bytes());
+            // Field 0 is no delta from the struct's start: its id follows
+            // its type as a zigzag varint, 0.
+            let mut head = Head::default();
+            head.push(list.1);
+            head.push(0);
+            match u8::try_from(count) {
+                Ok(count @ 0..=14) => head.push(count << 4 | answer.1),
+                _ => {
+                    head.push(0xf0 | answer.1);
+                    head.varint(count as u64);
+                }
+            }
+            head.append_to(out);
+        }
+    }
 }
 
 /// Appends the answer for `input`, as [`Answer`] lists its fields.
@@ -351,9 +403,9 @@ mod tests {
     use crate::thrift::codec::{encode, Framing, Reply, Wire};
 
     /// A whole reply as the crate's protocols and the generated writer make it.
-    fn generated_reply(o: &mut dyn TOutputProtocol, inputs: &Inputs, outcomes: &[Outcome]) {
+    fn generated_reply(o: &mut dyn TOutputProtocol, seq: i32, inputs: &Inputs, outcomes: &[Outcome]) {
         let name = "queryGeoInfoByIP";
-        o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Reply, 7))
+        o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Reply, seq))
             .unwrap();
         o.write_struct_begin(&TStructIdentifier::new("result")).unwrap();
         o.write_field_begin(&TFieldIdentifier::new("success", TType::List, 0))
@@ -415,35 +467,48 @@ mod tests {
         (inputs.into_iter().collect(), outcomes)
     }
 
+    /// In every protocol, for lists whose length fits in the compact list
+    /// header and lists whose length does not, for sequence numbers of
+    /// every sign and size, and a multiplexed request's name.
     #[test]
     fn replies_are_byte_for_byte_what_the_generated_writer_makes() {
         let (inputs, outcomes) = outcomes();
-        for compact in [false, true] {
-            let protocol = if compact {
-                Protocol::Compact
-            } else {
-                Protocol::Binary { strict: true }
-            };
-            let wire = Wire {
-                framing: Framing::Buffered,
-                protocol,
-            };
-            let reply = Reply::Answers {
-                inputs: &inputs,
-                outcomes: outcomes.clone(),
-            };
-            let ours = encode(wire, "queryGeoInfoByIP", 7, &reply);
-            let mut generated = Vec::new();
-            if compact {
-                generated_reply(&mut TCompactOutputProtocol::new(&mut generated), &inputs, &outcomes);
-            } else {
-                generated_reply(
-                    &mut TBinaryOutputProtocol::new(&mut generated, true),
-                    &inputs,
-                    &outcomes,
-                );
+        for protocol in [
+            Protocol::Binary { strict: true },
+            Protocol::Binary { strict: false },
+            Protocol::Compact,
+        ] {
+            for count in [0, 1, outcomes.len(), 14, 15, 1000] {
+                let outcomes: Vec<Outcome> = outcomes.iter().cycle().take(count).cloned().collect();
+                let inputs: Inputs = inputs.iter().cycle().take(count).collect();
+                for seq in [7, 0, -1, i32::MAX, i32::MIN] {
+                    let wire = Wire {
+                        framing: Framing::Buffered,
+                        protocol,
+                    };
+                    let reply = Reply::Answers {
+                        inputs: &inputs,
+                        outcomes: outcomes.clone(),
+                    };
+                    let ours = encode(wire, "GeoService:queryGeoInfoByIP", seq, &reply);
+                    let mut generated = Vec::new();
+                    match protocol {
+                        Protocol::Compact => generated_reply(
+                            &mut TCompactOutputProtocol::new(&mut generated),
+                            seq,
+                            &inputs,
+                            &outcomes,
+                        ),
+                        Protocol::Binary { strict } => generated_reply(
+                            &mut TBinaryOutputProtocol::new(&mut generated, strict),
+                            seq,
+                            &inputs,
+                            &outcomes,
+                        ),
+                    }
+                    assert_eq!(ours, generated, "{protocol:?}, {count} answers, seq {seq}");
+                }
             }
-            assert_eq!(ours, generated, "compact: {compact}");
         }
     }
 

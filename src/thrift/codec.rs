@@ -10,8 +10,7 @@
 //! bytes come from the answer view (`answer`).
 
 use thrift::protocol::{
-    TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier, TListIdentifier, TMessageIdentifier, TMessageType,
-    TOutputProtocol, TStructIdentifier, TType,
+    TBinaryOutputProtocol, TCompactOutputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol,
 };
 use thrift::{ApplicationError, ApplicationErrorKind};
 
@@ -293,12 +292,7 @@ pub fn encode(wire: Wire, request_name: &str, seq: i32, reply: &Reply<'_>) -> Ve
         Reply::Answers { inputs, outcomes } => {
             let size = 64 + name.len() + inputs.iter().map(answer::size_hint).sum::<usize>();
             let mut out = frame_start(wire, size);
-            with_protocol(&mut out, wire.protocol, |o| {
-                o.write_message_begin(&TMessageIdentifier::new(name, TMessageType::Reply, seq))?;
-                o.write_struct_begin(&TStructIdentifier::new(""))?;
-                o.write_field_begin(&TFieldIdentifier::new("success", TType::List, 0))?;
-                o.write_list_begin(&TListIdentifier::new(TType::Struct, outcomes.len() as i32))
-            });
+            answer::write_reply_header(&mut out, wire.protocol, name, seq, outcomes.len());
             for (i, (input, outcome)) in inputs.iter().zip(outcomes).enumerate() {
                 if let Some(ahead) = outcomes.get(i + crate::answer::WARM_AHEAD) {
                     crate::answer::warm(ahead);
