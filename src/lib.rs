@@ -13,10 +13,11 @@
 //!     or a column goes there.
 //!   - [`format`](mod@format): the data files' formats (ipdb, mmdb, CSV), by name and
 //!     by content.
-//!   - [`answer`]: the one view of an answer, its sixteen fields and the
+//!   - [`answer`]: the one view of an answer, its nineteen fields and the
 //!     error numbers, that every output writes from. **An answer field** is
 //!     one line in `FIELDS` and one in `Answer::write`.
 //!   - [`inputs`]: a request's input texts, in one buffer.
+//!   - [`ip_text`]: an address's text read exactly as std reads it, faster.
 //!   - [`service`]: the lookup rules that combine the tables and MaxMind.
 //!   - [`metrics`]: the Prometheus metrics. **A metric** is a field and a
 //!     recording method there.
