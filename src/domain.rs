@@ -3,8 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::ip_text;
 use triomphe::HeaderSlice;
+
+use crate::ip_text;
 
 /// Inputs longer than this are rejected before parsing; the longest valid
 /// IPv6 text (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`) is 45 bytes.

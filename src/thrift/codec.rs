@@ -6,8 +6,10 @@
 //! gigabytes. Requests are therefore read by the small, bounds-checked
 //! `Reader`, which never allocates more than the bytes it was given,
 //! once [`MessageCheck`] has found the whole message.
-//! Replies are written with the crate's output protocols; each answer's
-//! bytes come from the answer view (`answer`).
+//! A reply of answers is written by hand, its headers and each answer's
+//! bytes from the answer view (`answer`), byte-equal to what the crate's
+//! output protocols and the generated writer make; exceptions are written
+//! with the crate's protocols.
 
 use thrift::protocol::{
     TBinaryOutputProtocol, TCompactOutputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol,
