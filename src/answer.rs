@@ -350,8 +350,8 @@ fn push_ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
             longest = run;
         }
     }
-    // Gathered here, at most 39 bytes, and appended in one fixed-size
-    // copy, as `push_ipv4` does: a push per digit checked the buffer's room.
+    // Gathered here, at most 39 bytes, and appended at once: a push per
+    // digit checked the buffer's room.
     let mut text = [0u8; 40];
     let mut len = 0;
     let push_groups = |text: &mut [u8; 40], len: &mut usize, groups: &[u16]| {
@@ -375,9 +375,7 @@ fn push_ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
     } else {
         push_groups(&mut text, &mut len, &groups);
     }
-    let at = out.len();
-    out.extend_from_slice(&text);
-    out.truncate(at + len);
+    append_first(out, &text, len);
 }
 
 /// Appends an IPv4 address's dotted text, without `fmt`: each octet's
@@ -399,7 +397,6 @@ pub(crate) fn push_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
     };
     let mut text = [0u8; 15];
     let mut len = 0;
-    let at = out.len();
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
             text[len] = b'.';
@@ -409,9 +406,16 @@ pub(crate) fn push_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
         text[len..len + 3].copy_from_slice(&digits);
         len += usize::from(count);
     }
-    // All fifteen bytes, then cut: a copy of fixed size is a few moves,
-    // where one of `len` bytes is a call to memcpy.
-    out.extend_from_slice(&text);
+    append_first(out, &text, len);
+}
+
+/// Appends the first `len` of `bytes`, a short text gathered on the stack:
+/// all of them, then cut, because a copy of fixed size is a few moves,
+/// where one of `len` bytes is a call to memcpy.
+#[inline]
+pub(crate) fn append_first<const N: usize>(out: &mut Vec<u8>, bytes: &[u8; N], len: usize) {
+    let at = out.len();
+    out.extend_from_slice(bytes);
     out.truncate(at + len);
 }
 

@@ -2,8 +2,8 @@
 //! straight from the borrowed outcome, exactly as the generated `GeoInfo`
 //! writer would write it through the crate's protocols (a test holds the
 //! two byte-equal), but without building a `GeoInfo` (an owned string per
-//! field) or making a protocol call per field. Also the generated
-//! `GeoInfo` as a view, and a view as a `GeoInfo`.
+//! field) or making a protocol call per field; so is the reply's header.
+//! Also the generated `GeoInfo` as a view, and a view as a `GeoInfo`.
 
 use std::net::IpAddr;
 
@@ -126,9 +126,9 @@ impl<const COMPACT: bool> Fields<'_, COMPACT> {
     }
 }
 
-/// A compact field's header and its length or value, gathered before
-/// they are appended in one write (at most 3 bytes of header and 10 of
-/// varint).
+/// A few bytes of compact protocol gathered before they are appended in
+/// one write: a field's header and its length or value (at most 3 bytes
+/// of header and 10 of varint), or a message's header.
 #[derive(Default)]
 struct Head {
     bytes: [u8; 16],
@@ -151,13 +151,9 @@ impl Head {
         self.push(n as u8);
     }
 
-    /// All sixteen bytes, then cut: a copy of fixed size is a few moves,
-    /// where one of `len` bytes is a call to memcpy.
     #[inline]
     fn append_to(&self, out: &mut Vec<u8>) {
-        let at = out.len();
-        out.extend_from_slice(&self.bytes);
-        out.truncate(at + self.len);
+        answer::append_first(out, &self.bytes, self.len);
     }
 }
 
