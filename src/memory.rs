@@ -9,6 +9,12 @@ use std::marker::PhantomData;
 /// bodies, and replies of about a thousand addresses or more.
 const MAPPED_APART: usize = 256 << 10;
 
+/// The free memory glibc's heap keeps at its top before giving it back:
+/// more than the heap part of a request of 10,000 addresses (about 5 MB;
+/// its largest blocks are mapped apart). At 512 KiB the heap gave its top
+/// back, and faulted it in again, every few batches of a thousand.
+const KEPT_ON_TOP: usize = 8 << 20;
+
 /// Has glibc map every block of `MAPPED_APART` or more apart from the
 /// heap and unmap it when freed. By default it raises that threshold to
 /// the largest block freed so far (up to 32 MiB): after the first burst of
@@ -22,9 +28,10 @@ pub fn map_large_blocks_apart() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MAPPED_APART as libc::c_int);
         // Setting one threshold stops glibc adjusting the other, which would
-        // fall back to 128 KiB and give the heap's top back, to fault in
-        // again, at nearly every free; this is what it would have set.
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * MAPPED_APART as libc::c_int);
+        // fall back to 128 KiB and give the heap's top back at nearly every
+        // free. What a burst frees is still given back within seconds:
+        // `serve::budget::return_freed_memory` trims regardless of it.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEPT_ON_TOP as libc::c_int);
     }
 }
 
