@@ -363,6 +363,7 @@ pub fn exception(kind: ApplicationErrorKind, message: impl Into<String>) -> Repl
 mod tests {
     use super::*;
     use crate::thrift::calls::{encode_call, scan_reply};
+    use crate::thrift::reader::MAX_DEPTH;
 
     const LIMIT: usize = 16_384_000;
 
@@ -387,6 +388,62 @@ mod tests {
             err.contains("list size 2147483647 exceeds the 36-byte message limit"),
             "{err}"
         );
+    }
+
+    /// A compact call with an unknown argument, field -1, of structs
+    /// nested `depth` deep, each holding the next as field 7 and then an
+    /// i32 as field 9, then the address list, field 1. Fields 9 and 1 are
+    /// sent as deltas, from 7 and from -1: read right only if a struct's
+    /// last field id comes back when the struct inside it ends.
+    fn nested_call(depth: usize) -> Vec<u8> {
+        use thrift::protocol::{TCompactOutputProtocol, TFieldIdentifier, TListIdentifier, TStructIdentifier, TType};
+        let mut msg = Vec::new();
+        let mut o = TCompactOutputProtocol::new(&mut msg);
+        let field = |id| TFieldIdentifier::new("f", TType::Struct, id);
+        o.write_message_begin(&TMessageIdentifier::new("queryGeoInfoByIP", TMessageType::Call, 3))
+            .unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("args")).unwrap();
+        o.write_field_begin(&field(-1)).unwrap();
+        for _ in 1..depth {
+            o.write_struct_begin(&TStructIdentifier::new("s")).unwrap();
+            o.write_field_begin(&field(7)).unwrap();
+        }
+        o.write_struct_begin(&TStructIdentifier::new("s")).unwrap();
+        o.write_field_stop().unwrap();
+        o.write_struct_end().unwrap();
+        for _ in 1..depth {
+            o.write_field_end().unwrap();
+            o.write_field_begin(&TFieldIdentifier::new("n", TType::I32, 9)).unwrap();
+            o.write_i32(-1).unwrap();
+            o.write_field_end().unwrap();
+            o.write_field_stop().unwrap();
+            o.write_struct_end().unwrap();
+        }
+        o.write_field_end().unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("ipList", TType::List, 1))
+            .unwrap();
+        o.write_list_begin(&TListIdentifier::new(TType::String, 1)).unwrap();
+        o.write_string("1.2.3.4").unwrap();
+        o.write_list_end().unwrap();
+        o.write_field_end().unwrap();
+        o.write_field_stop().unwrap();
+        o.write_struct_end().unwrap();
+        o.write_message_end().unwrap();
+        msg
+    }
+
+    #[test]
+    fn unknown_arguments_nested_up_to_the_limit_are_skipped_and_deeper_ones_refused() {
+        for depth in [1, 2, MAX_DEPTH] {
+            let request = decode(&nested_call(depth), Protocol::Compact, 10).unwrap();
+            let Ok(Call::QueryGeoInfoByIp { ips }) = request.call else {
+                panic!("depth {depth}: {:?}", request.call);
+            };
+            assert_eq!(ips.iter().collect::<Vec<_>>(), ["1.2.3.4"], "depth {depth}");
+        }
+        let request = decode(&nested_call(MAX_DEPTH + 1), Protocol::Compact, 10).unwrap();
+        let err = request.call.unwrap_err().to_string();
+        assert!(err.contains(&format!("nested deeper than {MAX_DEPTH}")), "{err}");
     }
 
     #[test]

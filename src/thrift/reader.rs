@@ -9,6 +9,9 @@ use crate::inputs::Inputs;
 pub const MAX_NAME: usize = 256;
 /// How deeply nested an unknown argument may be before it is refused.
 pub const MAX_DEPTH: usize = 64;
+/// The most structs a reader has open at once: the arguments, and those
+/// nested in them up to `MAX_DEPTH`.
+const MAX_OPEN: usize = MAX_DEPTH + 2;
 
 /// Thrift value kinds, shared by both protocols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,8 +116,11 @@ pub struct Reader<'a> {
     /// The most bytes the whole message may have, received or not.
     limit: usize,
     protocol: Protocol,
-    /// Compact protocol: the previous field id of each open struct.
-    last_field: Vec<i16>,
+    /// Compact protocol: the previous field id of each open struct, the
+    /// first `open` of them (on the stack: a `Vec` here was two of a
+    /// single call's eight allocations).
+    last_field: [i16; MAX_OPEN],
+    open: usize,
     /// Compact protocol: a bool field's value travels in its header.
     pending_bool: bool,
     /// The longest address list decoded into strings.
@@ -135,7 +141,8 @@ impl<'a> Reader<'a> {
             pos: 0,
             limit,
             protocol,
-            last_field: Vec::new(),
+            last_field: [0; MAX_OPEN],
+            open: 0,
             pending_bool: false,
             max_batch: usize::MAX,
             over_batch: None,
@@ -268,21 +275,25 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
-    pub fn struct_begin(&mut self) {
-        self.last_field.push(0);
+    pub fn struct_begin(&mut self) -> Result<(), WireError> {
+        let top = self.last_field.get_mut(self.open).ok_or_else(too_deep)?;
+        *top = 0;
+        self.open += 1;
+        Ok(())
     }
 
     pub fn struct_end(&mut self) {
-        self.last_field.pop();
+        self.open = self.open.saturating_sub(1);
     }
 
     /// The next field's kind and id, or `None` at the struct's end.
     pub fn field_begin(&mut self) -> Result<Option<(Kind, i16)>, WireError> {
-        let last = self.last_field.last().copied().unwrap_or(0);
+        let top = self.open.checked_sub(1);
+        let last = top.map_or(0, |i| self.last_field[i]);
         let field = self.field_header(last)?;
         if let Some((kind, id)) = field {
-            if let Some(top) = self.last_field.last_mut() {
-                *top = id;
+            if let Some(i) = top {
+                self.last_field[i] = id;
             }
             self.pending_bool = self.protocol == Protocol::Compact && kind == Kind::Bool;
         }
@@ -342,7 +353,7 @@ impl<'a> Reader<'a> {
         match kind {
             Kind::Bool if self.pending_bool => self.pending_bool = false,
             Kind::Struct => {
-                self.struct_begin();
+                self.struct_begin()?;
                 while let Some((field, _)) = self.field_begin()? {
                     self.skip(field, depth + 1)?;
                 }
@@ -435,7 +446,7 @@ impl<'a> Reader<'a> {
         &mut self,
         mut visit: impl FnMut(&mut Self, Kind, i16) -> Result<bool, WireError>,
     ) -> Result<(), WireError> {
-        self.struct_begin();
+        self.struct_begin()?;
         while let Some((kind, id)) = self.field_begin()? {
             if !visit(self, kind, id)? {
                 self.skip(kind, 1)?;
