@@ -8,19 +8,50 @@ use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
 /// The inputs of one request, as sent, in order.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Inputs {
     text: String,
-    /// Where each input ends in `text`. A request's bytes are bounded by
-    /// its frame limit, far below 4 GiB.
-    ends: Vec<u32>,
+    ends: Ends,
 }
+
+/// Where each input ends in `text`. A request's bytes are bounded by its
+/// frame limit, far below 4 GiB.
+#[derive(Clone)]
+enum Ends {
+    /// A single input's, the common call's: no allocation.
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Default for Ends {
+    fn default() -> Ends {
+        Ends::Many(Vec::new())
+    }
+}
+
+impl Ends {
+    #[inline]
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Ends::One(end) => std::slice::from_ref(end),
+            Ends::Many(ends) => ends,
+        }
+    }
+}
+
+impl PartialEq for Inputs {
+    fn eq(&self, other: &Inputs) -> bool {
+        self.text == other.text && self.ends.as_slice() == other.ends.as_slice()
+    }
+}
+
+impl Eq for Inputs {}
 
 impl Inputs {
     pub const fn new() -> Inputs {
         Inputs {
             text: String::new(),
-            ends: Vec::new(),
+            ends: Ends::Many(Vec::new()),
         }
     }
 
@@ -28,7 +59,7 @@ impl Inputs {
     pub fn with_capacity(count: usize, bytes: usize) -> Inputs {
         Inputs {
             text: String::with_capacity(bytes),
-            ends: Vec::with_capacity(count),
+            ends: Ends::Many(Vec::with_capacity(count)),
         }
     }
 
@@ -37,12 +68,22 @@ impl Inputs {
     /// than its address's lookup). An input that is not UTF-8 is kept with
     /// U+FFFD in place of what is not, as `String::from_utf8_lossy` makes it.
     pub fn from_bytes(bytes: Vec<u8>, ends: Vec<u32>) -> Inputs {
+        Inputs::checked(bytes, Ends::Many(ends))
+    }
+
+    /// [`Inputs::from_bytes`] of a single input, all of `bytes`.
+    pub fn one_from_bytes(bytes: Vec<u8>) -> Inputs {
+        let end = bytes.len() as u32;
+        Inputs::checked(bytes, Ends::One(end))
+    }
+
+    fn checked(bytes: Vec<u8>, ends: Ends) -> Inputs {
         match String::from_utf8(bytes) {
             // Valid as a whole and cut only between characters: so is
             // each input.
-            Ok(text) if ends.iter().all(|&end| text.is_char_boundary(end as usize)) => Inputs { text, ends },
-            Ok(text) => Inputs::lossy(text.as_bytes(), &ends),
-            Err(err) => Inputs::lossy(err.as_bytes(), &ends),
+            Ok(text) if ends.as_slice().iter().all(|&end| text.is_char_boundary(end as usize)) => Inputs { text, ends },
+            Ok(text) => Inputs::lossy(text.as_bytes(), ends.as_slice()),
+            Err(err) => Inputs::lossy(err.as_bytes(), ends.as_slice()),
         }
     }
 
@@ -60,21 +101,24 @@ impl Inputs {
     pub fn push(&mut self, input: &str) {
         self.text.push_str(input);
         let end = u32::try_from(self.text.len()).expect("a request's inputs fit in 4 GiB");
-        self.ends.push(end);
+        match &mut self.ends {
+            Ends::Many(ends) => ends.push(end),
+            Ends::One(first) => self.ends = Ends::Many(vec![*first, end]),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.ends.as_slice().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.len() == 0
     }
 
     /// The inputs in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + Clone + '_ {
         let mut start = 0;
-        self.ends.iter().map(move |&end| {
+        self.ends.as_slice().iter().map(move |&end| {
             let input = &self.text[start..end as usize];
             start = end as usize;
             input
@@ -162,6 +206,14 @@ mod tests {
         assert_eq!(inputs.iter().collect::<Vec<_>>(), given);
         assert_eq!(format!("{inputs:?}"), format!("{given:?}"));
         assert!(Inputs::default().is_empty());
+        // One input read alone is the same, and can be added to.
+        let mut one = Inputs::one_from_bytes("中国".into());
+        assert_eq!(one, ["中国"].iter().collect());
+        one.push("::1");
+        assert_eq!(one, ["中国", "::1"].iter().collect());
+        assert_eq!(Inputs::one_from_bytes(Vec::new()), [""].iter().collect());
+        assert_ne!(Inputs::one_from_bytes(Vec::new()), Inputs::default());
+        assert_eq!(Inputs::one_from_bytes(b"\xff".to_vec()), ["\u{fffd}"].iter().collect());
     }
 
     /// Bytes that are not UTF-8, or whose inputs cut a character that the

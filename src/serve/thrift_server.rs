@@ -393,7 +393,7 @@ impl Connection {
     async fn refuse_for_want_of_room(
         &mut self,
         wire: Wire,
-        header: (String, u8, i32),
+        header: codec::Header,
         waited: Duration,
     ) -> Result<(), Closed> {
         let (name, message_type, seq) = header;

@@ -68,7 +68,7 @@ impl ReplySummary {
 /// Summarises one whole reply message (found by a [`MessageCheck`](super::codec::MessageCheck)).
 pub fn scan_reply(message: &[u8], protocol: Protocol) -> Result<ReplySummary, WireError> {
     let mut reader = Reader::new(message, protocol, message.len());
-    let (_, message_type, _) = reader.message_begin()?;
+    let (_, message_type, _) = reader.message_header()?;
     let mut summary = ReplySummary::default();
     match MessageType::from(message_type) {
         MessageType::Reply => reader.fields(|r, kind, id| {

@@ -11,6 +11,8 @@
 //! output protocols and the generated writer make; exceptions are written
 //! with the crate's protocols.
 
+use std::borrow::Cow;
+
 use thrift::protocol::{
     TBinaryOutputProtocol, TCompactOutputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol,
 };
@@ -136,7 +138,7 @@ impl Call {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// The method name as sent, multiplexing prefix included.
-    pub name: String,
+    pub name: Cow<'static, str>,
     /// The method `name` calls, if this service has it.
     pub method: Option<Method>,
     pub message_type: MessageType,
@@ -147,7 +149,7 @@ pub struct Request {
 
 impl Request {
     /// A request from its header as read, and its arguments.
-    pub fn new((name, message_type, seq): (String, u8, i32), call: Result<Call, BadArgs>) -> Request {
+    pub fn new((name, message_type, seq): Header, call: Result<Call, BadArgs>) -> Request {
         Request {
             method: Method::parse(&name),
             name,
@@ -180,7 +182,7 @@ const SERVICE_PREFIX: &str = "IPService:";
 pub fn decode(message: &[u8], protocol: Protocol, max_batch: usize) -> Result<Request, WireError> {
     let mut reader = Reader::new(message, protocol, message.len());
     reader.max_batch = max_batch;
-    let header = reader.message_begin().map_err(|e| match e {
+    let header = read_header(&mut reader).map_err(|e| match e {
         WireError::Incomplete => bad("the message ends inside its header"),
         other => other,
     })?;
@@ -226,8 +228,23 @@ pub fn refuse_early(prefix: &[u8], protocol: Protocol, size: usize, max_batch: u
 
 /// The header of a message whose arguments could not be walked, so that
 /// the peer can be told why before the connection closes.
-pub fn decode_header(buf: &[u8], protocol: Protocol) -> Result<(String, u8, i32), WireError> {
-    Reader::new(buf, protocol, buf.len()).message_begin()
+pub fn decode_header(buf: &[u8], protocol: Protocol) -> Result<Header, WireError> {
+    read_header(&mut Reader::new(buf, protocol, buf.len()))
+}
+
+/// A message's method name, type and sequence number.
+pub type Header = (Cow<'static, str>, u8, i32);
+
+/// The header at the reader's position. A name that is exactly one of
+/// this service's methods is that method's own, not a copy: the copy was
+/// one of a single call's few allocations.
+fn read_header(reader: &mut Reader) -> Result<Header, WireError> {
+    let (name, message_type, seq) = reader.message_header()?;
+    let name = match Method::ALL.into_iter().find(|method| method.name().as_bytes() == name) {
+        Some(method) => Cow::Borrowed(method.name()),
+        None => Cow::Owned(String::from_utf8(name.to_vec()).map_err(|_| bad("method name is not UTF-8"))?),
+    };
+    Ok((name, message_type, seq))
 }
 
 impl Reader<'_> {
@@ -390,6 +407,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_method_name_is_kept_as_sent_and_one_not_utf8_is_refused() {
+        let call = |name: &[u8]| {
+            let mut msg = vec![0x80, 1, 0, 1, 0, 0, 0, name.len() as u8];
+            msg.extend_from_slice(name);
+            msg.extend_from_slice(&[0, 0, 0, 7, 0]);
+            msg
+        };
+        let protocol = Protocol::Binary { strict: true };
+        for name in [
+            "queryGeoInfoByIP",
+            "IPService:queryGeoInfo",
+            "GeoService:queryGeoInfo",
+            "nope",
+        ] {
+            let request = decode(&call(name.as_bytes()), protocol, 10).unwrap();
+            assert_eq!((&*request.name, request.seq), (name, 7));
+            // This service's own names are not copied.
+            assert_eq!(matches!(request.name, Cow::Borrowed(_)), name == "queryGeoInfoByIP");
+        }
+        let err = decode(&call(b"query\xff"), protocol, 10).unwrap_err();
+        assert!(err.to_string().contains("method name is not UTF-8"), "{err}");
+    }
+
     /// A compact call with an unknown argument, field -1, of structs
     /// nested `depth` deep, each holding the next as field 7 and then an
     /// i32 as field 9, then the address list, field 1. Fields 9 and 1 are
@@ -511,7 +552,7 @@ mod tests {
                 };
                 let bytes = encode_call(wire, 9, &call);
                 let request = decode(first_message(&bytes, wire), protocol, usize::MAX).unwrap();
-                assert_eq!((request.name.as_str(), request.seq), ("queryGeoInfo", 9));
+                assert_eq!((&*request.name, request.seq), ("queryGeoInfo", 9));
                 assert_eq!(request.call, Ok(call));
 
                 let reply = encode(

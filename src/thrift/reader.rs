@@ -261,12 +261,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn message_begin(&mut self) -> Result<(String, u8, i32), WireError> {
-        let (name, message_type, seq) = self.message_header()?;
-        let name = String::from_utf8(name.to_vec()).map_err(|_| bad("method name is not UTF-8"))?;
-        Ok((name, message_type, seq))
-    }
-
     fn name(&mut self) -> Result<&'a [u8], WireError> {
         let n = self.length("method name length")?;
         if n > MAX_NAME {
@@ -429,6 +423,9 @@ impl<'a> Reader<'a> {
             }
             self.over_batch = Some(size);
             return Ok(Inputs::default());
+        }
+        if size == 1 {
+            return Ok(Inputs::one_from_bytes(self.bytes()?.to_vec()));
         }
         // Reserve only for what has arrived, not for what was announced.
         let mut bytes = Vec::with_capacity(self.remaining());
