@@ -240,9 +240,9 @@ pub type Header = (Cow<'static, str>, u8, i32);
 /// one of a single call's few allocations.
 fn read_header(reader: &mut Reader) -> Result<Header, WireError> {
     let (name, message_type, seq) = reader.message_header()?;
-    let name = match Method::ALL.into_iter().find(|method| method.name().as_bytes() == name) {
-        Some(method) => Cow::Borrowed(method.name()),
-        None => Cow::Owned(String::from_utf8(name.to_vec()).map_err(|_| bad("method name is not UTF-8"))?),
+    let name = match Method::parse_bytes(name) {
+        Some(method) if method.name().as_bytes() == name => Cow::Borrowed(method.name()),
+        _ => Cow::Owned(String::from_utf8(name.to_vec()).map_err(|_| bad("method name is not UTF-8"))?),
     };
     Ok((name, message_type, seq))
 }
@@ -437,7 +437,7 @@ mod tests {
     /// sent as deltas, from 7 and from -1: read right only if a struct's
     /// last field id comes back when the struct inside it ends.
     fn nested_call(depth: usize) -> Vec<u8> {
-        use thrift::protocol::{TCompactOutputProtocol, TFieldIdentifier, TListIdentifier, TStructIdentifier, TType};
+        use thrift::protocol::{TFieldIdentifier, TListIdentifier, TStructIdentifier, TType};
         let mut msg = Vec::new();
         let mut o = TCompactOutputProtocol::new(&mut msg);
         let field = |id| TFieldIdentifier::new("f", TType::Struct, id);
